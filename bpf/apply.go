@@ -1,0 +1,111 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// batchSize bounds one BPF_MAP_UPDATE_BATCH call.
+const batchSize = 4096
+
+// Apply writes next into the maps, touching only what differs from prev
+// (nil prev: everything). New labels and SAs go in before the vifs and
+// peers that refer to them; entries that disappear go last, vifs first.
+func (m *Maps) Apply(prev, next *State) error {
+	if prev == nil {
+		prev = &State{}
+	}
+	if next.Slots != nil && len(next.Slots) > 0 {
+		if n := m.SASlots.MaxEntries(); uint32(maxKey(next.Slots)) >= n {
+			return fmt.Errorf("sa slot %d beyond the %d slots loaded: load with a larger SPISlots", maxKey(next.Slots), n)
+		}
+	}
+	steps := []struct {
+		name string
+		err  func() error
+	}{
+		{"labels", func() error { return putChanged(m.Labels, prev.Labels, next.Labels) }},
+		{"sa_slots", func() error { return putChanged(m.SASlots, prev.Slots, next.Slots) }},
+		{"sas", func() error { return putChanged(m.SAs, prev.SAs, next.SAs) }},
+		{"peers", func() error { return putChanged(m.Peers, prev.Peers, next.Peers) }},
+		{"vifs", func() error { return putChanged(m.Vifs, prev.Vifs, next.Vifs) }},
+		{"vifs", func() error { return clearGone(m.Vifs, prev.Vifs, next.Vifs, true) }},
+		{"peers", func() error { return clearGone(m.Peers, prev.Peers, next.Peers, false) }},
+		{"sas", func() error { return clearGone(m.SAs, prev.SAs, next.SAs, false) }},
+		{"sa_slots", func() error { return clearGone(m.SASlots, prev.Slots, next.Slots, true) }},
+	}
+	for _, s := range steps {
+		if err := s.err(); err != nil {
+			return fmt.Errorf("apply %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+func maxKey[V any](m map[uint32]V) uint32 {
+	var k uint32
+	for x := range m {
+		k = max(k, x)
+	}
+	return k
+}
+
+func putChanged[K, V comparable](m *ebpf.Map, prev, next map[K]V) error {
+	var keys []K
+	var vals []V
+	for k, v := range next {
+		if old, ok := prev[k]; ok && old == v {
+			continue
+		}
+		keys = append(keys, k)
+		vals = append(vals, v)
+	}
+	return put(m, keys, vals)
+}
+
+// clearGone removes entries of prev that next lacks; arrays cannot delete,
+// so their entries are zeroed (flags 0: unmanaged vif, invalid SA).
+func clearGone[K, V comparable](m *ebpf.Map, prev, next map[K]V, array bool) error {
+	var keys []K
+	for k := range prev {
+		if _, ok := next[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	if array {
+		return put(m, keys, make([]V, len(keys)))
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %v: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// put writes in batches where the map type has them (arrays, hashes) and
+// one by one where it does not (LPM tries).
+func put[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	for len(keys) > 0 {
+		n := min(len(keys), batchSize)
+		if m.Type() != ebpf.LPMTrie {
+			_, err := m.BatchUpdate(keys[:n], vals[:n], nil)
+			if err == nil {
+				keys, vals = keys[n:], vals[n:]
+				continue
+			}
+			if !errors.Is(err, ebpf.ErrNotSupported) {
+				return err
+			}
+		}
+		for i := range n {
+			if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("update %v: %w", keys[i], err)
+			}
+		}
+		keys, vals = keys[n:], vals[n:]
+	}
+	return nil
+}

@@ -1,0 +1,39 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The tc programs attached to both directions of every managed vif. */
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+static __always_inline int fp_secpath(struct __sk_buff *skb, struct bpf_xfrm_state *xs)
+{
+	return bpf_skb_get_xfrm_state(skb, 0, xs, sizeof(*xs), 0);
+}
+
+#include "lib/fastpath.h"
+
+/* Types that Go needs (bpf2go -type) but no map or program names. */
+struct btf_anchor {
+	enum direction dir;
+	enum reason reason;
+	enum vif_flag vif_flag;
+	enum sa_flag sa_flag;
+	enum peer_kind peer_kind;
+	struct event event;
+};
+const struct btf_anchor *_btf_anchor __attribute__((unused));
+
+SEC("tc")
+int vif_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}
+
+SEC("tc")
+int vif_egress(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,577 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The fast-path verdict. Included by fastpath.c (the programs on vifs) and
+ * fastpath_test.c (the same decision with a secpath taken from skb->cb, so
+ * that BPF_PROG_TEST_RUN can exercise the decrypted-by-host path).
+ *
+ * The includer defines, before including this file:
+ *   static __always_inline int fp_secpath(struct __sk_buff *skb,
+ *                                         struct bpf_xfrm_state *xs);
+ * returning 0 when the packet carries an XFRM state.
+ *
+ * The same decision is written in Go in agent/verdict; the differential test
+ * in kernel-tests holds the two equal. Change both or neither.
+ */
+#ifndef MLSGATE_FASTPATH_H
+#define MLSGATE_FASTPATH_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "types.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define VLAN_MAX 2       /* stacked VLAN tags we look through */
+#define IPV6_EXT_MAX 8   /* IPv6 extension headers we walk before giving up */
+#define PARSE_MAX 512    /* headers must lie in the first PARSE_MAX bytes */
+
+#define IPPROTO_HOPOPTS_ 0
+#define IPPROTO_ROUTING_ 43
+#define IPPROTO_FRAGMENT_ 44
+#define IPPROTO_ESP_ 50
+#define IPPROTO_AH_ 51
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_NONE_ 59
+#define IPPROTO_DSTOPTS_ 60
+
+#define VERDICT_ALLOW TC_ACT_UNSPEC /* tcx: next program, then pass */
+#define VERDICT_DROP TC_ACT_SHOT
+
+volatile const struct config cfg = {
+	.enforce = 1,
+	.event_sample = 1,
+};
+
+/* ifindex -> guest */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIFS_MAX);
+	__type(key, __u32);
+	__type(value, struct vif);
+} vifs SEC(".maps");
+
+/* label id -> label; id 0 is the default label (s0, i0) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LABELS_MAX);
+	__type(key, __u32);
+	__type(value, struct mls_label);
+} labels SEC(".maps");
+
+/* spi - cfg.spi_base -> SA, for SPIs the host allocated */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SA_SLOTS_MAX);
+	__type(key, __u32);
+	__type(value, struct sa);
+} sa_slots SEC(".maps");
+
+/* {spi, family, daddr} -> SA, for SPIs outside the host's range */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SAS_MAX);
+	__type(key, struct sa_key);
+	__type(value, struct sa);
+} sas SEC(".maps");
+
+/* {family, address prefix} -> peer */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, PEERS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct peer_key);
+	__type(value, struct peer);
+} peers SEC(".maps");
+
+/* dir * REASON_MAX + reason -> packets and bytes */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DIR_MAX * REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+} verdicts SEC(".maps");
+
+/* [0]: denials that did not fit in the events ring buffer */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_BYTES);
+} events SEC(".maps");
+
+/* What the parser found. Addresses are kept in network byte order; an IPv4
+ * address sits in the first four bytes. */
+struct pkt {
+	__u16 ethertype; /* innermost, network byte order */
+	__u8 family;     /* AF_INET, AF_INET6, 0 for ARP and other non-IP */
+	__u8 proto;  /* L4 protocol, IPPROTO_NONE_ when not reachable */
+	__u16 sport, dport;
+	__u8 icmp_type;
+	__u8 ike; /* UDP 500, or 4500 with the non-ESP marker */
+	__u32 spi;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+static __always_inline int dominates(const struct mls_label *a, const struct mls_label *b)
+{
+	if (a->sens < b->sens || a->integ < b->integ)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < CATEGORY_WORDS; i++)
+		if (b->cats[i] & ~a->cats[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline int within(const struct mls_label *l, __u32 lo_id, __u32 hi_id)
+{
+	const struct mls_label *lo = bpf_map_lookup_elem(&labels, &lo_id);
+	const struct mls_label *hi = bpf_map_lookup_elem(&labels, &hi_id);
+
+	if (!lo || !hi)
+		return 0;
+	return dominates(hi, l) && dominates(l, lo);
+}
+
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b, int family)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	if (family == AF_INET)
+		return x[0] == y[0];
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+static __always_inline int addr_zero(const __u8 *a, int family)
+{
+	const __u32 *x = (const __u32 *)a;
+
+	if (family == AF_INET)
+		return x[0] == 0;
+	return (x[0] | x[1] | x[2] | x[3]) == 0;
+}
+
+static __always_inline void addr_copy(__u8 *dst, const void *src, int family)
+{
+	__builtin_memcpy(dst, src, 4);
+	if (family == AF_INET6)
+		__builtin_memcpy(dst + 4, (const __u8 *)src + 4, 12);
+}
+
+/* Returns 0 when headers parse, -1 when the packet is malformed. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 avail = skb->len < PARSE_MAX ? skb->len : PARSE_MAX;
+	struct ethhdr *eth = data;
+	__u16 proto;
+	__u32 off, l3, l4len;
+
+	/* Headers may sit in paged data (GRO, veth); make the part we read
+	 * linear. Test-run packets are linear already. */
+	if (data + avail > data_end) {
+		if (bpf_skb_pull_data(skb, avail))
+			return -1;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		eth = data;
+	}
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	proto = eth->h_proto;
+	off = sizeof(*eth);
+
+#pragma unroll
+	for (int i = 0; i < VLAN_MAX; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q_) && proto != bpf_htons(ETH_P_8021AD_))
+			break;
+		__u16 *tag = data + off;
+		if ((void *)(tag + 2) > data_end)
+			return -1;
+		proto = tag[1];
+		off += 4;
+	}
+	if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_))
+		return -1; /* more tags than we look through */
+	p->ethertype = proto;
+
+	p->proto = IPPROTO_NONE_;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		__u32 hl, tot;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		hl = ip->ihl * 4;
+		tot = bpf_ntohs(ip->tot_len);
+		if (ip->version != 4 || hl < sizeof(*ip) || tot < hl || tot > skb->len - off)
+			return -1;
+		if (data + off + hl > data_end)
+			return -1;
+		p->family = AF_INET;
+		addr_copy(p->saddr, &ip->saddr, AF_INET);
+		addr_copy(p->daddr, &ip->daddr, AF_INET);
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 0; /* a later fragment: no L4 header */
+		p->proto = ip->protocol;
+		l3 = off;
+		off += hl;
+		l4len = tot - hl;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+		__u8 next;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		if (ip6->version != 6 || bpf_ntohs(ip6->payload_len) > skb->len - off - sizeof(*ip6))
+			return -1;
+		p->family = AF_INET6;
+		addr_copy(p->saddr, &ip6->saddr, AF_INET6);
+		addr_copy(p->daddr, &ip6->daddr, AF_INET6);
+		l3 = off;
+		next = ip6->nexthdr;
+		off += sizeof(*ip6);
+
+		for (int i = 0; i < IPV6_EXT_MAX; i++) {
+			__u8 *ext = data + off;
+
+			if (next != IPPROTO_HOPOPTS_ && next != IPPROTO_ROUTING_ &&
+			    next != IPPROTO_DSTOPTS_ && next != IPPROTO_FRAGMENT_ && next != IPPROTO_AH_)
+				break;
+			if ((void *)(ext + 8) > data_end)
+				return -1;
+			if (next == IPPROTO_FRAGMENT_) {
+				/* offset bits nonzero: a later fragment */
+				if ((ext[2] << 8 | ext[3]) & 0xfff8)
+					return 0;
+				next = ext[0];
+				off += 8;
+			} else if (next == IPPROTO_AH_) {
+				next = ext[0];
+				off += ((__u32)ext[1] + 2) * 4;
+			} else {
+				next = ext[0];
+				off += ((__u32)ext[1] + 1) * 8;
+			}
+			if (off > PARSE_MAX)
+				return -1;
+		}
+		if (next == IPPROTO_HOPOPTS_ || next == IPPROTO_ROUTING_ || next == IPPROTO_DSTOPTS_ ||
+		    next == IPPROTO_FRAGMENT_ || next == IPPROTO_AH_)
+			return -1; /* chain longer than IPV6_EXT_MAX */
+		p->proto = next;
+		l4len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		if (off - l3 > l4len)
+			return -1;
+		l4len -= off - l3;
+	} else {
+		p->family = 0;
+		p->proto = 0;
+		return 0;
+	}
+
+	if (off > PARSE_MAX)
+		return -1;
+
+	switch (p->proto) {
+	case IPPROTO_UDP: {
+		__u8 *u = data + off;
+
+		if (l4len < 8 || (void *)(u + 8) > data_end)
+			return -1;
+		p->sport = u[0] << 8 | u[1];
+		p->dport = u[2] << 8 | u[3];
+		if (p->sport == 500 || p->dport == 500)
+			p->ike = 1;
+		else if ((p->sport == 4500 || p->dport == 4500) && l4len >= 12 &&
+			 (void *)(u + 12) <= data_end && (u[8] | u[9] | u[10] | u[11]) == 0)
+			p->ike = 1;
+		break;
+	}
+	case IPPROTO_TCP: {
+		__u8 *t = data + off;
+
+		if (l4len < 20 || (void *)(t + 20) > data_end)
+			return -1;
+		p->sport = t[0] << 8 | t[1];
+		p->dport = t[2] << 8 | t[3];
+		break;
+	}
+	case IPPROTO_ICMPV6_: {
+		__u8 *c = data + off;
+
+		if (p->family != AF_INET6)
+			break;
+		if (l4len < 4 || (void *)(c + 4) > data_end)
+			return -1;
+		p->icmp_type = c[0];
+		break;
+	}
+	case IPPROTO_ESP_: {
+		__u8 *e = data + off;
+
+		if (l4len < 8 || (void *)(e + 8) > data_end)
+			return -1;
+		p->spi = (__u32)e[0] << 24 | (__u32)e[1] << 16 | (__u32)e[2] << 8 | e[3];
+		break;
+	}
+	}
+	return 0;
+}
+
+static __always_inline struct peer *peer_of(const struct pkt *p, int dir)
+{
+	struct peer_key k = {};
+
+	k.family = p->family;
+	k.prefixlen = 8 + (p->family == AF_INET ? 32 : 128);
+	addr_copy(k.addr, dir == DIR_INGRESS ? p->daddr : p->saddr, p->family);
+	return bpf_map_lookup_elem(&peers, &k);
+}
+
+/* Host control traffic passes so that a guest can always boot and talk to
+ * the host's own services: ARP, IPv6 ND/MLD, DHCP, and IKE or the agent's
+ * API when the other end is the host. */
+static __always_inline int is_control(const struct pkt *p, int dir)
+{
+	__u16 local = dir == DIR_INGRESS ? p->sport : p->dport;
+	__u16 remote = dir == DIR_INGRESS ? p->dport : p->sport;
+	struct peer *peer;
+
+	if (p->proto == IPPROTO_ICMPV6_ && p->family == AF_INET6)
+		return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
+	if (p->proto == IPPROTO_UDP) {
+		if (p->family == AF_INET && local == 68 && remote == 67)
+			return 1;
+		if (p->family == AF_INET6 && local == 546 && remote == 547)
+			return 1;
+		if (!p->ike)
+			return 0;
+	} else if (p->proto == IPPROTO_TCP) {
+		if (!cfg.api_port || remote != cfg.api_port)
+			return 0;
+	} else {
+		return 0;
+	}
+	peer = peer_of(p, dir);
+	return peer && peer->kind == PEER_HOST;
+}
+
+static __always_inline struct sa *sa_by_slot(__u32 spi, int family)
+{
+	__u32 slot = spi - cfg.spi_base;
+	struct sa *sa;
+
+	sa = bpf_map_lookup_elem(&sa_slots, &slot);
+	if (!sa || !(sa->flags & SA_F_VALID) || sa->family != family)
+		return 0;
+	return sa;
+}
+
+static __always_inline int spi_in_slots(__u32 spi)
+{
+	return spi >= cfg.spi_base && spi - cfg.spi_base < cfg.spi_slots;
+}
+
+/* The SA of an ESP packet on the wire: {family, outer daddr, SPI}. */
+static __always_inline struct sa *sa_of_esp(const struct pkt *p)
+{
+	struct sa_key k = {};
+	struct sa *sa;
+
+	if (spi_in_slots(p->spi)) {
+		sa = sa_by_slot(p->spi, p->family);
+		if (!sa || !addr_eq(sa->daddr, p->daddr, p->family))
+			return 0;
+		return sa;
+	}
+	k.spi = p->spi;
+	k.family = p->family;
+	addr_copy(k.daddr, p->daddr, p->family);
+	return bpf_map_lookup_elem(&sas, &k);
+}
+
+/* The SA the host decrypted the packet with. Its destination is one of the
+ * host's own addresses, which the secpath does not tell. */
+static __always_inline struct sa *sa_of_secpath(__u32 spi, int family)
+{
+	struct sa_key k = {};
+
+	if (spi_in_slots(spi))
+		return sa_by_slot(spi, family);
+	k.spi = spi;
+	k.family = family;
+	return bpf_map_lookup_elem(&sas, &k);
+}
+
+/* An SA may carry only its owner's traffic, for its owner's application,
+ * at a label within the owner's range. */
+static __always_inline int check_sa(const struct sa *sa, const struct vif *vif)
+{
+	if (!sa)
+		return REASON_DENY_UNKNOWN_SA;
+	if (sa->owner_vm != vif->vm_id)
+		return REASON_DENY_FOREIGN_SA;
+	if (sa->app_id != vif->app_id)
+		return REASON_DENY_APP_MISMATCH;
+	if (!(sa->flags & SA_F_IN_OWNER_RANGE))
+		return REASON_DENY_LABEL_RANGE;
+	return REASON_ALLOW_LABELED;
+}
+
+/* The other end must accept this application and this label. */
+static __always_inline int check_peer(const struct pkt *p, int dir, __u32 app_id, __u32 label_id)
+{
+	const struct mls_label *l;
+	struct peer *peer;
+
+	peer = peer_of(p, dir);
+	if (!peer)
+		return REASON_DENY_PEER_RANGE;
+	if (peer->app_id && peer->app_id != app_id)
+		return REASON_DENY_APP_MISMATCH;
+	l = bpf_map_lookup_elem(&labels, &label_id);
+	if (!l || !within(l, peer->range_lo, peer->range_hi))
+		return REASON_DENY_PEER_RANGE;
+	return REASON_ALLOW_LABELED;
+}
+
+static __always_inline int decide(struct __sk_buff *skb, int dir, const struct vif *vif,
+				  struct pkt *p, __u32 *label_id)
+{
+	struct bpf_xfrm_state xs = {};
+	const struct mls_label *def;
+	__u32 zero = 0;
+	struct sa *sa;
+	int r;
+
+	if (parse(skb, p))
+		return REASON_DENY_MALFORMED;
+	if (p->family == 0)
+		return p->ethertype == bpf_htons(ETH_P_ARP) ? REASON_ALLOW_CONTROL
+							      : REASON_DENY_UNLABELED;
+	if (is_control(p, dir))
+		return REASON_ALLOW_CONTROL;
+
+	if (dir == DIR_INGRESS) {
+		const __u8 *own = p->family == AF_INET ? vif->addr4 : vif->addr6;
+
+		if (!addr_zero(own, p->family) && !addr_eq(own, p->saddr, p->family))
+			return REASON_DENY_SPOOFED;
+	}
+
+	if (p->proto == IPPROTO_ESP_) {
+		sa = sa_of_esp(p);
+		if (sa)
+			*label_id = sa->label_id;
+		return check_sa(sa, vif);
+	}
+
+	if (fp_secpath(skb, &xs) == 0) {
+		p->spi = bpf_ntohl(xs.spi);
+		sa = sa_of_secpath(p->spi, xs.family);
+		r = check_sa(sa, vif);
+		if (r != REASON_ALLOW_LABELED)
+			return r;
+		*label_id = sa->label_id;
+		return check_peer(p, dir, sa->app_id, sa->label_id);
+	}
+
+	if (!(vif->flags & VIF_F_ALLOW_UNLABELED))
+		return REASON_DENY_UNLABELED;
+	def = bpf_map_lookup_elem(&labels, &zero);
+	if (!def || !within(def, vif->range_lo, vif->range_hi))
+		return REASON_DENY_LABEL_RANGE;
+	r = check_peer(p, dir, vif->app_id, 0);
+	return r == REASON_ALLOW_LABELED ? REASON_ALLOW_DEFAULT : r;
+}
+
+static __always_inline void count(int dir, int reason, __u32 len)
+{
+	__u32 idx = dir * REASON_MAX + reason;
+	struct counter *c = bpf_map_lookup_elem(&verdicts, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline void report(struct __sk_buff *skb, int dir, const struct vif *vif,
+				   const struct pkt *p, int reason, __u32 label_id)
+{
+	struct event *e;
+
+	if (!cfg.event_sample)
+		return;
+	if (cfg.event_sample > 1 && bpf_get_prandom_u32() % cfg.event_sample)
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&events_lost, &zero);
+
+		if (lost)
+			(*lost)++;
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ifindex = skb->ifindex;
+	e->vm_id = vif->vm_id;
+	e->spi = p->spi;
+	e->label_id = label_id;
+	e->reason = reason;
+	e->dir = dir;
+	e->family = p->family;
+	e->proto = p->proto;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline int is_allow(enum reason reason)
+{
+	return reason <= REASON_ALLOW_CONTROL;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, enum direction dir)
+{
+	__u32 ifindex = skb->ifindex, label_id = 0;
+	struct pkt p = {};
+	struct vif *vif;
+	int reason;
+
+	vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	if (!vif || !(vif->flags & VIF_F_MANAGED)) {
+		count(dir, REASON_PASS_UNMANAGED, skb->len);
+		return VERDICT_ALLOW;
+	}
+	reason = decide(skb, dir, vif, &p, &label_id);
+	count(dir, reason, skb->len);
+	if (is_allow(reason))
+		return VERDICT_ALLOW;
+	report(skb, dir, vif, &p, reason, label_id);
+	if (!cfg.enforce || (vif->flags & VIF_F_AUDIT))
+		return VERDICT_ALLOW;
+	return VERDICT_DROP;
+}
+
+#endif

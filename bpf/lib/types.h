@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared between the fast path and the Go agent. Go sees them only
+ * through bpf2go -type (bpf/gen.go); never copy one of these by hand.
+ */
+#ifndef MLSGATE_TYPES_H
+#define MLSGATE_TYPES_H
+
+#include <linux/types.h>
+
+#define CATEGORY_WORDS 16 /* 1024 categories, c0..c1023 */
+
+/* Map sizes. Those marked "set by the loader" are overridden from Go before
+ * load; the numbers here are the defaults. */
+#define VIFS_MAX 65536     /* vifs: dense array indexed by ifindex */
+#define LABELS_MAX 16384   /* labels: interned labels; id 0 is the default label */
+#define SA_SLOTS_MAX 65536 /* sa_slots: SPIs the host allocated (set by the loader) */
+#define SAS_MAX 65536      /* sas: SPIs chosen by foreign peers */
+#define PEERS_MAX 16384    /* peers: LPM trie */
+#define EVENTS_BYTES (256 * 1024)
+
+/* The kernel encoding of a label: secrecy (sensitivity and category set) and
+ * the integrity level that the policy store assigns to the label's type.
+ * cats: bit c is bit c%64 of word c/64, as label.CategorySet. The type itself
+ * is not here: the fast path decides by application id, and the agent maps
+ * a label id back to its full context for events. */
+struct mls_label {
+	__u8 sens;
+	__u8 integ;
+	__u8 _pad[6];
+	__u64 cats[CATEGORY_WORDS];
+};
+
+enum vif_flag {
+	VIF_F_MANAGED = 1 << 0,         /* the agent owns this interface */
+	VIF_F_AUDIT = 1 << 1,           /* count and report denials, drop nothing */
+	VIF_F_ALLOW_UNLABELED = 1 << 2, /* plain traffic travels at the default label */
+};
+
+/* vifs[ifindex]: the guest behind a host-side interface. The ranges are
+ * label ids (labels map). A zero address disables the source check. */
+struct vif {
+	__u32 vm_id;
+	__u32 app_id;
+	__u32 flags;
+	__u32 range_lo;
+	__u32 range_hi;
+	__u8 addr4[4];
+	__u8 addr6[16];
+};
+
+enum sa_flag {
+	SA_F_VALID = 1 << 0,
+	/* The SA's label lies within its owner's range. Fixed when the SA is
+	 * installed (owner and label never change for an SPI), so the agent
+	 * decides it once instead of every packet comparing 1024-bit sets. */
+	SA_F_IN_OWNER_RANGE = 1 << 1,
+};
+
+/* An IPsec SA as the fast path needs it: who may use it and its label. */
+struct sa {
+	__u8 daddr[16];
+	__u32 owner_vm;
+	__u32 app_id;
+	__u32 label_id;
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u8 flags;
+	__u8 _pad;
+};
+
+/* sas key: an SPI is unique only per destination. For an SA that the host
+ * terminates and whose SPI lies outside the host's range, daddr is all
+ * zero: that entry is found from the packet's secpath, which does not
+ * carry the SA's destination. */
+struct sa_key {
+	__u32 spi; /* host byte order */
+	__u16 family;
+	__u16 _pad;
+	__u8 daddr[16];
+};
+
+/* LPM trie key: family byte, then the address. prefixlen counts the family
+ * byte (8 bits) plus the address prefix. */
+struct peer_key {
+	__u32 prefixlen;
+	__u8 family;
+	__u8 addr[16];
+	__u8 _pad[3];
+};
+
+enum peer_kind {
+	PEER_WEB = 1,   /* a web server of an application */
+	PEER_GUEST = 2, /* another guest */
+	PEER_HOST = 3,  /* the host itself: control traffic may reach it */
+};
+
+/* A destination (or, toward the guest, a source) the guest talks to. An
+ * app_id of 0 serves every application. */
+struct peer {
+	__u32 app_id;
+	__u32 range_lo;
+	__u32 range_hi;
+	__u8 kind;
+	__u8 _pad[3];
+};
+
+enum direction {
+	DIR_INGRESS = 0, /* from the guest: tc ingress on its vif */
+	DIR_EGRESS = 1,  /* toward the guest: tc egress on its vif */
+	DIR_MAX = 2,
+};
+
+/* Every verdict has exactly one reason. Keep agent/verdict in step. */
+enum reason {
+	REASON_PASS_UNMANAGED = 0,
+	REASON_ALLOW_LABELED = 1,
+	REASON_ALLOW_DEFAULT = 2,
+	REASON_ALLOW_CONTROL = 3,
+	REASON_DENY_UNKNOWN_SA = 4,
+	REASON_DENY_FOREIGN_SA = 5,
+	REASON_DENY_LABEL_RANGE = 6,
+	REASON_DENY_APP_MISMATCH = 7,
+	REASON_DENY_PEER_RANGE = 8,
+	REASON_DENY_UNLABELED = 9,
+	REASON_DENY_MALFORMED = 10,
+	REASON_DENY_SPOOFED = 11,
+	REASON_MAX = 12,
+};
+
+/* verdicts[dir * REASON_MAX + reason], per CPU. */
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* A sampled denial, sent through the events ring buffer. */
+struct event {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u32 vm_id;
+	__u32 spi;
+	__u32 label_id;
+	__u8 reason;
+	__u8 dir;
+	__u8 family;
+	__u8 proto;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+/* Load-time settings (volatile const: the verifier prunes on them). */
+struct config {
+	__u32 spi_base;     /* first SPI of the host's range: sa_slots[spi - spi_base] */
+	__u32 spi_slots;    /* entries in sa_slots; 0 disables the array */
+	__u32 event_sample; /* send 1 in N denials to events; 0 sends none */
+	__u16 api_port;     /* the agent's TCP port on the host; 0 = none */
+	__u8 enforce;       /* 0: audit mode, nothing is dropped */
+	__u8 _pad;
+};
+
+#endif

@@ -1,0 +1,203 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// Sizes of the maps as compiled (bpf/lib/types.h).
+const (
+	VifsMax   = 65536
+	LabelsMax = 16384
+	SAsMax    = 65536
+	PeersMax  = 16384
+)
+
+// DefaultLabelID is the id of label.Default in the labels map.
+const DefaultLabelID = 0
+
+// ErrPlan is wrapped by every error Plan returns.
+var ErrPlan = errors.New("invalid fast-path policy")
+
+// State is the content of every policy map, as Plan computes it from a
+// verdict.Policy. Apply writes the difference between two States.
+type State struct {
+	Vifs   map[uint32]FastpathVif      // ifindex
+	Labels map[uint32]FastpathMlsLabel // label id
+	Slots  map[uint32]FastpathSa       // SPI - SPIBase
+	SAs    map[FastpathSaKey]FastpathSa
+	Peers  map[FastpathPeerKey]FastpathPeer
+	// LabelIDs maps a label back to its id, for events and tests.
+	LabelIDs map[label.Label]uint32
+}
+
+func planErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrPlan, fmt.Sprintf(format, args...))
+}
+
+// KernelLabel is the kernel encoding of l.
+func KernelLabel(l label.Label) FastpathMlsLabel {
+	return FastpathMlsLabel{Sens: l.Secrecy.Sens, Integ: uint8(l.Integrity), Cats: [16]uint64(l.Secrecy.Cats)}
+}
+
+// Plan computes the map contents that make the kernel decide as
+// verdict.Decide does under p. It touches nothing; errors name the input.
+func Plan(p *verdict.Policy) (*State, error) {
+	s := &State{
+		Vifs:     make(map[uint32]FastpathVif, len(p.Guests)),
+		Labels:   map[uint32]FastpathMlsLabel{DefaultLabelID: KernelLabel(label.Default)},
+		Slots:    make(map[uint32]FastpathSa),
+		SAs:      make(map[FastpathSaKey]FastpathSa),
+		Peers:    make(map[FastpathPeerKey]FastpathPeer, len(p.Peers)),
+		LabelIDs: map[label.Label]uint32{label.Default: DefaultLabelID},
+	}
+	intern := func(l label.Label) (uint32, error) {
+		if id, ok := s.LabelIDs[l]; ok {
+			return id, nil
+		}
+		if err := l.Validate(); err != nil {
+			return 0, err
+		}
+		id := uint32(len(s.LabelIDs))
+		if id >= LabelsMax {
+			return 0, planErr("more than %d distinct labels; raise LABELS_MAX", LabelsMax)
+		}
+		s.LabelIDs[l] = id
+		s.Labels[id] = KernelLabel(l)
+		return id, nil
+	}
+	bounds := func(b label.Bounds) (lo, hi uint32, err error) {
+		if err := b.Validate(); err != nil {
+			return 0, 0, err
+		}
+		if lo, err = intern(b.Low); err != nil {
+			return 0, 0, err
+		}
+		hi, err = intern(b.High)
+		return lo, hi, err
+	}
+
+	// A VM may sit behind several vifs; its SAs are checked against one range.
+	owners := make(map[uint32]verdict.Guest)
+	for ifindex, g := range p.Guests {
+		if ifindex == 0 || ifindex >= VifsMax {
+			return nil, planErr("ifindex %d of vm %d: want 1..%d", ifindex, g.VM, VifsMax-1)
+		}
+		if o, ok := owners[g.VM]; ok && (o.Range != g.Range || o.App != g.App) {
+			return nil, planErr("vm %d has vifs with different ranges or applications (%s app %d, %s app %d); give every vif of a VM the same policy",
+				g.VM, o.Range, o.App, g.Range, g.App)
+		}
+		owners[g.VM] = g
+		lo, hi, err := bounds(g.Range)
+		if err != nil {
+			return nil, fmt.Errorf("%w: vm %d on ifindex %d: %w", ErrPlan, g.VM, ifindex, err)
+		}
+		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED)}
+		if g.Audit {
+			v.Flags |= uint32(FastpathVifFlagVIF_F_AUDIT)
+		}
+		if g.AllowUnlabeled {
+			v.Flags |= uint32(FastpathVifFlagVIF_F_ALLOW_UNLABELED)
+		}
+		if g.Addr4.IsValid() {
+			if !g.Addr4.Is4() {
+				return nil, planErr("vm %d: Addr4 %s is not an IPv4 address", g.VM, g.Addr4)
+			}
+			v.Addr4 = g.Addr4.As4()
+		}
+		if g.Addr6.IsValid() {
+			if !g.Addr6.Is6() || g.Addr6.Is4In6() {
+				return nil, planErr("vm %d: Addr6 %s is not an IPv6 address", g.VM, g.Addr6)
+			}
+			v.Addr6 = g.Addr6.As16()
+		}
+		s.Vifs[ifindex] = v
+	}
+
+	if p.SPISlots > 0 && uint64(p.SPIBase)+uint64(p.SPISlots) > 1<<32 {
+		return nil, planErr("SPI range %#x+%d passes 0xffffffff", p.SPIBase, p.SPISlots)
+	}
+	for i := range p.SAs {
+		sa := &p.SAs[i]
+		name := fmt.Sprintf("SA spi %#x", sa.SPI)
+		if sa.SPI < 256 {
+			return nil, planErr("%s: SPIs 0-255 are reserved (RFC 4303)", name)
+		}
+		if sa.Family != verdict.AFInet && sa.Family != verdict.AFInet6 {
+			return nil, planErr("%s: family %d, want AF_INET (2) or AF_INET6 (10)", name, sa.Family)
+		}
+		if sa.Daddr.Is4In6() {
+			return nil, planErr("%s: destination %s is IPv4-mapped; write %s", name, sa.Daddr, sa.Daddr.Unmap())
+		}
+		if sa.Daddr.IsValid() && verdict.FamilyOf(sa.Daddr) != sa.Family {
+			return nil, planErr("%s: destination %s is not of family %d", name, sa.Daddr, sa.Family)
+		}
+		id, err := intern(sa.Label)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrPlan, name, err)
+		}
+		v := FastpathSa{OwnerVm: sa.Owner, AppId: sa.App, LabelId: id, Family: uint16(sa.Family), Flags: uint8(FastpathSaFlagSA_F_VALID)}
+		if o, ok := owners[sa.Owner]; ok && o.Range.Contains(sa.Label) {
+			v.Flags |= uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE)
+		}
+		v.Daddr = addr16(sa.Dest())
+		if sa.SPI >= p.SPIBase && sa.SPI-p.SPIBase < p.SPISlots {
+			slot := sa.SPI - p.SPIBase
+			if _, dup := s.Slots[slot]; dup {
+				return nil, planErr("%s: two SAs with one SPI in the host's range; the host allocates each SPI once", name)
+			}
+			s.Slots[slot] = v
+			continue
+		}
+		k := FastpathSaKey{Spi: sa.SPI, Family: uint16(sa.Family), Daddr: v.Daddr}
+		if _, dup := s.SAs[k]; dup {
+			return nil, planErr("%s: two SAs with one SPI for destination %s", name, sa.Dest())
+		}
+		if len(s.SAs) >= SAsMax {
+			return nil, planErr("more than %d SAs outside the host's SPI range", SAsMax)
+		}
+		s.SAs[k] = v
+	}
+
+	for _, pe := range p.Peers {
+		if !pe.Prefix.IsValid() {
+			return nil, planErr("peer with an invalid prefix %q", pe.Prefix)
+		}
+		pfx := pe.Prefix.Masked()
+		lo, hi, err := bounds(pe.Range)
+		if err != nil {
+			return nil, fmt.Errorf("%w: peer %s: %w", ErrPlan, pfx, err)
+		}
+		k := PeerKey(pfx)
+		if _, dup := s.Peers[k]; dup {
+			return nil, planErr("peer %s listed twice", pfx)
+		}
+		if len(s.Peers) >= PeersMax {
+			return nil, planErr("more than %d peers", PeersMax)
+		}
+		s.Peers[k] = FastpathPeer{AppId: pe.App, RangeLo: lo, RangeHi: hi, Kind: uint8(pe.Kind)}
+	}
+	return s, nil
+}
+
+// PeerKey is the LPM trie key of a prefix: the family byte, then the address.
+func PeerKey(pfx netip.Prefix) FastpathPeerKey {
+	a := pfx.Addr()
+	k := FastpathPeerKey{Prefixlen: 8 + uint32(pfx.Bits()), Family: uint8(verdict.FamilyOf(a)), Addr: addr16(a)}
+	return k
+}
+
+// addr16 lays an address out as the fast path stores it: IPv4 in the first
+// four bytes, the rest zero.
+func addr16(a netip.Addr) (out [16]uint8) {
+	if a.Is4() {
+		b := a.As4()
+		copy(out[:], b[:])
+		return out
+	}
+	return a.As16()
+}
