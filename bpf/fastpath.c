@@ -27,13 +27,17 @@ const struct btf_anchor *_btf_anchor __attribute__((unused));
 SEC("tc")
 int vif_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS);
+	__u32 why;
+
+	return handle(skb, DIR_INGRESS, &why);
 }
 
 SEC("tc")
 int vif_egress(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS);
+	__u32 why;
+
+	return handle(skb, DIR_EGRESS, &why);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -8,7 +8,7 @@
  * secpath taken from skb->cb, because BPF_PROG_TEST_RUN cannot hand a
  * program a packet the host decrypted:
  *   cb[0] direction, cb[1] 1 when a secpath is present, cb[2] its SPI (host
- *   byte order), cb[3] its address family.
+ *   byte order), cb[3] its address family; the reason comes back in cb[4].
  * empty: the floor of a tc program, for benchmarks.
  * parse_only: the parser alone, for benchmarks.
  */
@@ -31,7 +31,12 @@ static __always_inline int fp_secpath(struct __sk_buff *skb, struct bpf_xfrm_sta
 SEC("tc")
 int probe(struct __sk_buff *skb)
 {
-	return handle(skb, skb->cb[0] == DIR_EGRESS ? DIR_EGRESS : DIR_INGRESS);
+	__u32 why = REASON_MAX;
+	int verdict;
+
+	verdict = handle(skb, skb->cb[0] == DIR_EGRESS ? DIR_EGRESS : DIR_INGRESS, &why);
+	skb->cb[4] = why;
+	return verdict;
 }
 
 SEC("tc")

@@ -130,6 +130,9 @@ func Plan(p *verdict.Policy) (*State, error) {
 		if sa.Family != verdict.AFInet && sa.Family != verdict.AFInet6 {
 			return nil, planErr("%s: family %d, want AF_INET (2) or AF_INET6 (10)", name, sa.Family)
 		}
+		if sa.Daddr.IsUnspecified() {
+			return nil, planErr("%s: destination %s; leave it unset for an SA the host terminates", name, sa.Daddr)
+		}
 		if sa.Daddr.Is4In6() {
 			return nil, planErr("%s: destination %s is IPv4-mapped; write %s", name, sa.Daddr, sa.Daddr.Unmap())
 		}

@@ -46,12 +46,14 @@ func enterNetNS(t testing.TB) netns.NsHandle {
 	return ns
 }
 
-// skbCtx is the head of struct __sk_buff, as BPF_PROG_TEST_RUN takes it:
-// everything before mark must be zero; cb carries the probe's inputs.
+// skbCtx is struct __sk_buff (192 bytes) as BPF_PROG_TEST_RUN takes and
+// returns it: everything before mark must be zero on the way in; cb carries
+// the probe's inputs and its reason. The kernel refuses a shorter context out.
 type skbCtx struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
 	Priority, IngressIfindex, Ifindex, TCIndex                                uint32
 	CB                                                                        [5]uint32
+	Rest                                                                      [192 - 68]byte
 }
 
 // loadTest loads the test programs, skipping when the kernel cannot.

@@ -300,7 +300,7 @@ func (p *Policy) saOfSecpath(spi uint32, fam Family) *SA {
 		}
 		// In the host's range the SPI alone names the SA; outside it, only
 		// SAs registered without a destination are found from a secpath.
-		if inSlots || !sa.Daddr.IsValid() {
+		if inSlots || sa.Dest().IsUnspecified() {
 			return sa
 		}
 	}

@@ -552,7 +552,9 @@ static __always_inline int is_allow(enum reason reason)
 	return reason <= REASON_ALLOW_CONTROL;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, enum direction dir)
+/* The whole per-packet path: the verdict for the tc hook, and the reason in
+ * *why for callers that want it (the test probe). */
+static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u32 *why)
 {
 	__u32 ifindex = skb->ifindex, label_id = 0;
 	struct pkt p = {};
@@ -561,10 +563,12 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir)
 
 	vif = bpf_map_lookup_elem(&vifs, &ifindex);
 	if (!vif || !(vif->flags & VIF_F_MANAGED)) {
+		*why = REASON_PASS_UNMANAGED;
 		count(dir, REASON_PASS_UNMANAGED, skb->len);
 		return VERDICT_ALLOW;
 	}
 	reason = decide(skb, dir, vif, &p, &label_id);
+	*why = reason;
 	count(dir, reason, skb->len);
 	if (is_allow(reason))
 		return VERDICT_ALLOW;
