@@ -51,9 +51,9 @@ func enterNetNS(t testing.TB) netns.NsHandle {
 // the probe's inputs and its reason. The kernel refuses a shorter context out.
 type skbCtx struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
-	Priority, IngressIfindex, Ifindex, TCIndex                                uint32
-	CB                                                                        [5]uint32
-	Rest                                                                      [192 - 68]byte
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+	CB                                                                          [5]uint32
+	Rest                                                                        [192 - 68]byte
 }
 
 // loadTest loads the test programs, skipping when the kernel cannot.
