@@ -162,33 +162,36 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 			{"esp", objs.VifIngress, esp, verdict.AllowLabeled},
 			{"plain", objs.VifIngress, plain, verdict.AllowDefault},
 		}
-		var base float64
 		for _, r := range runs {
-			if r.want != verdict.NumReasons {
-				// Measure only what takes the intended path.
-				pkt := verdict.Packet{Ifindex: ifindex, Frame: r.frame}
-				if got := verdict.Decide(pol, pkt); got != r.want {
-					return nil, nil, fmt.Errorf("fastpath bench: %s packet gets %s from the reference, want %s", r.name, got, r.want)
-				}
-				if err := checkKernelReason(maps, r.prog, r.frame, r.want); err != nil {
-					return nil, nil, fmt.Errorf("fastpath bench: %s packet: %w", r.name, err)
-				}
+			if r.want == verdict.NumReasons {
+				continue
 			}
-			best := 0.0
-			for range cfg.Rounds {
+			// Measure only what takes the intended path.
+			pkt := verdict.Packet{Ifindex: ifindex, Frame: r.frame}
+			if got := verdict.Decide(pol, pkt); got != r.want {
+				return nil, nil, fmt.Errorf("fastpath bench: %s packet gets %s from the reference, want %s", r.name, got, r.want)
+			}
+			if err := checkKernelReason(maps, r.prog, r.frame, r.want); err != nil {
+				return nil, nil, fmt.Errorf("fastpath bench: %s packet: %w", r.name, err)
+			}
+		}
+		// Rounds interleave the programs, so that a slow spell of the
+		// machine (a VM here) hits baseline and verdict alike; the fastest
+		// round of each is kept.
+		best := make([]float64, len(runs))
+		for round := range cfg.Rounds {
+			for i, r := range runs {
 				_, d, err := r.prog.Benchmark(r.frame, cfg.Repeat, nil)
 				if err != nil {
 					return nil, nil, fmt.Errorf("benchmark %s: %w", r.name, err)
 				}
-				ns := float64(d.Nanoseconds())
-				if best == 0 || ns < best {
-					best = ns
+				if ns := float64(d.Nanoseconds()); round == 0 || ns < best[i] {
+					best[i] = ns
 				}
 			}
-			if r.name == "empty" {
-				base = best
-			}
-			c := FastpathCase{SAs: n, Name: r.name, Reason: r.want, NsPerPacket: best, Ratio: best / base}
+		}
+		for i, r := range runs {
+			c := FastpathCase{SAs: n, Name: r.name, Reason: r.want, NsPerPacket: best[i], Ratio: best[i] / best[0]}
 			progress("fastpath: %d SAs %-5s %6.1f ns/packet  %.2fx empty", n, r.name, c.NsPerPacket, c.Ratio)
 			cases = append(cases, c)
 		}

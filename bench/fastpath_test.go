@@ -15,7 +15,7 @@ import (
 
 var (
 	fastpathSAs = flag.String("fastpath.sas", "10,10000,1000000", "SA counts for BenchmarkFastpath")
-	repeat      = flag.Int("fastpath.repeat", 1_000_000, "BPF_PROG_TEST_RUN repetitions per measurement")
+	repeat      = flag.Int("fastpath.repeat", 200_000, "BPF_PROG_TEST_RUN repetitions per measurement")
 )
 
 func privileged(t testing.TB) {
@@ -73,7 +73,7 @@ func BenchmarkFastpath(b *testing.B) {
 		counts = append(counts, n)
 	}
 	for range b.N {
-		cases, mem, err := MeasureFastpath(FastpathConfig{SACounts: counts, Repeat: *repeat, Rounds: 5,
+		cases, mem, err := MeasureFastpath(FastpathConfig{SACounts: counts, Repeat: *repeat, Rounds: 15,
 			Progress: func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }})
 		if err != nil {
 			b.Fatal(err)

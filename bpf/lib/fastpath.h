@@ -196,7 +196,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 	if ((void *)(eth + 1) > data_end)
 		return -1;
-	proto = eth->h_proto;
+	proto = *(__u16 *)(data + 12); /* ethhdr is packed: one load, not two */
 	off = sizeof(*eth);
 
 #pragma unroll
@@ -297,12 +297,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (l4len < 8 || (void *)(u + 8) > data_end)
 			return -1;
-		p->sport = u[0] << 8 | u[1];
-		p->dport = u[2] << 8 | u[3];
+		p->sport = bpf_ntohs(*(__u16 *)u);
+		p->dport = bpf_ntohs(*(__u16 *)(u + 2));
 		if (p->sport == 500 || p->dport == 500)
 			p->ike = 1;
 		else if ((p->sport == 4500 || p->dport == 4500) && l4len >= 12 &&
-			 (void *)(u + 12) <= data_end && (u[8] | u[9] | u[10] | u[11]) == 0)
+			 (void *)(u + 12) <= data_end && *(__u32 *)(u + 8) == 0)
 			p->ike = 1;
 		break;
 	}
@@ -311,8 +311,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (l4len < 20 || (void *)(t + 20) > data_end)
 			return -1;
-		p->sport = t[0] << 8 | t[1];
-		p->dport = t[2] << 8 | t[3];
+		p->sport = bpf_ntohs(*(__u16 *)t);
+		p->dport = bpf_ntohs(*(__u16 *)(t + 2));
 		break;
 	}
 	case IPPROTO_ICMPV6_: {
@@ -330,7 +330,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 		if (l4len < 8 || (void *)(e + 8) > data_end)
 			return -1;
-		p->spi = (__u32)e[0] << 24 | (__u32)e[1] << 16 | (__u32)e[2] << 8 | e[3];
+		p->spi = bpf_ntohl(*(__u32 *)e);
 		break;
 	}
 	}
@@ -457,7 +457,6 @@ static __always_inline int check_peer(const struct pkt *p, int dir, __u32 app_id
 static __always_inline int decide(struct __sk_buff *skb, int dir, const struct vif *vif,
 				  struct pkt *p, __u32 *label_id)
 {
-	struct bpf_xfrm_state xs = {};
 	const struct mls_label *def;
 	__u32 zero = 0;
 	struct sa *sa;
@@ -484,6 +483,8 @@ static __always_inline int decide(struct __sk_buff *skb, int dir, const struct v
 			*label_id = sa->label_id;
 		return check_sa(sa, vif);
 	}
+
+	struct bpf_xfrm_state xs = {};
 
 	if (fp_secpath(skb, &xs) == 0) {
 		p->spi = bpf_ntohl(xs.spi);
