@@ -1,0 +1,89 @@
+package bpf
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+func bounds(t *testing.T, s string) label.Bounds {
+	t.Helper()
+	b, err := label.ParseBounds(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestPlanInternsAndPrecomputes(t *testing.T) {
+	in, _ := label.ParseLabel("s3/i2")
+	out, _ := label.ParseLabel("s9/i2")
+	p := &verdict.Policy{
+		Guests: map[uint32]verdict.Guest{5: {VM: 7, App: 1, Range: bounds(t, "s0-s5/i0-i5"), Addr4: netip.MustParseAddr("10.0.0.7")}},
+		SAs: []verdict.SA{
+			{SPI: 0xc0000001, Family: verdict.AFInet, Daddr: netip.MustParseAddr("10.0.0.1"), Owner: 7, App: 1, Label: in},
+			{SPI: 0xc0000002, Family: verdict.AFInet, Daddr: netip.MustParseAddr("10.0.0.1"), Owner: 7, App: 1, Label: out},
+			{SPI: 0x1000, Family: verdict.AFInet6, Owner: 8, App: 1, Label: in},
+		},
+		Peers:   []verdict.Peer{{Prefix: netip.MustParsePrefix("10.0.1.9/24"), App: 1, Range: bounds(t, "s0-s5/i0-i5")}},
+		SPIBase: 0xc0000000, SPISlots: 16,
+	}
+	s, err := Plan(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Slots[1].Flags; got != uint8(FastpathSaFlagSA_F_VALID|FastpathSaFlagSA_F_IN_OWNER_RANGE) {
+		t.Errorf("in-range SA flags %#x", got)
+	}
+	if got := s.Slots[2].Flags; got != uint8(FastpathSaFlagSA_F_VALID) {
+		t.Errorf("out-of-range SA flags %#x, want valid only", got)
+	}
+	if s.Slots[1].LabelId == DefaultLabelID || s.Slots[1].LabelId == s.Slots[2].LabelId {
+		t.Errorf("label ids %d and %d: want distinct and not the default", s.Slots[1].LabelId, s.Slots[2].LabelId)
+	}
+	k := FastpathSaKey{Spi: 0x1000, Family: uint16(verdict.AFInet6)}
+	if sa, ok := s.SAs[k]; !ok || sa.Flags&uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE) != 0 {
+		t.Errorf("host-terminated SA of an unknown owner: %+v present %v; want present, not in range", sa, ok)
+	}
+	pk := PeerKey(netip.MustParsePrefix("10.0.1.0/24"))
+	if pk.Prefixlen != 8+24 || pk.Addr[2] != 1 || pk.Addr[3] != 0 {
+		t.Errorf("peer key %+v", pk)
+	}
+	if _, ok := s.Peers[pk]; !ok {
+		t.Errorf("peer 10.0.1.9/24 not stored under its masked prefix")
+	}
+	if v := s.Vifs[5]; v.Addr4 != [4]uint8{10, 0, 0, 7} || v.Flags != uint32(FastpathVifFlagVIF_F_MANAGED) {
+		t.Errorf("vif %+v", v)
+	}
+}
+
+func TestPlanRefusesBadInput(t *testing.T) {
+	ok := bounds(t, "s0-s5/i0-i5")
+	l, _ := label.ParseLabel("s1/i1")
+	cases := []struct {
+		name, want string
+		p          verdict.Policy
+	}{
+		{"reserved spi", "0x10: SPIs 0-255 are reserved", verdict.Policy{SAs: []verdict.SA{{SPI: 0x10, Family: verdict.AFInet, Label: l}}}},
+		{"family mismatch", "not of family 2", verdict.Policy{SAs: []verdict.SA{{SPI: 0x1000, Family: verdict.AFInet, Daddr: netip.MustParseAddr("fd00::1"), Label: l}}}},
+		{"unspecified destination", "leave it unset", verdict.Policy{SAs: []verdict.SA{{SPI: 0x1000, Family: verdict.AFInet, Daddr: netip.IPv4Unspecified(), Label: l}}}},
+		{"duplicate slot", "two SAs with one SPI in the host's range", verdict.Policy{SPIBase: 0x1000, SPISlots: 8, SAs: []verdict.SA{
+			{SPI: 0x1001, Family: verdict.AFInet, Daddr: netip.MustParseAddr("10.0.0.1"), Label: l},
+			{SPI: 0x1001, Family: verdict.AFInet, Daddr: netip.MustParseAddr("10.0.0.2"), Label: l}}}},
+		{"ifindex zero", "ifindex 0", verdict.Policy{Guests: map[uint32]verdict.Guest{0: {VM: 1, Range: ok}}}},
+		{"inverted guest range", "inverted", verdict.Policy{Guests: map[uint32]verdict.Guest{3: {VM: 1, Range: label.Bounds{Low: l, High: label.Default}}}}},
+		{"one vm, two policies", "different ranges", verdict.Policy{Guests: map[uint32]verdict.Guest{3: {VM: 1, Range: ok}, 4: {VM: 1, Range: bounds(t, "s0/i0")}}}},
+		{"duplicate peer", "listed twice", verdict.Policy{Peers: []verdict.Peer{
+			{Prefix: netip.MustParsePrefix("10.0.0.0/8"), Range: ok}, {Prefix: netip.MustParsePrefix("10.1.0.0/8"), Range: ok}}}},
+	}
+	for _, c := range cases {
+		_, err := Plan(&c.p)
+		if !errors.Is(err, ErrPlan) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want ErrPlan naming %q", c.name, err, c.want)
+		}
+	}
+}
