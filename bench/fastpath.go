@@ -125,7 +125,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 		return nil, nil, err
 	}
 	defer floor.Close()
-	maps := objs.Maps()
+	maps := &objs.Maps
 
 	var cases []FastpathCase
 	var mem []MapMemory

@@ -17,9 +17,9 @@ func (m *Maps) Apply(prev, next *State) error {
 	if prev == nil {
 		prev = &State{}
 	}
-	if next.Slots != nil && len(next.Slots) > 0 {
-		if n := m.SASlots.MaxEntries(); uint32(maxKey(next.Slots)) >= n {
-			return fmt.Errorf("sa slot %d beyond the %d slots loaded: load with a larger SPISlots", maxKey(next.Slots), n)
+	if len(next.Slots) > 0 {
+		if k, n := maxKey(next.Slots), m.SASlots.MaxEntries(); k >= n {
+			return fmt.Errorf("sa slot %d beyond the %d slots loaded: load with a larger SPISlots", k, n)
 		}
 	}
 	steps := []struct {

@@ -32,9 +32,28 @@ func (o Options) Config() FastpathConfig {
 	return c
 }
 
-// Maps are the fast path's maps, whichever object they were loaded from.
+// Maps are the fast path's maps, whichever object they were loaded from:
+// both objects declare the same maps, so one set of tags serves both.
 type Maps struct {
-	Vifs, Labels, SASlots, SAs, Peers, Verdicts, EventsLost, Events *ebpf.Map
+	Vifs       *ebpf.Map `ebpf:"vifs"`
+	Labels     *ebpf.Map `ebpf:"labels"`
+	SASlots    *ebpf.Map `ebpf:"sa_slots"`
+	SAs        *ebpf.Map `ebpf:"sas"`
+	Peers      *ebpf.Map `ebpf:"peers"`
+	Verdicts   *ebpf.Map `ebpf:"verdicts"`
+	EventsLost *ebpf.Map `ebpf:"events_lost"`
+	Events     *ebpf.Map `ebpf:"events"`
+}
+
+// Close closes every map.
+func (m *Maps) Close() error {
+	var errs []error
+	for _, mp := range []*ebpf.Map{m.Vifs, m.Labels, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
+		if mp != nil {
+			errs = append(errs, mp.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Configure sets the load-time options into a fastpath or fastpath-test
@@ -62,60 +81,56 @@ func Configure(spec *ebpf.CollectionSpec, o Options) error {
 
 // Objects are the loaded programs of fastpath.c and its maps.
 type Objects struct {
-	FastpathObjects
+	FastpathPrograms
+	Maps
 	Options Options
 }
 
-// Maps returns the map set of the loaded objects.
-func (o *Objects) Maps() *Maps {
-	m := &o.FastpathMaps
-	return &Maps{Vifs: m.Vifs, Labels: m.Labels, SASlots: m.SaSlots, SAs: m.Sas, Peers: m.Peers,
-		Verdicts: m.Verdicts, EventsLost: m.EventsLost, Events: m.Events}
-}
+// Close closes the programs and maps; links and pins keep what they hold.
+func (o *Objects) Close() error { return errors.Join(o.FastpathPrograms.Close(), o.Maps.Close()) }
 
 // Load loads the vif programs with opts. The verifier's log is in the error.
 func Load(opts Options, co *ebpf.CollectionOptions) (*Objects, error) {
-	spec, err := LoadFastpath()
-	if err != nil {
-		return nil, fmt.Errorf("parse fastpath object: %w", err)
-	}
-	if err := Configure(spec, opts); err != nil {
-		return nil, err
-	}
 	o := &Objects{Options: opts}
-	if err := spec.LoadAndAssign(&o.FastpathObjects, co); err != nil {
-		return nil, fmt.Errorf("load fastpath: %w", verifierError(err))
+	if err := load("fastpath", LoadFastpath, opts, co, o); err != nil {
+		return nil, err
 	}
 	return o, nil
 }
 
 // TestObjects are the test and benchmark programs of fastpath_test.c.
 type TestObjects struct {
-	FastpathTestObjects
+	FastpathTestPrograms
+	Maps
 	Options Options
 }
 
-// Maps returns the map set of the loaded test objects.
-func (o *TestObjects) Maps() *Maps {
-	m := &o.FastpathTestMaps
-	return &Maps{Vifs: m.Vifs, Labels: m.Labels, SASlots: m.SaSlots, SAs: m.Sas, Peers: m.Peers,
-		Verdicts: m.Verdicts, EventsLost: m.EventsLost, Events: m.Events}
+// Close closes the programs and maps.
+func (o *TestObjects) Close() error {
+	return errors.Join(o.FastpathTestPrograms.Close(), o.Maps.Close())
 }
 
 // LoadTest loads the probe, empty and parse_only programs with opts.
 func LoadTest(opts Options, co *ebpf.CollectionOptions) (*TestObjects, error) {
-	spec, err := LoadFastpathTest()
-	if err != nil {
-		return nil, fmt.Errorf("parse fastpath test object: %w", err)
-	}
-	if err := Configure(spec, opts); err != nil {
+	o := &TestObjects{Options: opts}
+	if err := load("fastpath test", LoadFastpathTest, opts, co, o); err != nil {
 		return nil, err
 	}
-	o := &TestObjects{Options: opts}
-	if err := spec.LoadAndAssign(&o.FastpathTestObjects, co); err != nil {
-		return nil, fmt.Errorf("load fastpath test: %w", verifierError(err))
-	}
 	return o, nil
+}
+
+func load(name string, spec func() (*ebpf.CollectionSpec, error), opts Options, co *ebpf.CollectionOptions, to any) error {
+	s, err := spec()
+	if err != nil {
+		return fmt.Errorf("parse %s object: %w", name, err)
+	}
+	if err := Configure(s, opts); err != nil {
+		return err
+	}
+	if err := s.LoadAndAssign(to, co); err != nil {
+		return fmt.Errorf("load %s: %w", name, verifierError(err))
+	}
+	return nil
 }
 
 // verifierError keeps the whole verifier log in the message: the tail alone

@@ -190,8 +190,7 @@ func Plan(p *verdict.Policy) (*State, error) {
 // PeerKey is the LPM trie key of a prefix: the family byte, then the address.
 func PeerKey(pfx netip.Prefix) FastpathPeerKey {
 	a := pfx.Addr()
-	k := FastpathPeerKey{Prefixlen: 8 + uint32(pfx.Bits()), Family: uint8(verdict.FamilyOf(a)), Addr: addr16(a)}
-	return k
+	return FastpathPeerKey{Prefixlen: 8 + uint32(pfx.Bits()), Family: uint8(verdict.FamilyOf(a)), Addr: addr16(a)}
 }
 
 // addr16 lays an address out as the fast path stores it: IPv4 in the first

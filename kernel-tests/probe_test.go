@@ -29,7 +29,7 @@ type prober struct {
 
 func newProber(t testing.TB, opts bpf.Options) *prober {
 	objs := loadTest(t, opts)
-	return &prober{objs: objs, maps: objs.Maps()}
+	return &prober{objs: objs, maps: &objs.Maps}
 }
 
 // install plans pol and writes what changed since the last install.

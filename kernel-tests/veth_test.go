@@ -145,7 +145,7 @@ func TestPrivilegedVethVif(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	maps := objs.Maps()
+	maps := &objs.Maps
 	if err := maps.Apply(nil, state); err != nil {
 		t.Fatal(err)
 	}
