@@ -11,6 +11,8 @@ require github.com/google/gopacket v1.1.19
 
 require (
 	github.com/vishvananda/netns v0.0.5
+	go.etcd.io/bbolt v1.4.3
+	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/sys v0.50.0
 )
 
