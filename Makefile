@@ -13,9 +13,10 @@ export BPF2GO_CFLAGS
 # Debian 12 packages the targets need, by command.
 APT_generate := clang-19 llvm-19 libbpf-dev linux-libc-dev
 APT_kernel := iproute2
+APT_selinux := checkpolicy semodule-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux generate check-generate build test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,7 +39,10 @@ deps-generate: ## install or check clang-19, llvm-19 and libbpf-dev
 deps-kernel: ## install or check iproute2 (kernel tests)
 	$(call need,ip tc,$(APT_kernel))
 
-deps: deps-generate deps-kernel ## install or check everything the targets need
+deps-selinux: ## install or check checkmodule and semodule_package (policy bundle tests)
+	$(call need,checkmodule semodule_package,$(APT_selinux))
+
+deps: deps-generate deps-kernel deps-selinux ## install or check everything the targets need
 
 generate: deps-generate ## rebuild the bpf2go output in bpf/ (clang-19); commit the result
 	$(GO) generate ./bpf/
@@ -53,7 +57,7 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 build: ## build bin/mlsgate (no clang needed)
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 
-test: check-generate deps-kernel test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
+test: check-generate deps-kernel deps-selinux test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...

@@ -1,64 +1,53 @@
-// Command mlsgate is the one binary of mlsgate. Subcommands arrive with their
-// issues (agent, load, status, events, bench, demo, updated); today it checks
-// labels, which every policy file is written in.
+// Command mlsgate is the one binary of mlsgate. Its subcommands check labels,
+// run and query the policy store and the label mapper; the agent, the loader
+// and the benchmark harness add theirs as they arrive.
 package main
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
-	"github.com/mlsgate/mlsgate/label"
+	"github.com/spf13/cobra"
 )
 
-const usage = `usage: mlsgate label KIND TEXT...
-
-Parse security labels as mlsgate reads them and print their canonical form.
-Exit status 1 names the first text that does not parse and why.
-
-KIND is one of:
-  level    an MLS level:            s3:c1.c5,c9
-  range    an MLS range:            s0-s15:c0.c1023
-  context  an SELinux context:      system_u:object_r:analyst_t:s0-s5
-  label    secrecy and integrity:   s3:c1/i5
-  bounds   a secrecy and integrity range, as guests and servers have: s6-s15/i5-i15
-`
-
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := runContext(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mlsgate:", err)
 		os.Exit(1)
 	}
 }
 
+// run is main without the process: tests call it.
 func run(args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(out, usage)
-		return nil
+	return runContext(context.Background(), args, out, io.Discard)
+}
+
+func runContext(ctx context.Context, args []string, out, errOut io.Writer) error {
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(errOut)
+	return root.ExecuteContext(ctx)
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "mlsgate",
+		Short: "MLS enforcement for the guests of a VM host",
+		Long: `mlsgate labels the traffic of every guest of a VM host (Xen dom0, KVM) with the
+label of its IPsec SA and enforces the MLS inter-VM policy in the kernel, after
+the architecture of Rueda, Sreenivasan and Jaeger, "Flexible Security
+Configuration for Virtual Machines" (CSAW'08).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	if args[0] != "label" {
-		return fmt.Errorf("unknown command %q; run 'mlsgate --help'", args[0])
-	}
-	if len(args) < 3 {
-		return errors.New("label needs a KIND and at least one TEXT; run 'mlsgate --help'")
-	}
-	parse := map[string]func(string) (fmt.Stringer, error){
-		"level":   func(s string) (fmt.Stringer, error) { return label.ParseLevel(s) },
-		"range":   func(s string) (fmt.Stringer, error) { return label.ParseRange(s) },
-		"context": func(s string) (fmt.Stringer, error) { return label.ParseContext(s) },
-		"label":   func(s string) (fmt.Stringer, error) { return label.ParseLabel(s) },
-		"bounds":  func(s string) (fmt.Stringer, error) { return label.ParseBounds(s) },
-	}[args[1]]
-	if parse == nil {
-		return fmt.Errorf("unknown label kind %q: want level, range, context, label or bounds", args[1])
-	}
-	for _, s := range args[2:] {
-		v, err := parse(s)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(out, v)
-	}
-	return nil
+	root.AddCommand(newLabelCmd(), newStoreCmd())
+	return root
 }
