@@ -114,15 +114,15 @@ func TestParseApplicationErrors(t *testing.T) {
 		name, from, to string
 		want           []string // substrings of the error
 	}{
-		{"inverted range", "range: s6-s15/i5-i10", "range: s15-s6/i5-i10", []string{"analyst.yaml:24", "servers[0].range", "s6-s15"}},
+		{"inverted range", "range: s6-s15/i5-i10", "range: s15-s6/i5-i10", []string{"analyst.yaml:26", "servers[0].range", "s6-s15"}},
 		{"unknown field", "loadable_from:", "loadable_form:", []string{"analyst.yaml:", "loadable_form", "not found"}},
-		{"bad address", "10.70.2.1", "10.70.2", []string{"analyst.yaml:27", "servers[1].addresses[0]", "10.70.2"}},
-		{"bad host", "ws3.analyst.example,", "WS3_analyst,", []string{"analyst.yaml:30", "servers[2].hosts[0]", "DNS name"}},
-		{"label outside guest", "label: s10/i8", "label: s10/i12", []string{"analyst.yaml:38", "labels[0].label", "outside the guest range"}},
-		{"bad regex", `profile(/.*)?'`, `profile(/.*'`, []string{"analyst.yaml:37", "labels[0].url", "regular expression"}},
+		{"bad address", "10.70.2.1", "10.70.2", []string{"analyst.yaml:29", "servers[1].addresses[0]", "10.70.2"}},
+		{"bad host", "ws3.analyst.example,", "WS3_analyst,", []string{"analyst.yaml:32", "servers[2].hosts[0]", "DNS name"}},
+		{"label outside guest", "label: s10/i8", "label: s10/i12", []string{"analyst.yaml:40", "labels[0].label", "outside the guest range"}},
+		{"bad regex", `profile(/.*)?'`, `profile(/.*'`, []string{"analyst.yaml:39", "labels[0].url", "regular expression"}},
 		{"bad type", "type: analyst_t", "type: Analyst", []string{"analyst.yaml:8", "type", "_t"}},
 		{"yaml syntax", "servers:", "servers: [", []string{"analyst.yaml:"}},
-		{"dup server", "name: ws2", "name: ws1", []string{"analyst.yaml:25", "servers[1].name", "listed twice"}},
+		{"dup server", "name: ws2", "name: ws1", []string{"analyst.yaml:27", "servers[1].name", "listed twice"}},
 		{"server out of guest", "range: s0-s5/i5-i10", "range: s0-s5/i0-i2", []string{"servers[2].range", "nothing in common"}},
 	}
 	for _, c := range cases {
