@@ -96,8 +96,19 @@ func checkRule(vs []Violation, sys System, r Rule, i int) []Violation {
 		return vs
 	}
 	// Secrecy: every destination level must dominate every source level; the
-	// lowest destination against the highest source decides.
-	if a, b := r.FromLabels.High, r.ToLabels.Low; !b.Secrecy.Dominates(a.Secrecy) {
+	// lowest destination against the highest source decides. A same-secrecy
+	// rule moves data only between equal levels, which needs the two secrecy
+	// ranges to meet and is otherwise always permitted.
+	if r.SameSecrecy {
+		fr := label.Range{Low: r.FromLabels.Low.Secrecy, High: r.FromLabels.High.Secrecy}
+		tr := label.Range{Low: r.ToLabels.Low.Secrecy, High: r.ToLabels.High.Secrecy}
+		if _, ok := fr.Intersect(tr); !ok {
+			vs = append(vs, Violation{
+				Kind: Empty, Rule: r, Index: i,
+				Reason: fmt.Sprintf("permits no flow: a same-secrecy rule needs a level in both %s and %s", fr, tr),
+			})
+		}
+	} else if a, b := r.FromLabels.High, r.ToLabels.Low; !b.Secrecy.Dominates(a.Secrecy) {
 		vs = append(vs, Violation{
 			Kind: WriteDown, Rule: r, Index: i, FlowFrom: a, FlowTo: b, HasFlow: true,
 			Reason: fmt.Sprintf("would write down secrecy (%s does not dominate %s)", b.Secrecy, a.Secrecy),

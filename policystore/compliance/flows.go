@@ -246,3 +246,56 @@ func CheckPIDSI(sys System, mod Module, labels map[string]label.Bounds) []Violat
 	}
 	return Check(sys, rel)
 }
+
+// ErrMLSExempt marks a module that exempts a type from the OS's MLS
+// constraints, so that FlowsMLS cannot rely on them.
+var ErrMLSExempt = errors.New("type exempt from MLS constraints")
+
+// FlowsMLS is Flows for a module loaded into an OS that enforces MLS
+// constraints, as an SELinux MLS policy does: every rule is SameSecrecy,
+// because the kernel lets a process write only at its own level and read
+// only at or below it, whatever the allow rules say. The lattice check is
+// then about integrity, which SELinux does not enforce: the split the
+// paper's PIDSI assumes. Types may keep their whole secrecy range.
+//
+// The assumption fails for a type the module places in an MLS-exempt
+// attribute (refpolicy's mlstrustedsubject, mlstrustedobject,
+// mlsfilewrite, ... all start with "mls"): that is an error naming the type
+// and the attribute (errors.Is ErrMLSExempt). Attributes given to required
+// types by other modules are outside what one module can show.
+func (m Module) FlowsMLS(labels map[string]label.Bounds) (Relation, error) {
+	var errs []error
+	types := make([]string, 0, len(m.TypeAttributes))
+	for t := range m.TypeAttributes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	for _, t := range types {
+		for _, a := range m.TypeAttributes[t] {
+			if strings.HasPrefix(a, "mls") {
+				errs = append(errs, fmt.Errorf("%s: type %q has attribute %q, which exempts it from MLS constraints: drop the attribute or check the module with Flows: %w", m.File, t, a, ErrMLSExempt))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	rel, err := m.Flows(labels)
+	if err != nil {
+		return nil, err
+	}
+	for i := range rel {
+		rel[i].SameSecrecy = true
+	}
+	return rel, nil
+}
+
+// CheckPIDSIMLS is CheckPIDSI under MLS constraints (FlowsMLS): the check
+// for a guest whose kernel enforces secrecy, leaving integrity to PIDSI.
+func CheckPIDSIMLS(sys System, mod Module, labels map[string]label.Bounds) []Violation {
+	rel, err := mod.FlowsMLS(labels)
+	if err != nil {
+		return []Violation{{Kind: PolicyError, Rule: Rule{Source: mod.File}, Reason: err.Error()}}
+	}
+	return Check(sys, rel)
+}

@@ -22,6 +22,13 @@ type Rule struct {
 	// carries data. Without it any label of FromLabels may flow to any label
 	// of ToLabels.
 	SameLabel bool
+	// SameSecrecy restricts the rule to flows between labels of equal
+	// secrecy, while integrity may differ: what an OS with MLS constraints
+	// enforces for a TE allow rule (a write needs equal levels; a read down
+	// is a flow up, which the lattice permits anyway). The lattice check then
+	// covers integrity only, and the two secrecy ranges must meet. SameLabel
+	// takes precedence when both are set.
+	SameSecrecy bool
 	// Source says where the rule came from, e.g. "analyst_guest.te:12" or
 	// "xfrm out guest→ws1". Violations quote it.
 	Source string
@@ -37,8 +44,11 @@ type Relation []Rule
 // label)" for SameLabel rules.
 func (r Rule) String() string {
 	s := r.From + " " + r.FromLabels.String() + " → " + r.To + " " + r.ToLabels.String()
-	if r.SameLabel {
+	switch {
+	case r.SameLabel:
 		s += " (same label)"
+	case r.SameSecrecy:
+		s += " (same secrecy)"
 	}
 	return s
 }

@@ -50,6 +50,11 @@ type Module struct {
 	Types, Required, Attributes []string
 	// Aliases maps each type alias to its type.
 	Aliases map[string]string
+	// TypeAttributes maps a type to the attributes it is given, by its
+	// declaration ("type t, a;") or by typeattribute statements. They grant
+	// nothing here, but some exempt the type from the OS's MLS constraints
+	// (see FlowsMLS).
+	TypeAttributes map[string][]string
 	// Allows are the allow rules, including those inside optional, if and
 	// else blocks: a block may be enabled, so its rules count.
 	Allows []AVRule
@@ -328,7 +333,9 @@ func (p *teParser) statement() error {
 		return p.expect(";")
 	case "allow", "neverallow", "auditallow", "dontaudit":
 		return p.avRule(t)
-	case "typeattribute", "roleattribute", "attribute_role", "role", "role_transition",
+	case "typeattribute":
+		return p.typeAttribute()
+	case "roleattribute", "attribute_role", "role", "role_transition",
 		"type_transition", "type_change", "type_member",
 		"allowxperm", "auditallowxperm", "dontauditxperm", "neverallowxperm":
 		return p.skipStatement(t)
@@ -519,11 +526,41 @@ func (p *teParser) typeDecl() error {
 	}
 	for p.isPunct(",") {
 		p.next()
-		if _, err := p.name("attribute"); err != nil {
+		a, err := p.name("attribute")
+		if err != nil {
 			return err
 		}
+		p.m.addTypeAttribute(n.text, a.text)
 	}
 	return p.expect(";")
+}
+
+// typeAttribute parses "typeattribute TYPE ATTR [, ATTR ...];".
+func (p *teParser) typeAttribute() error {
+	n, err := p.name("type")
+	if err != nil {
+		return err
+	}
+	for first := true; first || p.isPunct(","); first = false {
+		if !first {
+			p.next()
+		}
+		a, err := p.name("attribute")
+		if err != nil {
+			return err
+		}
+		p.m.addTypeAttribute(n.text, a.text)
+	}
+	return p.expect(";")
+}
+
+func (m *Module) addTypeAttribute(typ, attr string) {
+	if m.TypeAttributes == nil {
+		m.TypeAttributes = map[string][]string{}
+	}
+	if !slices.Contains(m.TypeAttributes[typ], attr) {
+		m.TypeAttributes[typ] = append(m.TypeAttributes[typ], attr)
+	}
 }
 
 func (p *teParser) aliases(typ token) error {
@@ -699,6 +736,14 @@ func (m Module) String() string {
 	sort.Strings(aliases)
 	for _, a := range aliases {
 		fmt.Fprintf(&b, "typealias %s alias %s;\n", m.Aliases[a], a)
+	}
+	typed := make([]string, 0, len(m.TypeAttributes))
+	for t := range m.TypeAttributes {
+		typed = append(typed, t)
+	}
+	sort.Strings(typed)
+	for _, t := range typed {
+		fmt.Fprintf(&b, "typeattribute %s %s;\n", t, strings.Join(m.TypeAttributes[t], ", "))
 	}
 	if len(m.Allows)+len(m.Neverallows) > 0 {
 		b.WriteString("\n")

@@ -57,10 +57,11 @@ func TestParseTE(t *testing.T) {
 	}
 	want := Module{
 		File: "analyst.te", Name: "analyst", Version: "1.0.2",
-		Types:      []string{"analyst_t", "analyst_exec_t", "analyst_conf_t", "analyst_data_t"},
-		Required:   []string{"user_home_t", "tmp_t"},
-		Attributes: []string{"domain"},
-		Aliases:    map[string]string{"analyst_bin_t": "analyst_exec_t"},
+		Types:          []string{"analyst_t", "analyst_exec_t", "analyst_conf_t", "analyst_data_t"},
+		Required:       []string{"user_home_t", "tmp_t"},
+		Attributes:     []string{"domain"},
+		Aliases:        map[string]string{"analyst_bin_t": "analyst_exec_t"},
+		TypeAttributes: map[string][]string{"analyst_t": {"domain"}},
 		Allows: []AVRule{
 			{Line: lineOf(t, analystTE, "allow analyst_t analyst_exec_t:file"), Sources: []string{"analyst_t"}, Targets: []string{"analyst_exec_t"}, Classes: []string{"file"}, Perms: []string{"read", "getattr", "execute"}},
 			{Line: lineOf(t, analystTE, "allow analyst_t analyst_conf_t"), Sources: []string{"analyst_t"}, Targets: []string{"analyst_conf_t"}, Classes: []string{"file"}, Perms: []string{"read", "getattr", "open"}},
