@@ -228,6 +228,19 @@ func (a *Application) Validate() error {
 		if !a.Guest.Contains(r.Label) {
 			return fieldErr(f+".label", "label %v is outside the guest range %v: a guest of this application could never read that URL", r.Label, a.Guest)
 		}
+		// A server holds data within its range only, so a rule that labels
+		// a server's URLs outside it contradicts the server.
+		prog, err := compileAnchored(r.URL)
+		if err != nil {
+			return fieldErr(f+".url", "bad regular expression: %v", err)
+		}
+		for _, s := range a.Servers {
+			for _, h := range s.Hosts {
+				if progTargetsHost(prog, h) && !s.Range.Contains(r.Label) {
+					return fieldErr(f+".label", "label %v is outside the range %v of server %q, whose host %s the URL pattern can match: narrow the pattern or change the label", r.Label, s.Range, s.Name, h)
+				}
+			}
+		}
 	}
 	if len(a.LoadableFrom) == 0 {
 		return fieldErr("loadable_from", "say who may load the application: application names, %q or %q", HostCaller, AnyCaller)

@@ -98,4 +98,3 @@ allow app_t data_t:file { read write };
 		t.Fatal("product reading of a ranged type found nothing")
 	}
 }
-
