@@ -48,6 +48,6 @@ Configuration for Virtual Machines" (CSAW'08).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newLabelCmd(), newStoreCmd())
+	root.AddCommand(newLabelCmd(), newStoreCmd(), newMapperCmd())
 	return root
 }

@@ -35,7 +35,7 @@ resolves URLs to applications, and caches applications fetched from an
 upstream application authority. Its HTTP API makes it an authority for other
 hosts too.`,
 	}
-	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreServeCmd())
+	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreBundleCmd(), newStoreServeCmd())
 	return cmd
 }
 

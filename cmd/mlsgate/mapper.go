@@ -1,0 +1,196 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/spf13/cobra"
+)
+
+const defaultMapperAddr = "127.0.0.1:7070"
+
+func newMapperCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "mapper",
+		Short: "the label mapper: URL → security label",
+		Long: `The label mapper maps URLs to security labels (the paper's section 3.1): its
+labeling policy (URL regex → label) first, then the upstream mappers its
+miss-handler policy names (answers outside the rule's bounds are rejected),
+then a default label (s0/i0). One runs on the host and one in every guest; the
+policy store generates the guests' policies. 'go doc ./mapper' describes the
+policy file format.`,
+	}
+	cmd.AddCommand(newMapperCheckCmd(), newMapperLookupCmd(), newMapperServeCmd())
+	return cmd
+}
+
+func newMapperCheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "check FILE...",
+		Short:   "validate label-mapper policy files",
+		Long:    "Parse each policy file as the mapper would and name the file, line and token of the first problem.",
+		Example: "  mlsgate mapper check /etc/mlsgate/mapper.policy",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, f := range args {
+				data, err := os.ReadFile(f)
+				if err != nil {
+					return err
+				}
+				p, err := mapper.ParsePolicy(f, data)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %d map rules, %d forward rules, default %s\n", f, len(p.Maps), len(p.Forwards), p.Default)
+			}
+			return nil
+		},
+	}
+}
+
+func newMapperLookupCmd() *cobra.Command {
+	var policy, server, output string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "lookup URL...",
+		Short: "print the labels of URLs",
+		Long: `Ask a running mapper (--server, an http:// base URL or unix:/path) or a policy
+file evaluated here (--policy; its forward rules are followed) for the label of
+each URL, with the rule or upstream that decided it.`,
+		Example: "  mlsgate mapper lookup --policy guest.policy http://ws1.analyst.example/profile\n  mlsgate mapper lookup --server unix:/run/mlsgate/mapper.sock http://ws3.analyst.example/",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if (policy == "") == (server == "") {
+				return fmt.Errorf("give exactly one of --policy FILE and --server ADDRESS")
+			}
+			lookup := func(u string) (mapper.Answer, error) {
+				ctx := cmd.Context()
+				return mapper.NewClient().Lookup(ctx, server, u)
+			}
+			if policy != "" {
+				m, err := mapper.New(mapper.Config{ForwardTimeout: timeout})
+				if err != nil {
+					return err
+				}
+				if err := m.Load(policy); err != nil {
+					return err
+				}
+				lookup = func(u string) (mapper.Answer, error) { return m.Lookup(cmd.Context(), u) }
+			}
+			var answers []mapper.Answer
+			failed := 0
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			if output == "table" {
+				fmt.Fprintln(tw, "URL\tLABEL\tCONTEXT\tSOURCE\tRULE")
+			}
+			for _, u := range args {
+				a, err := lookup(u)
+				if err != nil {
+					failed++
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", u, err)
+					continue
+				}
+				answers = append(answers, a)
+				ctx := "-"
+				if a.Context != nil {
+					ctx = a.Context.String()
+				}
+				rule := a.Rule
+				if a.Upstream != "" {
+					rule += " via " + a.Upstream
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.URL, a.Label, ctx, a.Source, orDash(rule))
+			}
+			switch output {
+			case "table":
+				tw.Flush()
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(answers); err != nil {
+					return err
+				}
+			default:
+				return fmt.Errorf("--output %q: want table or json", output)
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d lookups failed", failed, len(args))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&policy, "policy", "", "evaluate this policy file here")
+	cmd.Flags().StringVar(&server, "server", "", "ask this mapper (http://host:port or unix:/path)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Second, "per-upstream timeout when following forward rules")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func newMapperServeCmd() *cobra.Command {
+	var (
+		policy, listen, socket, id string
+		cacheSize                  int
+		cacheTTL, defaultTTL, fwd  time.Duration
+		hops                       int
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "run a label mapper",
+		Long: `Serve the label mapper's API on TCP and/or a Unix socket:
+
+  GET  /v1/label?url=URL   the URL's label (JSON: label, context, source, rule)
+  POST /v1/lookup          {"url": ..., "hops": n, "via": [...]}, between mappers
+  GET  /v1/stats           counters
+  GET  /healthz
+
+SIGHUP reloads --policy; a bad file is refused with its line and the mapper
+keeps the policy it had.`,
+		Example: "  mlsgate mapper serve --policy host.policy --listen 127.0.0.1:7070",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if listen == "" && socket == "" {
+				return fmt.Errorf("nothing to serve on: give --listen ADDR and/or --socket PATH")
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			m, err := mapper.New(mapper.Config{ID: id, CacheSize: cacheSize, CacheTTL: cacheTTL, DefaultTTL: defaultTTL, ForwardTimeout: fwd, HopLimit: hops})
+			if err != nil {
+				return err
+			}
+			load := func() {
+				if policy == "" {
+					return
+				}
+				if err := m.Load(policy); err != nil {
+					log.Error("mapper policy refused; keeping the previous one", "file", policy, "error", err)
+					return
+				}
+				p := m.Policy()
+				log.Info("mapper policy loaded", "file", policy, "map_rules", len(p.Maps), "forward_rules", len(p.Forwards))
+			}
+			if policy != "" {
+				// At start a bad policy is an error, not a mapper that
+				// answers the default to everything.
+				if err := m.Load(policy); err != nil {
+					return err
+				}
+			}
+			return serveHTTP(cmd.Context(), log, m.Handler(), listen, socket, load)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&policy, "policy", "", "policy file (without one every URL gets the default, unless forwarded)")
+	f.StringVar(&listen, "listen", defaultMapperAddr, "TCP address; \"\" for none")
+	f.StringVar(&socket, "socket", "", "Unix socket")
+	f.StringVar(&id, "id", "", "this mapper's ID in Via lists (default random)")
+	f.IntVar(&cacheSize, "cache-size", 0, "cache entries (0: default, negative: no cache)")
+	f.DurationVar(&cacheTTL, "cache-ttl", 0, "cache lifetime of rule and upstream answers (0: default)")
+	f.DurationVar(&defaultTTL, "default-ttl", 0, "cache lifetime of default answers (0: default)")
+	f.DurationVar(&fwd, "forward-timeout", 0, "timeout per upstream request (0: default 2s)")
+	f.IntVar(&hops, "hop-limit", 0, "refuse requests that passed this many mappers (0: default 8)")
+	return cmd
+}

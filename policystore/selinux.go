@@ -1,0 +1,63 @@
+package policystore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// ErrNoToolchain is returned when checkmodule or semodule_package is not
+// installed.
+var ErrNoToolchain = errors.New("SELinux module toolchain not installed: apt-get install -y checkpolicy semodule-utils")
+
+// Package compiles the module with the real SELinux toolchain into dir:
+// checkmodule -M -m (an MLS policy module) and semodule_package with the
+// file contexts. It returns the path of the policy package (.pp) that
+// semodule -i loads. Files are named after the module, as checkmodule
+// requires. A refusal quotes the tool's own message, which names the line
+// of the .te file.
+func (m Module) Package(ctx context.Context, dir string) (string, error) {
+	checkmodule, err1 := exec.LookPath("checkmodule")
+	semodulePackage, err2 := exec.LookPath("semodule_package")
+	if err1 != nil || err2 != nil {
+		return "", ErrNoToolchain
+	}
+	if !nameRE.MatchString(strings.ReplaceAll(m.Name, "_", "-")) {
+		return "", fmt.Errorf("module name %q is not a safe file name", m.Name)
+	}
+	base := filepath.Join(dir, m.Name)
+	if err := os.WriteFile(base+".te", []byte(m.TE), 0o644); err != nil {
+		return "", err
+	}
+	run := func(tool string, args ...string) error {
+		var out bytes.Buffer
+		cmd := exec.CommandContext(ctx, tool, args...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s refuses module %s: %v: %s", filepath.Base(tool), m.Name, err, strings.TrimSpace(out.String()))
+		}
+		return nil
+	}
+	if err := run(checkmodule, "-M", "-m", "-o", base+".mod", base+".te"); err != nil {
+		return "", err
+	}
+	args := []string{"-o", base + ".pp", "-m", base + ".mod"}
+	if m.FC != "" {
+		if err := os.WriteFile(base+".fc", []byte(m.FC), 0o644); err != nil {
+			return "", err
+		}
+		args = append(args, "-f", base+".fc")
+	}
+	if err := run(semodulePackage, args...); err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(base + ".pp"); err != nil || fi.Size() == 0 {
+		return "", fmt.Errorf("semodule_package wrote no package for %s: %v", m.Name, err)
+	}
+	return base + ".pp", nil
+}
