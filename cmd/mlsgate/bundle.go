@@ -180,4 +180,3 @@ in policystore/templates).`,
 	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "first SPI to allocate (the fast path's host-allocated range starts at 0xc0000000)")
 	return cmd
 }
-
