@@ -47,6 +47,15 @@ func KernelLabel(l label.Label) FastpathMlsLabel {
 // Plan computes the map contents that make the kernel decide as
 // verdict.Decide does under p. It touches nothing; errors name the input.
 func Plan(p *verdict.Policy) (*State, error) {
+	return PlanFrom(p, nil)
+}
+
+// PlanFrom is Plan keeping the label ids of prev, the state the maps hold
+// now: a label that stays keeps its id, and a new label takes an id that
+// neither prev nor the new state uses. So while Apply moves the maps from
+// prev to the result, no entry ever points at an id whose label changed
+// under it: an agent can re-plan and apply while traffic flows.
+func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 	s := &State{
 		Vifs:     make(map[uint32]FastpathVif, len(p.Guests)),
 		Labels:   map[uint32]FastpathMlsLabel{DefaultLabelID: KernelLabel(label.Default)},
@@ -55,6 +64,14 @@ func Plan(p *verdict.Policy) (*State, error) {
 		Peers:    make(map[FastpathPeerKey]FastpathPeer, len(p.Peers)),
 		LabelIDs: map[label.Label]uint32{label.Default: DefaultLabelID},
 	}
+	// Ids of prev's labels, which a new label must not take over.
+	prevIDs := map[uint32]bool{}
+	if prev != nil {
+		for _, id := range prev.LabelIDs {
+			prevIDs[id] = true
+		}
+	}
+	nextID := uint32(DefaultLabelID)
 	intern := func(l label.Label) (uint32, error) {
 		if id, ok := s.LabelIDs[l]; ok {
 			return id, nil
@@ -62,9 +79,20 @@ func Plan(p *verdict.Policy) (*State, error) {
 		if err := l.Validate(); err != nil {
 			return 0, err
 		}
-		id := uint32(len(s.LabelIDs))
-		if id >= LabelsMax {
-			return 0, planErr("more than %d distinct labels; raise LABELS_MAX", LabelsMax)
+		id, kept := uint32(0), false
+		if prev != nil {
+			id, kept = prev.LabelIDs[l]
+		}
+		for !kept {
+			nextID++
+			if nextID >= LabelsMax {
+				return 0, planErr("more than %d distinct labels; raise LABELS_MAX", LabelsMax)
+			}
+			_, usedNow := s.Labels[nextID]
+			_, usedBefore := prevIDs[nextID]
+			if !usedNow && !usedBefore {
+				id, kept = nextID, true
+			}
 		}
 		s.LabelIDs[l] = id
 		s.Labels[id] = KernelLabel(l)

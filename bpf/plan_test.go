@@ -87,3 +87,40 @@ func TestPlanRefusesBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanFromKeepsLabelIDs: a label that stays keeps its id, and a new one
+// never takes an id the previous state used, so applying the new state
+// over the old one never makes an entry point at a changed label.
+func TestPlanFromKeepsLabelIDs(t *testing.T) {
+	mk := func(labels ...string) *verdict.Policy {
+		p := &verdict.Policy{Guests: map[uint32]verdict.Guest{}, SPIBase: 0xc0000000, SPISlots: 64}
+		for i, s := range labels {
+			l, err := label.ParseLabel(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.SAs = append(p.SAs, verdict.SA{SPI: 0x1000 + uint32(i), Family: verdict.AFInet, Daddr: netip.MustParseAddr("10.0.0.1"), Owner: 1, App: 1, Label: l})
+		}
+		return p
+	}
+	a, err := Plan(mk("s1/i1", "s2/i2", "s3/i3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := PlanFrom(mk("s3/i3", "s4/i4", "s2/i2"), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l, id := range b.LabelIDs {
+		if old, ok := a.LabelIDs[l]; ok && old != id {
+			t.Errorf("%v moved from id %d to %d", l, old, id)
+		}
+		if _, kept := a.LabelIDs[l]; !kept {
+			for ol, oid := range a.LabelIDs {
+				if oid == id {
+					t.Errorf("new label %v took id %d of %v", l, id, ol)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,521 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// KernelSA is what the agent needs of one of the kernel's XFRM SAs.
+type KernelSA struct {
+	Src, Dst netip.Addr
+	SPI      uint32
+	Proto    uint8
+	Reqid    uint32
+	// Context is the SA's SELinux security context (XFRMA_SEC_CTX); ""
+	// for an unlabeled SA.
+	Context string
+}
+
+// SAWatcher is the seam to the kernel's SA database: Watch calls update
+// with the complete set of SAs, first once the initial dump is done and
+// then after every change (or resync), until ctx ends. Implementations
+// coalesce bursts; update must not be called concurrently.
+type SAWatcher interface {
+	Watch(ctx context.Context, update func([]KernelSA)) error
+}
+
+// LinkEvent is an interface that appeared, changed or went away.
+type LinkEvent struct {
+	Name    string
+	Index   int
+	Deleted bool
+}
+
+// LinkWatcher is the seam to the kernel's interface list: Watch calls
+// event for every existing interface, then synced, then for each change,
+// until ctx ends.
+type LinkWatcher interface {
+	Watch(ctx context.Context, event func(LinkEvent), synced func()) error
+}
+
+// Attacher is the seam to program attachment (bpf.AttachPinned and
+// bpf.DetachPinned in production).
+type Attacher interface {
+	Attach(ifindex int) (mode string, err error)
+	Detach(ifindex int) error
+	Pinned() ([]int, error)
+}
+
+// MapWriter is the seam to the BPF maps.
+type MapWriter interface {
+	ReadState() (*bpf.State, error)
+	Apply(prev, next *bpf.State) error
+}
+
+// Agent keeps the fast path attached to the declared guests' interfaces and
+// its maps equal to the desired state plus the kernel's SAs.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	maps     MapWriter
+	attacher Attacher
+	links    LinkWatcher
+	sas      SAWatcher
+	now      func() time.Time
+
+	mu        sync.Mutex
+	desired   Desired
+	present   map[string]int // managed-pattern interfaces that exist: name → ifindex
+	attached  map[int]string // ifindex → name, programs attached (or adopted)
+	modes     map[int]string
+	kernelSAs []KernelSA
+	saView    saStats
+	applied   *bpf.State
+	pendingAt time.Time // oldest change not yet applied
+	lastErr   error
+	linksSync bool
+	sasSync   bool
+
+	kick    chan struct{}
+	events  eventHub
+	ready   atomic.Bool
+	metrics *metrics
+}
+
+type saStats struct {
+	Synced, Unlabeled, BadContext, NoGuest, Static int
+}
+
+// Options are the seams; nil fields get the kernel implementations.
+type Options struct {
+	Maps     MapWriter
+	Attacher Attacher
+	Links    LinkWatcher
+	SAs      SAWatcher
+	Now      func() time.Time
+}
+
+// New builds an agent around the given seams. Run starts it.
+func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Maps == nil || o.Attacher == nil || o.Links == nil || o.SAs == nil {
+		return nil, errors.New("agent.New: every seam must be set (use Start for the kernel ones)")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	d, err := loadDesired(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, log: log, maps: o.Maps, attacher: o.Attacher, links: o.Links, sas: o.SAs, now: o.Now,
+		desired: d, present: map[string]int{}, attached: map[int]string{}, modes: map[int]string{},
+		kick: make(chan struct{}, 1),
+	}
+	a.metrics = newMetrics(a)
+	return a, nil
+}
+
+// Run adopts what a previous agent left pinned, waits for the first full
+// view of the interfaces and the SAs (so that it never applies a partial
+// view, which would drop allowed traffic), then keeps everything in sync
+// until ctx ends. Pins stay when it returns: the fast path keeps enforcing
+// the last state (fail closed).
+func (a *Agent) Run(ctx context.Context) error {
+	applied, err := a.maps.ReadState()
+	if err != nil {
+		return fmt.Errorf("read pinned maps: %w", err)
+	}
+	pinned, err := a.attacher.Pinned()
+	if err != nil {
+		return fmt.Errorf("list pinned links: %w", err)
+	}
+	a.mu.Lock()
+	a.applied = applied
+	for _, i := range pinned {
+		a.attached[i] = "" // name learnt from the link watcher
+		a.modes[i] = "adopted"
+	}
+	a.mu.Unlock()
+	a.log.Info("adopted pinned state", "vifs", len(applied.Vifs), "sa_slots", len(applied.Slots), "sas", len(applied.SAs), "peers", len(applied.Peers), "links", len(pinned))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		errc <- a.links.Watch(ctx, a.onLink, func() {
+			a.mu.Lock()
+			a.linksSync = true
+			a.mu.Unlock()
+			a.poke()
+		})
+	}()
+	go func() {
+		errc <- a.sas.Watch(ctx, a.onSAs)
+	}()
+	var resync <-chan time.Time
+	if a.cfg.ResyncInterval > 0 {
+		t := time.NewTicker(a.cfg.ResyncInterval)
+		defer t.Stop()
+		resync = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		case <-a.kick:
+			a.reconcile()
+		case <-resync:
+			a.reconcile()
+		}
+	}
+}
+
+func (a *Agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) markPending() {
+	if a.pendingAt.IsZero() {
+		a.pendingAt = a.now()
+	}
+}
+
+func (a *Agent) onLink(e LinkEvent) {
+	if !a.cfg.manages(e.Name) {
+		return
+	}
+	a.mu.Lock()
+	if e.Deleted {
+		if a.present[e.Name] == e.Index {
+			delete(a.present, e.Name)
+		}
+	} else {
+		a.present[e.Name] = e.Index
+		if _, ok := a.attached[e.Index]; ok && a.attached[e.Index] == "" {
+			a.attached[e.Index] = e.Name
+		}
+	}
+	a.markPending()
+	a.mu.Unlock()
+	a.poke()
+}
+
+func (a *Agent) onSAs(sas []KernelSA) {
+	a.mu.Lock()
+	a.kernelSAs = sas
+	a.sasSync = true
+	a.markPending()
+	a.mu.Unlock()
+	a.poke()
+}
+
+// SetGuest declares (or replaces) the guest on an interface.
+func (a *Agent) SetGuest(g GuestSpec) error {
+	return a.changeDesired(func(d *Desired) {
+		for i := range d.Guests {
+			if d.Guests[i].Interface == g.Interface {
+				d.Guests[i] = g
+				return
+			}
+		}
+		d.Guests = append(d.Guests, g)
+	})
+}
+
+// RemoveGuest forgets the guest on an interface; its programs are
+// detached. It reports whether there was one.
+func (a *Agent) RemoveGuest(iface string) (bool, error) {
+	found := false
+	err := a.changeDesired(func(d *Desired) {
+		for i := range d.Guests {
+			if d.Guests[i].Interface == iface {
+				d.Guests = append(d.Guests[:i], d.Guests[i+1:]...)
+				found = true
+				return
+			}
+		}
+	})
+	return found, err
+}
+
+// SetPeers replaces the peer list.
+func (a *Agent) SetPeers(p []PeerSpec) error {
+	return a.changeDesired(func(d *Desired) { d.Peers = p })
+}
+
+// SetStaticSAs replaces the SAs the agent is told about.
+func (a *Agent) SetStaticSAs(s []SASpec) error {
+	return a.changeDesired(func(d *Desired) { d.SAs = s })
+}
+
+// changeDesired validates, persists, then applies a change: the desired
+// state on disk is what a restarted agent enforces.
+func (a *Agent) changeDesired(fn func(*Desired)) error {
+	a.mu.Lock()
+	next := Desired{
+		Guests: append([]GuestSpec(nil), a.desired.Guests...),
+		Peers:  append([]PeerSpec(nil), a.desired.Peers...),
+		SAs:    append([]SASpec(nil), a.desired.SAs...),
+	}
+	fn(&next)
+	next.sort()
+	if err := next.Validate(); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	if _, err := a.plan(next, a.present, a.kernelSAs); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	if err := saveDesired(a.cfg.StateDir, next); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("save desired state: %w", err)
+	}
+	a.desired = next
+	a.markPending()
+	a.mu.Unlock()
+	a.poke()
+	return nil
+}
+
+// policyFor builds the verdict policy of a desired state on the present
+// interfaces with the kernel's SAs.
+func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*verdict.Policy, saStats) {
+	p := &verdict.Policy{
+		Guests: map[uint32]verdict.Guest{}, SPIBase: a.cfg.SPIBase, SPISlots: a.cfg.SPISlots,
+		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce,
+	}
+	byAddr := map[netip.Addr]GuestSpec{}
+	for _, g := range d.Guests {
+		if g.Addr4.IsValid() {
+			byAddr[g.Addr4] = g
+		}
+		if g.Addr6.IsValid() {
+			byAddr[g.Addr6] = g
+		}
+		idx, ok := present[g.Interface]
+		if !ok || !a.cfg.manages(g.Interface) {
+			continue
+		}
+		p.Guests[uint32(idx)] = verdict.Guest{
+			VM: g.VM, App: g.App, Range: g.Range, Addr4: g.Addr4, Addr6: g.Addr6,
+			AllowUnlabeled: g.AllowUnlabeled, Audit: g.Audit,
+		}
+	}
+	for _, pe := range d.Peers {
+		p.Peers = append(p.Peers, verdict.Peer{Prefix: pe.Prefix, App: pe.App, Range: pe.Range, Kind: pe.Kind})
+	}
+	var st saStats
+	seen := map[[2]uint64]bool{}
+	for _, s := range d.SAs {
+		sa := verdict.SA{SPI: s.SPI, Daddr: s.Daddr, Owner: s.Owner, App: s.App, Label: s.Label, Family: verdict.FamilyOf(s.Daddr)}
+		p.SAs = append(p.SAs, sa)
+		seen[saIdent(sa)] = true
+		st.Static++
+	}
+	integ := label.IntegrityPolicy{Default: a.cfg.DefaultIntegrity, ByType: a.cfg.Integrity}
+	for _, k := range ksas {
+		if k.Proto != 50 {
+			continue // only ESP carries traffic the vif programs see
+		}
+		if k.Context == "" {
+			st.Unlabeled++
+			continue
+		}
+		ctx, err := label.ParseContext(k.Context)
+		if err != nil || !ctx.HasRange {
+			// Never an allow: an SA whose label we cannot read is left out
+			// of the maps, so its packets meet deny_unknown_sa.
+			st.BadContext++
+			continue
+		}
+		// The guest that owns the SA: the sender of outbound SAs, the
+		// receiver of inbound ones.
+		g, ok := byAddr[k.Src]
+		if !ok {
+			g, ok = byAddr[k.Dst]
+		}
+		if !ok {
+			st.NoGuest++
+			continue
+		}
+		sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
+		if seen[saIdent(sa)] {
+			continue // a static declaration wins
+		}
+		seen[saIdent(sa)] = true
+		p.SAs = append(p.SAs, sa)
+		st.Synced++
+	}
+	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
+	return p, st
+}
+
+func saIdent(s verdict.SA) [2]uint64 {
+	b := s.Daddr.As16()
+	var h uint64
+	for _, x := range b {
+		h = h*131 + uint64(x)
+	}
+	return [2]uint64{uint64(s.SPI), h}
+}
+
+func (a *Agent) plan(d Desired, present map[string]int, ksas []KernelSA) (*bpf.State, error) {
+	p, _ := a.policyFor(d, present, ksas)
+	return bpf.PlanFrom(p, a.applied)
+}
+
+// reconcile moves the kernel to the desired state: programs off the
+// interfaces that lost their guest, maps to the new state, programs onto
+// the new guests' interfaces (so a program never runs on a vif whose entry
+// is missing, and an interface is never left without its programs while
+// its guest is declared).
+func (a *Agent) reconcile() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.linksSync || !a.sasSync {
+		return // never apply a partial view
+	}
+	start := a.now()
+	pending := a.pendingAt
+	a.pendingAt = time.Time{}
+	declared := map[string]bool{}
+	for _, g := range a.desired.Guests {
+		declared[g.Interface] = true
+	}
+	var errs []error
+	// 1. Detach where the guest is gone or the interface is.
+	for idx, name := range a.attached {
+		cur, exists := a.present[name]
+		if name != "" && exists && cur == idx && declared[name] {
+			continue
+		}
+		if err := a.attacher.Detach(idx); err != nil {
+			errs = append(errs, fmt.Errorf("detach ifindex %d (%s): %w", idx, name, err))
+			continue
+		}
+		delete(a.attached, idx)
+		delete(a.modes, idx)
+		a.metrics.detaches.Inc()
+		a.log.Info("detached", "interface", name, "ifindex", idx)
+	}
+	// 2. Maps.
+	p, st := a.policyFor(a.desired, a.present, a.kernelSAs)
+	next, err := bpf.PlanFrom(p, a.applied)
+	if err == nil {
+		err = a.maps.Apply(a.applied, next)
+	}
+	if err != nil {
+		errs = append(errs, err)
+		a.metrics.reconcileErrors.Inc()
+	} else {
+		a.applied = next
+		a.saView = st
+	}
+	// 3. Attach to the declared, present interfaces (after their entries).
+	if err == nil {
+		for name, idx := range a.present {
+			if !declared[name] {
+				continue
+			}
+			if prev, ok := a.attached[idx]; ok && prev == name && a.modes[idx] != "adopted" {
+				continue
+			}
+			mode, err := a.attacher.Attach(idx)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("attach %s: %w", name, err))
+				continue
+			}
+			a.attached[idx] = name
+			a.modes[idx] = mode
+			a.metrics.attaches.Inc()
+			a.log.Info("attached", "interface", name, "ifindex", idx, "mode", mode)
+		}
+	}
+	a.lastErr = errors.Join(errs...)
+	if a.lastErr != nil {
+		a.log.Error("reconcile", "error", a.lastErr)
+		a.markPending() // try again on the next change or resync
+		return
+	}
+	if !pending.IsZero() {
+		a.metrics.syncLag.Observe(a.now().Sub(pending).Seconds())
+	}
+	a.metrics.reconcileSeconds.Observe(a.now().Sub(start).Seconds())
+	if !a.ready.Load() {
+		a.ready.Store(true)
+		a.log.Info("ready", "guests", len(p.Guests), "sas", len(p.SAs), "peers", len(p.Peers))
+	}
+}
+
+// Ready reports whether the first full reconcile has succeeded.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Status is what `mlsgate status` prints.
+type Status struct {
+	Ready  bool          `json:"ready"`
+	Error  string        `json:"error,omitempty"`
+	Guests []GuestStatus `json:"guests"`
+	SAs    saStats       `json:"sas"`
+	Peers  int           `json:"peers"`
+	Maps   struct {
+		Vifs, Labels, Slots, SAs, Peers int
+	} `json:"maps"`
+	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
+}
+
+// GuestStatus is one declared guest and where it stands.
+type GuestStatus struct {
+	GuestSpec
+	Ifindex  int    `json:"ifindex,omitempty"`
+	Present  bool   `json:"present"`
+	Attached bool   `json:"attached"`
+	Mode     string `json:"mode,omitempty"`
+}
+
+// Status reports the agent's view.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{Ready: a.ready.Load(), SAs: a.saView, Peers: len(a.desired.Peers)}
+	if a.lastErr != nil {
+		s.Error = a.lastErr.Error()
+	}
+	for _, g := range a.desired.Guests {
+		gs := GuestStatus{GuestSpec: g}
+		if idx, ok := a.present[g.Interface]; ok {
+			gs.Present, gs.Ifindex = true, idx
+			if name, ok := a.attached[idx]; ok && name == g.Interface {
+				gs.Attached, gs.Mode = true, a.modes[idx]
+			}
+		}
+		s.Guests = append(s.Guests, gs)
+	}
+	if a.applied != nil {
+		s.Maps.Vifs, s.Maps.Labels, s.Maps.Slots, s.Maps.SAs, s.Maps.Peers = len(a.applied.Vifs), len(a.applied.Labels), len(a.applied.Slots), len(a.applied.SAs), len(a.applied.Peers)
+	}
+	return s
+}

@@ -1,0 +1,354 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/label"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// fakeKernel records what the agent does to maps and links, in order.
+type fakeKernel struct {
+	mu      sync.Mutex
+	state   *bpf.State
+	log     []string
+	pinned  []int
+	failAtt bool
+}
+
+func (k *fakeKernel) ReadState() (*bpf.State, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.state == nil {
+		return &bpf.State{}, nil
+	}
+	return k.state, nil
+}
+
+func (k *fakeKernel) Apply(prev, next *bpf.State) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.state = next
+	k.log = append(k.log, fmt.Sprintf("apply vifs=%d sas=%d slots=%d", len(next.Vifs), len(next.SAs), len(next.Slots)))
+	return nil
+}
+
+func (k *fakeKernel) Attach(i int) (string, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.failAtt {
+		return "", fmt.Errorf("refused")
+	}
+	mode := "attached"
+	for _, p := range k.pinned {
+		if p == i {
+			mode = "updated"
+		}
+	}
+	k.log = append(k.log, fmt.Sprintf("attach %d %s", i, mode))
+	return mode, nil
+}
+
+func (k *fakeKernel) Detach(i int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.log = append(k.log, fmt.Sprintf("detach %d", i))
+	return nil
+}
+
+func (k *fakeKernel) Pinned() ([]int, error) { return k.pinned, nil }
+
+func (k *fakeKernel) events() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.log...)
+}
+
+// fakeLinks lets a test add and remove interfaces.
+type fakeLinks struct {
+	initial []LinkEvent
+	ch      chan LinkEvent
+}
+
+func (f *fakeLinks) Watch(ctx context.Context, event func(LinkEvent), synced func()) error {
+	for _, e := range f.initial {
+		event(e)
+	}
+	synced()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e := <-f.ch:
+			event(e)
+		}
+	}
+}
+
+// fakeSAs lets a test replace the kernel's SA set.
+type fakeSAs struct {
+	initial []KernelSA
+	ch      chan []KernelSA
+	hold    chan struct{} // when set, the initial dump waits for it
+}
+
+func (f *fakeSAs) Watch(ctx context.Context, update func([]KernelSA)) error {
+	if f.hold != nil {
+		select {
+		case <-f.hold:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	update(f.initial)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case s := <-f.ch:
+			update(s)
+		}
+	}
+}
+
+type harness struct {
+	a      *Agent
+	k      *fakeKernel
+	links  *fakeLinks
+	sas    *fakeSAs
+	cancel func()
+	done   chan error
+}
+
+func start(t *testing.T, cfg Config, k *fakeKernel, links *fakeLinks, sas *fakeSAs) *harness {
+	t.Helper()
+	if links.ch == nil {
+		links.ch = make(chan LinkEvent)
+	}
+	if sas.ch == nil {
+		sas.ch = make(chan []KernelSA)
+	}
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Maps: k, Attacher: k, Links: links, SAs: sas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &harness{a: a, k: k, links: links, sas: sas, cancel: cancel, done: make(chan error, 1)}
+	go func() { h.done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-h.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return h
+}
+
+// eventually polls cond for up to 5 s (bounded), failing with msg.
+func eventually(t *testing.T, cond func() bool, msg string, args ...any) {
+	t.Helper()
+	for range 500 {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf(msg, args...)
+}
+
+func testConfig(t *testing.T) Config {
+	c := DefaultConfig()
+	c.StateDir = t.TempDir()
+	c.PinDir = "/sys/fs/bpf/unused-by-fakes"
+	c.SPISlots = 1024
+	c.Integrity = map[string]label.Integrity{"analyst_t": 7}
+	c.DefaultIntegrity = 1
+	return c
+}
+
+func guest7(t *testing.T) GuestSpec {
+	r, err := label.ParseBounds("s0-s15/i5-i10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.70.0.7")}
+}
+
+func TestAgentAttachesAfterEntryAndDetachesBeforeClearing(t *testing.T) {
+	k := &fakeKernel{}
+	h := start(t, testConfig(t), k, &fakeLinks{initial: []LinkEvent{{Name: "eth0", Index: 2}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	if err := h.a.SetGuest(guest7(t)); err != nil {
+		t.Fatal(err)
+	}
+	// Declared but absent: nothing attached, no vif entry.
+	eventually(t, func() bool { ev := k.events(); return len(ev) >= 2 && ev[len(ev)-1] == "apply vifs=0 sas=0 slots=0" }, "no apply after declaring: %v", k.events())
+	h.links.ch <- LinkEvent{Name: "vif7.0", Index: 9}
+	eventually(t, func() bool { return strings.Contains(strings.Join(k.events(), ","), "attach 9") }, "never attached: %v", k.events())
+	ev := strings.Join(k.events(), ",")
+	if i, j := strings.Index(ev, "apply vifs=1"), strings.Index(ev, "attach 9"); i < 0 || i > j {
+		t.Fatalf("programs attached before the vif entry was written: %s", ev)
+	}
+	// An undeclared interface that matches the pattern is left alone.
+	h.links.ch <- LinkEvent{Name: "vif8.0", Index: 10}
+	h.links.ch <- LinkEvent{Name: "vif7.0", Index: 9, Deleted: true}
+	eventually(t, func() bool { return strings.Contains(strings.Join(k.events(), ","), "detach 9") }, "never detached: %v", k.events())
+	ev = strings.Join(k.events(), ",")
+	if strings.Contains(ev, "attach 10") {
+		t.Fatalf("attached to an undeclared interface: %s", ev)
+	}
+	if i, j := strings.LastIndex(ev, "detach 9"), strings.LastIndex(ev, "apply vifs=0"); i < 0 || j < i {
+		t.Fatalf("vif entry cleared before the programs were detached: %s", ev)
+	}
+	st := h.a.Status()
+	if len(st.Guests) != 1 || st.Guests[0].Present || st.Guests[0].Attached {
+		t.Fatalf("status after delete: %+v", st.Guests)
+	}
+}
+
+func TestAgentWaitsForFullView(t *testing.T) {
+	k := &fakeKernel{}
+	sas := &fakeSAs{hold: make(chan struct{})}
+	h := start(t, testConfig(t), k, &fakeLinks{}, sas)
+	time.Sleep(50 * time.Millisecond)
+	if ev := k.events(); len(ev) != 0 || h.a.Ready() {
+		t.Fatalf("applied before the initial SA dump: %v", ev)
+	}
+	close(sas.hold)
+	eventually(t, h.a.Ready, "never ready after the SA dump")
+}
+
+func TestAgentSyncsSAsWithContexts(t *testing.T) {
+	cfg := testConfig(t)
+	g := guest7(t)
+	// The desired state survives a restart: write it through one agent.
+	k := &fakeKernel{}
+	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool { return h.a.Status().Guests[0].Attached }, "not attached")
+	host := netip.MustParseAddr("10.70.0.1")
+	sas := []KernelSA{
+		{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Context: "system_u:system_r:analyst_t:s6"},      // in the slot array
+		{Src: host, Dst: g.Addr4, SPI: 0x1234, Proto: 50, Context: "system_u:system_r:analyst_t:s6:c1"},         // hash
+		{Src: g.Addr4, Dst: host, SPI: 0x2000, Proto: 50, Context: "not a context"},                             // never an allow
+		{Src: g.Addr4, Dst: host, SPI: 0x2001, Proto: 50},                                                       // unlabeled
+		{Src: netip.MustParseAddr("10.9.9.9"), Dst: host, SPI: 0x2002, Proto: 50, Context: "u:r:x_t:s1"},       // no guest
+		{Src: g.Addr4, Dst: host, SPI: 0x2003, Proto: 51, Context: "system_u:system_r:analyst_t:s6"},           // AH: not ours
+	}
+	h.sas.ch <- sas
+	eventually(t, func() bool { return h.a.Status().SAs.Synced == 2 }, "SAs not synced: %+v", h.a.Status().SAs)
+	st := h.a.Status()
+	if st.SAs.BadContext != 1 || st.SAs.Unlabeled != 1 || st.SAs.NoGuest != 1 {
+		t.Fatalf("SA accounting %+v", st.SAs)
+	}
+	k.mu.Lock()
+	state := k.state
+	k.mu.Unlock()
+	slot, ok := state.Slots[5]
+	if !ok || slot.OwnerVm != 7 || slot.AppId != 1 {
+		t.Fatalf("slot 5: %+v %v", slot, ok)
+	}
+	want, _ := label.ParseLabel("s6/i7") // analyst_t has integrity 7 in the config
+	if id := state.LabelIDs[want]; id != slot.LabelId || id == 0 {
+		t.Fatalf("slot label id %d, want the id of %v (%d)", slot.LabelId, want, id)
+	}
+	if len(state.SAs) != 1 {
+		t.Fatalf("hash SAs: %d", len(state.SAs))
+	}
+	// Deleting an SA in the kernel removes its entry.
+	h.sas.ch <- sas[1:]
+	eventually(t, func() bool { k.mu.Lock(); defer k.mu.Unlock(); _, ok := k.state.Slots[5]; return !ok }, "slot 5 not cleared after the SA went")
+
+	// Metrics lint clean and carry the SA states.
+	if probs, err := testutil.CollectAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
+		t.Fatalf("metrics lint: %v %v", probs, err)
+	}
+	srv := httptest.NewServer(h.a.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, w := range []string{`mlsgate_sas{state="bad_context"} 1`, `mlsgate_guests{state="attached"} 1`, "mlsgate_sync_lag_seconds_bucket", `mlsgate_denial_events_total{reason="deny_unknown_sa"} 0`} {
+		if !strings.Contains(string(body), w) {
+			t.Errorf("/metrics lacks %s", w)
+		}
+	}
+}
+
+func TestAgentAdoptsPinsOnRestart(t *testing.T) {
+	cfg := testConfig(t)
+	k := &fakeKernel{}
+	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	if err := h.a.SetGuest(guest7(t)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool { return h.a.Status().Guests[0].Attached }, "not attached")
+	h.cancel()
+	<-h.done
+	h.done <- nil // for the cleanup
+
+	// The new agent finds the maps and links the old one pinned.
+	k2 := &fakeKernel{state: k.state, pinned: []int{9, 44}}
+	h2 := start(t, cfg, k2, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h2.a.Ready, "restarted agent not ready")
+	eventually(t, func() bool { return strings.Contains(strings.Join(k2.events(), ","), "attach 9 updated") }, "programs not swapped into the pinned links: %v", k2.events())
+	ev := strings.Join(k2.events(), ",")
+	if !strings.Contains(ev, "detach 44") {
+		t.Fatalf("a pinned link of a vanished interface was kept: %s", ev)
+	}
+	if strings.Contains(ev, "detach 9") {
+		t.Fatalf("the live vif lost its programs during the restart: %s", ev)
+	}
+	if got := h2.a.Status().Guests; len(got) != 1 || got[0].Interface != "vif7.0" {
+		t.Fatalf("desired state not restored: %+v", got)
+	}
+}
+
+func TestAgentRefusesBadDesiredState(t *testing.T) {
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{}, &fakeSAs{})
+	g := guest7(t)
+	g.VM = 0
+	if err := h.a.SetGuest(g); err == nil || !strings.Contains(err.Error(), "vm 0") {
+		t.Fatalf("vm 0: %v", err)
+	}
+	srv := httptest.NewServer(h.a.Handler())
+	defer srv.Close()
+	for _, c := range []struct {
+		method, path, body string
+		code               int
+	}{
+		{"PUT", "/v1/guests/vif7.0", `{"interface":"vif7.0","vm":7,"range":"s9-s1"}`, 400},
+		{"PUT", "/v1/guests/vif7.0", `{"interface":"vif8.0","vm":7,"range":"s1-s9"}`, 400},
+		{"PUT", "/v1/guests/vif7.0", `{"vm":7,"range":"s1-s9","colour":"red"}`, 400},
+		{"PUT", "/v1/guests/vif7.0", `{"vm":7,"range":"s1-s9"}`, 200},
+		{"DELETE", "/v1/guests/vif9.0", ``, 404},
+		{"PUT", "/v1/sas", `[{"spi":7,"daddr":"10.0.0.1","label":"s1"}]`, 422},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader(c.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("%s %s %s: %d %s, want %d", c.method, c.path, c.body, resp.StatusCode, b, c.code)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// Config is the agent's configuration: /etc/mlsgate/agent.yaml, MLSGATE_*
+// environment variables and flags, merged by the command (see
+// deploy/agent.yaml for the documented example).
+type Config struct {
+	// StateDir keeps the desired state (guests, peers, static SAs) across
+	// restarts.
+	StateDir string `mapstructure:"state_dir"`
+	// PinDir is where the maps and links are pinned in bpffs.
+	PinDir string `mapstructure:"pin_dir"`
+	// Listen serves /metrics, /healthz, /readyz and the API on TCP; "" for none.
+	Listen string `mapstructure:"listen"`
+	// Socket serves the same on a Unix socket; "" for none.
+	Socket string `mapstructure:"socket"`
+	// Interfaces are the glob patterns (filepath.Match) of interface names
+	// the agent may manage, e.g. "vif*". An interface is managed only when
+	// it matches and a guest is declared on it: the agent never guesses.
+	Interfaces []string `mapstructure:"interfaces"`
+	// Enforce drops denied packets; false only counts and reports them.
+	Enforce bool `mapstructure:"enforce"`
+	// SPIBase and SPISlots: the host's SPI range, kept in a dense array.
+	SPIBase  uint32 `mapstructure:"spi_base"`
+	SPISlots uint32 `mapstructure:"spi_slots"`
+	// APIPort is the host's TCP port guests may reach (the loader's API).
+	APIPort uint16 `mapstructure:"api_port"`
+	// EventSample sends 1 in N denials to the event ring (0: none).
+	EventSample uint32 `mapstructure:"event_sample"`
+	// EventRate caps denial log lines per second.
+	EventRate float64 `mapstructure:"event_rate"`
+	// ResyncInterval re-reads the kernel's SAs in full this often.
+	ResyncInterval time.Duration `mapstructure:"resync_interval"`
+	// Integrity gives the integrity of SA contexts by SELinux type
+	// (PIDSI); types not listed get DefaultIntegrity.
+	Integrity        map[string]label.Integrity `mapstructure:"integrity"`
+	DefaultIntegrity label.Integrity            `mapstructure:"default_integrity"`
+}
+
+// DefaultConfig is what the agent runs with when nothing is configured.
+func DefaultConfig() Config {
+	o := bpf.DefaultOptions()
+	return Config{
+		StateDir:       "/var/lib/mlsgate/agent",
+		PinDir:         "/sys/fs/bpf/mlsgate",
+		Listen:         "127.0.0.1:9471",
+		Socket:         "/run/mlsgate/agent.sock",
+		Interfaces:     []string{"vif*"},
+		Enforce:        true,
+		SPIBase:        o.SPIBase,
+		SPISlots:       o.SPISlots,
+		EventSample:    1,
+		EventRate:      20,
+		ResyncInterval: 5 * time.Minute,
+	}
+}
+
+// Validate checks the configuration and names the bad field.
+func (c *Config) Validate() error {
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state_dir %q: want an absolute path", c.StateDir)
+	}
+	if c.PinDir == "" || !filepath.IsAbs(c.PinDir) {
+		return fmt.Errorf("pin_dir %q: want an absolute path under a bpffs mount (/sys/fs/bpf/...)", c.PinDir)
+	}
+	if len(c.Interfaces) == 0 {
+		return errors.New("interfaces: give at least one pattern, e.g. vif*")
+	}
+	for _, p := range c.Interfaces {
+		if _, err := filepath.Match(p, "x"); err != nil {
+			return fmt.Errorf("interfaces: bad pattern %q: %v", p, err)
+		}
+	}
+	if uint64(c.SPIBase)+uint64(c.SPISlots) > 1<<32 {
+		return fmt.Errorf("spi_base %#x + spi_slots %d passes 0xffffffff", c.SPIBase, c.SPISlots)
+	}
+	if c.EventRate < 0 {
+		return fmt.Errorf("event_rate %v: want 0 (no denial logs) or more", c.EventRate)
+	}
+	if err := c.DefaultIntegrity.Validate(); err != nil {
+		return fmt.Errorf("default_integrity: %w", err)
+	}
+	for t, i := range c.Integrity {
+		if err := i.Validate(); err != nil {
+			return fmt.Errorf("integrity.%s: %w", t, err)
+		}
+	}
+	if c.ResyncInterval < 0 {
+		return fmt.Errorf("resync_interval %v: want 0 (never) or more", c.ResyncInterval)
+	}
+	return nil
+}
+
+func (c *Config) bpfOptions() bpf.Options {
+	return bpf.Options{SPIBase: c.SPIBase, SPISlots: c.SPISlots, APIPort: c.APIPort, Enforce: c.Enforce, EventSample: c.EventSample}
+}
+
+// manages reports whether an interface name matches the patterns.
+func (c *Config) manages(name string) bool {
+	for _, p := range c.Interfaces {
+		if ok, _ := filepath.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}

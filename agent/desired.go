@@ -1,0 +1,159 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// GuestSpec declares a guest on one host-side interface. The loader (or an
+// operator) sends it before, or after, the interface appears.
+type GuestSpec struct {
+	Interface      string       `json:"interface"`
+	VM             uint32       `json:"vm"`
+	App            uint32       `json:"app"`
+	Range          label.Bounds `json:"range"`
+	Addr4          netip.Addr   `json:"addr4,omitzero"`
+	Addr6          netip.Addr   `json:"addr6,omitzero"`
+	AllowUnlabeled bool         `json:"allow_unlabeled,omitempty"`
+	Audit          bool         `json:"audit,omitempty"`
+}
+
+// PeerSpec is a remote party guests may talk to.
+type PeerSpec struct {
+	Prefix netip.Prefix     `json:"prefix"`
+	App    uint32           `json:"app"`
+	Range  label.Bounds     `json:"range"`
+	Kind   verdict.PeerKind `json:"kind"`
+}
+
+// SASpec is an SA the agent is told about rather than reads from the
+// kernel: one a peer terminates elsewhere, or one on a host whose kernel
+// lacks the ESP transform.
+type SASpec struct {
+	SPI   uint32      `json:"spi"`
+	Daddr netip.Addr  `json:"daddr"`
+	Owner uint32      `json:"owner"`
+	App   uint32      `json:"app"`
+	Label label.Label `json:"label"`
+}
+
+// Desired is what the agent must enforce, apart from the kernel's SAs.
+type Desired struct {
+	Guests []GuestSpec `json:"guests"`
+	Peers  []PeerSpec  `json:"peers"`
+	SAs    []SASpec    `json:"sas"`
+}
+
+// Validate checks the desired state and names the bad entry.
+func (d *Desired) Validate() error {
+	ifs := map[string]bool{}
+	for i, g := range d.Guests {
+		if g.Interface == "" || len(g.Interface) > 15 {
+			return fmt.Errorf("guests[%d]: interface %q: want a Linux interface name (1-15 characters)", i, g.Interface)
+		}
+		if ifs[g.Interface] {
+			return fmt.Errorf("guests[%d]: interface %s declared twice", i, g.Interface)
+		}
+		ifs[g.Interface] = true
+		if g.VM == 0 {
+			return fmt.Errorf("guests[%d] (%s): vm 0 is reserved; give the guest's VM id", i, g.Interface)
+		}
+		if err := g.Range.Validate(); err != nil {
+			return fmt.Errorf("guests[%d] (%s): range: %w", i, g.Interface, err)
+		}
+		if g.Addr4.IsValid() && !g.Addr4.Is4() {
+			return fmt.Errorf("guests[%d] (%s): addr4 %s is not IPv4", i, g.Interface, g.Addr4)
+		}
+		if g.Addr6.IsValid() && (!g.Addr6.Is6() || g.Addr6.Is4In6()) {
+			return fmt.Errorf("guests[%d] (%s): addr6 %s is not IPv6", i, g.Interface, g.Addr6)
+		}
+	}
+	for i, p := range d.Peers {
+		if !p.Prefix.IsValid() {
+			return fmt.Errorf("peers[%d]: invalid prefix", i)
+		}
+		if err := p.Range.Validate(); err != nil {
+			return fmt.Errorf("peers[%d] (%s): range: %w", i, p.Prefix, err)
+		}
+	}
+	for i, s := range d.SAs {
+		if s.SPI < 256 {
+			return fmt.Errorf("sas[%d]: spi %d is reserved (RFC 4303)", i, s.SPI)
+		}
+		if err := s.Label.Validate(); err != nil {
+			return fmt.Errorf("sas[%d] (spi %#x): label: %w", i, s.SPI, err)
+		}
+	}
+	return nil
+}
+
+func (d *Desired) sort() {
+	sort.Slice(d.Guests, func(i, j int) bool { return d.Guests[i].Interface < d.Guests[j].Interface })
+}
+
+const desiredFile = "desired.json"
+
+// loadDesired reads the desired state; a missing file is an empty state.
+func loadDesired(dir string) (Desired, error) {
+	var d Desired
+	b, err := os.ReadFile(filepath.Join(dir, desiredFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return d, nil
+	}
+	if err != nil {
+		return d, err
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		return d, fmt.Errorf("%s: %w (move it away to start empty; the loader re-declares its guests)", filepath.Join(dir, desiredFile), err)
+	}
+	if err := d.Validate(); err != nil {
+		return d, fmt.Errorf("%s: %w", filepath.Join(dir, desiredFile), err)
+	}
+	return d, nil
+}
+
+// saveDesired writes the desired state so that a crash at any point leaves
+// the old file or the new one: temp file, fsync, rename, fsync the directory.
+func saveDesired(dir string, d Desired) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".desired-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, desiredFile)); err != nil {
+		return err
+	}
+	dh, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer dh.Close()
+	return dh.Sync()
+}

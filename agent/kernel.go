@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Kernel is the fast path loaded with pins: the production MapWriter,
+// Attacher and CounterReader.
+type Kernel struct {
+	Objs   *bpf.Objects
+	PinDir string
+}
+
+// LoadKernel loads (or adopts) the pinned fast path for cfg.
+func LoadKernel(cfg Config) (*Kernel, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w (run as root or with CAP_SYS_RESOURCE)", err)
+	}
+	if err := ensureBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	objs, err := bpf.LoadPinned(cfg.bpfOptions(), cfg.PinDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Kernel{Objs: objs, PinDir: cfg.PinDir}, nil
+}
+
+// Close closes the agent's file descriptors; the pins keep everything.
+func (k *Kernel) Close() error { return k.Objs.Close() }
+
+func (k *Kernel) ReadState() (*bpf.State, error)    { return k.Objs.Maps.ReadState() }
+func (k *Kernel) Apply(prev, next *bpf.State) error { return k.Objs.Maps.Apply(prev, next) }
+func (k *Kernel) Detach(ifindex int) error          { return bpf.DetachPinned(k.PinDir, ifindex) }
+func (k *Kernel) Pinned() ([]int, error)            { return bpf.PinnedIfindexes(k.PinDir) }
+func (k *Kernel) Counters() (c [2][verdict.NumReasons]bpf.Counter, err error) {
+	return k.Objs.Maps.Counters()
+}
+func (k *Kernel) Attach(ifindex int) (string, error) {
+	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.VifIngress, k.Objs.VifEgress)
+}
+
+// NetlinkLinks watches interfaces through rtnetlink in the agent's
+// network namespace.
+type NetlinkLinks struct{}
+
+// Watch implements LinkWatcher.
+func (NetlinkLinks) Watch(ctx context.Context, event func(LinkEvent), synced func()) error {
+	ch := make(chan netlink.LinkUpdate, 256)
+	done := make(chan struct{})
+	defer close(done)
+	errc := make(chan error, 1)
+	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) {
+			select {
+			case errc <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to link events: %w", err)
+	}
+	// The list after subscribing: nothing that appears in between is missed.
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		event(LinkEvent{Name: l.Attrs().Name, Index: l.Attrs().Index})
+	}
+	synced()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("link events: %w (the agent restarts its watch on restart)", err)
+		case u, ok := <-ch:
+			if !ok {
+				return errors.New("link event channel closed")
+			}
+			event(LinkEvent{Name: u.Attrs().Name, Index: u.Attrs().Index, Deleted: u.Header.Type == unix.RTM_DELLINK})
+		}
+	}
+}
+
+// NoSAs reports an empty SA set once: for hosts where the agent is told
+// about SAs (static SAs in the desired state) rather than reading them.
+type NoSAs struct{}
+
+// Watch implements SAWatcher.
+func (NoSAs) Watch(ctx context.Context, update func([]KernelSA)) error {
+	update(nil)
+	<-ctx.Done()
+	return nil
+}
+
+// Start loads the kernel side and builds an agent on it.
+func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error) {
+	k, err := LoadKernel(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sas == nil {
+		sas = NoSAs{}
+	}
+	a, err := New(cfg, log, Options{Maps: k, Attacher: k, Links: NetlinkLinks{}, SAs: sas})
+	if err != nil {
+		k.Close()
+		return nil, nil, err
+	}
+	a.metrics.counters = k
+	return a, k, nil
+}
+
+// ensureBPFFS checks that dir is (or will be created) on a bpffs mount,
+// mounting one on /sys/fs/bpf when that is where dir lives and nothing is
+// mounted there yet (as a fresh mount namespace or an early boot has it).
+func ensureBPFFS(dir string) error {
+	probe := dir
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(probe, &st)
+		if err == nil {
+			if st.Type == unix.BPF_FS_MAGIC {
+				return nil
+			}
+			if probe == "/sys/fs/bpf" {
+				if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+					return fmt.Errorf("mount bpffs on /sys/fs/bpf: %w", err)
+				}
+				return nil
+			}
+			return fmt.Errorf("pin directory %s is not on a bpffs mount (filesystem magic %#x): mount one with 'mount -t bpf bpf /sys/fs/bpf' or choose a pin_dir under one", dir, st.Type)
+		}
+		if !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("pin directory %s: %w", dir, err)
+		}
+		parent := filepath.Dir(probe)
+		if parent == probe {
+			return fmt.Errorf("pin directory %s: no existing parent", dir)
+		}
+		probe = parent
+	}
+}

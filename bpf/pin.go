@@ -1,0 +1,306 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// The agent keeps the fast path alive across its own restarts and crashes
+// by pinning it in bpffs:
+//
+//	<dir>/maps/<map>                         every map, by name
+//	<dir>/links/<ifindex>_ingress|_egress    the tcx links of each vif
+//
+// A pinned link keeps its program attached, and a pinned map keeps its
+// contents, with no process holding them: killing the agent leaves the
+// last policy enforcing (fail closed). A new agent loads its programs
+// against the same pinned maps and swaps them into the pinned links.
+
+// ErrPinnedMismatch is returned when pinned maps exist but do not match
+// what this build would create (another version, other sizes).
+var ErrPinnedMismatch = errors.New("pinned maps do not match this build")
+
+// LoadPinned loads the vif programs with their maps pinned under
+// dir/maps: existing pins are reused with their contents, missing ones are
+// created and pinned.
+func LoadPinned(opts Options, dir string) (*Objects, error) {
+	mapDir := filepath.Join(dir, "maps")
+	if err := os.MkdirAll(mapDir, 0o700); err != nil {
+		return nil, fmt.Errorf("pin directory %s: %w (is bpffs mounted on /sys/fs/bpf?)", mapDir, err)
+	}
+	spec, err := LoadFastpath()
+	if err != nil {
+		return nil, fmt.Errorf("parse fastpath object: %w", err)
+	}
+	if err := Configure(spec, opts); err != nil {
+		return nil, err
+	}
+	for _, m := range spec.Maps {
+		if m.Name == ".rodata" || strings.HasPrefix(m.Name, ".") {
+			continue
+		}
+		m.Pinning = ebpf.PinByName
+	}
+	o := &Objects{Options: opts}
+	err = spec.LoadAndAssign(o, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapDir}})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("%w: %v; the pins in %s come from another version or other --spi-slots: remove them with 'mlsgate agent cleanup' (traffic on managed vifs is then unfiltered until the agent starts)", ErrPinnedMismatch, err, mapDir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load fastpath: %w", verifierError(err))
+	}
+	return o, nil
+}
+
+// linkPath names the pinned tcx link of one direction of a vif.
+func linkPath(dir string, ifindex int, dirName string) string {
+	return filepath.Join(dir, "links", fmt.Sprintf("%d_%s", ifindex, dirName))
+}
+
+// AttachPinned attaches the vif programs to ifindex with tcx links pinned
+// under dir/links, or, where links are pinned already, swaps the programs
+// in those links atomically (tcx link update): a packet sees the old
+// program or the new one, never none. It returns "updated", "attached" or
+// "clsact" (a kernel without tcx; filters persist without pins).
+func AttachPinned(dir string, ifindex int, ingress, egress *ebpf.Program) (string, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		return "", err
+	}
+	mode := "attached"
+	var attached []link.Link
+	undo := func() {
+		for _, l := range attached {
+			l.Unpin()
+			l.Close()
+		}
+	}
+	for _, h := range []struct {
+		name string
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{{"ingress", ingress, ebpf.AttachTCXIngress}, {"egress", egress, ebpf.AttachTCXEgress}} {
+		path := linkPath(dir, ifindex, h.name)
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if ok, _ := linkOnIfindex(l, ifindex); ok {
+				err = l.Update(h.prog)
+				l.Close()
+				if err != nil {
+					undo()
+					return "", fmt.Errorf("update pinned %s link of ifindex %d: %w", h.name, ifindex, err)
+				}
+				mode = "updated"
+				continue
+			}
+			// A link left by an interface that is gone (the index was
+			// reused): drop it.
+			l.Unpin()
+			l.Close()
+		}
+		l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: h.prog, Attach: h.at})
+		if errors.Is(err, ebpf.ErrNotSupported) && len(attached) == 0 && mode == "attached" {
+			_, err := attachClsact(ifindex, ingress, egress)
+			return "clsact", err
+		}
+		if err != nil {
+			undo()
+			return "", fmt.Errorf("attach tcx %s to ifindex %d: %w", h.name, ifindex, err)
+		}
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			undo()
+			return "", fmt.Errorf("pin %s: %w", path, err)
+		}
+		attached = append(attached, l)
+	}
+	for _, l := range attached {
+		l.Close() // the pin holds it now
+	}
+	return mode, nil
+}
+
+func linkOnIfindex(l link.Link, ifindex int) (bool, error) {
+	info, err := l.Info()
+	if err != nil {
+		return false, err
+	}
+	tcx := info.TCX()
+	if tcx == nil {
+		return false, nil
+	}
+	return int(tcx.Ifindex) == ifindex, nil
+}
+
+// DetachPinned removes the pinned links of ifindex, which detaches the
+// programs. A missing pin is not an error.
+func DetachPinned(dir string, ifindex int) error {
+	var errs []error
+	for _, d := range []string{"ingress", "egress"} {
+		path := linkPath(dir, ifindex, d)
+		l, err := link.LoadPinnedLink(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			// Not a link we can load: remove the file so it is not
+			// adopted later.
+			errs = append(errs, os.Remove(path))
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// PinnedIfindexes lists the interfaces with pinned links under dir.
+func PinnedIfindexes(dir string) ([]int, error) {
+	ents, err := os.ReadDir(filepath.Join(dir, "links"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	seen := map[int]bool{}
+	for _, e := range ents {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		if n, err := strconv.Atoi(num); ok && err == nil {
+			seen[n] = true
+		}
+	}
+	out := make([]int, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Ints(out)
+	return out, nil
+}
+
+// RemovePins removes every pin under dir: links first (which detaches the
+// programs), then maps.
+func RemovePins(dir string) error {
+	idx, err := PinnedIfindexes(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, i := range idx {
+		errs = append(errs, DetachPinned(dir, i))
+	}
+	errs = append(errs, os.RemoveAll(filepath.Join(dir, "links")), os.RemoveAll(filepath.Join(dir, "maps")))
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ReadState reads what the maps hold now back into a State, so that an
+// agent that adopts pinned maps can apply its desired state as a diff
+// against it. Array entries that are zero (unused vif slots, invalid SA
+// slots) are absent from the result.
+func (m *Maps) ReadState() (*State, error) {
+	s := &State{
+		Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{},
+		SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{},
+	}
+	if err := readArray(m.Vifs, func(k uint32, v FastpathVif) {
+		if v.Flags != 0 {
+			s.Vifs[k] = v
+		}
+	}); err != nil {
+		return nil, fmt.Errorf("read vifs: %w", err)
+	}
+	if err := readArray(m.SASlots, func(k uint32, v FastpathSa) {
+		if v.Flags&uint8(FastpathSaFlagSA_F_VALID) != 0 {
+			s.Slots[k] = v
+		}
+	}); err != nil {
+		return nil, fmt.Errorf("read sa_slots: %w", err)
+	}
+	var (
+		sk FastpathSaKey
+		sv FastpathSa
+	)
+	it := m.SAs.Iterate()
+	for it.Next(&sk, &sv) {
+		s.SAs[sk] = sv
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read sas: %w", err)
+	}
+	var (
+		pk FastpathPeerKey
+		pv FastpathPeer
+	)
+	it = m.Peers.Iterate()
+	for it.Next(&pk, &pv) {
+		s.Peers[pk] = pv
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read peers: %w", err)
+	}
+	// Labels: the default at id 0, and every id something refers to.
+	used := map[uint32]bool{DefaultLabelID: true}
+	for _, v := range s.Vifs {
+		used[v.RangeLo], used[v.RangeHi] = true, true
+	}
+	for _, v := range s.Slots {
+		used[v.LabelId] = true
+	}
+	for _, v := range s.SAs {
+		used[v.LabelId] = true
+	}
+	for _, v := range s.Peers {
+		used[v.RangeLo], used[v.RangeHi] = true, true
+	}
+	for id := range used {
+		var kl FastpathMlsLabel
+		if err := m.Labels.Lookup(id, &kl); err != nil {
+			return nil, fmt.Errorf("read label %d: %w", id, err)
+		}
+		s.Labels[id] = kl
+		l := label.Label{Secrecy: label.Level{Sens: kl.Sens, Cats: label.CategorySet(kl.Cats)}, Integrity: label.Integrity(kl.Integ)}
+		if prev, dup := s.LabelIDs[l]; !dup || id < prev {
+			s.LabelIDs[l] = id
+		}
+	}
+	return s, nil
+}
+
+// readArray walks an ARRAY map in batches.
+func readArray[V any](m *ebpf.Map, fn func(uint32, V)) error {
+	const chunk = 4096
+	keys := make([]uint32, chunk)
+	vals := make([]V, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			var k uint32
+			var v V
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				fn(k, v)
+			}
+			return it.Err()
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
