@@ -241,12 +241,12 @@ func TestAgentSyncsSAsWithContexts(t *testing.T) {
 	eventually(t, func() bool { return h.a.Status().Guests[0].Attached }, "not attached")
 	host := netip.MustParseAddr("10.70.0.1")
 	sas := []KernelSA{
-		{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Context: "system_u:system_r:analyst_t:s6"},      // in the slot array
-		{Src: host, Dst: g.Addr4, SPI: 0x1234, Proto: 50, Context: "system_u:system_r:analyst_t:s6:c1"},         // hash
-		{Src: g.Addr4, Dst: host, SPI: 0x2000, Proto: 50, Context: "not a context"},                             // never an allow
-		{Src: g.Addr4, Dst: host, SPI: 0x2001, Proto: 50},                                                       // unlabeled
-		{Src: netip.MustParseAddr("10.9.9.9"), Dst: host, SPI: 0x2002, Proto: 50, Context: "u:r:x_t:s1"},       // no guest
-		{Src: g.Addr4, Dst: host, SPI: 0x2003, Proto: 51, Context: "system_u:system_r:analyst_t:s6"},           // AH: not ours
+		{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Context: "system_u:system_r:analyst_t:s6"}, // in the slot array
+		{Src: host, Dst: g.Addr4, SPI: 0x1234, Proto: 50, Context: "system_u:system_r:analyst_t:s6:c1"},       // hash
+		{Src: g.Addr4, Dst: host, SPI: 0x2000, Proto: 50, Context: "not a context"},                           // never an allow
+		{Src: g.Addr4, Dst: host, SPI: 0x2001, Proto: 50},                                                     // unlabeled
+		{Src: netip.MustParseAddr("10.9.9.9"), Dst: host, SPI: 0x2002, Proto: 50, Context: "u:r:x_t:s1"},      // no guest
+		{Src: g.Addr4, Dst: host, SPI: 0x2003, Proto: 51, Context: "system_u:system_r:analyst_t:s6"},          // AH: not ours
 	}
 	h.sas.ch <- sas
 	eventually(t, func() bool { return h.a.Status().SAs.Synced == 2 }, "SAs not synced: %+v", h.a.Status().SAs)
