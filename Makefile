@@ -14,9 +14,10 @@ export BPF2GO_CFLAGS
 APT_generate := clang-19 llvm-19 libbpf-dev linux-libc-dev
 APT_kernel := iproute2
 APT_selinux := checkpolicy semodule-utils
+APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest generate check-generate build test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,7 +43,10 @@ deps-kernel: ## install or check iproute2 (kernel tests)
 deps-selinux: ## install or check checkmodule and semodule_package (policy bundle tests)
 	$(call need,checkmodule semodule_package,$(APT_selinux))
 
-deps: deps-generate deps-kernel deps-selinux ## install or check everything the targets need
+deps-guest: ## install or check QEMU, static busybox, kmod, xz (the Debian guest kernel tests)
+	$(call need,qemu-system-x86_64 busybox kmod ip checkpolicy xz,--no-install-recommends $(APT_guest))
+
+deps: deps-generate deps-kernel deps-selinux deps-guest ## install or check everything the targets need
 
 generate: deps-generate ## rebuild the bpf2go output in bpf/ (clang-19); commit the result
 	$(GO) generate ./bpf/
@@ -57,11 +61,11 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 build: ## build bin/mlsgate (no clang needed)
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 
-test: check-generate deps-kernel deps-selinux test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
+test: check-generate deps-kernel deps-selinux deps-guest test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /kernel-tests -e /bench)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /kernel-tests -e /bench) ./kernel-tests/guestvm/
 
 test-kernel: ## privileged tests against the running kernel (root; skipped otherwise)
 	@if [ "$$(id -u)" != 0 ]; then \
