@@ -25,6 +25,10 @@ type KernelSA struct {
 	// Context is the SA's SELinux security context (XFRMA_SEC_CTX); ""
 	// for an unlabeled SA.
 	Context string
+	// SelSrc and SelDst are the SA's selector when it names single hosts:
+	// for a tunnel the host terminates on a guest's behalf, the guest is
+	// the inner address.
+	SelSrc, SelDst netip.Addr
 }
 
 // SAWatcher is the seam to the kernel's SA database: Watch calls update
@@ -354,9 +358,12 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		}
 		// The guest that owns the SA: the sender of outbound SAs, the
 		// receiver of inbound ones.
-		g, ok := byAddr[k.Src]
-		if !ok {
-			g, ok = byAddr[k.Dst]
+		var g GuestSpec
+		var ok bool
+		for _, addr := range []netip.Addr{k.Src, k.Dst, k.SelSrc, k.SelDst} {
+			if g, ok = byAddr[addr]; ok && addr.IsValid() {
+				break
+			}
 		}
 		if !ok {
 			st.NoGuest++

@@ -106,14 +106,15 @@ func (NoSAs) Watch(ctx context.Context, update func([]KernelSA)) error {
 	return nil
 }
 
-// Start loads the kernel side and builds an agent on it.
+// Start loads the kernel side and builds an agent on it; sas nil means the
+// kernel's own SAs (XFRMWatcher).
 func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error) {
 	k, err := LoadKernel(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	if sas == nil {
-		sas = NoSAs{}
+		sas = XFRMWatcher{}
 	}
 	a, err := New(cfg, log, Options{Maps: k, Attacher: k, Links: NetlinkLinks{}, SAs: sas})
 	if err != nil {
