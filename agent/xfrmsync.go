@@ -14,9 +14,9 @@ import (
 // re-dumps whenever the kernel says its notifications overran (Resync) or
 // SAs were flushed. Bursts of events are coalesced into one update.
 type XFRMWatcher struct {
-	// NS is the network namespace whose SAs to follow; the zero value (or
-	// netns.None()) means the agent's own.
-	NS netns.NsHandle
+	// NS is the network namespace whose SAs to follow; nil means the
+	// agent's own.
+	NS *netns.NsHandle
 }
 
 type saID struct {
@@ -26,17 +26,17 @@ type saID struct {
 }
 
 func (w XFRMWatcher) handle() (*xfrm.Handle, error) {
-	if w.NS.IsOpen() {
-		return xfrm.NewHandleAt(w.NS)
+	if w.NS != nil {
+		return xfrm.NewHandleAt(*w.NS)
 	}
 	return xfrm.NewHandle()
 }
 
 // Watch implements SAWatcher.
 func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
-	ns := w.NS
-	if !ns.IsOpen() {
-		ns = netns.None()
+	ns := netns.None()
+	if w.NS != nil {
+		ns = *w.NS
 	}
 	events, err := xfrm.Subscribe(ctx, ns)
 	if err != nil {
