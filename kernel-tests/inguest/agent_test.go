@@ -330,7 +330,11 @@ func sendFrom(t *testing.T, ns netns.NsHandle, ctx, to string, port, n int) {
 
 func TestGuestAgent(t *testing.T) {
 	requireGuest(t)
-	setEnforce(t, false) // the vif programs decide here, not SELinux
+	// The vif programs decide here, not SELinux; the mode is the kernel's,
+	// so put it back for the tests that follow.
+	orig := readTrim(t, "/sys/fs/selinux/enforce")
+	t.Cleanup(func() { os.WriteFile("/sys/fs/selinux/enforce", []byte(orig), 0) })
+	setEnforce(t, false)
 	hostNS, guestNS := vethPair(t, "ah", "ag", "vif7.0", "eth0", agHost, agGuest)
 	webNS := newNetNS(t, "aw")
 	ip(t, "link", "add", "wsif", "netns", "ah", "type", "veth", "peer", "name", "eth0", "netns", "aw")
