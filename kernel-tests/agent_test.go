@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -390,6 +391,25 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	in := st.Counters["ingress"]
 	if in["allow_default"] != uint64(n) || in["deny_spoofed"] != uint64(n) {
 		t.Errorf("pinned counters: allow_default %d, deny_spoofed %d; want %d each (%v)", in["allow_default"], in["deny_spoofed"], n, in)
+	}
+	// What a scraper sees: lint-clean, with the same counts.
+	resp, err := e.client.Get("http://agent/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	probs, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil || len(probs) > 0 {
+		t.Errorf("/metrics does not lint: %v %v", probs, err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf(`mlsgate_packets_total{direction="ingress",reason="deny_spoofed"} %d`, n),
+		fmt.Sprintf(`mlsgate_packets_total{direction="ingress",reason="allow_default"} %d`, n),
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	if !strings.Contains(e.log.String(), `"mode":"updated"`) {
 		t.Errorf("the restarted agent did not swap its programs into the pinned links:\n%s", e.log)
