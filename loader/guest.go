@@ -1,0 +1,58 @@
+package loader
+
+import (
+	"context"
+	"net/netip"
+)
+
+// BootSpec is what a backend needs to start one guest.
+type BootSpec struct {
+	// VM is the guest's id: the Xen domid where the backend chooses it,
+	// else the loader's number. Its host-side interface is vif<VM>.0.
+	VM uint32 `json:"vm"`
+	// Name is the guest's name ("mlsg-vm7").
+	Name string `json:"name"`
+	// Addr is the guest's address on its link to the host, HostAddr the
+	// host's, both in a /PrefixLen.
+	Addr      netip.Addr `json:"addr"`
+	HostAddr  netip.Addr `json:"host_addr"`
+	PrefixLen int        `json:"prefix_len"`
+	// Template names the guest image the pool keeps guests of.
+	Template string `json:"template"`
+	// Update daemon identity: its certificate and key (from the policy
+	// store's CA, kind Guest), the CA certificate it trusts for the
+	// loader's client certificate, and the port it listens on.
+	UpdatedCertPEM []byte `json:"-"`
+	UpdatedKeyPEM  []byte `json:"-"`
+	CAPEM          []byte `json:"-"`
+	UpdatedPort    uint16 `json:"updated_port"`
+}
+
+// Guest is a running guest as the loader knows it.
+type Guest struct {
+	VM        uint32     `json:"vm"`
+	Name      string     `json:"name"`
+	Backend   string     `json:"backend"`
+	Interface string     `json:"interface"` // host side: vif<VM>.0
+	Addr      netip.Addr `json:"addr"`
+	HostAddr  netip.Addr `json:"host_addr"`
+	// UpdatedAddr is where the update daemon answers (host:port).
+	UpdatedAddr string `json:"updated_addr"`
+	// Handle is the backend's own reference: a namespace name, a domid, a
+	// QEMU pid file.
+	Handle   string `json:"handle"`
+	Template string `json:"template"`
+}
+
+// Backend starts and stops guests: Xen (xl), QEMU/KVM, or network
+// namespaces for development and tests.
+type Backend interface {
+	// Name is "netns", "qemu" or "xen".
+	Name() string
+	// Boot starts a guest and returns once its host-side interface exists
+	// and its update daemon answers, or ctx ends (then nothing is left).
+	Boot(ctx context.Context, spec BootSpec) (*Guest, error)
+	// Destroy stops a guest and removes what Boot created; a guest that is
+	// already gone is not an error.
+	Destroy(ctx context.Context, g *Guest) error
+}
