@@ -13,7 +13,7 @@ type Options struct {
 	// SPIBase and SPISlots: the host allocates inbound SPIs from
 	// [SPIBase, SPIBase+SPISlots); their SAs live in a dense array.
 	SPIBase, SPISlots uint32
-	APIPort           uint16 // the agent's TCP port on the host; 0 = none
+	APIPort           uint16 // the host's API port and the guests' update daemon port; 0 = none
 	Enforce           bool   // false: audit mode, nothing is dropped
 	EventSample       uint32 // send 1 in N denials to the events ring; 0 = none
 }

@@ -153,7 +153,7 @@ type Policy struct {
 	// SAs whose SPI lies in [SPIBase, SPIBase+SPISlots) were allocated by
 	// the host and live in a dense array indexed by SPI; the others in a hash.
 	SPIBase, SPISlots uint32
-	APIPort           uint16 // the agent's TCP port on the host; 0 = none
+	APIPort           uint16 // the host's API port and the guests' update daemon port; 0 = none
 	Enforce           bool   // false: audit mode everywhere
 }
 
@@ -252,7 +252,9 @@ func (p *Policy) isControl(h *headers, dir Direction) bool {
 			return false
 		}
 	case h.proto == protoTCP:
-		if p.APIPort == 0 || remote != p.APIPort {
+		// The host's API port, and the guest's update daemon on the same
+		// port number, so the loader reaches a guest that has no policy yet.
+		if p.APIPort == 0 || (remote != p.APIPort && local != p.APIPort) {
 			return false
 		}
 	default:

@@ -366,7 +366,10 @@ static __always_inline int is_control(const struct pkt *p, int dir)
 		if (!p->ike)
 			return 0;
 	} else if (p->proto == IPPROTO_TCP) {
-		if (!cfg.api_port || remote != cfg.api_port)
+		/* The host's API port, and the guest's update daemon, which
+		 * listens on the same port number so that the loader can
+		 * reach a guest that has no policy yet. */
+		if (!cfg.api_port || (remote != cfg.api_port && local != cfg.api_port))
 			return 0;
 	} else {
 		return 0;
