@@ -1,0 +1,324 @@
+package loader
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/agent/xfrm"
+	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// AgentAPI is what the loader asks of the host agent (*agent.Agent in the
+// same process, AgentClient over its socket).
+type AgentAPI interface {
+	SetGuest(g agent.GuestSpec) error
+	RemoveGuest(iface string) (bool, error)
+	SetPeers(p []agent.PeerSpec) error
+}
+
+// XFRMWriter installs and removes the host's SAs and policies
+// (*xfrm.Handle).
+type XFRMWriter interface {
+	AddState(s xfrm.State) error
+	DeleteState(dst netip.Addr, spi uint32, proto uint8) error
+	AddPolicy(p xfrm.Policy) error
+	DeletePolicy(p xfrm.Policy) error
+}
+
+// Host applies bundles on the host: the guest and its servers in the fast
+// path, the host's end of the guest's labeled tunnel, the host's SELinux
+// modules.
+type Host struct {
+	Agent AgentAPI
+	// XFRM is nil where the host installs no SAs itself (a host without
+	// ESP: the fast path still gets the SAs as static entries).
+	XFRM XFRMWriter
+	// SELinux installs the bundle's host modules; nil skips them.
+	SELinux func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error)
+
+	mu    sync.Mutex
+	peers map[string][]agent.PeerSpec // by guest interface
+	base  []agent.PeerSpec            // the hosts' own addresses
+}
+
+// Quarantine declares a freshly booted guest that serves no application
+// yet: the fast path filters its vif from the first packet, and only
+// control traffic (DHCP, ARP, ND, the update daemon's port with the host)
+// passes until a bundle gives it a range.
+func (h *Host) Quarantine(g *Guest) error {
+	if err := h.addHostPeer(g.HostAddr); err != nil {
+		return err
+	}
+	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: 0, Range: label.Bounds{}}
+	setAddr(&spec, g.Addr)
+	return h.Agent.SetGuest(spec)
+}
+
+// Forget removes a guest from the fast path (its programs are detached).
+func (h *Host) Forget(g *Guest) error {
+	h.mu.Lock()
+	delete(h.peers, g.Interface)
+	h.mu.Unlock()
+	if _, err := h.Agent.RemoveGuest(g.Interface); err != nil {
+		return err
+	}
+	return h.pushPeers()
+}
+
+func setAddr(spec *agent.GuestSpec, a netip.Addr) {
+	if a.Is4() {
+		spec.Addr4 = a
+	} else {
+		spec.Addr6 = a
+	}
+}
+
+func (h *Host) addHostPeer(a netip.Addr) error {
+	all := label.Bounds{High: label.Label{Secrecy: label.Level{Sens: label.MaxSensitivity}, Integrity: label.MaxIntegrity}}
+	for c := 0; c <= label.MaxCategory; c++ {
+		all.High.Secrecy.Cats.Add(c)
+	}
+	p := agent.PeerSpec{Prefix: netip.PrefixFrom(a, a.BitLen()), Range: all, Kind: verdict.PeerHost}
+	h.mu.Lock()
+	known := false
+	for _, b := range h.base {
+		known = known || b.Prefix == p.Prefix
+	}
+	if !known {
+		h.base = append(h.base, p)
+	}
+	h.mu.Unlock()
+	return h.pushPeers()
+}
+
+// pushPeers sends the union of every guest's peers and the hosts' own
+// addresses. Two applications claiming one server address get one entry
+// open to both (app 0) with the labels both ranges share.
+func (h *Host) pushPeers() error {
+	h.mu.Lock()
+	byPrefix := map[netip.Prefix]agent.PeerSpec{}
+	for _, p := range h.base {
+		byPrefix[p.Prefix] = p
+	}
+	var errs []error
+	for _, ps := range h.peers {
+		for _, p := range ps {
+			old, ok := byPrefix[p.Prefix]
+			if !ok {
+				byPrefix[p.Prefix] = p
+				continue
+			}
+			if old.App != p.App {
+				r, ok := old.Range.Intersect(p.Range)
+				if !ok {
+					errs = append(errs, fmt.Errorf("server %s belongs to two applications with disjoint ranges %s and %s", p.Prefix, old.Range, p.Range))
+					continue
+				}
+				old.App, old.Range = 0, r
+				byPrefix[p.Prefix] = old
+			}
+		}
+	}
+	h.mu.Unlock()
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	out := make([]agent.PeerSpec, 0, len(byPrefix))
+	for _, p := range byPrefix {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
+	return h.Agent.SetPeers(out)
+}
+
+// HostXFRM is the host's end of a guest's tunnel: the same SAs, and for
+// each of the guest's labeled policies the host's mirror (what the guest
+// sends out arrives and is forwarded; what the guest receives the host
+// sends out). Block and clear policies stay the guest's own.
+func HostXFRM(b *policystore.Bundle) ([]xfrm.State, []xfrm.Policy) {
+	var states []xfrm.State
+	for _, s := range b.States {
+		states = append(states, xfrm.StateFromStore(s))
+	}
+	var pols []xfrm.Policy
+	for _, p := range b.Policies {
+		if p.Action != policystore.ActionAllow || len(p.Templates) == 0 || p.Context == "" {
+			continue
+		}
+		hp := xfrm.PolicyFromStore(p)
+		switch p.Dir {
+		case policystore.DirOut:
+			hp.Dir = xfrm.DirFwd // the guest's outbound is forwarded here
+		case policystore.DirIn:
+			hp.Dir = xfrm.DirOut // the guest's inbound leaves here
+		default:
+			continue
+		}
+		pols = append(pols, hp)
+	}
+	return states, pols
+}
+
+// Apply implements HostSide.
+func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application, appID uint32, b *policystore.Bundle) (func(context.Context) error, error) {
+	var undo []func() error
+	rollback := func(context.Context) error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		return errors.Join(errs...)
+	}
+	// 1. The host's end of the labeled tunnel.
+	if h.XFRM != nil {
+		states, pols := HostXFRM(b)
+		for _, s := range states {
+			if err := h.XFRM.AddState(s); err != nil {
+				return rollback, fmt.Errorf("host SA spi %#x: %w", s.SPI, err)
+			}
+			undo = append(undo, func() error { return ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto)) })
+		}
+		for _, p := range pols {
+			if err := h.XFRM.AddPolicy(p); err != nil {
+				return rollback, fmt.Errorf("host policy %v: %w", p, err)
+			}
+			undo = append(undo, func() error { return ignoreGone(h.XFRM.DeletePolicy(p)) })
+		}
+	}
+	// 2. The fast path: the guest's range, its servers as peers.
+	var peers []agent.PeerSpec
+	for _, p := range b.Peers {
+		for _, a := range p.Addresses {
+			peers = append(peers, agent.PeerSpec{Prefix: netip.PrefixFrom(a, a.BitLen()), App: appID, Range: p.Range, Kind: verdict.PeerWeb})
+		}
+	}
+	h.mu.Lock()
+	if h.peers == nil {
+		h.peers = map[string][]agent.PeerSpec{}
+	}
+	prevPeers, hadPeers := h.peers[g.Interface]
+	h.peers[g.Interface] = peers
+	h.mu.Unlock()
+	undo = append(undo, func() error {
+		h.mu.Lock()
+		if hadPeers {
+			h.peers[g.Interface] = prevPeers
+		} else {
+			delete(h.peers, g.Interface)
+		}
+		h.mu.Unlock()
+		return h.pushPeers()
+	})
+	if err := h.addHostPeer(g.HostAddr); err != nil {
+		return rollback, err
+	}
+	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: appID, Range: b.Range}
+	setAddr(&spec, g.Addr)
+	if err := h.Agent.SetGuest(spec); err != nil {
+		return rollback, fmt.Errorf("declare %s to the agent: %w", g.Interface, err)
+	}
+	undo = append(undo, func() error { return h.Quarantine(g) })
+	// 3. The host's SELinux modules.
+	if h.SELinux != nil {
+		var mods []policystore.Module
+		for _, m := range b.Modules {
+			if m.Target == policystore.TargetHost {
+				mods = append(mods, m)
+			}
+		}
+		if _, err := h.SELinux(ctx, mods); err != nil {
+			return rollback, fmt.Errorf("host SELinux modules: %w", err)
+		}
+	}
+	return rollback, nil
+}
+
+func ignoreGone(err error) error {
+	if err != nil && strings.Contains(err.Error(), "no such") {
+		return nil
+	}
+	return err
+}
+
+// AgentClient is AgentAPI over the agent's HTTP API (a Unix socket or
+// host:port).
+type AgentClient struct {
+	base string
+	http *http.Client
+}
+
+// NewAgentClient talks to the agent at addr ("unix:/run/mlsgate/agent.sock"
+// or "127.0.0.1:9471").
+func NewAgentClient(addr string) *AgentClient {
+	c := &AgentClient{base: "http://" + addr, http: &http.Client{Timeout: 30 * time.Second}}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		c.base = "http://agent"
+		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+	}
+	return c
+}
+
+func (c *AgentClient) do(method, path string, in any) (int, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("agent: %w", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		_ = json.Unmarshal(b, &e)
+		return resp.StatusCode, fmt.Errorf("agent: %s %s: %s: %s", method, path, resp.Status, e.Error)
+	}
+	return resp.StatusCode, nil
+}
+
+// SetGuest implements AgentAPI.
+func (c *AgentClient) SetGuest(g agent.GuestSpec) error {
+	_, err := c.do("PUT", "/v1/guests/"+g.Interface, g)
+	return err
+}
+
+// RemoveGuest implements AgentAPI.
+func (c *AgentClient) RemoveGuest(iface string) (bool, error) {
+	code, err := c.do("DELETE", "/v1/guests/"+iface, nil)
+	if code == http.StatusNotFound {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// SetPeers implements AgentAPI.
+func (c *AgentClient) SetPeers(p []agent.PeerSpec) error {
+	_, err := c.do("PUT", "/v1/peers", p)
+	return err
+}

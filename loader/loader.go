@@ -1,0 +1,334 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// Lease is a guest taken from the pool for one load.
+type Lease interface {
+	Guest() *Guest
+	// How is "reuse" (a guest already serving the application), "idle"
+	// (an idle pre-loaded guest taken over) or "boot".
+	How() string
+	// Done returns the guest: ok=false after a failed configuration, so the
+	// pool does not keep a half-configured guest.
+	Done(ok bool)
+}
+
+// Pool hands out guests (package pool, through an adapter).
+type Pool interface {
+	Acquire(ctx context.Context, app string, rng label.Bounds, template string) (Lease, error)
+	// Find returns the guest at addr and the application it serves ("" for
+	// an idle guest), for authorizing its requests.
+	Find(addr netip.Addr) (g *Guest, app string, ok bool)
+}
+
+// Pusher delivers the guest part of a bundle to a guest's update daemon
+// (package updated's Client).
+type Pusher interface {
+	Push(ctx context.Context, g *Guest, b *policystore.Bundle) error
+}
+
+// HostSide applies the host part of a bundle (fast-path maps, host XFRM,
+// host SELinux modules) and returns how to undo it.
+type HostSide interface {
+	Apply(ctx context.Context, g *Guest, app *policystore.Application, appID uint32, b *policystore.Bundle) (undo func(context.Context) error, err error)
+}
+
+// Config is the loader's own settings.
+type Config struct {
+	// Template is the pool template guests are taken from.
+	Template string
+	// System is the host's system policy bundles must comply with.
+	System policystore.SystemPolicy
+	// MapperUpstream is the host mapper guests forward misses to, as seen
+	// from a guest; "" derives http://<host addr>:7070.
+	MapperUpstream string
+	// SPIBase and SPISlots: the host's SPI range, shared with the fast path.
+	SPIBase, SPISlots uint32
+	// StepTimeout bounds each step (default 60 s; a boot under emulation
+	// is slow).
+	StepTimeout time.Duration
+}
+
+// Loader is VMLoad: it runs the configuration phase for a URL.
+type Loader struct {
+	cfg       Config
+	catalog   *policystore.Catalog
+	templates *policystore.Templates
+	issuer    policystore.Issuer
+	pool      Pool
+	push      Pusher
+	host      HostSide
+	now       func() time.Time
+
+	mu       sync.Mutex
+	spiNext  uint32
+	spiInUse map[uint32]bool
+	metrics  *loadMetrics
+}
+
+// New builds a loader from its parts.
+func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer policystore.Issuer, pool Pool, push Pusher, host HostSide) (*Loader, error) {
+	if cat == nil || pool == nil || push == nil || host == nil {
+		return nil, errors.New("loader.New: catalog, pool, pusher and host side are required")
+	}
+	if cfg.SPISlots == 0 {
+		return nil, errors.New("loader: SPISlots is 0: the loader allocates SPIs from the host's range")
+	}
+	if cfg.StepTimeout == 0 {
+		cfg.StepTimeout = 60 * time.Second
+	}
+	return &Loader{cfg: cfg, catalog: cat, templates: t, issuer: issuer, pool: pool, push: push, host: host,
+		now: time.Now, spiInUse: map[uint32]bool{}, metrics: newLoadMetrics()}, nil
+}
+
+// Caller is who asks for a load, as established by the connection (never
+// by what the request claims).
+type Caller struct {
+	Host bool       // the host's own command line (Unix socket)
+	Addr netip.Addr // the guest's address
+	VM   uint32
+	App  string // the application the calling guest serves; "" for idle
+}
+
+func (c Caller) String() string {
+	if c.Host {
+		return "host"
+	}
+	return fmt.Sprintf("vm%d (%s, %s)", c.VM, c.Addr, c.App)
+}
+
+// Step is one phase of the configuration with its duration.
+type Step struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Result is the answer to a load.
+type Result struct {
+	URL     string        `json:"url"`
+	App     string        `json:"app"`
+	Server  string        `json:"server,omitempty"`
+	Range   label.Bounds  `json:"range"`
+	Guest   Guest         `json:"guest"`
+	How     string        `json:"how"`
+	Version uint64        `json:"bundle_version"`
+	Steps   []Step        `json:"steps"`
+	Total   time.Duration `json:"total_ns"`
+	Notes   []string      `json:"notes,omitempty"`
+}
+
+// Errors a load can end with; each wraps the detail.
+var (
+	ErrUnauthorized = errors.New("not authorized")
+	ErrUnknownURL   = errors.New("unknown URL")
+	ErrNotCompliant = policystore.ErrNotCompliant
+)
+
+// StepError says which step failed.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return "load: " + e.Step + ": " + e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// AppID is the application's id in the fast path: a stable hash of its
+// name, never 0 (0 means "every application" in the peer table).
+func AppID(name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	if v := h.Sum32() & 0x7fffffff; v != 0 {
+		return v
+	}
+	return 1
+}
+
+// Load runs the configuration phase (the paper's section 3.2) for url on
+// behalf of caller: authorize, resolve, bundle, compliance, acquire a
+// guest, push the guest policy, apply the host policy, ready. A failure
+// undoes what the earlier steps installed on the host, and the guest goes
+// back to the pool as failed.
+func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Result, err error) {
+	start := l.now()
+	res = &Result{URL: url}
+	var undo []func(context.Context) error
+	step := func(name string, fn func(ctx context.Context) error) error {
+		sctx, cancel := context.WithTimeout(ctx, l.cfg.StepTimeout)
+		defer cancel()
+		t0 := l.now()
+		err := fn(sctx)
+		d := l.now().Sub(t0)
+		res.Steps = append(res.Steps, Step{Name: name, Duration: d})
+		l.metrics.observe(name, d, err)
+		if err != nil {
+			return &StepError{Step: name, Err: err}
+		}
+		return nil
+	}
+	var lease Lease
+	defer func() {
+		res.Total = l.now().Sub(start)
+		if err == nil {
+			l.metrics.observe("total", res.Total, nil)
+			return
+		}
+		l.metrics.failed(err)
+		rctx, cancel := context.WithTimeout(context.Background(), l.cfg.StepTimeout)
+		defer cancel()
+		var rbErrs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](rctx); uerr != nil {
+				rbErrs = append(rbErrs, uerr)
+			}
+		}
+		if lease != nil {
+			lease.Done(false)
+		}
+		if len(rbErrs) > 0 {
+			err = fmt.Errorf("%w; rollback incomplete: %v", err, errors.Join(rbErrs...))
+		}
+	}()
+
+	var resolved policystore.Resolution
+	if err := step("resolve", func(ctx context.Context) (err error) {
+		resolved, err = l.catalog.Resolve(ctx, url)
+		if errors.Is(err, policystore.ErrNoApplication) || errors.Is(err, policystore.ErrBadURL) {
+			return fmt.Errorf("%w: %v", ErrUnknownURL, err)
+		}
+		return err
+	}); err != nil {
+		return res, err
+	}
+	app := resolved.App
+	res.App, res.Range = app.Name, app.Guest
+	if resolved.Server != nil {
+		res.Server = resolved.Server.Name
+	}
+	if err := step("authorize", func(context.Context) error {
+		who := caller.App
+		if caller.Host {
+			who = policystore.HostCaller
+		}
+		if who == "" || !app.MayBeLoadedBy(who) {
+			return fmt.Errorf("%w: %s may not load %q (its loadable_from: %v)", ErrUnauthorized, caller, app.Name, app.LoadableFrom)
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	if err := step("acquire", func(ctx context.Context) (err error) {
+		lease, err = l.pool.Acquire(ctx, app.Name, app.Guest, l.cfg.Template)
+		return err
+	}); err != nil {
+		return res, err
+	}
+	g := lease.Guest()
+	res.Guest, res.How = *g, lease.How()
+	if res.How == "reuse" {
+		// Already configured for this application and range: the pool
+		// matched both, so there is nothing to push.
+		res.Steps = append(res.Steps, Step{Name: "ready"})
+		lease.Done(true)
+		lease = nil
+		return res, nil
+	}
+
+	var b *policystore.Bundle
+	if err := step("bundle", func(ctx context.Context) (err error) {
+		upstream := l.cfg.MapperUpstream
+		if upstream == "" {
+			upstream = "http://" + netip.AddrPortFrom(g.HostAddr, 7070).String()
+		}
+		req := policystore.BundleRequest{
+			Guest: g.Name, GuestAddr: g.Addr, HostAddr: g.HostAddr, MapperUpstream: upstream,
+			Issuer: l.issuer, Now: l.now(),
+		}
+		var spis []uint32
+		req.SPI = func() (uint32, error) {
+			s, err := l.allocSPI()
+			if err == nil {
+				spis = append(spis, s)
+			}
+			return s, err
+		}
+		undo = append(undo, func(context.Context) error { l.freeSPIs(spis); return nil })
+		if req.Version, err = l.catalog.Store.NextVersion(app.Name); err != nil {
+			return err
+		}
+		if b, err = policystore.GenerateBundle(app, req, l.templates); err != nil {
+			return err
+		}
+		res.Version, res.Notes = b.Version, b.Notes
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	if err := step("compliance", func(context.Context) error {
+		return policystore.CheckBundle(app, b, l.cfg.System)
+	}); err != nil {
+		return res, err
+	}
+	if err := step("push guest policy", func(ctx context.Context) error {
+		return l.push.Push(ctx, g, b.GuestPart())
+	}); err != nil {
+		return res, err
+	}
+	if err := step("host policy", func(ctx context.Context) error {
+		u, err := l.host.Apply(ctx, g, app, AppID(app.Name), b)
+		if u != nil {
+			undo = append(undo, u)
+		}
+		return err
+	}); err != nil {
+		return res, err
+	}
+	res.Steps = append(res.Steps, Step{Name: "ready"})
+	lease.Done(true)
+	lease = nil
+	return res, nil
+}
+
+// allocSPI hands out SPIs of the host's range, never one in use.
+func (l *Loader) allocSPI() (uint32, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for range l.cfg.SPISlots {
+		s := l.cfg.SPIBase + l.spiNext%l.cfg.SPISlots
+		l.spiNext++
+		if s >= 256 && !l.spiInUse[s] {
+			l.spiInUse[s] = true
+			return s, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d SPIs of the host's range are in use: raise spi_slots", l.cfg.SPISlots)
+}
+
+func (l *Loader) freeSPIs(spis []uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range spis {
+		delete(l.spiInUse, s)
+	}
+}
+
+// MarkSPIsInUse records SPIs already installed (from the host's SAs at
+// start), so that the allocator never hands them out again.
+func (l *Loader) MarkSPIsInUse(spis []uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range spis {
+		l.spiInUse[s] = true
+	}
+}

@@ -1,0 +1,67 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type loadMetrics struct {
+	reg      *prometheus.Registry
+	steps    *prometheus.HistogramVec
+	failures *prometheus.CounterVec
+}
+
+// Failure reasons of loads, a fixed set (bounded label values).
+var failureReasons = []string{"unauthorized", "unknown_url", "not_compliant", "timeout", "other"}
+
+func newLoadMetrics() *loadMetrics {
+	m := &loadMetrics{
+		reg: prometheus.NewRegistry(),
+		steps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "mlsgate", Subsystem: "loader", Name: "step_seconds",
+			Help:    "Duration of each configuration-phase step (the paper's Table 1 phases), and of whole loads (step total).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}, []string{"step", "result"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mlsgate", Subsystem: "loader", Name: "failures_total",
+			Help: "Loads that failed, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, r := range failureReasons {
+		m.failures.WithLabelValues(r)
+	}
+	m.reg.MustRegister(m.steps, m.failures)
+	return m
+}
+
+func (m *loadMetrics) observe(step string, d time.Duration, err error) {
+	res := "ok"
+	if err != nil {
+		res = "error"
+	}
+	m.steps.WithLabelValues(step, res).Observe(d.Seconds())
+}
+
+func (m *loadMetrics) failed(err error) {
+	m.failures.WithLabelValues(failureReason(err)).Inc()
+}
+
+func failureReason(err error) string {
+	switch {
+	case errors.Is(err, ErrUnauthorized):
+		return "unauthorized"
+	case errors.Is(err, ErrUnknownURL):
+		return "unknown_url"
+	case errors.Is(err, ErrNotCompliant):
+		return "not_compliant"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "other"
+}
+
+// Registry is the loader's metrics, to be served on /metrics.
+func (l *Loader) Registry() *prometheus.Registry { return l.metrics.reg }
