@@ -139,7 +139,9 @@ type fakeXFRM struct {
 	failAt   int
 }
 
-func newFakeXFRM() *fakeXFRM { return &fakeXFRM{states: map[uint32]bool{}, policies: map[string]bool{}} }
+func newFakeXFRM() *fakeXFRM {
+	return &fakeXFRM{states: map[uint32]bool{}, policies: map[string]bool{}}
+}
 func (x *fakeXFRM) AddState(s xfrm.State) error {
 	x.states[s.SPI] = true
 	return nil
