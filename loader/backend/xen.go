@@ -1,0 +1,319 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mlsgate/mlsgate/loader"
+)
+
+// Defaults of the Xen backend.
+const (
+	DefaultXenConfigDir = "/var/lib/mlsgate/xen"
+	DefaultXenBridge    = "xenbr0"
+	DefaultXenMemory    = 128 // MiB
+	// maxDomid is the last domid Xen gives a guest (DOMID_FIRST_RESERVED-1).
+	maxDomid = 0x7fef
+)
+
+// Xen boots paravirtualized Xen guests with the xl toolstack on a dom0.
+//
+// Boot writes the domain's xl config (Config) to ConfigDir/<name>.cfg, runs
+// `xl create` on it and learns the domid the toolstack chose from
+// `xl domid <name>`: the backend vif is then vif<domid>.0, named by the
+// toolstack (the config sets no vifname), and Guest.VM is the domid. The
+// guest learns its link from the mlsgate.* keys on its command line (extra=)
+// and finds its update-daemon credentials under GuestCredDir in a per-guest
+// ramdisk: Ramdisk with CredentialFiles appended, written 0600 to
+// ConfigDir/<name>.initrd and removed as soon as `xl create` has loaded it
+// into the domain. Boot then waits until vif<domid>.0 exists and the daemon
+// answers (Ready). Guest.Handle is the domain name.
+type Xen struct {
+	// XL is the path of xl; "xl" when empty.
+	XL string
+	// Run runs a host command and returns its combined output; nil runs it.
+	// Tests replace it.
+	Run func(ctx context.Context, name string, args ...string) ([]byte, error)
+	// ConfigDir holds the domain configs; DefaultXenConfigDir when empty.
+	ConfigDir string
+	// Kernel and Ramdisk are dom0 paths of the guest's kernel (an
+	// uncompressed vmlinux boots fastest) and initramfs, whose init reads
+	// the mlsgate.* keys (InitScript). ExtraCmdline goes before those keys,
+	// e.g. "console=hvc0 quiet".
+	Kernel, Ramdisk, ExtraCmdline string
+	// Memory (MiB, default DefaultXenMemory) and VCPUs (default 1).
+	Memory, VCPUs int
+	// Bridge the vif joins; DefaultXenBridge when empty. The host's
+	// address for the guests (BootSpec.HostAddr) lives on it.
+	Bridge string
+	// Script is the vif hotplug script; empty leaves xl's default
+	// (vif-bridge).
+	Script string
+	// Ready waits until the booted guest's host interface exists and its
+	// update daemon answers, bounded by ctx. nil checks for g.Interface in
+	// the caller's namespace, then dials g.UpdatedAddr.
+	Ready func(ctx context.Context, g *loader.Guest) error
+	// Progress, when set, receives a line per step with its time.
+	Progress func(string)
+}
+
+var _ loader.Backend = (*Xen)(nil)
+
+// Name is "xen".
+func (x *Xen) Name() string { return "xen" }
+
+func (x *Xen) configDir() string {
+	if x.ConfigDir != "" {
+		return x.ConfigDir
+	}
+	return DefaultXenConfigDir
+}
+
+// ConfigPath is where Boot writes the config of the domain name.
+func (x *Xen) ConfigPath(name string) string {
+	return filepath.Join(x.configDir(), name+".cfg")
+}
+
+// ramdiskPath is the per-guest ramdisk carrying the credentials of name.
+func (x *Xen) ramdiskPath(name string) string {
+	return filepath.Join(x.configDir(), name+".initrd")
+}
+
+func (x *Xen) xl(ctx context.Context, args ...string) ([]byte, error) {
+	name := x.XL
+	if name == "" {
+		name = "xl"
+	}
+	if x.Run != nil {
+		return x.Run(ctx, name, args...)
+	}
+	return runCmd(ctx, name, args...)
+}
+
+// Config is the xl domain config of spec: deterministic text, the same for
+// the same spec and settings.
+func (x *Xen) Config(spec loader.BootSpec) (string, error) {
+	if err := Validate(spec, false); err != nil {
+		return "", err
+	}
+	if x.Kernel == "" {
+		return "", errors.New("xen backend: Xen.Kernel is empty; give the dom0 path of the guest kernel (a raw vmlinux boots fastest)")
+	}
+	ramdisk := x.Ramdisk
+	if hasCreds(spec) {
+		if x.Ramdisk == "" {
+			return "", fmt.Errorf("xen backend: vm%d carries update-daemon credentials but Xen.Ramdisk is empty; they travel in the guest's initramfs, so give one (see InitScript)", spec.VM)
+		}
+		ramdisk = x.ramdiskPath(guestName(spec))
+	}
+	mem, vcpus := x.Memory, x.VCPUs
+	if mem == 0 {
+		mem = DefaultXenMemory
+	}
+	if vcpus == 0 {
+		vcpus = 1
+	}
+	if mem < 32 || vcpus < 1 || vcpus > 128 {
+		return "", fmt.Errorf("xen backend: memory %d MiB and %d vCPUs: give at least 32 MiB and 1-128 vCPUs", mem, vcpus)
+	}
+	bridge := x.Bridge
+	if bridge == "" {
+		bridge = DefaultXenBridge
+	}
+	extra := strings.TrimSpace(x.ExtraCmdline + " " + Cmdline(spec))
+	for _, v := range []struct{ field, val, forbid string }{
+		{"Kernel", x.Kernel, "\"\n\\"},
+		{"Ramdisk", ramdisk, "\"\n\\"},
+		{"ExtraCmdline", extra, "\"\n\\"},
+		{"Bridge", bridge, "\"'\n\\,= "},
+		{"Script", x.Script, "\"'\n\\,= "},
+	} {
+		if strings.ContainsAny(v.val, v.forbid) || strings.ContainsFunc(v.val, func(r rune) bool { return r < ' ' || r > '~' }) {
+			return "", fmt.Errorf("xen backend: Xen.%s %q holds one of %q, or a non-printable or non-ASCII character, which xl's config syntax cannot carry here; rename it", v.field, v.val, v.forbid)
+		}
+	}
+	vif := "bridge=" + bridge + ",mac=" + MAC(spec.VM).String()
+	if x.Script != "" {
+		vif += ",script=" + x.Script
+	}
+	name := guestName(spec)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %s: written by mlsgate's loader (loader/backend.Xen) for `xl create`.\n", name)
+	fmt.Fprintf(&b, "# The toolstack names the backend interface vif<domid>.0; the guest's init\n")
+	fmt.Fprintf(&b, "# reads its link from the mlsgate.* keys in extra.\n")
+	fmt.Fprintf(&b, "name = \"%s\"\n", name)
+	fmt.Fprintf(&b, "type = \"pv\"\n")
+	fmt.Fprintf(&b, "kernel = \"%s\"\n", x.Kernel)
+	if ramdisk != "" {
+		fmt.Fprintf(&b, "ramdisk = \"%s\"\n", ramdisk)
+	}
+	fmt.Fprintf(&b, "extra = \"%s\"\n", extra)
+	fmt.Fprintf(&b, "memory = %d\n", mem)
+	fmt.Fprintf(&b, "vcpus = %d\n", vcpus)
+	fmt.Fprintf(&b, "vif = [ '%s' ]\n", vif)
+	fmt.Fprintf(&b, "on_poweroff = \"destroy\"\n")
+	fmt.Fprintf(&b, "on_reboot = \"destroy\"\n")
+	fmt.Fprintf(&b, "on_crash = \"destroy\"\n")
+	return b.String(), nil
+}
+
+// Boot creates the domain for spec as the type's documentation says. On any
+// failure after `xl create`, including ctx ending (DefaultBootTimeout when
+// it has no deadline), it destroys the domain; no config is left behind.
+func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, err error) {
+	cfg, err := x.Config(spec)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
+	start := time.Now()
+	name := guestName(spec)
+	cfgPath := x.ConfigPath(name)
+	if err := os.MkdirAll(x.configDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("xen backend: config directory: %w (set Xen.ConfigDir to a writable directory)", err)
+	}
+	created := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		var errs []error
+		if created {
+			errs = append(errs, x.destroy(name))
+		}
+		if rerr := os.Remove(cfgPath); rerr != nil && !os.IsNotExist(rerr) {
+			errs = append(errs, rerr)
+		}
+		if cerr := errors.Join(errs...); cerr != nil {
+			err = fmt.Errorf("%w (cleanup also failed: %v)", err, cerr)
+		}
+	}()
+	if hasCreds(spec) {
+		rd := x.ramdiskPath(name)
+		if err := AppendInitramfs(rd, x.Ramdisk, CredentialFiles(spec)); err != nil {
+			return nil, fmt.Errorf("xen backend: vm%d's ramdisk: %w", spec.VM, err)
+		}
+		// xl create copies the ramdisk into the domain; the key need not
+		// stay on dom0's disk any longer.
+		defer os.Remove(rd)
+	}
+	if err := writeFileAtomic(cfgPath, []byte(cfg), 0o600); err != nil {
+		return nil, fmt.Errorf("xen backend: %w", err)
+	}
+	if _, err := x.xl(ctx, "create", cfgPath); err != nil {
+		// xl create tears down a domain it failed to build. Destroying by
+		// name here could kill another guest: the usual failure is that
+		// the name is taken.
+		return nil, fmt.Errorf("xen backend: create %s: %w", name, err)
+	}
+	created = true
+	progress(x.Progress, "%s: xl create returned at %v", name, time.Since(start))
+	out, err := x.xl(ctx, "domid", name)
+	if err != nil {
+		return nil, fmt.Errorf("xen backend: domid of %s: %w", name, err)
+	}
+	domid, err := parseDomid(out)
+	if err != nil {
+		return nil, fmt.Errorf("xen backend: xl domid %s: %w", name, err)
+	}
+	g := &loader.Guest{
+		VM: domid, Name: name, Backend: x.Name(), Interface: IfName(domid),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, UpdatedAddr: UpdatedAddr(spec),
+		Handle: name, Template: spec.Template,
+	}
+	progress(x.Progress, "%s: domid %d, vif %s", name, domid, g.Interface)
+	ready := x.Ready
+	if ready == nil {
+		ready = defaultReady
+	}
+	if err := ready(ctx, g); err != nil {
+		return nil, fmt.Errorf("xen backend: %s (domid %d): %w (its console: xl console %s)", name, domid, err, name)
+	}
+	progress(x.Progress, "%s: daemon answers on %s at %v", name, g.UpdatedAddr, time.Since(start))
+	return g, nil
+}
+
+// defaultReady waits for g's interface in the caller's namespace, then for
+// its update daemon.
+func defaultReady(ctx context.Context, g *loader.Guest) error {
+	never := func() error { return nil }
+	if err := waitLink(ctx, g.Interface, never); err != nil {
+		return err
+	}
+	return waitTCP(ctx, g.UpdatedAddr, never)
+}
+
+// parseDomid reads xl domid's answer: a guest's domid, 1-0x7fef.
+func parseDomid(out []byte) (uint32, error) {
+	s := strings.TrimSpace(string(out))
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("answer %q is not a domain id", s)
+	}
+	if v == 0 || v > maxDomid {
+		return 0, fmt.Errorf("answer %d is not a guest's domain id (1-%d)", v, maxDomid)
+	}
+	return uint32(v), nil
+}
+
+// Destroy runs `xl destroy <name>` and removes the guest's config. A domain
+// that no longer exists is not an error. Its command has its own bound, so a
+// Destroy runs to its end even when ctx has ended.
+func (x *Xen) Destroy(_ context.Context, g *loader.Guest) error {
+	if g == nil || g.Handle == "" {
+		return errors.New("xen backend: Destroy needs the guest Boot returned (its Handle is the domain name)")
+	}
+	err := x.destroy(g.Handle)
+	if rerr := os.Remove(x.ConfigPath(g.Handle)); rerr != nil && !os.IsNotExist(rerr) {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+// destroy destroys the domain name, tolerating its absence.
+func (x *Xen) destroy(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := x.xl(ctx, "destroy", name)
+	if err != nil && !noSuchDomain(out, err) {
+		return fmt.Errorf("xen backend: destroy %s: %w", name, err)
+	}
+	return nil
+}
+
+// noSuchDomain reports whether xl's output says the domain does not exist.
+func noSuchDomain(out []byte, err error) bool {
+	s := string(out)
+	var ce *CmdError
+	if errors.As(err, &ce) {
+		s += ce.Output
+	}
+	return strings.Contains(s, "invalid domain identifier") || strings.Contains(s, "does not exist")
+}
+
+// Pause stops g's vCPUs (`xl pause`), for guests kept idle in the pool.
+func (x *Xen) Pause(ctx context.Context, g *loader.Guest) error {
+	return x.simple(ctx, "pause", g)
+}
+
+// Unpause resumes a paused guest (`xl unpause`).
+func (x *Xen) Unpause(ctx context.Context, g *loader.Guest) error {
+	return x.simple(ctx, "unpause", g)
+}
+
+func (x *Xen) simple(ctx context.Context, verb string, g *loader.Guest) error {
+	if g == nil || g.Handle == "" {
+		return fmt.Errorf("xen backend: %s needs the guest Boot returned (its Handle is the domain name)", verb)
+	}
+	if _, err := x.xl(ctx, verb, g.Handle); err != nil {
+		return fmt.Errorf("xen backend: %s %s: %w", verb, g.Handle, err)
+	}
+	return nil
+}
