@@ -1,0 +1,122 @@
+package updated
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/xfrm"
+	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// Applier is where the daemon changes the guest. The daemon has checked the
+// bundle before it calls any method; each method applies one part, and the
+// daemon calls them in the order declared here.
+type Applier interface {
+	// InstallModules compiles the guest's SELinux modules and loads them
+	// where SELinux is active, all or none.
+	InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error)
+	// LoadMapperPolicy replaces the guest mapper's policy with policy,
+	// atomically: on error the previous policy stays in force. The daemon
+	// also calls it with the previous policy to roll back.
+	LoadMapperPolicy(name string, policy []byte) (MapperReport, error)
+	// SyncXFRM makes the kernel hold to in place of from: SAs and policies
+	// of to that are missing are added, those that differ are updated,
+	// those only in from are removed. On error it has taken back what it
+	// changed, except what the report's NotUndone lists. The daemon also
+	// calls it with the sets swapped to roll back.
+	SyncXFRM(ctx context.Context, from, to XFRMSet) (XFRMReport, error)
+}
+
+// XFRMSet is the XFRM part of a bundle.
+type XFRMSet struct {
+	States   []policystore.XFRMState  `json:"states,omitempty"`
+	Policies []policystore.XFRMPolicy `json:"policies,omitempty"`
+}
+
+// Empty reports whether the set holds nothing.
+func (s XFRMSet) Empty() bool { return len(s.States) == 0 && len(s.Policies) == 0 }
+
+// setOf is the XFRM set of a bundle; nil gives the empty set.
+func setOf(b *policystore.Bundle) XFRMSet {
+	if b == nil {
+		return XFRMSet{}
+	}
+	return XFRMSet{States: b.States, Policies: b.Policies}
+}
+
+// SystemApplier applies bundles to the machine the daemon runs on.
+type SystemApplier struct {
+	// Mapper is the guest's label mapper, which the daemon serves.
+	Mapper *mapper.Mapper
+	// XFRM is a handle in the daemon's network namespace; nil refuses
+	// every bundle that has SAs or policies, saying why.
+	XFRM *xfrm.Handle
+	// SELinux compiles and loads modules.
+	SELinux agent.SELinux
+	// WorkDir is where modules are compiled (a fresh subdirectory per
+	// push, removed afterwards); "" means the system's temporary directory.
+	WorkDir string
+	// ContextsKept reports whether the kernel keeps XFRM security contexts
+	// (only with SELinux active); nil means SELinux.Active. Where they are
+	// dropped, the kernel's policies are matched to the bundle's without
+	// their contexts.
+	ContextsKept func() bool
+}
+
+// InstallModules compiles the modules in a fresh work directory and loads
+// them with agent.SELinux.Install.
+func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error) {
+	if len(mods) == 0 {
+		return ModulesReport{Note: "the bundle has no guest modules"}, nil
+	}
+	if a.WorkDir != "" {
+		if err := os.MkdirAll(a.WorkDir, 0o700); err != nil {
+			return ModulesReport{}, fmt.Errorf("module work directory: %w", err)
+		}
+	}
+	work, err := os.MkdirTemp(a.WorkDir, "modules-")
+	if err != nil {
+		return ModulesReport{}, fmt.Errorf("module work directory: %w", err)
+	}
+	defer os.RemoveAll(work)
+	rep, err := a.SELinux.Install(ctx, mods, work)
+	if err != nil {
+		return ModulesReport{}, fmt.Errorf("SELinux modules: %w", err)
+	}
+	return ModulesReport{Modules: rep.Modules, Loaded: rep.Loaded, Note: rep.Note}, nil
+}
+
+// LoadMapperPolicy loads the policy into the mapper.
+func (a *SystemApplier) LoadMapperPolicy(name string, policy []byte) (MapperReport, error) {
+	if a.Mapper == nil {
+		return MapperReport{}, errors.New("the daemon runs no label mapper")
+	}
+	if err := a.Mapper.LoadBytes(name, policy); err != nil {
+		return MapperReport{}, err
+	}
+	return mapperReport(name, a.Mapper.Policy()), nil
+}
+
+func mapperReport(name string, p *mapper.Policy) MapperReport {
+	return MapperReport{Name: name, Rules: len(p.Maps), Forwards: len(p.Forwards), Default: p.Default.String()}
+}
+
+// SyncXFRM diffs the sets against the kernel's SAs and policies and
+// applies the difference through the handle.
+func (a *SystemApplier) SyncXFRM(ctx context.Context, from, to XFRMSet) (XFRMReport, error) {
+	if from.Empty() && to.Empty() {
+		return XFRMReport{}, nil
+	}
+	if a.XFRM == nil {
+		return XFRMReport{}, errors.New("the daemon has no XFRM handle (it could not open NETLINK_XFRM at start); run it as root with CAP_NET_ADMIN")
+	}
+	kept := a.ContextsKept
+	if kept == nil {
+		kept = a.SELinux.Active
+	}
+	return syncXFRM(ctx, a.XFRM, kept(), from, to)
+}

@@ -1,0 +1,148 @@
+package updated
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// StateFile is the name of the file in the state directory that records the
+// applied bundle.
+const StateFile = "state.json"
+
+// stateFormat is the version of the state file's layout.
+const stateFormat = 1
+
+// persisted is the content of StateFile: what was applied, and the bundle
+// itself, which a restarted daemon needs to load the mapper policy again and
+// to know which SAs and policies are its own. The bundle's certificate keys
+// are not kept; its SA keys are (the kernel holds them anyway), so the file
+// is 0600 in a 0700 directory.
+type persisted struct {
+	Format      int                 `json:"format"`
+	Guest       string              `json:"guest"`
+	Application string              `json:"application"`
+	Version     uint64              `json:"version"`
+	Digest      string              `json:"digest"`
+	AppliedAt   time.Time           `json:"applied_at"`
+	Report      *Report             `json:"report"`
+	Bundle      *policystore.Bundle `json:"bundle"`
+}
+
+// Digest is the identity of a bundle's content: "sha256:" and the hex
+// SHA-256 of its JSON encoding. Two pushes of the same bundle have the same
+// digest; a bundle generated again has new keys and another digest.
+func Digest(b *policystore.Bundle) (string, error) {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return "", fmt.Errorf("encode bundle: %w", err)
+	}
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}
+
+// loadState reads the state file of dir; a missing file is no state.
+func loadState(dir string) (*persisted, error) {
+	path := filepath.Join(dir, StateFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w", err)
+	}
+	var p persisted
+	if err := json.Unmarshal(data, &p); err != nil {
+		return nil, fmt.Errorf("state file %s does not parse (%v); it is written atomically, so something else changed it: move it away to start without state (the loader then pushes the guest's bundle again)", path, err)
+	}
+	if p.Format != stateFormat {
+		return nil, fmt.Errorf("state file %s has format %d, this daemon writes %d; run the daemon version that wrote it, or move the file away", path, p.Format, stateFormat)
+	}
+	if p.Bundle == nil || p.Version == 0 || p.Digest == "" {
+		return nil, fmt.Errorf("state file %s lacks the bundle, version or digest; move it away to start without state", path)
+	}
+	return &p, nil
+}
+
+// saveState writes the state file atomically: a temporary file in the same
+// directory, synced, renamed over the old one, and the directory synced, so
+// a crash leaves the old state or the new, never a mix.
+func saveState(dir string, p *persisted) error {
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateFile)); err != nil {
+		return fmt.Errorf("install state file: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync state directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync state directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// prepareStateDir creates dir (0700) and removes temporaries a crash left.
+func prepareStateDir(dir string) error {
+	if dir == "" {
+		return errors.New("no state directory: give one (--state-dir); the daemon records the applied version there to refuse stale bundles after a restart")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".state-") && strings.HasSuffix(e.Name(), ".tmp") {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return nil
+}
+
+// withoutCertKeys is b with the certificates' private keys removed, as the
+// state file keeps it.
+func withoutCertKeys(b *policystore.Bundle) *policystore.Bundle {
+	c := *b
+	c.Certificates = make([]policystore.Certificate, len(b.Certificates))
+	for i, cert := range b.Certificates {
+		cert.KeyPEM = nil
+		c.Certificates[i] = cert
+	}
+	return &c
+}
