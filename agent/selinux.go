@@ -56,6 +56,17 @@ func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work st
 	var args []string
 	for _, m := range mods {
 		pp, err := m.Package(ctx, work)
+		if errors.Is(err, policystore.ErrNoToolchain) {
+			// A minimal guest image may have no toolchain. The policy store
+			// compiled these modules when it made the bundle; say plainly
+			// that nothing was compiled or loaded here.
+			rep.Modules = nil
+			for _, m := range mods {
+				rep.Modules = append(rep.Modules, m.Name)
+			}
+			rep.Note = "no SELinux toolchain on this host (" + err.Error() + "): the modules were neither compiled nor loaded here; the loaded policy must already define their types"
+			return rep, nil
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -49,6 +49,10 @@ type connInfo struct {
 type API struct {
 	Loader *Loader
 	Pool   Pool
+	// Mapper, when set, is the host's label mapper, served on the same
+	// listeners (/v1/label, /v1/lookup), so that guests reach it on the API
+	// port, which the fast path passes as host control traffic.
+	Mapper http.Handler
 
 	mu   sync.Mutex
 	seen map[string]time.Time
@@ -59,6 +63,10 @@ type API struct {
 func (a *API) Server() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/load", a.load)
+	if a.Mapper != nil {
+		mux.Handle("GET /v1/label", a.Mapper)
+		mux.Handle("POST /v1/lookup", a.Mapper)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.Handle("GET /metrics", hostOnly(promhttp.HandlerFor(a.Loader.Registry(), promhttp.HandlerOpts{})))
 	return &http.Server{

@@ -50,9 +50,11 @@ type Config struct {
 	Template string
 	// System is the host's system policy bundles must comply with.
 	System policystore.SystemPolicy
-	// MapperUpstream is the host mapper guests forward misses to, as seen
-	// from a guest; "" derives http://<host addr>:7070.
-	MapperUpstream string
+	// MapperPort is the port of the host mapper guests forward misses to,
+	// at the host's address on their link (default 7070). Serving the
+	// mapper on the API port (API.Mapper) lets the fast path pass it as
+	// host control traffic.
+	MapperPort uint16
 	// SPIBase and SPISlots: the host's SPI range, shared with the fast path.
 	SPIBase, SPISlots uint32
 	// StepTimeout bounds each step (default 60 s; a boot under emulation
@@ -247,10 +249,11 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 
 	var b *policystore.Bundle
 	if err := step("bundle", func(ctx context.Context) (err error) {
-		upstream := l.cfg.MapperUpstream
-		if upstream == "" {
-			upstream = "http://" + netip.AddrPortFrom(g.HostAddr, 7070).String()
+		port := l.cfg.MapperPort
+		if port == 0 {
+			port = 7070
 		}
+		upstream := "http://" + netip.AddrPortFrom(g.HostAddr, port).String()
 		req := policystore.BundleRequest{
 			Guest: g.Name, GuestAddr: g.Addr, HostAddr: g.HostAddr, MapperUpstream: upstream,
 			Issuer: l.issuer, Now: l.now(),
