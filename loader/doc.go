@@ -1,7 +1,10 @@
-// Package loader is VMLoad: it authorizes load requests, runs the configuration
-// phase, boots guests through the Xen, QEMU/KVM and netns backends, keeps the
-// pre-loaded pool and pushes policies to the in-guest update daemon.
+// Package loader is VMLoad (the paper's sections 3.2 and 5.2.1): it
+// authorizes requests to load a web application, runs the configuration
+// phase (resolve, authorize, acquire a guest, bundle, compliance, push the
+// guest's policy, apply the host's) with a timing per step and a rollback
+// on failure, and serves POST /v1/load to the host and to guests.
 //
-// Not built yet: see the VMLoad issue. Kernel-facing code stays in backends
-// behind small interfaces.
+// Its parts: backend (netns, QEMU, Xen), pool (the pre-loaded guests),
+// updated (the in-guest update daemon and its client). Kernel-facing code
+// stays in the backends and the agent, behind small interfaces.
 package loader
