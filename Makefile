@@ -85,3 +85,4 @@ demo: deps-kernel deps-guest ## the paper's analyst scenario with real enforceme
 bench: ## per-packet cost (10 to 1,000,000 SAs) and the agent's memory and sync time at 100,000 SAs / 1,000 vifs (root)
 	$(GO) test -count=1 -run '^$$' -bench Fastpath -benchtime 1x ./bench/
 	$(GO) test -count=1 -v -run 'TestPrivilegedAgentScale' ./bench/ -agent.full
+	$(GO) test -count=1 -v -timeout 60m -run 'TestPrivilegedVMStartQuick' ./bench/ -vmstart.full

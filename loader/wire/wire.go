@@ -1,0 +1,233 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/loader/pool"
+	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/policystore/ca"
+)
+
+// Setup is everything VMLoad runs with.
+type Setup struct {
+	// StateDir holds the policy store, the CA and the pool's table.
+	StateDir string
+	// AppsDir, when set, is synced into the policy store at start.
+	AppsDir string
+	// APIPort is the host's API port, which is also the guests' update
+	// daemon port and the port of the host mapper guests forward to.
+	APIPort  uint16
+	PoolSize int
+	MaxLoads int
+	Backend  loader.Backend
+	Agent    loader.AgentAPI
+	// HostXFRM is nil where the host installs no SAs itself.
+	HostXFRM  loader.XFRMWriter
+	SPIBase   uint32
+	SPISlots  uint32
+	Clearance string
+}
+
+// Running is a started loader with its parts.
+type Running struct {
+	Loader *loader.Loader
+	Pool   *pool.Pool
+	// API serves the loader; its Pool is the same pool.
+	API   *loader.API
+	Host  *loader.Host
+	CA    *ca.CA
+	Store *policystore.Store
+	// Updated is the loader's client of the guests' update daemons, with
+	// its mutual-TLS identity (the CA's mlsgate-loader certificate).
+	Updated *updated.Client
+
+	closers []func()
+}
+
+// Close closes the pool, the CA and the store, in the reverse order of
+// their opening. Guests keep running: remove them from the pool first.
+func (r *Running) Close() {
+	for i := len(r.closers) - 1; i >= 0; i-- {
+		r.closers[i]()
+	}
+	r.closers = nil
+}
+
+// GuestAddrs is the addressing plan: guest N on 10.71.N.2/24, the host on
+// 10.71.N.1 (N ≤ 254).
+func GuestAddrs(vm uint32) (guest, host netip.Addr) {
+	return netip.AddrFrom4([4]byte{10, 71, byte(vm), 2}), netip.AddrFrom4([4]byte{10, 71, byte(vm), 1})
+}
+
+// GuestNet holds every guest address of the plan.
+var GuestNet = netip.MustParsePrefix("10.71.0.0/16")
+
+// Start opens the policy store, the CA and the pool under s.StateDir and
+// builds the loader on them. Guests are numbered from 2 (the lowest number
+// no guest in the pool uses), declared to the agent before they boot, and
+// given a Guest certificate of the CA for their update daemon.
+func Start(ctx context.Context, s Setup) (*Running, error) {
+	v := &Running{}
+	fail := func(err error) (*Running, error) { v.Close(); return nil, err }
+	st, err := policystore.OpenStore(filepath.Join(s.StateDir, "policystore.db"))
+	if err != nil {
+		return fail(err)
+	}
+	v.closers = append(v.closers, func() { st.Close() })
+	v.Store = st
+	if s.AppsDir != "" {
+		if _, err := st.SyncDir(s.AppsDir); err != nil {
+			return fail(err)
+		}
+	}
+	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"), ca.Options{CommonName: "mlsgate policy store CA"})
+	if err != nil {
+		return fail(err)
+	}
+	v.closers = append(v.closers, func() { authority.Close() })
+	v.CA = authority
+	loaderCert, err := authority.Issue(ca.Request{Kind: ca.Client, CommonName: "mlsgate-loader", TTL: 30 * 24 * time.Hour})
+	if err != nil {
+		return fail(err)
+	}
+	push := &updated.Client{TLS: authority.ClientTLS(loaderCert, "")}
+	v.Updated = push
+	var sys policystore.SystemPolicy
+	if s.Clearance != "" {
+		if sys.Clearance, err = label.ParseBounds(s.Clearance); err != nil {
+			return fail(fmt.Errorf("clearance: %w", err))
+		}
+	}
+	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error) {
+		dir, err := os.MkdirTemp("", "mlsgate-modules-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		return agent.SELinux{}.Install(ctx, mods, dir)
+	}}
+
+	// VM numbers: the lowest not used by a guest in the table.
+	var vmMu sync.Mutex
+	used := map[uint32]bool{}
+	allocVM := func() (uint32, error) {
+		vmMu.Lock()
+		defer vmMu.Unlock()
+		if v.Pool != nil {
+			for _, e := range v.Pool.List() {
+				used[e.Guest.VM] = true
+			}
+		}
+		for n := uint32(2); n < 255; n++ {
+			if !used[n] {
+				used[n] = true
+				return n, nil
+			}
+		}
+		return 0, errors.New("no free VM number (2-254): destroy idle guests or shrink the pool")
+	}
+	boot := func(ctx context.Context, template string) (*loader.Guest, error) {
+		vm, err := allocVM()
+		if err != nil {
+			return nil, err
+		}
+		addr, hostAddr := GuestAddrs(vm)
+		name := fmt.Sprintf("vm%d", vm)
+		cert, err := authority.Issue(ca.Request{Kind: ca.Guest, CommonName: name, IPs: []net.IP{addr.AsSlice()}, TTL: 30 * 24 * time.Hour})
+		if err != nil {
+			return nil, err
+		}
+		g := loader.Guest{VM: vm, Name: name, Backend: s.Backend.Name(), Interface: backend.IfName(vm), Addr: addr, HostAddr: hostAddr, Template: template}
+		if err := pool.Announce(ctx, g); err != nil {
+			return nil, err
+		}
+		// Declared before it exists: the agent attaches the moment its vif
+		// appears, so no packet of it is ever unfiltered.
+		if err := v.Host.Quarantine(&g); err != nil {
+			return nil, err
+		}
+		spec := loader.BootSpec{VM: vm, Name: name, Addr: addr, HostAddr: hostAddr, PrefixLen: 24, Template: template,
+			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), UpdatedPort: s.APIPort}
+		out, err := s.Backend.Boot(ctx, spec)
+		if err != nil {
+			v.Host.Forget(&g)
+			return nil, err
+		}
+		return out, nil
+	}
+	destroy := func(ctx context.Context, g *loader.Guest) error {
+		err := s.Backend.Destroy(ctx, g)
+		if ferr := v.Host.Forget(g); err == nil {
+			err = ferr
+		}
+		vmMu.Lock()
+		delete(used, g.VM)
+		vmMu.Unlock()
+		return err
+	}
+	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{
+		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxLoads: s.MaxLoads}},
+		Boot:      boot, Destroy: destroy,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	v.closers = append(v.closers, func() { p.Close() })
+	v.Pool = p
+	pa := &poolAdapter{p: p}
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort},
+		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, 30*24*time.Hour), pa, &pusher{c: push}, v.Host)
+	if err != nil {
+		return fail(err)
+	}
+	v.Loader = l
+	v.API = &loader.API{Loader: l, Pool: pa}
+	return v, nil
+}
+
+// poolAdapter presents package pool to the loader.
+type poolAdapter struct{ p *pool.Pool }
+
+type leaseAdapter struct{ l pool.Lease }
+
+func (a leaseAdapter) Guest() *loader.Guest { g := a.l.Entry.Guest; return &g }
+func (a leaseAdapter) How() string          { return string(a.l.How) }
+func (a leaseAdapter) Done(ok bool)         { a.l.Done(ok) }
+
+func (a *poolAdapter) Acquire(ctx context.Context, app string, rng label.Bounds, template string) (loader.Lease, error) {
+	l, err := a.p.Acquire(ctx, app, rng, template)
+	if err != nil {
+		return nil, err
+	}
+	return leaseAdapter{l}, nil
+}
+
+func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
+	for _, e := range a.p.List() {
+		if e.Guest.Addr == addr && e.Guest.VM != 0 {
+			g := e.Guest
+			return &g, e.App, true
+		}
+	}
+	return nil, "", false
+}
+
+type pusher struct{ c *updated.Client }
+
+func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundle) error {
+	_, err := p.c.Push(ctx, g.UpdatedAddr, b)
+	return err
+}
