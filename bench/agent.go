@@ -77,7 +77,9 @@ func (c chanSAs) Watch(ctx context.Context, update func([]agent.KernelSA)) error
 	}
 }
 
-func guestAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(100 + i/250), byte(i % 250), 7}) }
+func guestAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(100 + i/250), byte(i % 250), 7})
+}
 
 // MeasureAgentScale runs the real agent over real pinned maps (on a bpffs
 // mounted for the run) with cfg.Vifs simulated interfaces and cfg.SAs SAs

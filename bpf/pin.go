@@ -303,4 +303,3 @@ func readArray[V any](m *ebpf.Map, fn func(uint32, V)) error {
 		}
 	}
 }
-

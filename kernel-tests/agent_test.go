@@ -53,7 +53,8 @@ var (
 	agentBinErr  error
 )
 
-// buildAgent builds the mlsgate binary once per test run.
+// buildAgent builds the mlsgate binary once per test run, into the test
+// binary's own temporary directory (removed by TestMain).
 func buildAgent(t *testing.T) string {
 	t.Helper()
 	agentBinOnce.Do(func() {
@@ -414,4 +415,13 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	if !strings.Contains(e.log.String(), `"mode":"updated"`) {
 		t.Errorf("the restarted agent did not swap its programs into the pinned links:\n%s", e.log)
 	}
+}
+
+// TestMain removes the binary buildAgent built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if agentBin != "" {
+		os.RemoveAll(filepath.Dir(agentBin))
+	}
+	os.Exit(code)
 }

@@ -50,9 +50,15 @@ type Host struct {
 	// SELinux installs the bundle's host modules; nil skips them.
 	SELinux func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error)
 
-	mu    sync.Mutex
-	peers map[string][]agent.PeerSpec // by guest interface
-	base  []agent.PeerSpec            // the hosts' own addresses
+	mu        sync.Mutex
+	peers     map[string][]agent.PeerSpec // by guest interface
+	base      []agent.PeerSpec            // the hosts' own addresses
+	installed map[string]hostXFRM         // the host's end of each guest's tunnel
+}
+
+type hostXFRM struct {
+	states []xfrm.State
+	pols   []xfrm.Policy
 }
 
 // Quarantine declares a freshly booted guest that serves no application
@@ -68,15 +74,28 @@ func (h *Host) Quarantine(g *Guest) error {
 	return h.Agent.SetGuest(spec)
 }
 
-// Forget removes a guest from the fast path (its programs are detached).
+// Forget removes a guest from the fast path (its programs are detached)
+// and the host's end of its tunnel.
 func (h *Host) Forget(g *Guest) error {
 	h.mu.Lock()
 	delete(h.peers, g.Interface)
+	inst := h.installed[g.Interface]
+	delete(h.installed, g.Interface)
 	h.mu.Unlock()
-	if _, err := h.Agent.RemoveGuest(g.Interface); err != nil {
-		return err
+	var errs []error
+	if h.XFRM != nil {
+		for _, p := range inst.pols {
+			errs = append(errs, ignoreGone(h.XFRM.DeletePolicy(p)))
+		}
+		for _, s := range inst.states {
+			errs = append(errs, ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto)))
+		}
 	}
-	return h.pushPeers()
+	if _, err := h.Agent.RemoveGuest(g.Interface); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, h.pushPeers())
+	return errors.Join(errs...)
 }
 
 func setAddr(spec *agent.GuestSpec, a netip.Addr) {
@@ -198,6 +217,26 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 			}
 			undo = append(undo, func() error { return ignoreGone(h.XFRM.DeletePolicy(p)) })
 		}
+	}
+	if h.XFRM != nil {
+		states, pols := HostXFRM(b)
+		h.mu.Lock()
+		if h.installed == nil {
+			h.installed = map[string]hostXFRM{}
+		}
+		prev, had := h.installed[g.Interface]
+		h.installed[g.Interface] = hostXFRM{states: states, pols: pols}
+		h.mu.Unlock()
+		undo = append(undo, func() error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if had {
+				h.installed[g.Interface] = prev
+			} else {
+				delete(h.installed, g.Interface)
+			}
+			return nil
+		})
 	}
 	// 2. The fast path: the guest's range, its servers as peers.
 	var peers []agent.PeerSpec

@@ -226,6 +226,14 @@ func TestLoadConfiguresGuestAndHost(t *testing.T) {
 	if len(r.push.pushed) != 1 {
 		t.Fatalf("pushed %v", r.push.pushed)
 	}
+	// Destroying the guest takes the host's end of its tunnel with it.
+	guest := res.Guest
+	if err := r.host.Forget(&guest); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.xfrm.states) != 0 || len(r.xfrm.policies) != 0 || len(r.agent.guests) != 0 {
+		t.Fatalf("after Forget: %d SAs, %d policies, guests %v", len(r.xfrm.states), len(r.xfrm.policies), r.agent.guests)
+	}
 }
 
 func TestLoadRefusals(t *testing.T) {

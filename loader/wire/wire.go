@@ -176,6 +176,9 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		vmMu.Lock()
 		delete(used, g.VM)
 		vmMu.Unlock()
+		// The next guest may get this one's number and address: a kept-alive
+		// connection to the old daemon would fail its first push.
+		push.CloseIdleConnections()
 		return err
 	}
 	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{

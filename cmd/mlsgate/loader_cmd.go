@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mlsgate/mlsgate/agent/xfrm"
+	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/mapper"
+)
+
+func newLoaderCmd() *cobra.Command {
+	var (
+		stateDir, apps, agentAddr, socket, backendName, mapperPolicy string
+		qemuKernel, qemuInitrd, qemuAccel, xenKernel, xenRamdisk     string
+		apiPort                                                      uint16
+		poolSize, maxLoads                                           int
+		spiBase, spiSlots                                            uint32
+		noHostXFRM                                                   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "loader",
+		Short: "run VMLoad: load requests from the host and the guests, the pool, the configuration phase",
+		Long: `Run VMLoad (root). It serves POST /v1/load on --socket for the host ('mlsgate
+load URL') and on TCP port --api-port of the host for guests, who are
+authorized by the link their request arrives on and by the application's
+transition rules. It keeps a pool of pre-loaded guests (--pool-size idle
+guests), boots them with --backend (netns, qemu or xen), pushes each guest's
+policy to its update daemon over mutual TLS (on the same port number) and
+declares the guest, its servers and its SAs to the host agent (--agent).
+
+The agent's api_port must equal --api-port: the fast path passes TCP on that
+port between a guest and the host as control traffic, which is how a guest
+without a policy yet is reached.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			var be loader.Backend
+			exe, _ := os.Executable()
+			switch backendName {
+			case "netns":
+				be = &backend.Netns{Binary: exe, StateDir: filepath.Join(stateDir, "guests")}
+			case "qemu":
+				if qemuKernel == "" || qemuInitrd == "" {
+					return errors.New("--backend qemu needs --qemu-kernel and --qemu-initrd (a guest image whose init starts 'mlsgate updated'; see loader/backend.InitScript)")
+				}
+				be = &backend.QEMU{Kernel: qemuKernel, Initrd: qemuInitrd, Accel: qemuAccel, StateDir: filepath.Join(stateDir, "qemu")}
+			case "xen":
+				if xenKernel == "" || xenRamdisk == "" {
+					return errors.New("--backend xen needs --xen-kernel and --xen-ramdisk")
+				}
+				be = &backend.Xen{Kernel: xenKernel, Ramdisk: xenRamdisk, ConfigDir: filepath.Join(stateDir, "xen")}
+			default:
+				return fmt.Errorf("--backend %q: want netns, qemu or xen", backendName)
+			}
+			var hx loader.XFRMWriter
+			if !noHostXFRM {
+				h, err := xfrm.NewHandle()
+				if err != nil {
+					return fmt.Errorf("XFRM netlink: %w", err)
+				}
+				defer h.Close()
+				hx = h
+			}
+			v, err := startLoader(cmd.Context(), loaderSetup{
+				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
+				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
+			})
+			if err != nil {
+				return err
+			}
+			defer v.close()
+			if mapperPolicy != "" {
+				m, err := mapper.New(mapper.Config{})
+				if err != nil {
+					return err
+				}
+				if err := m.Load(mapperPolicy); err != nil {
+					return err
+				}
+				v.api.Mapper = m.Handler()
+			}
+			srv := v.api.Server()
+			if err := removeStaleSocket(socket); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+				return err
+			}
+			ul, err := net.Listen("unix", socket)
+			if err != nil {
+				return err
+			}
+			defer os.Remove(socket)
+			os.Chmod(socket, 0o600)
+			tl, err := net.Listen("tcp", fmt.Sprintf(":%d", apiPort))
+			if err != nil {
+				return fmt.Errorf("listen on the API port %d: %w", apiPort, err)
+			}
+			go srv.Serve(ul)
+			go srv.Serve(tl)
+			defer srv.Close()
+			go v.pool.Run(cmd.Context())
+			log.Info("VMLoad ready", "socket", socket, "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&stateDir, "state-dir", "/var/lib/mlsgate/loader", "the loader's state: policy store, CA, pool")
+	f.StringVar(&apps, "apps", defaultAppsDir, "directory of application files")
+	f.StringVar(&agentAddr, "agent", "unix:/run/mlsgate/agent.sock", "the host agent's API")
+	f.StringVar(&socket, "socket", defaultLoaderSocket, "Unix socket for the host's load requests")
+	f.Uint16Var(&apiPort, "api-port", 7443, "TCP port for guests' requests and their update daemons (= the agent's api_port)")
+	f.StringVar(&backendName, "backend", "netns", "netns, qemu or xen")
+	f.IntVar(&poolSize, "pool-size", 1, "idle guests to keep pre-loaded")
+	f.IntVar(&maxLoads, "max-loads", 8, "loads a guest takes before it is full")
+	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "the host's SPI range (= the agent's spi_base)")
+	f.Uint32Var(&spiSlots, "spi-slots", 65536, "size of the host's SPI range (= the agent's spi_slots)")
+	f.BoolVar(&noHostXFRM, "no-host-xfrm", false, "do not install the host's end of the tunnels (a host without ESP)")
+	f.StringVar(&mapperPolicy, "mapper-policy", "", "the host's label-mapper policy, served to guests on the API port")
+	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")
+	f.StringVar(&qemuInitrd, "qemu-initrd", "", "guest initramfs for --backend qemu")
+	f.StringVar(&qemuAccel, "qemu-accel", "", "kvm, tcg or empty (auto)")
+	f.StringVar(&xenKernel, "xen-kernel", "", "guest kernel for --backend xen")
+	f.StringVar(&xenRamdisk, "xen-ramdisk", "", "guest ramdisk for --backend xen")
+	return cmd
+}
