@@ -15,9 +15,10 @@ APT_generate := clang-19 llvm-19 libbpf-dev linux-libc-dev
 APT_kernel := iproute2
 APT_selinux := checkpolicy semodule-utils
 APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils
+APT_bench := nftables
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench generate check-generate build test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,7 +47,10 @@ deps-selinux: ## install or check checkmodule and semodule_package (policy bundl
 deps-guest: ## install or check QEMU, static busybox, kmod, xz (the Debian guest kernel tests)
 	$(call need,qemu-system-x86_64 busybox kmod ip checkpolicy xz,--no-install-recommends $(APT_guest))
 
-deps: deps-generate deps-kernel deps-selinux deps-guest ## install or check everything the targets need
+deps-bench: ## install or check nftables (the traffic benchmark's baseline)
+	$(call need,nft,$(APT_bench))
+
+deps: deps-generate deps-kernel deps-selinux deps-guest deps-bench ## install or check everything the targets need
 
 generate: deps-generate ## rebuild the bpf2go output in bpf/ (clang-19); commit the result
 	$(GO) generate ./bpf/
@@ -61,7 +65,7 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 build: ## build bin/mlsgate (no clang needed)
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 
-test: check-generate deps-kernel deps-selinux deps-guest test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
+test: check-generate deps-kernel deps-selinux deps-guest deps-bench test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...
@@ -82,7 +86,6 @@ demo: deps-kernel deps-guest ## the paper's analyst scenario with real enforceme
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 	./bin/mlsgate demo --apps examples/analyst
 
-bench: ## per-packet cost (10 to 1,000,000 SAs) and the agent's memory and sync time at 100,000 SAs / 1,000 vifs (root)
-	$(GO) test -count=1 -run '^$$' -bench Fastpath -benchtime 1x ./bench/
-	$(GO) test -count=1 -v -run 'TestPrivilegedAgentScale' ./bench/ -agent.full
-	$(GO) test -count=1 -v -timeout 60m -run 'TestPrivilegedVMStartQuick' ./bench/ -vmstart.full
+bench: deps-kernel deps-guest deps-bench ## the full harness (root): per-packet cost, real traffic against nftables, agent, mapper, bundle, Table 1; report in bench/results/<date>
+	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
+	./bin/mlsgate bench all --out bench/results/$$(date -u +%F)

@@ -1,0 +1,472 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// The benchmarks Run knows, in the order it runs them.
+var Benchmarks = []string{"fastpath", "traffic", "agent", "mapper", "bundle", "vmstart"}
+
+// Files WriteReport writes into the results folder.
+const (
+	ReportJSON     = "results.json"
+	ReportMarkdown = "report.md"
+	PlotPerPacket  = "per-packet.svg"
+	PlotVMStart    = "vmstart.svg"
+)
+
+// RunConfig says what Run measures and how big.
+type RunConfig struct {
+	// What lists benchmarks of Benchmarks; empty or "all" is every one.
+	What []string
+	// Quick runs every benchmark at small sizes (CI smoke: it asserts
+	// nothing about speed).
+	Quick bool
+	// AppsDir holds the application files (examples/analyst): the bundle
+	// and VM-start benchmarks use them.
+	AppsDir string
+	// Binary is a static mlsgate for the VM-start guests; "" builds one.
+	Binary string
+	// VMStartBackends overrides the backends of the VM-start benchmark
+	// (default: quick netns, full netns and qemu); an empty non-nil slice
+	// with VMStartSkip set skips it.
+	VMStartBackends []string
+	VMStartSkip     string
+	// Progress receives a line per step of long runs.
+	Progress func(format string, args ...any)
+}
+
+// Host is the machine the numbers come from.
+type Host struct {
+	Kernel string `json:"kernel"`
+	CPUs   int    `json:"cpus"`
+	CPU    string `json:"cpu"`
+	// Virtualization is what this machine runs under ("none" on bare
+	// metal), from the CPU's hypervisor flag and DMI.
+	Virtualization string `json:"virtualization"`
+}
+
+// FastpathReport is MeasureFastpath's answer with its settings.
+type FastpathReport struct {
+	Repeat int            `json:"repeat"`
+	Rounds int            `json:"rounds"`
+	Cases  []FastpathCase `json:"cases"`
+	Memory []MapMemory    `json:"memory"`
+}
+
+// BundleTiming is policystore.GenerateBundle on one application.
+type BundleTiming struct {
+	App        string        `json:"app"`
+	Iterations int           `json:"iterations"`
+	Mean       time.Duration `json:"mean_ns"`
+	P50        time.Duration `json:"p50_ns"`
+	P99        time.Duration `json:"p99_ns"`
+	SAs        int           `json:"sas"`      // in one bundle
+	Policies   int           `json:"policies"` // XFRM policies in one bundle
+}
+
+// Report is every measurement of one run: results.json holds it whole.
+type Report struct {
+	When     time.Time           `json:"when"`
+	Quick    bool                `json:"quick"`
+	Host     Host                `json:"host"`
+	Fastpath *FastpathReport     `json:"fastpath,omitempty"`
+	Traffic  *TrafficResult      `json:"traffic,omitempty"`
+	Agent    []*AgentScaleResult `json:"agent,omitempty"`
+	Mapper   *mapper.Result      `json:"mapper,omitempty"`
+	Bundle   *BundleTiming       `json:"bundle,omitempty"`
+	VMStart  *VMStartResult      `json:"vmstart,omitempty"`
+	// Skipped and Failed name benchmarks not in the report, and why.
+	Skipped map[string]string `json:"skipped,omitempty"`
+	Failed  map[string]string `json:"failed,omitempty"`
+}
+
+// DefaultResultsDir is bench/results/<date> under root.
+func DefaultResultsDir(root string, now time.Time) string {
+	return filepath.Join(root, "bench", "results", now.Format("2006-01-02"))
+}
+
+// selected resolves cfg.What against Benchmarks.
+func (c *RunConfig) selected() ([]string, error) {
+	if len(c.What) == 0 || slices.Contains(c.What, "all") {
+		return Benchmarks, nil
+	}
+	for _, w := range c.What {
+		if !slices.Contains(Benchmarks, w) {
+			return nil, fmt.Errorf("benchmark %q: want one of %s or all", w, strings.Join(Benchmarks, ", "))
+		}
+	}
+	var out []string
+	for _, b := range Benchmarks {
+		if slices.Contains(c.What, b) {
+			out = append(out, b)
+		}
+	}
+	return out, nil
+}
+
+// Run measures what cfg selects, each benchmark with its baseline in the
+// same run. A benchmark that fails is recorded in Report.Failed and the
+// others still run; the error then names every failure. Root only, except
+// mapper and bundle.
+func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
+	what, err := cfg.selected()
+	if err != nil {
+		return nil, err
+	}
+	progress := cfg.Progress
+	if progress == nil {
+		progress = func(string, ...any) {}
+	}
+	r := &Report{When: time.Now().UTC(), Quick: cfg.Quick, Host: ThisHost(), Skipped: map[string]string{}, Failed: map[string]string{}}
+	root := os.Geteuid() == 0
+	for _, w := range what {
+		if err := ctx.Err(); err != nil {
+			return r, err
+		}
+		if !root && w != "mapper" && w != "bundle" {
+			r.Skipped[w] = "needs root (BPF, network namespaces, bpffs)"
+			continue
+		}
+		progress("== %s", w)
+		start := time.Now()
+		var err error
+		switch w {
+		case "fastpath":
+			err = r.runFastpath(cfg, progress)
+		case "traffic":
+			tc := TrafficConfig{Sizes: []int{10, 1000, 10000}, Packets: 200_000, Exchanges: 2000, Budget: 5 * time.Second, Rounds: 3, Progress: progress}
+			if cfg.Quick {
+				tc = TrafficConfig{Sizes: []int{10, 100}, Packets: 5000, Exchanges: 100, Budget: time.Second, Rounds: 1, Progress: progress}
+			}
+			r.Traffic, err = MeasureTraffic(ctx, tc)
+			if err == nil && r.Traffic.NftSkipped != "" {
+				r.Skipped["traffic: nftables"] = r.Traffic.NftSkipped
+			}
+		case "agent":
+			sizes := []AgentScaleConfig{{Vifs: 100, SAs: 10_000, Changes: 50}, {Vifs: 1000, SAs: 100_000, Changes: 50}}
+			if cfg.Quick {
+				sizes = []AgentScaleConfig{{Vifs: 10, SAs: 500, Changes: 10}}
+			}
+			for _, s := range sizes {
+				progress("agent: %d vifs, %d SAs", s.Vifs, s.SAs)
+				var a *AgentScaleResult
+				if a, err = MeasureAgentScale(s); err != nil {
+					break
+				}
+				r.Agent = append(r.Agent, a)
+			}
+		case "mapper":
+			rules, n := 10_000, 200_000
+			if cfg.Quick {
+				rules, n = 500, 2000
+			}
+			var m mapper.Result
+			if m, err = mapper.MeasureLookups(rules, n); err == nil {
+				r.Mapper = &m
+			}
+		case "bundle":
+			n := 500
+			if cfg.Quick {
+				n = 20
+			}
+			r.Bundle, err = MeasureBundle(cfg.AppsDir, "analyst", n)
+		case "vmstart":
+			err = r.runVMStart(ctx, cfg, progress)
+		}
+		if err != nil {
+			r.Failed[w] = err.Error()
+			progress("%s failed: %v", w, err)
+			continue
+		}
+		progress("%s done in %v", w, time.Since(start).Round(time.Millisecond))
+	}
+	if len(r.Failed) > 0 {
+		var errs []error
+		for _, w := range what {
+			if f, ok := r.Failed[w]; ok {
+				errs = append(errs, fmt.Errorf("%s: %s", w, f))
+			}
+		}
+		return r, errors.Join(errs...)
+	}
+	return r, nil
+}
+
+// runFastpath measures the per-packet cost in a network namespace of its
+// own (BPF_PROG_TEST_RUN runs packets on its loopback).
+func (r *Report) runFastpath(cfg RunConfig, progress func(string, ...any)) error {
+	fc := FastpathConfig{SACounts: []int{10, 10_000, 1_000_000}, Repeat: 200_000, Rounds: 15, Progress: progress}
+	if cfg.Quick {
+		fc = FastpathConfig{SACounts: []int{10, 1000}, Repeat: 1000, Rounds: 1, Progress: progress}
+	}
+	return inNewNetns(func() error {
+		cases, mem, err := MeasureFastpath(fc)
+		if err != nil {
+			return err
+		}
+		r.Fastpath = &FastpathReport{Repeat: fc.Repeat, Rounds: fc.Rounds, Cases: cases, Memory: mem}
+		return nil
+	})
+}
+
+func (r *Report) runVMStart(ctx context.Context, cfg RunConfig, progress func(string, ...any)) error {
+	backends := cfg.VMStartBackends
+	if backends == nil {
+		backends = []string{"netns", "qemu"}
+		if cfg.Quick {
+			backends = []string{"netns"}
+		}
+	}
+	if len(backends) == 0 {
+		r.Skipped["vmstart"] = cfg.VMStartSkip
+		return nil
+	}
+	repeat := 5
+	if cfg.Quick {
+		repeat = 1
+	}
+	res, err := MeasureVMStart(ctx, VMStartConfig{Backends: backends, Repeat: repeat, AppsDir: cfg.AppsDir, Binary: cfg.Binary, Progress: progress})
+	if err != nil {
+		return err
+	}
+	r.VMStart = res
+	return nil
+}
+
+// inNewNetns runs fn on a thread in a new network namespace; the thread
+// is discarded afterwards.
+func inNewNetns(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		ns, err := netns.New()
+		if err != nil {
+			errc <- fmt.Errorf("new network namespace: %w", err)
+			return
+		}
+		defer ns.Close()
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// MeasureBundle generates the bundle of one guest of application app in
+// appsDir n times (policy store only: no certificates, no checkmodule)
+// and reports the time per bundle.
+func MeasureBundle(appsDir, app string, n int) (*BundleTiming, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("bundle bench: %d iterations: want > 0", n)
+	}
+	if appsDir == "" {
+		return nil, errors.New("bundle bench: no application directory; give examples/analyst")
+	}
+	apps, err := policystore.LoadDir(appsDir)
+	if err != nil {
+		return nil, fmt.Errorf("bundle bench: %w", err)
+	}
+	var a *policystore.Application
+	for _, x := range apps {
+		if x.Name == app {
+			a = x
+		}
+	}
+	if a == nil {
+		return nil, fmt.Errorf("bundle bench: no application %q in %s", app, appsDir)
+	}
+	spi := uint32(0x4000)
+	req := policystore.BundleRequest{
+		Guest: "vm7", GuestAddr: netip.MustParseAddr("10.70.0.7"), HostAddr: netip.MustParseAddr("10.70.0.1"),
+		MapperUpstream: "http://10.70.0.1:7070", Version: 1, Now: time.Now(),
+		SPI: func() (uint32, error) { spi++; return spi, nil },
+	}
+	t := &BundleTiming{App: app, Iterations: n}
+	ds := make([]time.Duration, n)
+	var total time.Duration
+	for i := range n {
+		start := time.Now()
+		b, err := policystore.GenerateBundle(a, req, nil)
+		ds[i] = time.Since(start)
+		if err != nil {
+			return nil, fmt.Errorf("bundle bench: generate %s: %w", app, err)
+		}
+		total += ds[i]
+		t.SAs, t.Policies = len(b.States), len(b.Policies)
+	}
+	slices.Sort(ds)
+	t.Mean, t.P50, t.P99 = total/time.Duration(n), ds[n/2], ds[min(n-1, n*99/100)]
+	return t, nil
+}
+
+// ThisHost describes the machine.
+func ThisHost() Host {
+	h := Host{Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPU: "unknown", Virtualization: "none"}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			k, v, ok := strings.Cut(sc.Text(), ":")
+			k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+			switch {
+			case ok && k == "model name" && h.CPU == "unknown":
+				h.CPU = v
+			case ok && k == "flags" && slices.Contains(strings.Fields(v), "hypervisor"):
+				h.Virtualization = "a virtual machine (CPU hypervisor flag)"
+			}
+		}
+		f.Close()
+	}
+	if h.Virtualization != "none" {
+		if b, err := os.ReadFile("/sys/class/dmi/id/sys_vendor"); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			h.Virtualization = "a virtual machine (" + strings.TrimSpace(string(b)) + ")"
+		}
+	}
+	return h
+}
+
+func (h Host) String() string {
+	return fmt.Sprintf("%s, %d cores, kernel %s, running in %s", h.CPU, h.CPUs, h.Kernel, h.Virtualization)
+}
+
+// WriteReport writes results.json, report.md and the SVG plots into dir.
+func WriteReport(dir string, r *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("results folder %s: %w (choose another with --out)", dir, err)
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		ReportJSON:     append(js, '\n'),
+		ReportMarkdown: []byte(FormatReport(r)),
+		PlotPerPacket:  []byte(PerPacketSVG(r)),
+	}
+	if r.VMStart != nil {
+		files[PlotVMStart] = []byte(VMStartSVG(r.VMStart))
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FormatReport is the Markdown report.
+func FormatReport(r *Report) string {
+	var b strings.Builder
+	mode := "full"
+	if r.Quick {
+		mode = "quick (small sizes: a smoke test, not numbers to quote)"
+	}
+	fmt.Fprintf(&b, "# mlsgate benchmarks, %s\n\nMode: %s.  \nHardware: %s.\n\n", r.When.Format("2006-01-02 15:04 UTC"), mode, r.Host)
+	b.WriteString("Every ratio is against a baseline measured in the same run on the same machine. The cores may be shared with other work: compare ratios, not bare numbers across runs.\n")
+
+	if f := r.Fastpath; f != nil {
+		fmt.Fprintf(&b, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n\nIPv4 packets through the vif ingress program, %d repetitions per measurement, fastest of %d interleaved rounds; hardware as above, no emulation.\n\n", f.Repeat, f.Rounds)
+		b.WriteString(perPacketTable(f.Cases))
+		b.WriteString("\n| SAs | map memory (memlock) | fill time |\n|---:|---:|---:|\n")
+		for _, m := range f.Memory {
+			fmt.Fprintf(&b, "| %d | %.1f MiB | %v |\n", m.SAs, float64(m.Total)/(1<<20), m.Fill.Round(time.Millisecond))
+		}
+	}
+	if r.Traffic != nil {
+		b.WriteString("\n## Real traffic between two namespaces\n\n")
+		b.WriteString(FormatTraffic(r.Traffic))
+	}
+	if r.Fastpath != nil || r.Traffic != nil {
+		fmt.Fprintf(&b, "\n![per-packet cost against SAs](%s)\n", PlotPerPacket)
+	}
+	if r.VMStart != nil {
+		b.WriteString("\n## VM start: the paper's Table 1\n\n")
+		b.WriteString(FormatVMStart(r.VMStart))
+		fmt.Fprintf(&b, "\n![VM-start phases per backend](%s)\n", PlotVMStart)
+	}
+	if len(r.Agent) > 0 || r.Mapper != nil || r.Bundle != nil {
+		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation.\n", r.Host)
+	}
+	if len(r.Agent) > 0 {
+		b.WriteString("\nAgent: SAs with SELinux contexts synced into real pinned maps (simulated vifs and SA source).\n\n")
+		b.WriteString(FormatAgentScale(r.Agent))
+	}
+	if m := r.Mapper; m != nil {
+		fmt.Fprintf(&b, "\nLabel mapper, in process, one goroutine, %d rules, %d lookups:\n\n| lookup | lookups/s | p50 | p99 |\n|---|---:|---:|---:|\n", m.Rules, m.Lookups)
+		for _, row := range []struct {
+			name string
+			s    mapper.LookupStats
+		}{{"policy (cache off)", m.Uncached}, {"cached", m.Cached}} {
+			fmt.Fprintf(&b, "| %s | %.0f | %v | %v |\n", row.name, row.s.PerSecond, row.s.P50, row.s.P99)
+		}
+	}
+	if t := r.Bundle; t != nil {
+		fmt.Fprintf(&b, "\nPolicy-store bundle generation (%s application: %d SAs, %d XFRM policies; no certificates, no checkmodule), %d bundles: mean %v, p50 %v, p99 %v.\n",
+			t.App, t.SAs, t.Policies, t.Iterations, t.Mean.Round(time.Microsecond), t.P50.Round(time.Microsecond), t.P99.Round(time.Microsecond))
+	}
+	if len(r.Skipped)+len(r.Failed) > 0 {
+		b.WriteString("\n## Not measured\n\n")
+		for _, m := range []map[string]string{r.Skipped, r.Failed} {
+			keys := make([]string, 0, len(m))
+			for k := range m {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				what := "skipped"
+				if m[k] == r.Failed[k] && r.Failed[k] != "" {
+					what = "failed"
+				}
+				fmt.Fprintf(&b, "- %s (%s): %s\n", k, what, m[k])
+			}
+		}
+	}
+	return b.String()
+}
+
+// perPacketTable has one row per SA count: the empty program, the parser
+// and the full verdict on an ESP and a plain packet, each with its ratio
+// to the empty program.
+func perPacketTable(cases []FastpathCase) string {
+	var b strings.Builder
+	b.WriteString("| SAs | empty (floor) | parser | × empty | full verdict, ESP | × empty | full verdict, plain | × empty |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var counts []int
+	for _, c := range cases {
+		if !slices.Contains(counts, c.SAs) {
+			counts = append(counts, c.SAs)
+		}
+	}
+	for _, n := range counts {
+		cell := map[string]FastpathCase{}
+		for _, c := range cases {
+			if c.SAs == n {
+				cell[c.Name] = c
+			}
+		}
+		fmt.Fprintf(&b, "| %d | %.1f ns |", n, cell["empty"].NsPerPacket)
+		for _, name := range []string{"parse", "esp", "plain"} {
+			c, ok := cell[name]
+			if !ok {
+				b.WriteString(" — | — |")
+				continue
+			}
+			fmt.Fprintf(&b, " %.1f ns | %.2f |", c.NsPerPacket, c.Ratio)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
