@@ -61,7 +61,7 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (in
 	if err := copyTree("/etc/iproute2", filepath.Join(stage, "etc/iproute2")); err != nil && !os.IsNotExist(err) {
 		return 0, err
 	}
-	n, err := addModules(ctx, kroot, release, stage)
+	n, err := addModules(ctx, kroot, release, stage, Modules)
 	if err != nil {
 		return 0, err
 	}
@@ -181,13 +181,13 @@ func findLib(name string) (string, error) {
 	return "", fmt.Errorf("not found in %s", strings.Join(libDirs, ", "))
 }
 
-// addModules copies Modules and their dependencies, as modprobe resolves
+// addModules copies modules and their dependencies, as modprobe resolves
 // them in the unpacked kernel, and runs depmod on the result. A module the
 // kernel builds in needs no file.
-func addModules(ctx context.Context, kroot, release, stage string) (int, error) {
+func addModules(ctx context.Context, kroot, release, stage string, modules []string) (int, error) {
 	modDir := filepath.Join(kroot, "lib/modules", release)
 	files := map[string]bool{}
-	for _, m := range Modules {
+	for _, m := range modules {
 		out, err := output(ctx, "modprobe", "-d", kroot, "-S", release, "--show-depends", m)
 		if err != nil {
 			return 0, fmt.Errorf("module %s of kernel %s: %w", m, release, err)

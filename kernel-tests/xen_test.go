@@ -1,0 +1,91 @@
+package kerneltests
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
+	"github.com/mlsgate/mlsgate/kernel-tests/xendom0"
+)
+
+// indom0Pkg holds the tests that run inside the Xen dom0.
+const indom0Pkg = "github.com/mlsgate/mlsgate/kernel-tests/indom0"
+
+// xenTimeout bounds the boot of Xen and dom0; the tests in dom0 give up a
+// minute earlier, with the stacks of what hung.
+const (
+	xenTimeout      = 6 * time.Minute
+	xenInnerTimeout = "5m"
+)
+
+// TestPrivilegedXen boots Xen 4.17 with Debian's kernel as dom0 under QEMU
+// (TCG: software emulation) and runs kernel-tests/indom0 there: the static
+// mlsgate agent enforcing on the netback vifs of PV guests that
+// loader/backend.Xen creates with xl, and the VM-start figures on Xen.
+// MLSGATE_GUEST_CACHE moves the image cache (Xen's is its xen folder).
+func TestPrivilegedXen(t *testing.T) {
+	requirePrivileged(t)
+	if testing.Short() {
+		t.Skip("boots Xen and dom0 under QEMU (about 2 minutes when the image is cached); run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*xenTimeout)
+	defer cancel()
+
+	start := time.Now()
+	img, err := xendom0.Prepare(ctx, "", &lineLog{t: t})
+	if errors.Is(err, guestvm.ErrMissingTools) {
+		t.Skipf("no Xen VM: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("prepare the Xen image: %v", err)
+	}
+	t.Logf("Xen image: Xen %s, dom0 kernel %s, from %s, ready in %.1fs", img.XenVersion, img.KernelRelease, img.Dir, time.Since(start).Seconds())
+
+	start = time.Now()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "indom0.test")
+	if err := guestvm.BuildTestBinary(ctx, indom0Pkg, bin); err != nil {
+		t.Fatal(err)
+	}
+	agentBin := filepath.Join(dir, "mlsgate")
+	build := exec.CommandContext(ctx, "go", "build", "-o", agentBin, "github.com/mlsgate/mlsgate/cmd/mlsgate")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build a static mlsgate: %v\n%s", err, out)
+	}
+	t.Logf("built %s and a static mlsgate in %.1fs", indom0Pkg, time.Since(start).Seconds())
+
+	progress := &lineLog{t: t, prefix: "dom0: "}
+	res, err := img.Run(ctx, xendom0.RunOptions{
+		Binary: bin, Args: []string{"-test.v", "-test.count=1", "-test.timeout=" + xenInnerTimeout},
+		Files: map[string]string{"mlsgate": agentBin}, Timeout: xenTimeout, Progress: progress,
+	})
+	progress.flush()
+	if err != nil {
+		t.Fatalf("dom0 run: %v", err)
+	}
+	t.Logf("Xen under QEMU TCG: dom0 boot %.2fs, tests %.2fs, QEMU %.2fs; init: %s",
+		res.BootDuration.Seconds(), res.RunDuration.Seconds(), res.Wall.Seconds(), strings.ReplaceAll(res.Boot, "\n", ", "))
+	var failed []string
+	for _, m := range guestFailRE.FindAllStringSubmatch(res.Output, -1) {
+		failed = append(failed, m[1])
+	}
+	switch {
+	case res.ExitCode != 0:
+		for name, s := range res.Files {
+			if strings.HasPrefix(name, "guest-") {
+				t.Logf("%s:\n%s", name, lastLines(s, 15))
+			}
+		}
+		t.Logf("xl dmesg ends:\n%s", lastLines(res.Files["xl-dmesg"], 15))
+		t.Errorf("dom0 tests failed: %s (exit %d); console ends:\n%s", strings.Join(failed, ", "), res.ExitCode, lastLines(res.Serial, 20))
+	case !guestPassRE.MatchString(res.Output):
+		t.Errorf("no dom0 test passed (all skipped?)")
+	}
+}

@@ -1,0 +1,39 @@
+#!/bin/sh
+# PID 1 of the tiny PV guest packed by kernel-tests/xendom0. It reads its
+# link from the loader backend's keys on the command line (mlsgate.addr,
+# mlsgate.gw), adds a second address it is not entitled to
+# (xendom0.spoof=), and pings the gateway from both, five times a second,
+# for at most xendom0.pings rounds; then it powers off. Console lines start
+# with "xenguest:".
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+say() { echo "xenguest: $* (at $(cut -d' ' -f1 /proc/uptime)s)"; }
+say "init"
+ADDR= GW= SPOOF= PINGS=600
+for w in $(cat /proc/cmdline); do
+	case $w in
+	mlsgate.addr=*) ADDR=${w#mlsgate.addr=} ;;
+	mlsgate.gw=*) GW=${w#mlsgate.gw=} ;;
+	xendom0.spoof=*) SPOOF=${w#xendom0.spoof=} ;;
+	xendom0.pings=*) PINGS=${w#xendom0.pings=} ;;
+	esac
+done
+if [ -z "$ADDR" ] || [ -z "$GW" ]; then
+	say "no mlsgate.addr or mlsgate.gw on the command line"
+	poweroff -f
+fi
+modprobe xen-netfront
+n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+ip link set lo up
+ip addr add "$ADDR" dev eth0
+[ -n "$SPOOF" ] && ip addr add "$SPOOF/32" dev eth0
+ip link set eth0 up
+say "eth0 up: $ADDR (and ${SPOOF:-no spoofed address})"
+ping -q -i 0.2 -c "$PINGS" -W 1 "$GW" > /dev/null 2>&1 &
+[ -n "$SPOOF" ] && ping -q -I "$SPOOF" -i 0.2 -c "$PINGS" "$GW" > /dev/null 2>&1 &
+wait
+say "pings done"
+poweroff -f

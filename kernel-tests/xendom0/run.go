@@ -1,0 +1,226 @@
+package xendom0
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
+)
+
+// Defaults of RunOptions and the machine Run boots.
+const (
+	DefaultTimeout = 6 * time.Minute
+	// machineMemory is QEMU's RAM (MiB); dom0 gets dom0Memory of it, the
+	// rest is Xen's for guests.
+	machineMemory = 1024
+	dom0Memory    = "512M"
+	shareTag      = "host0"
+	pollInterval  = 100 * time.Millisecond
+)
+
+// RunOptions say what one boot of Xen and dom0 runs.
+type RunOptions struct {
+	// Binary is the host path of a static executable (guestvm's
+	// BuildTestBinary makes one), run in dom0 from the share.
+	Binary string
+	Args   []string
+	// Files are extra host files (name → host path) copied beside the
+	// binary; the binary finds them in $XENDOM0_JOB (a dom0 path).
+	Files map[string]string
+	// Env is added to the binary's environment, which always has
+	// MLSGATE_IN_DOM0=1 and XENDOM0_JOB.
+	Env map[string]string
+	// Timeout bounds the whole boot (DefaultTimeout when 0).
+	Timeout time.Duration
+	// Progress, when set, receives the binary's output while it runs.
+	Progress io.Writer
+}
+
+// Result is what one boot produced.
+type Result struct {
+	Output       string            // the binary's standard output and error
+	ExitCode     int               // its exit status
+	Serial       string            // Xen's and dom0's console
+	Boot         string            // dom0 init's report (failed modules, Xen daemons)
+	Files        map[string]string // what dom0 left in the job directory: xl-dmesg, dmesg, guest consoles
+	BootDuration time.Duration     // dom0 kernel start to the binary's start (dom0 clock)
+	RunDuration  time.Duration     // the binary's run (dom0 clock)
+	Wall         time.Duration     // QEMU's whole run (host clock)
+}
+
+// Run boots Xen and dom0 and runs opts.Binary in dom0. An error means the
+// binary did not run to its end (QEMU failed, the timeout ended the boot, or
+// dom0 never wrote an exit code; the error quotes the end of the console); a
+// binary that fails is a Result with a non-zero ExitCode.
+func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
+	if opts.Binary == "" {
+		return nil, errors.New("xendom0: RunOptions.Binary is empty; give the path of a static binary")
+	}
+	if err := guestvm.CheckStatic(opts.Binary); err != nil {
+		return nil, fmt.Errorf("dom0 binary %s: %w (build it with CGO_ENABLED=0)", opts.Binary, err)
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	qemu, err := findTool("qemu-system-x86_64")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", guestvm.ErrMissingTools, err)
+	}
+	share, err := os.MkdirTemp("", "xendom0-share-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(share)
+	b := make([]byte, 6)
+	rand.Read(b)
+	id := hex.EncodeToString(b)
+	job := filepath.Join(share, ".xendom0", id)
+	if err := os.MkdirAll(job, 0o755); err != nil {
+		return nil, err
+	}
+	files := map[string]string{"bin": opts.Binary}
+	maps.Copy(files, opts.Files)
+	for name, src := range files {
+		if strings.ContainsAny(name, "/ ") || name == "" {
+			return nil, fmt.Errorf("xendom0: RunOptions.Files name %q must be a plain file name", name)
+		}
+		if err := copyFile(src, filepath.Join(job, name), 0o755); err != nil {
+			return nil, fmt.Errorf("copy %s into the share: %w", src, err)
+		}
+	}
+	dom0Job := "/mnt/.xendom0/" + id
+	env := map[string]string{"MLSGATE_IN_DOM0": "1", "XENDOM0_JOB": dom0Job}
+	maps.Copy(env, opts.Env)
+	var sb strings.Builder
+	sb.WriteString("# written by xendom0.Run\n")
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		fmt.Fprintf(&sb, "export %s=%s\n", k, shellQuote(env[k]))
+	}
+	sb.WriteString("cd /tmp || exit 125\nexec " + shellQuote(dom0Job+"/bin"))
+	for _, a := range opts.Args {
+		sb.WriteString(" " + shellQuote(a))
+	}
+	sb.WriteString("\n")
+	if err := os.WriteFile(filepath.Join(job, "job.sh"), []byte(sb.String()), 0o644); err != nil {
+		return nil, err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
+	defer cancel()
+	serialPath := filepath.Join(share, "serial.log")
+	dom0Args := "console=hvc0 quiet xendom0.job=" + id + " xendom0.bridge=" + BridgeAddr
+	args := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "file:" + serialPath,
+		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(machineMemory),
+		"-kernel", img.Xen,
+		"-append", "console=com1 dom0_mem=" + dom0Memory + " dom0_max_vcpus=1 dom0_vcpus_pin",
+		"-initrd", img.Kernel + " " + dom0Args + "," + img.Initrd,
+		"-virtfs", "local,path=" + share + ",mount_tag=" + shareTag + ",security_model=none,id=" + shareTag,
+	}
+	for _, p := range []string{img.Kernel, img.Initrd} {
+		if strings.ContainsAny(p, ", ") {
+			return nil, fmt.Errorf("xen image path %s holds a comma or space, which QEMU's -initrd list cannot carry; set MLSGATE_GUEST_CACHE to a plain path", p)
+		}
+	}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, qemu, args...)
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", qemu, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var copied int64
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	var qerr error
+	for waiting := true; waiting; {
+		select {
+		case qerr = <-done:
+			waiting = false
+		case <-tick.C:
+		}
+		if opts.Progress != nil {
+			copied = copyNew(opts.Progress, filepath.Join(job, "output"), copied)
+		}
+	}
+	res := &Result{Wall: time.Since(start), Files: map[string]string{}}
+	serial, _ := os.ReadFile(serialPath)
+	res.Serial = string(serial)
+	if out, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
+		res.Output = string(out)
+	}
+	if b, err := os.ReadFile(filepath.Join(job, "boot")); err == nil {
+		res.Boot = strings.TrimSpace(string(b))
+	}
+	left, _ := filepath.Glob(filepath.Join(job, "*"))
+	for _, f := range left {
+		switch n := filepath.Base(f); n {
+		case "xl-dmesg", "dmesg":
+			b, _ := os.ReadFile(f)
+			res.Files[n] = string(b)
+		default:
+			if strings.HasSuffix(n, ".log") {
+				b, _ := os.ReadFile(f)
+				res.Files[n] = string(b)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return res, fmt.Errorf("dom0 did not finish within %v (RunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(res.Serial, 3000))
+	}
+	if qerr != nil {
+		return res, fmt.Errorf("qemu: %w\n%s\nconsole ends:\n%s", qerr, tail(stderr.String(), 2000), tail(res.Serial, 3000))
+	}
+	exit, err := os.ReadFile(filepath.Join(job, "exit"))
+	if err != nil {
+		return res, fmt.Errorf("Xen powered off without an exit code for the job (dom0's init failed, or Xen or dom0 crashed); console ends:\n%s", tail(res.Serial, 3000))
+	}
+	f := strings.Fields(string(exit))
+	if len(f) != 3 {
+		return res, fmt.Errorf("dom0 exit record %q: want \"<code> <start> <end>\"", exit)
+	}
+	if res.ExitCode, err = strconv.Atoi(f[0]); err != nil {
+		return res, fmt.Errorf("dom0 exit record %q: %w", exit, err)
+	}
+	s, _ := strconv.ParseFloat(f[1], 64)
+	e, _ := strconv.ParseFloat(f[2], 64)
+	res.BootDuration = time.Duration(s * float64(time.Second))
+	res.RunDuration = time.Duration((e - s) * float64(time.Second))
+	return res, nil
+}
+
+// copyNew writes what the file at path holds beyond offset to w.
+func copyNew(w io.Writer, path string, offset int64) int64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return offset
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return offset
+	}
+	n, _ := io.Copy(w, f)
+	return offset + n
+}
+
+// shellQuote quotes s for sh as one word.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
