@@ -23,7 +23,7 @@ func newLoaderCmd() *cobra.Command {
 		apiPort                                                      uint16
 		poolSize, maxLoads                                           int
 		spiBase, spiSlots                                            uint32
-		noHostXFRM                                                   bool
+		noHostXFRM, pauseIdle                                        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "loader",
@@ -72,6 +72,7 @@ without a policy yet is reached.`,
 			v, err := startLoader(cmd.Context(), loaderSetup{
 				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
 				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
+				PauseIdle: pauseIdle,
 			})
 			if err != nil {
 				return err
@@ -125,6 +126,7 @@ without a policy yet is reached.`,
 	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "the host's SPI range (= the agent's spi_base)")
 	f.Uint32Var(&spiSlots, "spi-slots", 65536, "size of the host's SPI range (= the agent's spi_slots)")
 	f.BoolVar(&noHostXFRM, "no-host-xfrm", false, "do not install the host's end of the tunnels (a host without ESP)")
+	f.BoolVar(&pauseIdle, "pause-idle", false, "keep pre-loaded guests paused until handed out (xen)")
 	f.StringVar(&mapperPolicy, "mapper-policy", "", "the host's label-mapper policy, served to guests on the API port")
 	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")
 	f.StringVar(&qemuInitrd, "qemu-initrd", "", "guest initramfs for --backend qemu")

@@ -39,6 +39,17 @@ type Setup struct {
 	SPIBase   uint32
 	SPISlots  uint32
 	Clearance string
+	// PauseIdle keeps pre-loaded guests paused until they are handed out
+	// (the paper's section 5.2.1 on Xen: `xl pause` after boot, `xl
+	// unpause` + policy push on a load), so idle guests cost no CPU. The
+	// backend must implement Pauser.
+	PauseIdle bool
+}
+
+// Pauser is a backend that can pause and resume a guest (backend.Xen).
+type Pauser interface {
+	Pause(ctx context.Context, g *loader.Guest) error
+	Unpause(ctx context.Context, g *loader.Guest) error
 }
 
 // Running is a started loader with its parts.
@@ -139,6 +150,14 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		return 0, errors.New("no free VM number (2-254): destroy idle guests or shrink the pool")
 	}
+	var pauser Pauser
+	if s.PauseIdle {
+		pz, ok := s.Backend.(Pauser)
+		if !ok {
+			return fail(fmt.Errorf("PauseIdle: the %s backend cannot pause guests (xen can)", s.Backend.Name()))
+		}
+		pauser = pz
+	}
 	boot := func(ctx context.Context, template string) (*loader.Guest, error) {
 		vm, err := allocVM()
 		if err != nil {
@@ -166,6 +185,13 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			v.Host.Forget(&g)
 			return nil, err
 		}
+		if pauser != nil {
+			if err := pauser.Pause(ctx, out); err != nil {
+				s.Backend.Destroy(ctx, out)
+				v.Host.Forget(&g)
+				return nil, fmt.Errorf("pause pre-loaded guest %s: %w", out.Name, err)
+			}
+		}
 		return out, nil
 	}
 	destroy := func(ctx context.Context, g *loader.Guest) error {
@@ -190,7 +216,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.closers = append(v.closers, func() { p.Close() })
 	v.Pool = p
-	pa := &poolAdapter{p: p}
+	pa := &poolAdapter{p: p, pauser: pauser}
 	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort},
 		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, 30*24*time.Hour), pa, &pusher{c: push}, v.Host)
 	if err != nil {
@@ -202,7 +228,10 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 }
 
 // poolAdapter presents package pool to the loader.
-type poolAdapter struct{ p *pool.Pool }
+type poolAdapter struct {
+	p      *pool.Pool
+	pauser Pauser // set when pre-loaded guests are kept paused
+}
 
 type leaseAdapter struct{ l pool.Lease }
 
@@ -214,6 +243,15 @@ func (a *poolAdapter) Acquire(ctx context.Context, app string, rng label.Bounds,
 	l, err := a.p.Acquire(ctx, app, rng, template)
 	if err != nil {
 		return nil, err
+	}
+	if a.pauser != nil && l.How != pool.HowReuse {
+		// A fresh guest (idle or just booted) was paused after its boot:
+		// the hand-out is unpause, then the policy push.
+		g := l.Entry.Guest
+		if err := a.pauser.Unpause(ctx, &g); err != nil {
+			l.Done(false)
+			return nil, fmt.Errorf("unpause %s: %w", g.Name, err)
+		}
 	}
 	return leaseAdapter{l}, nil
 }
@@ -234,3 +272,6 @@ func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundl
 	_, err := p.c.Push(ctx, g.UpdatedAddr, b)
 	return err
 }
+
+// The Xen backend keeps idle guests paused.
+var _ Pauser = (*backend.Xen)(nil)

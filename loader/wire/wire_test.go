@@ -1,0 +1,103 @@
+package wire
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader"
+)
+
+// plainBackend boots nothing and records what it was asked.
+type plainBackend struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (b *plainBackend) Name() string { return "fake" }
+func (b *plainBackend) log(s string) {
+	b.mu.Lock()
+	b.calls = append(b.calls, s)
+	b.mu.Unlock()
+}
+func (b *plainBackend) Boot(_ context.Context, s loader.BootSpec) (*loader.Guest, error) {
+	b.log(fmt.Sprintf("boot %s", s.Name))
+	return &loader.Guest{VM: s.VM, Name: s.Name, Backend: "fake", Interface: fmt.Sprintf("vif%d.0", s.VM), Addr: s.Addr, HostAddr: s.HostAddr,
+		UpdatedAddr: fmt.Sprintf("%s:%d", s.Addr, s.UpdatedPort), Template: s.Template}, nil
+}
+func (b *plainBackend) Destroy(_ context.Context, g *loader.Guest) error {
+	b.log("destroy " + g.Name)
+	return nil
+}
+func (b *plainBackend) history() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Join(b.calls, ",")
+}
+
+// pausingBackend is a backend that can pause guests, as Xen's can.
+type pausingBackend struct{ plainBackend }
+
+func (b *pausingBackend) Pause(_ context.Context, g *loader.Guest) error {
+	b.log("pause " + g.Name)
+	return nil
+}
+func (b *pausingBackend) Unpause(_ context.Context, g *loader.Guest) error {
+	b.log("unpause " + g.Name)
+	return nil
+}
+
+type nullAgent struct{}
+
+func (nullAgent) SetGuest(agent.GuestSpec) error    { return nil }
+func (nullAgent) RemoveGuest(string) (bool, error)  { return true, nil }
+func (nullAgent) SetPeers(p []agent.PeerSpec) error { return nil }
+
+func setup(t *testing.T, b loader.Backend, pause bool) Setup {
+	return Setup{StateDir: t.TempDir(), AppsDir: "../../examples/analyst", APIPort: 7443, PoolSize: 1, MaxLoads: 4,
+		Backend: b, Agent: nullAgent{}, SPIBase: 0xc0000000, SPISlots: 1024, PauseIdle: pause}
+}
+
+// TestPausedPool: pre-loaded guests are paused after their boot and
+// unpaused when handed out; a reused guest is not touched again.
+func TestPausedPool(t *testing.T) {
+	b := &pausingBackend{}
+	r, err := Start(context.Background(), setup(t, b, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Pool.Refill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.history(); got != "boot vm2,pause vm2" {
+		t.Fatalf("after refill: %s", got)
+	}
+	rng, _ := label.ParseBounds("s0-s15/i5-i10")
+	l, err := r.API.Pool.Acquire(context.Background(), "analyst", rng, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.How() != "idle" || l.Guest().Name != "vm2" || b.history() != "boot vm2,pause vm2,unpause vm2" {
+		t.Fatalf("hand-out: %s of %s, calls %s", l.How(), l.Guest().Name, b.history())
+	}
+	l.Done(true)
+	l2, err := r.API.Pool.Acquire(context.Background(), "analyst", rng, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Done(true)
+	if l2.How() != "reuse" || strings.Count(b.history(), "unpause") != 1 {
+		t.Fatalf("reuse: %s, calls %s", l2.How(), b.history())
+	}
+}
+
+func TestPauseIdleNeedsAPausingBackend(t *testing.T) {
+	if _, err := Start(context.Background(), setup(t, &plainBackend{}, true)); err == nil || !strings.Contains(err.Error(), "cannot pause") {
+		t.Fatalf("PauseIdle on a backend without Pause: %v", err)
+	}
+}
