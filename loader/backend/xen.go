@@ -59,6 +59,11 @@ type Xen struct {
 	// update daemon answers, bounded by ctx. nil checks for g.Interface in
 	// the caller's namespace, then dials g.UpdatedAddr.
 	Ready func(ctx context.Context, g *loader.Guest) error
+	// Created, when set, is called as soon as the new domain's id is known,
+	// before Boot waits for the guest: the loader declares vif<domid>.0 to
+	// the host agent there, so the fast path attaches when the vif appears
+	// rather than after the guest is up. An error destroys the domain.
+	Created func(ctx context.Context, g *loader.Guest) error
 	// Progress, when set, receives a line per step with its time.
 	Progress func(string)
 }
@@ -229,6 +234,11 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 		Handle: name, Template: spec.Template,
 	}
 	progress(x.Progress, "%s: domid %d, vif %s", name, domid, g.Interface)
+	if x.Created != nil {
+		if err := x.Created(ctx, g); err != nil {
+			return nil, fmt.Errorf("xen backend: %s (domid %d): %w", name, domid, err)
+		}
+	}
 	ready := x.Ready
 	if ready == nil {
 		ready = defaultReady

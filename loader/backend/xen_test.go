@@ -317,3 +317,45 @@ func TestXenDestroyErrors(t *testing.T) {
 		t.Error("Pause of a guest without a handle succeeded")
 	}
 }
+
+// TestXenCreatedHook: the loader learns the domid before Boot waits for the
+// guest, so it can declare vif<domid>.0 to the agent; a refusal destroys
+// the new domain.
+func TestXenCreatedHook(t *testing.T) {
+	base := filepath.Join(t.TempDir(), "initrd.gz")
+	if err := os.WriteFile(base, []byte("BASE!"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, refuse := range []bool{false, true} {
+		f := &fakeXL{answers: map[string]func([]string) ([]byte, error){
+			"domid": func([]string) ([]byte, error) { return []byte("12\n"), nil },
+		}}
+		x := analystXen(t.TempDir())
+		x.XL, x.Ramdisk, x.Run = "/usr/sbin/xl", base, f.run
+		var order []string
+		x.Created = func(_ context.Context, g *loader.Guest) error {
+			order = append(order, "created "+g.Interface)
+			if refuse {
+				return errors.New("agent refused")
+			}
+			return nil
+		}
+		x.Ready = func(_ context.Context, g *loader.Guest) error {
+			order = append(order, "ready")
+			return nil
+		}
+		g, err := x.Boot(context.Background(), analystSpec(t))
+		if refuse {
+			if err == nil || !strings.Contains(err.Error(), "agent refused") {
+				t.Fatalf("refused hook: %v", err)
+			}
+			if last := f.lines()[len(f.lines())-1]; last != "/usr/sbin/xl destroy mlsg-vm7" {
+				t.Fatalf("domain not destroyed after the hook refused: %v", f.lines())
+			}
+			continue
+		}
+		if err != nil || g.Interface != "vif12.0" || strings.Join(order, ",") != "created vif12.0,ready" {
+			t.Fatalf("boot: %v %+v, order %v", err, g, order)
+		}
+	}
+}

@@ -158,6 +158,9 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		pauser = pz
 	}
+	if xb, ok := s.Backend.(*backend.Xen); ok && xb.Created == nil {
+		xb.Created = func(_ context.Context, g *loader.Guest) error { return v.Host.Quarantine(g) }
+	}
 	boot := func(ctx context.Context, template string) (*loader.Guest, error) {
 		vm, err := allocVM()
 		if err != nil {
@@ -184,6 +187,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		if err != nil {
 			v.Host.Forget(&g)
 			return nil, err
+		}
+		if out.Interface != g.Interface {
+			// The hypervisor chose the id (Xen's domid): the declaration
+			// made before the boot named the wrong vif. The real one was
+			// declared through Xen.Created as soon as the domid was known.
+			if err := v.Host.Forget(&g); err != nil {
+				s.Backend.Destroy(ctx, out)
+				return nil, err
+			}
 		}
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
