@@ -45,12 +45,21 @@ func TestPrivilegedFastpathBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cases) != 8 || len(mem) != 2 {
-		t.Fatalf("got %d cases and %d memory rows, want 8 and 2", len(cases), len(mem))
+	if len(cases) != 20 || len(mem) != 2 {
+		t.Fatalf("got %d cases and %d memory rows, want 20 (2 SA counts × 2 families × 5 programs) and 2", len(cases), len(mem))
 	}
+	seen := map[string]int{}
 	for _, c := range cases {
+		seen[c.Family+" "+c.Name]++
 		if c.NsPerPacket <= 0 {
-			t.Errorf("%d SAs %s: %v ns per packet", c.SAs, c.Name, c.NsPerPacket)
+			t.Errorf("%d SAs %s %s: %v ns per packet", c.SAs, c.Family, c.Name, c.NsPerPacket)
+		}
+	}
+	for _, fam := range []string{FamilyIPv4, FamilyIPv6} {
+		for _, name := range []string{"empty", "parse", "esp", "plain", "secpath"} {
+			if seen[fam+" "+name] != 2 {
+				t.Errorf("%s %s measured %d times, want once per SA count", fam, name, seen[fam+" "+name])
+			}
 		}
 	}
 	if mem[1].Bytes["sa_slots"] == 0 {
@@ -80,7 +89,7 @@ func BenchmarkFastpath(b *testing.B) {
 		}
 		fmt.Println(FormatFastpath(cases, mem))
 		for _, c := range cases {
-			if c.Name == "esp" && c.SAs == counts[len(counts)-1] {
+			if c.Family == FamilyIPv4 && c.Name == "esp" && c.SAs == counts[len(counts)-1] {
 				b.ReportMetric(c.NsPerPacket, "ns/esp-packet")
 				b.ReportMetric(c.Ratio, "x-empty")
 			}
@@ -91,13 +100,13 @@ func BenchmarkFastpath(b *testing.B) {
 // FormatFastpath renders the results as Markdown tables.
 func FormatFastpath(cases []FastpathCase, mem []MapMemory) string {
 	var sb strings.Builder
-	sb.WriteString("| SAs | program | ns/packet | × empty |\n|---:|---|---:|---:|\n")
+	sb.WriteString("| SAs | family | program | ns/packet | × empty |\n|---:|---|---|---:|---:|\n")
 	for _, c := range cases {
 		what := c.Name
-		if c.Name == "esp" || c.Name == "plain" {
+		if c.Name == "esp" || c.Name == "plain" || c.Name == "secpath" {
 			what = fmt.Sprintf("full verdict, %s packet (%s)", c.Name, c.Reason)
 		}
-		fmt.Fprintf(&sb, "| %d | %s | %.1f | %.2f |\n", c.SAs, what, c.NsPerPacket, c.Ratio)
+		fmt.Fprintf(&sb, "| %d | %s | %s | %.1f | %.2f |\n", c.SAs, c.Family, what, c.NsPerPacket, c.Ratio)
 	}
 	sb.WriteString("\n| SAs | map memory (memlock) | fill time |\n|---:|---|---:|\n")
 	for _, m := range mem {

@@ -379,7 +379,7 @@ func FormatReport(r *Report) string {
 	b.WriteString("Every ratio is against a baseline measured in the same run on the same machine. The cores may be shared with other work: compare ratios, not bare numbers across runs.\n")
 
 	if f := r.Fastpath; f != nil {
-		fmt.Fprintf(&b, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n\nIPv4 packets through the vif ingress program, %d repetitions per measurement, fastest of %d interleaved rounds; hardware as above, no emulation.\n\n", f.Repeat, f.Rounds)
+		fmt.Fprintf(&b, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n\nIPv4 and IPv6 packets from the guest, %d repetitions per measurement, fastest of %d interleaved rounds; hardware as above, no emulation. ESP: an ESP packet to the host under an SA in the host's range (vif ingress program). Plain: an unlabeled UDP packet to a web peer (vif ingress program). Secpath: the same UDP packet as the host's decryption leaves it, with the SA in its secpath; it runs through the probe program, the same decision with the secpath read from skb->cb instead of bpf_skb_get_xfrm_state, because a test run cannot carry a decrypted packet. Half the SAs are IPv4 and half IPv6. Each packet was checked to get its reason (in brackets) before it was timed. × empty: ratio to the empty program on the same packet in the same run.\n\n", f.Repeat, f.Rounds)
 		b.WriteString(perPacketTable(f.Cases))
 		b.WriteString("\n| SAs | map memory (memlock) | fill time |\n|---:|---:|---:|\n")
 		for _, m := range f.Memory {
@@ -438,28 +438,52 @@ func FormatReport(r *Report) string {
 	return b.String()
 }
 
-// perPacketTable has one row per SA count: the empty program, the parser
-// and the full verdict on an ESP and a plain packet, each with its ratio
-// to the empty program.
+// perPacketTable has one row per SA count and family: the empty program,
+// the parser and the full verdict on an ESP, a plain and a secpath packet,
+// each with its ratio to the empty program. Results without a family are
+// IPv4.
 func perPacketTable(cases []FastpathCase) string {
 	var b strings.Builder
-	b.WriteString("| SAs | empty (floor) | parser | × empty | full verdict, ESP | × empty | full verdict, plain | × empty |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	var counts []int
-	for _, c := range cases {
-		if !slices.Contains(counts, c.SAs) {
-			counts = append(counts, c.SAs)
-		}
-	}
-	for _, n := range counts {
-		cell := map[string]FastpathCase{}
-		for _, c := range cases {
-			if c.SAs == n {
-				cell[c.Name] = c
+	names := []string{"parse", "esp", "plain", "secpath"}
+	b.WriteString("| SAs | family | empty (floor) |")
+	for _, n := range names {
+		what := map[string]string{"parse": "parser", "esp": "ESP", "plain": "plain", "secpath": "secpath"}[n]
+		if n != "parse" {
+			what = "verdict, " + what
+			if r := reasonOf(cases, n); r != "" {
+				what += " (" + r + ")"
 			}
 		}
-		fmt.Fprintf(&b, "| %d | %.1f ns |", n, cell["empty"].NsPerPacket)
-		for _, name := range []string{"parse", "esp", "plain"} {
-			c, ok := cell[name]
+		fmt.Fprintf(&b, " %s | × empty |", what)
+	}
+	b.WriteString("\n|---:|---|---:|" + strings.Repeat("---:|---:|", len(names)) + "\n")
+	type row struct {
+		sas int
+		fam string
+	}
+	var rows []row
+	cell := map[row]map[string]FastpathCase{}
+	for _, c := range cases {
+		k := row{c.SAs, c.Family}
+		if k.fam == "" {
+			k.fam = FamilyIPv4
+		}
+		if cell[k] == nil {
+			cell[k] = map[string]FastpathCase{}
+			rows = append(rows, k)
+		}
+		cell[k][c.Name] = c
+	}
+	slices.SortStableFunc(rows, func(x, y row) int {
+		if x.fam != y.fam {
+			return strings.Compare(x.fam, y.fam)
+		}
+		return x.sas - y.sas
+	})
+	for _, k := range rows {
+		fmt.Fprintf(&b, "| %d | %s | %.1f ns |", k.sas, map[string]string{FamilyIPv4: "IPv4", FamilyIPv6: "IPv6"}[k.fam], cell[k]["empty"].NsPerPacket)
+		for _, name := range names {
+			c, ok := cell[k][name]
 			if !ok {
 				b.WriteString(" — | — |")
 				continue
@@ -469,4 +493,20 @@ func perPacketTable(cases []FastpathCase) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// reasonOf is the reason the cases named name got, when they all got the
+// same one.
+func reasonOf(cases []FastpathCase, name string) string {
+	var r string
+	for _, c := range cases {
+		if c.Name != name {
+			continue
+		}
+		if r != "" && r != c.Reason.String() {
+			return ""
+		}
+		r = c.Reason.String()
+	}
+	return r
 }

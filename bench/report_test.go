@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"github.com/mlsgate/mlsgate/agent/verdict"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,8 @@ func TestWriteReport(t *testing.T) {
 	r := &Report{When: time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC), Host: Host{CPU: "c", CPUs: 2, Kernel: "k", Virtualization: "none"},
 		Fastpath: &FastpathReport{Repeat: 10, Rounds: 1, Cases: []FastpathCase{
 			{SAs: 10, Name: "empty", NsPerPacket: 26, Ratio: 1}, {SAs: 10, Name: "parse", NsPerPacket: 27, Ratio: 27.0 / 26},
-			{SAs: 10, Name: "esp", NsPerPacket: 52, Ratio: 2}, {SAs: 10, Name: "plain", NsPerPacket: 39, Ratio: 1.5}}},
+			{SAs: 10, Name: "esp", NsPerPacket: 52, Ratio: 2, Reason: verdict.AllowLabeled}, {SAs: 10, Name: "plain", NsPerPacket: 39, Ratio: 1.5, Reason: verdict.AllowDefault},
+			{SAs: 10, Family: FamilyIPv6, Name: "empty", NsPerPacket: 20, Ratio: 1}, {SAs: 10, Family: FamilyIPv6, Name: "secpath", NsPerPacket: 50, Ratio: 2.5, Reason: verdict.AllowLabeled}}},
 		Mapper:  &mapper.Result{Rules: 10000, Lookups: 5, Uncached: mapper.LookupStats{PerSecond: 1e6, P50: time.Microsecond}},
 		Bundle:  &BundleTiming{App: "analyst", Iterations: 2, P50: time.Millisecond, SAs: 8, Policies: 12},
 		Skipped: map[string]string{"vmstart": "no ESP"}, Failed: map[string]string{"agent": "boom"}}
@@ -54,7 +56,8 @@ func TestWriteReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := checkReportDir(t, dir, false)
-	for _, want := range []string{"| 10 | 26.0 ns | 27.0 ns | 1.04 | 52.0 ns | 2.00 | 39.0 ns | 1.50 |", "| policy (cache off) | 1000000 | 1µs |",
+	for _, want := range []string{"| 10 | IPv4 | 26.0 ns | 27.0 ns | 1.04 | 52.0 ns | 2.00 | 39.0 ns | 1.50 | — | — |",
+		"| 10 | IPv6 | 20.0 ns | — | — | — | — | — | — | 50.0 ns | 2.50 |", "verdict, secpath (" + verdict.AllowLabeled.String() + ")", "| policy (cache off) | 1000000 | 1µs |",
 		"8 SAs, 12 XFRM policies", "- vmstart (skipped): no ESP", "- agent (failed): boom", "c, 2 cores, kernel k, running in none"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -118,7 +121,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Fastpath == nil || len(r.Fastpath.Cases) != 8 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.Bundle == nil {
+	if r.Fastpath == nil || len(r.Fastpath.Cases) != 20 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.Bundle == nil {
 		t.Fatalf("report lacks a benchmark: %+v", r)
 	}
 	wantCases := 1 + 2

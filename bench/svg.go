@@ -176,6 +176,9 @@ func PerPacketSVG(r *Report) string {
 	}
 	if r.Fastpath != nil {
 		for _, c := range r.Fastpath.Cases {
+			if c.Family == FamilyIPv6 {
+				continue // the plot compares with nftables, measured on IPv4
+			}
 			switch c.Name {
 			case "esp":
 				add("mlsgate verdict (test run)", false, c.SAs, c.NsPerPacket)

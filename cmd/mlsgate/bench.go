@@ -23,8 +23,9 @@ func newBenchCmd() *cobra.Command {
 folder: report.md (tables with ratios), results.json (every measurement) and
 SVG plots.
 
-  fastpath  ns per packet under BPF_PROG_TEST_RUN against an empty program,
-            at 10, 10,000 and 1,000,000 SAs
+  fastpath  ns per packet under BPF_PROG_TEST_RUN against an empty program:
+            IPv4 and IPv6 ESP, plain and secpath packets at 10, 10,000 and
+            1,000,000 SAs
   traffic   real ESP packets between two namespaces over vif7.0: packets/s and
             request/response latency with no filter, mlsgate, nftables rules
             and an nftables set (10, 1,000, 10,000 SAs)
