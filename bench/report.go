@@ -90,8 +90,10 @@ type Report struct {
 	Traffic  *TrafficResult      `json:"traffic,omitempty"`
 	Agent    []*AgentScaleResult `json:"agent,omitempty"`
 	Mapper   *mapper.Result      `json:"mapper,omitempty"`
-	Bundle   *BundleTiming       `json:"bundle,omitempty"`
-	VMStart  *VMStartResult      `json:"vmstart,omitempty"`
+	// MapperAPI is the same mapper's lookups over its HTTP API on loopback.
+	MapperAPI *MapperAPIResult `json:"mapper_api,omitempty"`
+	Bundle    *BundleTiming    `json:"bundle,omitempty"`
+	VMStart   *VMStartResult   `json:"vmstart,omitempty"`
 	// Skipped and Failed name benchmarks not in the report, and why.
 	Skipped map[string]string `json:"skipped,omitempty"`
 	Failed  map[string]string `json:"failed,omitempty"`
@@ -178,9 +180,15 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 				rules, n = 500, 2000
 			}
 			var m mapper.Result
-			if m, err = mapper.MeasureLookups(rules, n); err == nil {
-				r.Mapper = &m
+			if m, err = mapper.MeasureLookups(rules, n); err != nil {
+				break
 			}
+			r.Mapper = &m
+			api := MapperAPIConfig{Rules: rules, Lookups: 20_000, Goroutines: []int{1, 4}, Progress: progress}
+			if cfg.Quick {
+				api.Lookups = 500
+			}
+			r.MapperAPI, err = MeasureMapperAPI(ctx, api)
 		case "bundle":
 			n := 500
 			if cfg.Quick {
@@ -398,7 +406,7 @@ func FormatReport(r *Report) string {
 		b.WriteString(FormatVMStart(r.VMStart))
 		fmt.Fprintf(&b, "\n![VM-start phases per backend](%s)\n", PlotVMStart)
 	}
-	if len(r.Agent) > 0 || r.Mapper != nil || r.Bundle != nil {
+	if len(r.Agent) > 0 || r.Mapper != nil || r.MapperAPI != nil || r.Bundle != nil {
 		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation.\n", r.Host)
 	}
 	if len(r.Agent) > 0 {
@@ -413,6 +421,9 @@ func FormatReport(r *Report) string {
 		}{{"policy (cache off)", m.Uncached}, {"cached", m.Cached}} {
 			fmt.Fprintf(&b, "| %s | %.0f | %v | %v |\n", row.name, row.s.PerSecond, row.s.P50, row.s.P99)
 		}
+	}
+	if a := r.MapperAPI; a != nil {
+		b.WriteString(formatMapperAPI(a, r.Mapper))
 	}
 	if t := r.Bundle; t != nil {
 		fmt.Fprintf(&b, "\nPolicy-store bundle generation (%s application: %d SAs, %d XFRM policies; no certificates, no checkmodule), %d bundles: mean %v, p50 %v, p99 %v.\n",
@@ -435,6 +446,32 @@ func FormatReport(r *Report) string {
 			}
 		}
 	}
+	return b.String()
+}
+
+// formatMapperAPI is the mapper-over-HTTP table, with each row's ratio to
+// the in-process lookups of the same cache setting (inproc, when measured
+// in the same run).
+func formatMapperAPI(a *MapperAPIResult, inproc *mapper.Result) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nLabel mapper over its HTTP API: the mapper's handler served on 127.0.0.1 (TCP loopback), POST /v1/lookup through mapper.Client with keep-alive connections, %d rules, %d lookups per row; client and server share this host's %d cores. Every URL's answer over the API was first checked against the in-process answer.\n\n", a.Rules, a.Lookups, runtime.NumCPU())
+	b.WriteString("| cache | client goroutines | lookups/s | × in process | p50 | p99 | TCP connections |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, c := range a.Cases {
+		ratio := "—"
+		if inproc != nil && inproc.Rules == a.Rules {
+			base := inproc.Uncached.PerSecond
+			if c.Cache == "warm" {
+				base = inproc.Cached.PerSecond
+			}
+			if base > 0 {
+				ratio = fmt.Sprintf("%.3f", c.PerSecond/base)
+			}
+		}
+		what := map[string]string{"off": "policy (cache off)", "warm": "cached"}[c.Cache]
+		fmt.Fprintf(&b, "| %s | %d | %.0f | %s | %v | %v | %d |\n", what, c.Goroutines, c.PerSecond, ratio,
+			c.P50.Round(100*time.Nanosecond), c.P99.Round(100*time.Nanosecond), c.Connections)
+	}
+	b.WriteString("\n× in process: against the in-process lookups of the same cache setting above (one goroutine), from this run.\n")
 	return b.String()
 }
 

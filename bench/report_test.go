@@ -121,7 +121,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Fastpath == nil || len(r.Fastpath.Cases) != 20 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.Bundle == nil {
+	if r.Fastpath == nil || len(r.Fastpath.Cases) != 20 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.MapperAPI == nil || r.Bundle == nil {
 		t.Fatalf("report lacks a benchmark: %+v", r)
 	}
 	wantCases := 1 + 2
@@ -141,7 +141,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	md := checkReportDir(t, dir, r.VMStart != nil)
-	for _, want := range []string{"## Per-packet cost", "## Real traffic", "## Control plane", "Label mapper", "bundle generation"} {
+	for _, want := range []string{"## Per-packet cost", "## Real traffic", "## Control plane", "Label mapper", "Label mapper over its HTTP API", "bundle generation"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -30,7 +30,8 @@ SVG plots.
             request/response latency with no filter, mlsgate, nftables rules
             and an nftables set (10, 1,000, 10,000 SAs)
   agent     the agent's sync time and memory at 10,000 and 100,000 SAs
-  mapper    label-mapper lookups at 10,000 rules
+  mapper    label-mapper lookups at 10,000 rules, in process and over its
+            HTTP API on 127.0.0.1 (one client goroutine, then 4)
   bundle    policy-store bundle generation for the analyst application
   vmstart   the paper's Table 1 with the netns and QEMU backends
 

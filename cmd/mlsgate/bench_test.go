@@ -18,15 +18,16 @@ func TestBenchCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	var r struct {
-		Quick  bool            `json:"quick"`
-		Mapper json.RawMessage `json:"mapper"`
-		Bundle json.RawMessage `json:"bundle"`
+		Quick     bool            `json:"quick"`
+		Mapper    json.RawMessage `json:"mapper"`
+		MapperAPI json.RawMessage `json:"mapper_api"`
+		Bundle    json.RawMessage `json:"bundle"`
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "results.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal(b, &r); err != nil || !r.Quick || len(r.Mapper) == 0 || len(r.Bundle) == 0 {
+	if err := json.Unmarshal(b, &r); err != nil || !r.Quick || len(r.Mapper) == 0 || len(r.MapperAPI) == 0 || len(r.Bundle) == 0 {
 		t.Errorf("results.json: %v, %s", err, b)
 	}
 	for _, f := range []string{"report.md", "per-packet.svg"} {
@@ -34,7 +35,7 @@ func TestBenchCommand(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if !strings.Contains(out.String(), "Label mapper") || !strings.Contains(out.String(), "results: ") {
+	if !strings.Contains(out.String(), "Label mapper over its HTTP API") || !strings.Contains(out.String(), "results: ") {
 		t.Errorf("output:\n%s", out.String())
 	}
 	if err := run([]string{"bench", "fastpth"}, &out); err == nil || !strings.Contains(err.Error(), "fastpth") {
