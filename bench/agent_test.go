@@ -1,9 +1,12 @@
 package bench
 
 import (
+	"errors"
 	"flag"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/rlimit"
 )
@@ -37,4 +40,39 @@ func TestPrivilegedAgentScale(t *testing.T) {
 		rs = append(rs, r)
 	}
 	t.Logf("\n%s", FormatAgentScale(rs))
+}
+
+// TestXFRMSyncGuestJob is the guest side of MeasureXFRMSync: the harness
+// boots Debian's kernel with this test binary and runs this test with
+// MLSGATE_BENCH_XFRM_JOB set. Elsewhere it has nothing to do.
+func TestXFRMSyncGuestJob(t *testing.T) {
+	job := os.Getenv(xfrmJobEnv)
+	if job == "" {
+		t.Skip("the guest side of MeasureXFRMSync; runs only inside the guest kernel")
+	}
+	if err := runXFRMJob(t.Context(), job); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestXFRMSyncCachedOnly: with CachedOnly and no image in the cache, the
+// benchmark is skipped before anything is downloaded or built.
+func TestXFRMSyncCachedOnly(t *testing.T) {
+	_, err := MeasureXFRMSync(t.Context(), XFRMSyncConfig{SAs: 10, GuestCache: t.TempDir(), CachedOnly: true})
+	if !errors.Is(err, ErrNoCachedImage) {
+		t.Fatalf("empty cache with CachedOnly: %v, want ErrNoCachedImage", err)
+	}
+	if _, err := MeasureXFRMSync(t.Context(), XFRMSyncConfig{SAs: 0}); err == nil || !strings.Contains(err.Error(), "0 SAs") {
+		t.Errorf("0 SAs: %v", err)
+	}
+}
+
+func TestFormatXFRMSync(t *testing.T) {
+	md := FormatXFRMSync(&XFRMSyncResult{SAs: 1000, BareInstall: 2 * time.Second, BareRate: 500, Install: time.Second, Rate: 1000,
+		SyncP50: 60 * time.Millisecond, SyncP99: 240 * time.Millisecond, PollInterval: 2 * time.Millisecond, Accel: "tcg", Kernel: "6.1.0-56-amd64"})
+	for _, want := range []string{"under QEMU TCG", "| 1000 | 2s | 500 | 1s | 1000 | 2.00 | 60ms | 240ms |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("table lacks %q:\n%s", want, md)
+		}
+	}
 }

@@ -21,7 +21,7 @@ import (
 )
 
 // The benchmarks Run knows, in the order it runs them.
-var Benchmarks = []string{"fastpath", "traffic", "agent", "mapper", "bundle", "vmstart"}
+var Benchmarks = []string{"fastpath", "traffic", "agent", "xfrm", "mapper", "bundle", "vmstart"}
 
 // Files WriteReport writes into the results folder.
 const (
@@ -90,6 +90,8 @@ type Report struct {
 	Traffic  *TrafficResult      `json:"traffic,omitempty"`
 	Agent    []*AgentScaleResult `json:"agent,omitempty"`
 	Mapper   *mapper.Result      `json:"mapper,omitempty"`
+	// XFRM is the SA install rate and SA→map sync in the guest kernel.
+	XFRM *XFRMSyncResult `json:"xfrm,omitempty"`
 	// MapperAPI is the same mapper's lookups over its HTTP API on loopback.
 	MapperAPI *MapperAPIResult `json:"mapper_api,omitempty"`
 	Bundle    *BundleTiming    `json:"bundle,omitempty"`
@@ -173,6 +175,16 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 					break
 				}
 				r.Agent = append(r.Agent, a)
+			}
+		case "xfrm":
+			xc := XFRMSyncConfig{SAs: 1000, Progress: progress}
+			if cfg.Quick {
+				xc = XFRMSyncConfig{SAs: 200, CachedOnly: true, Progress: progress}
+			}
+			r.XFRM, err = MeasureXFRMSync(ctx, xc)
+			if errors.Is(err, ErrNoCachedImage) {
+				r.Skipped[w] = "quick mode boots a guest only when its image is already cached: " + err.Error()
+				err = nil
 			}
 		case "mapper":
 			rules, n := 10_000, 200_000
@@ -406,8 +418,11 @@ func FormatReport(r *Report) string {
 		b.WriteString(FormatVMStart(r.VMStart))
 		fmt.Fprintf(&b, "\n![VM-start phases per backend](%s)\n", PlotVMStart)
 	}
-	if len(r.Agent) > 0 || r.Mapper != nil || r.MapperAPI != nil || r.Bundle != nil {
-		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation.\n", r.Host)
+	if len(r.Agent) > 0 || r.Mapper != nil || r.MapperAPI != nil || r.Bundle != nil || r.XFRM != nil {
+		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation, except the XFRM table, which is measured in a guest kernel under QEMU.\n", r.Host)
+	}
+	if r.XFRM != nil {
+		b.WriteString(FormatXFRMSync(r.XFRM))
 	}
 	if len(r.Agent) > 0 {
 		b.WriteString("\nAgent: SAs with SELinux contexts synced into real pinned maps (simulated vifs and SA source).\n\n")

@@ -124,6 +124,11 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	if r.Fastpath == nil || len(r.Fastpath.Cases) != 20 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.MapperAPI == nil || r.Bundle == nil {
 		t.Fatalf("report lacks a benchmark: %+v", r)
 	}
+	if _, skipped := r.Skipped["xfrm"]; skipped == (r.XFRM != nil) {
+		t.Errorf("xfrm: result %+v, skipped %q: want exactly one", r.XFRM, r.Skipped["xfrm"])
+	} else if r.XFRM != nil && (r.XFRM.SAs != 200 || r.XFRM.Slots < 200 || r.XFRM.Rate <= 0 || r.XFRM.BareRate <= 0) {
+		t.Errorf("xfrm in the guest: %+v", r.XFRM)
+	}
 	wantCases := 1 + 2
 	if r.Traffic.NftSkipped == "" {
 		wantCases += 4

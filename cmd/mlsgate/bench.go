@@ -30,6 +30,9 @@ SVG plots.
             request/response latency with no filter, mlsgate, nftables rules
             and an nftables set (10, 1,000, 10,000 SAs)
   agent     the agent's sync time and memory at 10,000 and 100,000 SAs
+  xfrm      SA install rate through agent/xfrm and SA→map sync latency
+            (p50/p99) in Debian's kernel under QEMU (1,000 SAs; --quick:
+            200, and only when the guest image is already cached)
   mapper    label-mapper lookups at 10,000 rules, in process and over its
             HTTP API on 127.0.0.1 (one client goroutine, then 4)
   bundle    policy-store bundle generation for the analyst application
