@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -79,3 +80,15 @@ func WriteInitramfs(stage, out string) error { return writeArchive(stage, out) }
 
 // CheckStatic fails for a dynamically linked executable.
 func CheckStatic(path string) error { return checkStatic(path) }
+
+// LockDir takes an exclusive lock on dir/.lock, waiting until ctx ends; the
+// returned function releases it. Prepare serialises its builds with it.
+func LockDir(ctx context.Context, dir string) (func(), error) { return lockDir(ctx, dir) }
+
+// FindTool finds a host command in PATH or the sbin directories, which a
+// normal user's PATH may lack.
+func FindTool(name string) (string, error) { return findTool(name) }
+
+// CopyFile copies src (following links) to dst with mode, creating dst's
+// directory.
+func CopyFile(src, dst string, mode fs.FileMode) error { return copyFile(src, dst, mode) }

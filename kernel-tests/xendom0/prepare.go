@@ -8,7 +8,6 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,8 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 )
@@ -130,7 +127,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	if err := os.MkdirAll(filepath.Join(cacheDir, "images"), 0o755); err != nil {
 		return nil, fmt.Errorf("xen cache %s: %w (set MLSGATE_GUEST_CACHE to a writable directory)", cacheDir, err)
 	}
-	unlock, err := lockDir(ctx, cacheDir)
+	unlock, err := guestvm.LockDir(ctx, cacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +252,7 @@ func inputKey(kernelDeb string, debs []string) (key, xenVersion string, err erro
 		}
 	}
 	for _, name := range []string{"busybox", "ip"} {
-		p, err := findTool(name)
+		p, err := guestvm.FindTool(name)
 		if err != nil {
 			return "", "", fmt.Errorf("%w: %v", guestvm.ErrMissingTools, err)
 		}
@@ -430,7 +427,7 @@ func copyELF(root, path, stage string) error {
 		if err != nil {
 			return fmt.Errorf("dom0 file %s: %w", it.rel, err)
 		}
-		if err := copyFile(src, filepath.Join(stage, it.rel), 0o755); err != nil {
+		if err := guestvm.CopyFile(src, filepath.Join(stage, it.rel), 0o755); err != nil {
 			return err
 		}
 		f, err := elf.Open(src)
@@ -475,26 +472,6 @@ func copyELF(root, path, stage string) error {
 	return nil
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy %s: %w", src, err)
-	}
-	return out.Close()
-}
-
 // copyTree copies the regular files and links under src to dst.
 func copyTree(src, dst string) error {
 	return filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
@@ -517,7 +494,7 @@ func copyTree(src, dst string) error {
 			if err != nil {
 				return err
 			}
-			return copyFile(p, target, fi.Mode().Perm())
+			return guestvm.CopyFile(p, target, fi.Mode().Perm())
 		}
 	})
 }
@@ -545,48 +522,10 @@ func gunzip(ctx context.Context, src, dst string) error {
 	return out.Close()
 }
 
-// lockDir takes an exclusive lock on dir/.lock, waiting until ctx ends.
-func lockDir(ctx context.Context, dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("xen cache lock: %w (set MLSGATE_GUEST_CACHE to a writable directory)", err)
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { unix.Flock(int(f.Fd()), unix.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("xen cache lock %s/.lock: %w", dir, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for another build in %s: %w", dir, ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// findTool finds a host command in PATH or the sbin directories.
-func findTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, d := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(d, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s: %w", name, exec.ErrNotFound)
-}
-
 // run runs a host command in dir and quotes the end of its output when it
 // fails.
 func run(ctx context.Context, dir, name string, args ...string) error {
-	p, err := findTool(name)
+	p, err := guestvm.FindTool(name)
 	if err != nil {
 		return fmt.Errorf("%w: %v", guestvm.ErrMissingTools, err)
 	}

@@ -75,7 +75,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	qemu, err := findTool("qemu-system-x86_64")
+	qemu, err := guestvm.FindTool("qemu-system-x86_64")
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", guestvm.ErrMissingTools, err)
 	}
@@ -97,7 +97,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 		if strings.ContainsAny(name, "/ ") || name == "" {
 			return nil, fmt.Errorf("xendom0: RunOptions.Files name %q must be a plain file name", name)
 		}
-		if err := copyFile(src, filepath.Join(job, name), 0o755); err != nil {
+		if err := guestvm.CopyFile(src, filepath.Join(job, name), 0o755); err != nil {
 			return nil, fmt.Errorf("copy %s into the share: %w", src, err)
 		}
 	}
