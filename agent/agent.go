@@ -333,11 +333,11 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		p.Peers = append(p.Peers, verdict.Peer{Prefix: pe.Prefix, App: pe.App, Range: pe.Range, Kind: pe.Kind})
 	}
 	var st saStats
-	seen := map[[2]uint64]bool{}
+	seen := map[saKey]bool{}
 	for _, s := range d.SAs {
 		sa := verdict.SA{SPI: s.SPI, Daddr: s.Daddr, Owner: s.Owner, App: s.App, Label: s.Label, Family: verdict.FamilyOf(s.Daddr)}
 		p.SAs = append(p.SAs, sa)
-		seen[saIdent(sa)] = true
+		seen[saKey{sa.SPI, sa.Daddr}] = true
 		st.Static++
 	}
 	integ := label.IntegrityPolicy{Default: a.cfg.DefaultIntegrity, ByType: a.cfg.Integrity}
@@ -370,10 +370,10 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 			continue
 		}
 		sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
-		if seen[saIdent(sa)] {
+		if seen[saKey{sa.SPI, sa.Daddr}] {
 			continue // a static declaration wins
 		}
-		seen[saIdent(sa)] = true
+		seen[saKey{sa.SPI, sa.Daddr}] = true
 		p.SAs = append(p.SAs, sa)
 		st.Synced++
 	}
@@ -381,13 +381,10 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 	return p, st
 }
 
-func saIdent(s verdict.SA) [2]uint64 {
-	b := s.Daddr.As16()
-	var h uint64
-	for _, x := range b {
-		h = h*131 + uint64(x)
-	}
-	return [2]uint64{uint64(s.SPI), h}
+// saKey identifies an SA as the fast path does: SPI and destination.
+type saKey struct {
+	spi   uint32
+	daddr netip.Addr
 }
 
 func (a *Agent) plan(d Desired, present map[string]int, ksas []KernelSA) (*bpf.State, error) {
