@@ -158,8 +158,35 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		pauser = pz
 	}
+	// Declare every guest to the agent before its vif exists, so the agent
+	// attaches the moment it appears and no packet of it is unfiltered. Where
+	// the hypervisor chooses the id (Xen's domid), the vif's name is known
+	// only during the boot: the backend's Created hook declares it then.
+	var declMu sync.Mutex
+	declared := map[string]loader.Guest{} // by guest name, while booting
+	hypervisorIDs := false
 	if xb, ok := s.Backend.(*backend.Xen); ok && xb.Created == nil {
-		xb.Created = func(_ context.Context, g *loader.Guest) error { return v.Host.Quarantine(g) }
+		hypervisorIDs = true
+		xb.Created = func(_ context.Context, g *loader.Guest) error {
+			declMu.Lock()
+			declared[g.Name] = *g
+			declMu.Unlock()
+			return v.Host.Quarantine(g)
+		}
+	}
+	// undeclare forgets the declaration made for the guest named name.
+	undeclare := func(name string, g *loader.Guest) {
+		declMu.Lock()
+		d, ok := declared[name]
+		delete(declared, name)
+		declMu.Unlock()
+		if hypervisorIDs {
+			if ok {
+				v.Host.Forget(&d)
+			}
+			return
+		}
+		v.Host.Forget(g)
 	}
 	boot := func(ctx context.Context, template string) (*loader.Guest, error) {
 		vm, err := allocVM()
@@ -176,31 +203,25 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		if err := pool.Announce(ctx, g); err != nil {
 			return nil, err
 		}
-		// Declared before it exists: the agent attaches the moment its vif
-		// appears, so no packet of it is ever unfiltered.
-		if err := v.Host.Quarantine(&g); err != nil {
-			return nil, err
+		if !hypervisorIDs {
+			if err := v.Host.Quarantine(&g); err != nil {
+				return nil, err
+			}
 		}
 		spec := loader.BootSpec{VM: vm, Name: name, Addr: addr, HostAddr: hostAddr, PrefixLen: 24, Template: template,
 			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), UpdatedPort: s.APIPort}
 		out, err := s.Backend.Boot(ctx, spec)
 		if err != nil {
-			v.Host.Forget(&g)
+			undeclare(name, &g)
 			return nil, err
 		}
-		if out.Interface != g.Interface {
-			// The hypervisor chose the id (Xen's domid): the declaration
-			// made before the boot named the wrong vif. The real one was
-			// declared through Xen.Created as soon as the domid was known.
-			if err := v.Host.Forget(&g); err != nil {
-				s.Backend.Destroy(ctx, out)
-				return nil, err
-			}
-		}
+		declMu.Lock()
+		delete(declared, name)
+		declMu.Unlock()
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
 				s.Backend.Destroy(ctx, out)
-				v.Host.Forget(&g)
+				v.Host.Forget(out)
 				return nil, fmt.Errorf("pause pre-loaded guest %s: %w", out.Name, err)
 			}
 		}
