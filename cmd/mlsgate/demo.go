@@ -200,13 +200,12 @@ type flow struct {
 }
 
 type scenario struct {
-	out      io.Writer
-	k        *agent.Kernel
-	flows    []flow
-	apps     map[string]*policystore.Application
-	addrs    map[string]netip.Addr // host name → server address
-	timings  []*loader.Result
-	hostName string
+	out     io.Writer
+	k       *agent.Kernel
+	flows   []flow
+	apps    map[string]*policystore.Application
+	addrs   map[string]netip.Addr // host name → server address
+	timings []*loader.Result
 }
 
 // counters is a snapshot of the fast path's verdict counters.

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -265,7 +264,7 @@ func exchange(ns netns.NsHandle, ctx string, to netip.AddrPort, msg string) (str
 	return "", last
 }
 
-// httpVia is an HTTP client whose connections are made inside ns.
+// dialIn dials from inside ns, for HTTP clients that talk in a guest.
 func dialIn(ns netns.NsHandle) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
@@ -277,5 +276,3 @@ func dialIn(ns netns.NsHandle) func(ctx context.Context, network, addr string) (
 		return c, err
 	}
 }
-
-var demoMu sync.Mutex
