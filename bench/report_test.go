@@ -3,13 +3,14 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 )
 
@@ -105,7 +106,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 		t.Skip("needs root (BPF, network namespaces, bpffs, nftables): run 'sudo make test-kernel'")
 	}
 	cfg := RunConfig{Quick: true, AppsDir: "../examples/analyst", Progress: t.Logf}
-	if err := probeESP(); err != nil {
+	if err := xfrm.ProbeESP(); err != nil {
 		cfg.VMStartBackends, cfg.VMStartSkip = []string{}, "this kernel lacks ESP and the quick test boots no QEMU guest ("+err.Error()+"); make bench measures it"
 	} else {
 		cfg.VMStartBackends = []string{"netns"}

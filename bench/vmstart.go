@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
@@ -245,7 +243,7 @@ func MeasureVMStart(ctx context.Context, cfg VMStartConfig) (*VMStartResult, err
 		var b *BackendStart
 		switch name {
 		case "netns":
-			if espErr := probeESP(); espErr == nil {
+			if espErr := xfrm.ProbeESP(); espErr == nil {
 				b, err = measureBackend(ctx, cfg, &backend.Netns{Binary: cfg.Binary, StateDir: filepath.Join(tmp, "netns")}, filepath.Join(tmp, "netns-run"))
 				if b != nil {
 					b.Where = "this host's kernel " + res.HostKernel + ", guests are network namespaces"
@@ -513,30 +511,6 @@ func integrityOf(apps []*policystore.Application) map[string]label.Integrity {
 	return integ
 }
 
-// probeESP adds an ESP SA with AES-GCM in a throwaway network namespace:
-// nil when this kernel can hold the bundle's SAs.
-func probeESP() error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // the thread ends in the throwaway namespace and dies with it
-		ns, err := netns.New()
-		if err != nil {
-			errc <- fmt.Errorf("new network namespace: %w", err)
-			return
-		}
-		defer ns.Close()
-		h, err := xfrm.NewHandle()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		errc <- h.AddState(xfrm.State{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), SPI: 0x1000, Proto: xfrm.ProtoESP,
-			Mode: xfrm.ModeTransport, AEAD: &xfrm.Algo{Name: "rfc4106(gcm(aes))", Key: make([]byte, 20), ICVBits: 128}})
-	}()
-	return <-errc
-}
-
 func kernelRelease() string {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
@@ -642,7 +616,7 @@ func runGuestJob(ctx context.Context, path string) error {
 	if err := json.Unmarshal(jb, &job); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := probeESP(); err != nil {
+	if err := xfrm.ProbeESP(); err != nil {
 		return fmt.Errorf("the guest kernel cannot hold ESP SAs either: %w", err)
 	}
 	cfg := VMStartConfig{Backends: []string{"netns"}, Repeat: job.Repeat, URL: job.URL, APIPort: job.APIPort, AppsDir: job.Apps, Binary: job.Binary,

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -86,23 +85,7 @@ func kernelLacks() string {
 	if _, err := os.Stat("/sys/fs/selinux/enforce"); err != nil {
 		missing = append(missing, "has no active SELinux")
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // this thread ends in a throwaway namespace
-		if _, err := netns.New(); err != nil {
-			errc <- err
-			return
-		}
-		h, err := xfrm.NewHandle()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer h.Close()
-		errc <- h.AddState(xfrm.State{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), SPI: 0x1000, Proto: xfrm.ProtoESP,
-			Mode: xfrm.ModeTransport, AEAD: &xfrm.Algo{Name: "rfc4106(gcm(aes))", Key: make([]byte, 20), ICVBits: 128}})
-	}()
-	if err := <-errc; err != nil {
+	if err := xfrm.ProbeESP(); err != nil {
 		missing = append(missing, "has no ESP transform ("+err.Error()+")")
 	}
 	return strings.Join(missing, " and ")
