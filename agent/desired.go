@@ -22,7 +22,15 @@ type GuestSpec struct {
 	Range          label.Bounds `json:"range"`
 	Addr4          netip.Addr   `json:"addr4,omitzero"`
 	Addr6          netip.Addr   `json:"addr6,omitzero"`
-	AllowUnlabeled bool         `json:"allow_unlabeled,omitempty"`
+	// The host's end of the guest's link: the only address control
+	// traffic (ARP, ND, DHCP, IKE, the API port) may reach. HostAddr6 is
+	// the host-side interface's IPv6 link-local address.
+	HostAddr4 netip.Addr `json:"host_addr4,omitzero"`
+	HostAddr6 netip.Addr `json:"host_addr6,omitzero"`
+	// MAC is the guest's Ethernet address ("02:6d:6c:00:00:07"): every
+	// frame from the guest must carry it as its source.
+	MAC            string `json:"mac,omitempty"`
+	AllowUnlabeled bool   `json:"allow_unlabeled,omitempty"`
 	Audit          bool         `json:"audit,omitempty"`
 }
 

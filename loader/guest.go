@@ -2,8 +2,16 @@ package loader
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 )
+
+// GuestMAC is the locally administered Ethernet address a backend gives
+// guest vm on its link to the host: 02:6d:6c ("ml") and the low 24 bits of
+// the VM id.
+func GuestMAC(vm uint32) string {
+	return fmt.Sprintf("02:6d:6c:%02x:%02x:%02x", byte(vm>>16), byte(vm>>8), byte(vm))
+}
 
 // BootSpec is what a backend needs to start one guest.
 type BootSpec struct {
@@ -36,6 +44,9 @@ type Guest struct {
 	Interface string     `json:"interface"` // host side: vif<VM>.0
 	Addr      netip.Addr `json:"addr"`
 	HostAddr  netip.Addr `json:"host_addr"`
+	// MAC is the guest's Ethernet address on its link (GuestMAC(VM)
+	// unless the backend says otherwise).
+	MAC string `json:"mac,omitempty"`
 	// UpdatedAddr is where the update daemon answers (host:port).
 	UpdatedAddr string `json:"updated_addr"`
 	// Handle is the backend's own reference: a namespace name, a domid, a
