@@ -16,12 +16,12 @@ import (
 // GuestSpec declares a guest on one host-side interface. The loader (or an
 // operator) sends it before, or after, the interface appears.
 type GuestSpec struct {
-	Interface      string       `json:"interface"`
-	VM             uint32       `json:"vm"`
-	App            uint32       `json:"app"`
-	Range          label.Bounds `json:"range"`
-	Addr4          netip.Addr   `json:"addr4,omitzero"`
-	Addr6          netip.Addr   `json:"addr6,omitzero"`
+	Interface string       `json:"interface"`
+	VM        uint32       `json:"vm"`
+	App       uint32       `json:"app"`
+	Range     label.Bounds `json:"range"`
+	Addr4     netip.Addr   `json:"addr4,omitzero"`
+	Addr6     netip.Addr   `json:"addr6,omitzero"`
 	// The host's end of the guest's link: the only address control
 	// traffic (ARP, ND, DHCP, IKE, the API port) may reach. HostAddr6 is
 	// the host-side interface's IPv6 link-local address.
@@ -31,7 +31,7 @@ type GuestSpec struct {
 	// frame from the guest must carry it as its source.
 	MAC            string `json:"mac,omitempty"`
 	AllowUnlabeled bool   `json:"allow_unlabeled,omitempty"`
-	Audit          bool         `json:"audit,omitempty"`
+	Audit          bool   `json:"audit,omitempty"`
 }
 
 // PeerSpec is a remote party guests may talk to.
