@@ -4,13 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // GuestSpec declares a guest on one host-side interface. The loader (or an
@@ -110,14 +111,23 @@ func (d *Desired) sort() {
 const desiredFile = "desired.json"
 
 // loadDesired reads the desired state; a missing file is an empty state.
+// The state directory must be the agent's own (package secretfile: created
+// 0700, never one others can write) and desired.json a regular file only
+// the agent can write: a desired state planted by another local user could
+// switch a guest to audit or let its plain traffic through.
 func loadDesired(dir string) (Desired, error) {
 	var d Desired
-	b, err := os.ReadFile(filepath.Join(dir, desiredFile))
-	if errors.Is(err, os.ErrNotExist) {
+	sd, err := secretfile.Open(dir)
+	if err != nil {
+		return d, fmt.Errorf("state_dir: %w", err)
+	}
+	defer sd.Close()
+	b, err := sd.ReadFile(desiredFile)
+	if errors.Is(err, fs.ErrNotExist) {
 		return d, nil
 	}
 	if err != nil {
-		return d, err
+		return d, fmt.Errorf("state_dir: %w", err)
 	}
 	if err := json.Unmarshal(b, &d); err != nil {
 		return d, fmt.Errorf("%s: %w (move it away to start empty; the loader re-declares its guests)", filepath.Join(dir, desiredFile), err)
@@ -128,40 +138,18 @@ func loadDesired(dir string) (Desired, error) {
 	return d, nil
 }
 
-// saveDesired writes the desired state so that a crash at any point leaves
-// the old file or the new one: temp file, fsync, rename, fsync the directory.
+// saveDesired writes the desired state, 0600 in the agent's private state
+// directory, so that a crash at any point leaves the old file or the new
+// one: temp file, fsync, rename, fsync the directory.
 func saveDesired(dir string, d Desired) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	b, err := json.MarshalIndent(d, "", "  ")
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".desired-*")
+	sd, err := secretfile.Open(dir)
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, desiredFile)); err != nil {
-		return err
-	}
-	dh, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer dh.Close()
-	return dh.Sync()
+	defer sd.Close()
+	return sd.Replace(desiredFile, b, secretfile.FileMode)
 }

@@ -31,7 +31,7 @@ func (m Module) Package(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("module name %q is not a safe file name", m.Name)
 	}
 	base := filepath.Join(dir, m.Name)
-	if err := os.WriteFile(base+".te", []byte(m.TE), 0o644); err != nil {
+	if err := os.WriteFile(base+".te", []byte(m.TE), 0o600); err != nil {
 		return "", err
 	}
 	run := func(tool string, args ...string) error {
@@ -48,7 +48,7 @@ func (m Module) Package(ctx context.Context, dir string) (string, error) {
 	}
 	args := []string{"-o", base + ".pp", "-m", base + ".mod"}
 	if m.FC != "" {
-		if err := os.WriteFile(base+".fc", []byte(m.FC), 0o644); err != nil {
+		if err := os.WriteFile(base+".fc", []byte(m.FC), 0o600); err != nil {
 			return "", err
 		}
 		args = append(args, "-f", base+".fc")

@@ -5,14 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // The store keeps its state in one bbolt file. bbolt was chosen over SQLite
@@ -74,8 +74,10 @@ var ErrStoreLocked = errors.New("policy store is in use by another process")
 
 // OpenStore opens or creates the store file at path.
 func OpenStore(path string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("policy store directory: %w", err)
+	// The store holds the applications' policy: a 0600 file in a
+	// directory only this uid can write, never a planted file or link.
+	if err := secretfile.PrepareFile(path); err != nil {
+		return nil, fmt.Errorf("policy store: %w", err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {

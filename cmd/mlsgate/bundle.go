@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 	"github.com/spf13/cobra"
 )
 
@@ -113,29 +115,36 @@ in policystore/templates).`,
 			if err != nil {
 				return err
 			}
-			if err := os.MkdirAll(filepath.Join(out, "certs"), 0o700); err != nil {
-				return err
+			// The directory holds the guest's and the servers' private keys
+			// and the SA keys: created 0700 (or an empty private one), every
+			// file created anew, 0600, through the directory's descriptor.
+			dir, err := secretfile.CreateEmpty(out)
+			if err != nil {
+				return fmt.Errorf("--out: %w", err)
 			}
+			defer dir.Close()
+			certs, err := dir.Sub("certs")
+			if err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
+			defer certs.Close()
 			w := cmd.OutOrStdout()
-			write := func(name string, data []byte, mode os.FileMode) error {
-				return os.WriteFile(filepath.Join(out, name), data, mode)
-			}
 			j, err := json.MarshalIndent(b, "", "  ")
 			if err != nil {
 				return err
 			}
-			if err := write("bundle.json", j, 0o600); err != nil {
+			if err := dir.WriteNew("bundle.json", j); err != nil {
 				return err
 			}
-			if err := write("mapper.policy", []byte(b.MapperPolicy), 0o644); err != nil {
+			if err := dir.WriteNew("mapper.policy", []byte(b.MapperPolicy)); err != nil {
 				return err
 			}
 			for _, c := range b.Certificates {
-				if err := write(filepath.Join("certs", c.Name+".pem"), c.CertPEM, 0o644); err != nil {
+				if err := certs.WriteNew(c.Name+".pem", c.CertPEM); err != nil {
 					return err
 				}
 				if len(c.KeyPEM) > 0 {
-					if err := write(filepath.Join("certs", c.Name+"-key.pem"), c.KeyPEM, 0o600); err != nil {
+					if err := certs.WriteNew(c.Name+"-key.pem", c.KeyPEM); err != nil {
 						return err
 					}
 				}
@@ -144,11 +153,11 @@ in policystore/templates).`,
 			fmt.Fprintf(w, "  %d XFRM policies, %d SAs, labels %v, %d certificates\n", len(b.Policies), len(b.States), b.Labels, len(b.Certificates))
 			for _, m := range b.Modules {
 				if m.IF != "" {
-					if err := write(m.Name+".if", []byte(m.IF), 0o644); err != nil {
+					if err := dir.WriteNew(m.Name+".if", []byte(m.IF)); err != nil {
 						return err
 					}
 				}
-				pp, err := m.Package(ctx, out)
+				pp, err := packageModule(ctx, m, dir)
 				switch {
 				case errors.Is(err, policystore.ErrNoToolchain):
 					fmt.Fprintf(w, "  module %s (%s): not compiled: %v\n", m.Name, m.Target, err)
@@ -179,4 +188,36 @@ in policystore/templates).`,
 	f.StringVar(&clearance, "clearance", "", "the host's clearance, e.g. s0-s15/i0-i15 (default: the whole lattice)")
 	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "first SPI to allocate (the fast path's host-allocated range starts at 0xc0000000)")
 	return cmd
+}
+
+// packageModule compiles m in a private scratch directory (the SELinux
+// tools write their outputs by name, with the umask's modes) and copies
+// what they made into dir with dir's rules. It returns the package's path
+// in dir.
+func packageModule(ctx context.Context, m policystore.Module, dir *secretfile.Dir) (string, error) {
+	tmp, err := os.MkdirTemp("", "mlsgate-module-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(tmp)
+	_, perr := m.Package(ctx, tmp)
+	if errors.Is(perr, policystore.ErrNoToolchain) {
+		return "", perr
+	}
+	for _, ext := range []string{".te", ".fc", ".mod", ".pp"} {
+		data, err := os.ReadFile(filepath.Join(tmp, m.Name+ext))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if err := dir.WriteNew(m.Name+ext, data); err != nil {
+			return "", err
+		}
+	}
+	if perr != nil {
+		return "", perr
+	}
+	return filepath.Join(dir.Path(), m.Name+".pp"), nil
 }

@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // The table is kept in a bbolt file, one record per entry keyed by the
@@ -46,8 +46,10 @@ func openStore(path string) (*store, error) {
 	if path == "" {
 		return nil, errors.New("pool: empty path; pass the pool file, e.g. /var/lib/mlsgate/pool.db")
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("pool directory for %s: %w", path, err)
+	// The pool lists guests and their keys' whereabouts: a 0600 file in
+	// a directory only this uid can write, never a planted file or link.
+	if err := secretfile.PrepareFile(path); err != nil {
+		return nil, fmt.Errorf("pool: %w", err)
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {

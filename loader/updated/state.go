@@ -7,12 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // StateFile is the name of the file in the state directory that records the
@@ -50,10 +50,17 @@ func Digest(b *policystore.Bundle) (string, error) {
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
-// loadState reads the state file of dir; a missing file is no state.
+// loadState reads the state file of dir; a missing file is no state. The
+// file must be a regular file only the daemon can write (O_NOFOLLOW, see
+// package secretfile).
 func loadState(dir string) (*persisted, error) {
 	path := filepath.Join(dir, StateFile)
-	data, err := os.ReadFile(path)
+	sd, err := secretfile.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	defer sd.Close()
+	data, err := sd.ReadFile(StateFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -73,63 +80,49 @@ func loadState(dir string) (*persisted, error) {
 	return &p, nil
 }
 
-// saveState writes the state file atomically: a temporary file in the same
-// directory, synced, renamed over the old one, and the directory synced, so
-// a crash leaves the old state or the new, never a mix.
+// saveState writes the state file atomically, 0600 in the private state
+// directory: a temporary file in the same directory, synced, renamed over
+// the old one, and the directory synced, so a crash leaves the old state or
+// the new, never a mix.
 func saveState(dir string, p *persisted) error {
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".state-*.tmp")
+	sd, err := secretfile.Open(dir)
 	if err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateFile)); err != nil {
+	defer sd.Close()
+	if err := sd.Replace(StateFile, data, secretfile.FileMode); err != nil {
 		return fmt.Errorf("install state file: %w", err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state directory %s: %w", dir, err)
 	}
 	return nil
 }
 
-// prepareStateDir creates dir (0700) and removes temporaries a crash left.
+// prepareStateDir creates dir (0700), refuses one another user could have
+// prepared (it holds the applied bundle's SA keys), and removes temporaries
+// a crash left.
 func prepareStateDir(dir string) error {
 	if dir == "" {
 		return errors.New("no state directory: give one (--state-dir); the daemon records the applied version there to refuse stale bundles after a restart")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	sd, err := secretfile.Open(dir)
+	if err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	ents, err := os.ReadDir(dir)
+	defer sd.Close()
+	if err := sd.RemoveTemps(); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	// Temporaries of the format before package secretfile.
+	ents, err := sd.ReadDir()
 	if err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".state-") && strings.HasSuffix(e.Name(), ".tmp") {
-			os.Remove(filepath.Join(dir, e.Name()))
+			sd.Remove(e.Name())
 		}
 	}
 	return nil

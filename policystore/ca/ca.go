@@ -10,11 +10,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // Defaults for Options.
@@ -267,14 +270,22 @@ func (c *CA) createCert(key crypto.Signer) error {
 // loadKey reads the CA's private key.
 func loadKey(path string) (crypto.Signer, error) {
 	const fix = "restore it from backup, or move the directory aside to start a new CA"
-	st, err := os.Stat(path)
+	f, err := openNoFollow(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("ca: %s: %w", path, err)
+	}
+	if err := secretfile.CheckFile(path, st); err != nil {
+		return nil, fmt.Errorf("ca: %w; consider the key exposed", err)
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("ca: %s has mode %#o, readable by group or others; run chmod 600 %s (and consider the key exposed)", path, perm, path)
 	}
-	b, err := os.ReadFile(path)
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("ca: read %s: %w", path, err)
 	}
@@ -297,9 +308,9 @@ func loadKey(path string) (crypto.Signer, error) {
 func (c *CA) loadCert(key crypto.Signer) error {
 	path := c.path(certFile)
 	const fix = "restore it from backup, or move the directory aside to start a new CA"
-	b, err := os.ReadFile(path)
+	b, err := readNoFollow(path)
 	if err != nil {
-		return fmt.Errorf("ca: read %s: %w", path, err)
+		return err
 	}
 	block, _ := pem.Decode(b)
 	if block == nil || block.Type != pemCertificate {

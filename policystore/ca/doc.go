@@ -31,7 +31,10 @@
 //
 // # Storage
 //
-// The directory (created 0700) holds ca.pem (0644), ca-key.pem (0600,
+// The directory is created 0700; an existing one must be a real directory
+// owned by this uid that group and others cannot write (it is then made
+// 0700), and the key and certificate are read with O_NOFOLLOW, so a local
+// user cannot plant a key or a link to one (package secretfile). It holds ca.pem (0644), ca-key.pem (0600,
 // PKCS#8), issued/<serial>.pem (every certificate ever issued, the serial in
 // lower-case hex, as `openssl ca` keeps newcerts/), revoked/<serial>.json
 // (reason and time) and crlnumber (the last CRL number, decimal). Each file

@@ -36,8 +36,8 @@ func TestOpenRefusesPlantedDir(t *testing.T) {
 			plant: func(t *testing.T, dir, _ string) { mkdirMode(t, dir, 0o777) },
 			want:  "mode",
 		},
-		"group-readable": {
-			plant: func(t *testing.T, dir, _ string) { mkdirMode(t, dir, 0o750) },
+		"group-writable": {
+			plant: func(t *testing.T, dir, _ string) { mkdirMode(t, dir, 0o770) },
 			want:  "mode",
 		},
 		"directory is a symlink": {
@@ -113,11 +113,11 @@ func TestOpenRefusesPlantedDir(t *testing.T) {
 // TestOpenFreshDirIsPrivate: a new CA directory and its subdirectories are
 // 0700, the key 0600, and nothing in it is writable by group or others.
 func TestOpenFreshDirIsPrivate(t *testing.T) {
-	for _, pre := range []string{"missing", "empty 0700"} {
+	for pre, mode := range map[string]fs.FileMode{"missing": 0, "empty 0700": 0o700, "empty 0755 (tightened)": 0o755} {
 		t.Run(pre, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "ca")
-			if pre != "missing" {
-				mkdirMode(t, dir, 0o700)
+			if mode != 0 {
+				mkdirMode(t, dir, mode)
 			}
 			c := openCA(t, dir, Options{})
 			issue(t, c, guestReq())

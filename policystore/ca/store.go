@@ -3,10 +3,14 @@ package ca
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // File and directory names inside a CA directory.
@@ -74,27 +78,15 @@ func syncDir(dir string) error {
 	return err
 }
 
-// mkdirDurable creates dir (0700) if it is missing and makes its creation
-// durable by syncing the parent.
+// mkdirDurable creates dir (0700) if it is missing, durably, and checks an
+// existing one: a real directory owned by this uid that nobody else can
+// write (see package secretfile); it ends 0700.
 func mkdirDurable(dir string) error {
-	err := os.Mkdir(dir, 0o700)
-	if errors.Is(err, fs.ErrExist) {
-		st, serr := os.Stat(dir)
-		if serr != nil {
-			return serr
-		}
-		if !st.IsDir() {
-			return fmt.Errorf("ca: %s is not a directory; move it away or choose another CA directory", dir)
-		}
-		return nil
-	}
+	d, err := secretfile.Open(dir)
 	if err != nil {
-		return fmt.Errorf("ca: create %s: %w", dir, err)
+		return fmt.Errorf("ca: %w", err)
 	}
-	if err := syncDir(filepath.Dir(dir)); err != nil {
-		return fmt.Errorf("ca: sync parent of %s: %w", dir, err)
-	}
-	return nil
+	return d.Close()
 }
 
 // removeTemps deletes the temporaries a crash left in dir. Only the lock
@@ -116,16 +108,52 @@ func removeTemps(dir string) error {
 }
 
 // readOptional returns the contents of path, or nil and no error if it
-// does not exist.
+// does not exist. A symbolic link is refused, not followed.
 func readOptional(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := readNoFollow(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	return b, err
+}
+
+// readNoFollow reads path, refusing a symbolic link or a file that is not
+// regular.
+func readNoFollow(path string) ([]byte, error) {
+	f, err := openNoFollow(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("ca: read %s: %w", path, err)
 	}
 	return b, nil
+}
+
+// openNoFollow opens path for reading with O_NOFOLLOW: a planted symbolic
+// link is an error naming the file, never a way to read another file.
+func openNoFollow(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("ca: %s is a symbolic link; remove it (the CA never writes links, so someone planted it) and restore the file from backup", path)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("ca: read %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("ca: %s is not a regular file (%v); move it away and restore the file from backup", path, fi.Mode().Type())
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // exists reports whether path exists; errors other than "not found"
