@@ -19,6 +19,7 @@ import (
 type Kernel struct {
 	Objs   *bpf.Objects
 	PinDir string
+	lock   *bpf.PinLock
 }
 
 // LoadKernel loads (or adopts) the pinned fast path for cfg.
@@ -29,15 +30,22 @@ func LoadKernel(cfg Config) (*Kernel, error) {
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return nil, err
 	}
-	objs, err := bpf.LoadPinned(cfg.bpfOptions(), cfg.PinDir)
+	// One agent per pin directory, held until Close (or death).
+	lock, err := bpf.LockPinDir(cfg.PinDir, true)
 	if err != nil {
 		return nil, err
 	}
-	return &Kernel{Objs: objs, PinDir: cfg.PinDir}, nil
+	objs, err := bpf.LoadPinned(cfg.bpfOptions(), cfg.PinDir)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &Kernel{Objs: objs, PinDir: cfg.PinDir, lock: lock}, nil
 }
 
-// Close closes the agent's file descriptors; the pins keep everything.
-func (k *Kernel) Close() error { return k.Objs.Close() }
+// Close closes the agent's file descriptors and gives up the pin
+// directory; the pins keep everything.
+func (k *Kernel) Close() error { return errors.Join(k.Objs.Close(), k.lock.Close()) }
 
 func (k *Kernel) ReadState() (*bpf.State, error)    { return k.Objs.Maps.ReadState() }
 func (k *Kernel) Apply(prev, next *bpf.State) error { return k.Objs.Maps.Apply(prev, next) }

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/mlsgate/mlsgate/label"
+	"golang.org/x/sys/unix"
 )
 
 // The agent keeps the fast path alive across its own restarts and crashes
@@ -185,8 +186,20 @@ func PinnedIfindexes(dir string) ([]int, error) {
 }
 
 // RemovePins removes every pin under dir: links first (which detaches the
-// programs), then maps.
+// programs), then maps. dir must be on a bpffs: nothing is removed from any
+// other filesystem. It takes no lock: 'agent cleanup' holds LockPinDir
+// around it, so that it never runs under a live agent.
 func RemovePins(dir string) error {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("%w at %s: the directory does not exist", ErrNothingPinned, dir)
+		}
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if fs.Type != BPFFSMagic {
+		return fmt.Errorf("%s is %w (filesystem magic %#x); refusing to remove anything from it", dir, ErrNotBPFFS, fs.Type)
+	}
 	idx, err := PinnedIfindexes(dir)
 	if err != nil {
 		return err

@@ -20,7 +20,6 @@ import (
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/mlsgate/mlsgate/agent"
-	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -146,27 +145,6 @@ func textHook(from, to reflect.Type, data any) (any, error) {
 		return label.ParseIntegrity(s)
 	}
 	return data, nil
-}
-
-func newAgentCleanupCmd() *cobra.Command {
-	var pinDir string
-	cmd := &cobra.Command{
-		Use:   "cleanup",
-		Short: "remove the pinned fast path: detach from every vif and drop the maps",
-		Long: `Remove what the agent pinned: the links (which detaches the programs from every
-vif, so the guests' traffic is no longer filtered) and the maps. Stop the agent
-first.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bpf.RemovePins(pinDir); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed the pins under %s; managed vifs are no longer filtered\n", pinDir)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&pinDir, "pin-dir", agent.DefaultConfig().PinDir, "the agent's bpffs pin directory")
-	return cmd
 }
 
 // agentClient talks to a running agent over TCP or a Unix socket.
