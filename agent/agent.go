@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
@@ -95,6 +97,8 @@ type Agent struct {
 	events  eventHub
 	ready   atomic.Bool
 	metrics *metrics
+
+	driftRepairs *prometheus.CounterVec // drift.go
 }
 
 type saStats struct {
@@ -131,6 +135,7 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 		kick: make(chan struct{}, 1),
 	}
 	a.metrics = newMetrics(a)
+	a.driftRepairs = newDriftRepairs(a.metrics.reg)
 	return a, nil
 }
 
@@ -171,6 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		errc <- a.sas.Watch(ctx, a.onSAs)
 	}()
+	go a.driftLoop(ctx)
 	var resync <-chan time.Time
 	if a.cfg.ResyncInterval > 0 {
 		t := time.NewTicker(a.cfg.ResyncInterval)

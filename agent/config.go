@@ -40,6 +40,9 @@ type Config struct {
 	EventRate float64 `mapstructure:"event_rate"`
 	// ResyncInterval re-reads the kernel's SAs in full this often.
 	ResyncInterval time.Duration `mapstructure:"resync_interval"`
+	// DriftInterval reads the links and the vifs map back this often and
+	// repairs what changed behind the agent's back (0: never).
+	DriftInterval time.Duration `mapstructure:"drift_interval"`
 	// Integrity gives the integrity of SA contexts by SELinux type
 	// (PIDSI); types not listed get DefaultIntegrity.
 	Integrity        map[string]label.Integrity `mapstructure:"integrity"`
@@ -61,6 +64,7 @@ func DefaultConfig() Config {
 		EventSample:    1,
 		EventRate:      20,
 		ResyncInterval: 5 * time.Minute,
+		DriftInterval:  30 * time.Second,
 	}
 }
 
@@ -96,6 +100,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ResyncInterval < 0 {
 		return fmt.Errorf("resync_interval %v: want 0 (never) or more", c.ResyncInterval)
+	}
+	if c.DriftInterval < 0 {
+		return fmt.Errorf("drift_interval %v: want 0 (never) or more, e.g. 30s", c.DriftInterval)
 	}
 	return nil
 }

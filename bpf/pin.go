@@ -316,3 +316,41 @@ func readArray[V any](m *ebpf.Map, fn func(uint32, V)) error {
 		}
 	}
 }
+
+// PinnedLinkAttached reports whether both pinned tcx links of ifindex
+// exist under dir and are still attached to that interface. A link
+// detached or unpinned behind the agent's back (another agent, bpftool)
+// reads false.
+func PinnedLinkAttached(dir string, ifindex int) (bool, error) {
+	for _, d := range []string{"ingress", "egress"} {
+		l, err := link.LoadPinnedLink(linkPath(dir, ifindex, d), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("load pinned %s link of ifindex %d: %w", d, ifindex, err)
+		}
+		ok, err := linkOnIfindex(l, ifindex)
+		l.Close()
+		if err != nil {
+			return false, fmt.Errorf("pinned %s link of ifindex %d: %w", d, ifindex, err)
+		}
+		if !ok {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// ReadVifs reads the vifs map's entries in use (flags set), by ifindex.
+func (m *Maps) ReadVifs() (map[uint32]FastpathVif, error) {
+	vifs := map[uint32]FastpathVif{}
+	if err := readArray(m.Vifs, func(k uint32, v FastpathVif) {
+		if v.Flags != 0 {
+			vifs[k] = v
+		}
+	}); err != nil {
+		return nil, fmt.Errorf("read vifs: %w", err)
+	}
+	return vifs, nil
+}

@@ -97,6 +97,7 @@ func TestPrivilegedAgentSecondRefused(t *testing.T) {
 	if err == nil {
 		t.Fatalf("the second agent exited 0:\n%s", out.String())
 	}
+	t.Logf("second agent: %v\n%s", err, out.String())
 	if !strings.Contains(out.String(), "pid "+strconv.Itoa(first)) || !strings.Contains(out.String(), e.pins) {
 		t.Errorf("the second agent's error does not name the pin directory and the first agent (pid %d):\n%s", first, out.String())
 	}

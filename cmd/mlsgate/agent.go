@@ -94,6 +94,7 @@ flags. deploy/agent.yaml documents every key.`,
 	f.Uint32("event-sample", d.EventSample, "send 1 in N denials to the event ring (0: none)")
 	f.Float64("event-rate", d.EventRate, "denial log lines per second at most")
 	f.Duration("resync-interval", d.ResyncInterval, "full resync of the kernel's SAs this often (0: never)")
+	f.Duration("drift-interval", d.DriftInterval, "read links and vifs back and repair drift this often (0: never)")
 	cmd.AddCommand(newAgentCleanupCmd())
 	return cmd
 }
@@ -104,7 +105,7 @@ func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Con
 	for k, val := range map[string]any{
 		"state_dir": d.StateDir, "pin_dir": d.PinDir, "listen": d.Listen, "socket": d.Socket, "interfaces": d.Interfaces,
 		"enforce": d.Enforce, "spi_base": d.SPIBase, "spi_slots": d.SPISlots, "api_port": d.APIPort,
-		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval,
+		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval, "drift_interval": d.DriftInterval,
 		"default_integrity": "i0",
 	} {
 		v.SetDefault(k, val)
