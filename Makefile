@@ -89,3 +89,7 @@ demo: deps-kernel deps-guest ## the paper's analyst scenario with real enforceme
 bench: deps-kernel deps-guest deps-bench ## the full harness (root): per-packet cost, real traffic against nftables, agent, mapper, bundle, Table 1; report in bench/results/<date>
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 	./bin/mlsgate bench all --out bench/results/$$(date -u +%F)
+
+.PHONY: check-units
+check-units: ## systemd-analyze verify and security (exposure <= 5.0) on deploy/*.service
+	$(GO) test -count=1 -v -run 'TestUnits' ./deploy/
