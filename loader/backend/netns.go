@@ -177,7 +177,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 	if err := writeCredDir(credDir, spec); err != nil {
 		return nil, fmt.Errorf("netns backend: %w (set Netns.StateDir to a writable directory)", err)
 	}
-	if err := os.MkdirAll(stDir, 0o700); err != nil {
+	if err := privateDir(stDir); err != nil {
 		return nil, fmt.Errorf("netns backend: %w", err)
 	}
 	args := DaemonArgs(g.UpdatedAddr, credDir, stDir)
@@ -308,10 +308,7 @@ func nsExists(ns string) bool {
 
 // writeCredDir writes spec's credentials into dir (0700; the key 0600).
 func writeCredDir(dir string, spec loader.BootSpec) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := privateDir(dir); err != nil {
 		return err
 	}
 	for _, f := range []struct {

@@ -169,7 +169,7 @@ func (q *QEMU) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest,
 	if running {
 		return nil, fmt.Errorf("qemu backend: VM %d is running; Destroy it first", spec.VM)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := privateDir(dir); err != nil {
 		return nil, fmt.Errorf("qemu backend: %w (set QEMU.StateDir to a writable directory)", err)
 	}
 	var ch *child

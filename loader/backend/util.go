@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
+
 	"github.com/vishvananda/netns"
 )
 
@@ -40,6 +42,17 @@ func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, DefaultBootTimeout)
+}
+
+// privateDir creates dir 0700 (with its parents), or checks that an
+// existing one is this uid's and that nobody else can write it: it holds
+// guests' keys and what they boot (package secretfile).
+func privateDir(dir string) error {
+	d, err := secretfile.Open(dir)
+	if err != nil {
+		return err
+	}
+	return d.Close()
 }
 
 // writeAtomic writes path through a temporary file in its directory that is

@@ -181,7 +181,7 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 	start := time.Now()
 	name := guestName(spec)
 	cfgPath := x.ConfigPath(name)
-	if err := os.MkdirAll(x.configDir(), 0o700); err != nil {
+	if err := privateDir(x.configDir()); err != nil {
 		return nil, fmt.Errorf("xen backend: config directory: %w (set Xen.ConfigDir to a writable directory)", err)
 	}
 	created := false
