@@ -71,9 +71,11 @@ func LockPinDir(dir string, create bool) (*PinLock, error) {
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return nil, fmt.Errorf("%w at %s: the directory does not exist (check --pin-dir)", ErrNothingPinned, dir)
-	case errors.Is(err, unix.ELOOP):
-		return nil, fmt.Errorf("pin directory %s is a symbolic link; give the real bpffs directory", dir)
-	case errors.Is(err, unix.ENOTDIR):
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		// O_DIRECTORY|O_NOFOLLOW on a symbolic link fails with ENOTDIR.
+		if fi, lerr := os.Lstat(dir); lerr == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return nil, fmt.Errorf("pin directory %s is a symbolic link; give the real bpffs directory", dir)
+		}
 		return nil, fmt.Errorf("pin directory %s is not a directory", dir)
 	case err != nil:
 		return nil, fmt.Errorf("open pin directory %s: %w", dir, err)
