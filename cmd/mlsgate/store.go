@@ -20,7 +20,7 @@ import (
 )
 
 const (
-	defaultStoreDB   = "/var/lib/mlsgate/policystore.db"
+	defaultStoreDB   = "/var/lib/mlsgate/store/policystore.db" // deploy/mlsgate-store.service's StateDirectory
 	defaultAppsDir   = "/etc/mlsgate/apps"
 	defaultStoreAddr = "127.0.0.1:7441"
 )
