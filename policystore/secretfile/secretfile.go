@@ -134,7 +134,11 @@ func checkDir(path string, fi fs.FileInfo, forbidden fs.FileMode) error {
 		return unsafe(path, fmt.Sprintf("is owned by uid %d, not by uid %d (this process); another user prepared it: remove it and let it be created, or chown it after checking its contents", uid, os.Geteuid()))
 	}
 	if perm := fi.Mode().Perm(); perm&forbidden != 0 {
-		return unsafe(path, fmt.Sprintf("has mode %#o, open to group or others (want 0700); check nothing was planted in it, then chmod 700 %s", perm, path))
+		what := "writable by group or others, so someone else may have planted files in it"
+		if perm&0o022 == 0 {
+			what = "open to group or others (an output directory must be 0700)"
+		}
+		return unsafe(path, fmt.Sprintf("has mode %#o, %s; check its contents, then chmod 700 %s, or choose a new path", perm, what, path))
 	}
 	return nil
 }
