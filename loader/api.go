@@ -67,6 +67,9 @@ func (a *API) Server() *http.Server {
 		mux.Handle("GET /v1/label", a.Mapper)
 		mux.Handle("POST /v1/lookup", a.Mapper)
 	}
+	mux.Handle("GET /v1/status", hostOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, a.Loader.Status())
+	})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.Handle("GET /metrics", hostOnly(promhttp.HandlerFor(a.Loader.Registry(), promhttp.HandlerOpts{})))
 	return &http.Server{
@@ -93,7 +96,7 @@ func (a *API) Server() *http.Server {
 func hostOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ci, _ := r.Context().Value(connKey{}).(connInfo); !ci.unix {
-			writeJSON(w, http.StatusForbidden, LoadError{Error: "metrics are served on the host's socket only", Reason: "unauthorized"})
+			writeJSON(w, http.StatusForbidden, LoadError{Error: "served on the host's socket only", Reason: "unauthorized"})
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -76,6 +76,7 @@ type Loader struct {
 	mu       sync.Mutex
 	spiNext  uint32
 	spiInUse map[uint32]bool
+	held     map[string]HeldGuest // by interface
 	metrics  *loadMetrics
 }
 
@@ -91,7 +92,7 @@ func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer 
 		cfg.StepTimeout = 60 * time.Second
 	}
 	return &Loader{cfg: cfg, catalog: cat, templates: t, issuer: issuer, pool: pool, push: push, host: host,
-		now: time.Now, spiInUse: map[uint32]bool{}, metrics: newLoadMetrics()}, nil
+		now: time.Now, spiInUse: map[uint32]bool{}, held: map[string]HeldGuest{}, metrics: newLoadMetrics()}, nil
 }
 
 // Caller is who asks for a load, as established by the connection (never

@@ -12,6 +12,10 @@ type loadMetrics struct {
 	reg      *prometheus.Registry
 	steps    *prometheus.HistogramVec
 	failures *prometheus.CounterVec
+	// teardownFailures counts failed guest destroys; held is the number
+	// of guests held deny-all because their destroy failed.
+	teardownFailures prometheus.Counter
+	held             prometheus.Gauge
 }
 
 // Failure reasons of loads, a fixed set (bounded label values).
@@ -30,10 +34,18 @@ func newLoadMetrics() *loadMetrics {
 			Help: "Loads that failed, by reason.",
 		}, []string{"reason"}),
 	}
+	m.teardownFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "teardown_failures_total",
+		Help: "Guest destroys that failed; the guest stays declared deny-all and is destroyed again with backoff.",
+	})
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "guests_held",
+		Help: "Guests whose destroy failed, held deny-all in the agent until a retry succeeds.",
+	})
 	for _, r := range failureReasons {
 		m.failures.WithLabelValues(r)
 	}
-	m.reg.MustRegister(m.steps, m.failures)
+	m.reg.MustRegister(m.steps, m.failures, m.teardownFailures, m.held)
 	return m
 }
 

@@ -101,6 +101,10 @@ type Pool struct {
 	closed     bool
 	entries    map[uint64]Entry
 	destroying map[uint64]bool
+	// retry is when the refill next tries to destroy a Failed entry whose
+	// destroy failed, and how many times in a row it failed: backoff as
+	// for boots, so a stuck guest is retried but not hammered.
+	retry      map[uint64]destroyRetry
 	tmpl       map[string]*tmplState
 	boots      int
 	bootFails  int
@@ -109,6 +113,12 @@ type Pool struct {
 	hits       map[How]int
 
 	kick chan struct{}
+}
+
+// destroyRetry is the refill's memory of a guest whose destroy failed.
+type destroyRetry struct {
+	fails int
+	at    time.Time
 }
 
 // tmplState is the refill's memory of one template.
@@ -161,6 +171,7 @@ func Open(path string, cfg Config) (*Pool, error) {
 		st:         st,
 		entries:    make(map[uint64]Entry, len(rows)),
 		destroying: map[uint64]bool{},
+		retry:      map[uint64]destroyRetry{},
 		tmpl:       map[string]*tmplState{},
 		hits:       map[How]int{},
 		kick:       make(chan struct{}, 1),
@@ -317,6 +328,7 @@ func (p *Pool) insert(e Entry) (Entry, error) {
 // tolerates). The caller holds p.mu.
 func (p *Pool) forget(id uint64) error {
 	delete(p.entries, id)
+	delete(p.retry, id)
 	if p.closed {
 		return ErrClosed
 	}
@@ -623,6 +635,10 @@ func (p *Pool) destroy(ctx context.Context, id uint64) error {
 	delete(p.destroying, id)
 	if err != nil {
 		p.destroyErr++
+		r := p.retry[id]
+		r.fails++
+		r.at = p.cfg.Now().Add(p.backoff(r.fails))
+		p.retry[id] = r
 		err = fmt.Errorf("pool: destroy vm %d (%s): %w", e.Guest.VM, e.Guest.Name, err)
 		if cur, ok := p.entries[id]; ok {
 			cur.Err = err.Error()
@@ -636,6 +652,7 @@ func (p *Pool) destroy(ctx context.Context, id uint64) error {
 		return err
 	}
 	p.destroys++
+	delete(p.retry, id)
 	ferr := p.forget(id)
 	p.mu.Unlock()
 	p.emit([]event{{EventDestroyed, e}})

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mlsgate/mlsgate/label"
 )
@@ -237,10 +238,23 @@ func TestFailedDestroyIsRetriedByRefill(t *testing.T) {
 	if !ok || got.State != Failed || !strings.Contains(got.Err, "fake destroy failure") {
 		t.Fatalf("after the failed destroy: %+v, want failed with the destroy error", got)
 	}
+	// The retry waits for its backoff (BackoffBase after one failure,
+	// doubling), so a stuck guest is not hammered.
+	e.refill()
+	if s := e.p.Stats(); s.DestroyFailures != 1 {
+		t.Fatalf("Refill retried the destroy before its backoff: %d failures", s.DestroyFailures)
+	}
+	e.clk.Advance(time.Second)
 	if err := e.p.Refill(context.Background()); err == nil {
 		t.Errorf("Refill with a failing Destroy returned nil")
 	}
+	e.clk.Advance(time.Second)
+	e.refill()
+	if s := e.p.Stats(); s.DestroyFailures != 2 {
+		t.Fatalf("Refill retried the destroy before its second backoff (2s): %d failures", s.DestroyFailures)
+	}
 	e.vms.set(func(f *fakeVMs) { f.failDestroy = false })
+	e.clk.Advance(time.Second)
 	e.refill()
 	if _, ok := e.entry(l.Entry.Guest.VM); ok || e.vms.isLive(l.Entry.Guest.VM) {
 		t.Errorf("the retried destroy left vm %d", l.Entry.Guest.VM)

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/loader"
 )
@@ -101,7 +103,32 @@ func TestDestroyFailureKeepsGuestFiltered(t *testing.T) {
 	if spec.App != 0 || !spec.Range.High.Secrecy.Cats.IsEmpty() || spec.Range.High.Secrecy.Sens != 0 {
 		t.Fatalf("vm2 after a failed destroy is declared %+v; want app 0 with an empty range (deny all data)", spec)
 	}
-	if !strings.Contains(b.history(), "destroy vm2,") && !strings.HasSuffix(b.history(), "destroy vm2") {
-		t.Fatalf("calls %s", b.history())
+	if got := testutil.ToFloat64(r.Loader.TeardownFailures()); got != 1 {
+		t.Fatalf("teardown failures counted %v, want 1", got)
+	}
+	if held := r.Loader.Held(); len(held) != 1 || held[0].Name != "vm2" || held[0].Failures != 1 {
+		t.Fatalf("status shows held guests %+v, want vm2 with 1 failure", held)
+	}
+	// A refill before the backoff ends does not hammer the backend; the
+	// guest stays held.
+	_ = r.Pool.Refill(context.Background())
+	if _, ok := ag.declared("vif2.0"); !ok {
+		t.Fatal("vm2 was forgotten by a refill while its destroy keeps failing")
+	}
+
+	// The retry succeeds once the backend can destroy the guest: only
+	// then is it forgotten.
+	b.set(false)
+	if err := r.Pool.Remove(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ag.declared("vif2.0"); ok {
+		t.Fatal("vm2 was destroyed but is still declared")
+	}
+	if held := r.Loader.Held(); len(held) != 0 {
+		t.Fatalf("status still holds %+v after the destroy succeeded", held)
+	}
+	if got := strings.Count(b.history(), "destroy vm2"); got != 2 {
+		t.Fatalf("destroy calls %s; want 2 (the failed one and the retry)", b.history())
 	}
 }

@@ -220,17 +220,27 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		declMu.Unlock()
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
-				s.Backend.Destroy(ctx, out)
-				v.Host.Forget(out)
+				// The pool destroys the announced guest (and forgets it
+				// only once that destroy succeeds).
 				return nil, fmt.Errorf("pause pre-loaded guest %s: %w", out.Name, err)
 			}
 		}
 		return out, nil
 	}
 	destroy := func(ctx context.Context, g *loader.Guest) error {
-		err := s.Backend.Destroy(ctx, g)
-		if ferr := v.Host.Forget(g); err == nil {
-			err = ferr
+		if err := s.Backend.Destroy(ctx, g); err != nil {
+			// The guest may still run: it stays declared, deny-all, and the
+			// pool destroys it again after a backoff. Never Forget it here.
+			err = fmt.Errorf("destroy %s: %w; it stays declared deny-all and is retried", g.Name, err)
+			ierr := v.Host.Isolate(g)
+			if v.Loader != nil {
+				v.Loader.TeardownFailed(g, err)
+			}
+			return errors.Join(err, ierr)
+		}
+		err := v.Host.Forget(g)
+		if v.Loader != nil {
+			v.Loader.TornDown(g)
 		}
 		vmMu.Lock()
 		delete(used, g.VM)
