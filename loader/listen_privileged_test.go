@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -140,7 +141,7 @@ func TestPrivilegedGuestIdentifiedByInterface(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ga, gb := a.Guest, b.Guest // vm7 10.70.7.2 and vm8 10.70.8.2
+	ga, gb := a.Guest, b.Guest // vm7 10.71.7.2 and vm8 10.71.8.2
 
 	host, nsA, nsB, untrusted := testNS(t, "host"), testNS(t, "ga"), testNS(t, "gb"), testNS(t, "un")
 	link(t, host, ga.Interface, ga.HostAddr.String()+"/24", nsA, "eth0", ga.Addr.String()+"/24")
@@ -148,7 +149,7 @@ func TestPrivilegedGuestIdentifiedByInterface(t *testing.T) {
 	link(t, host, "up0", "192.0.2.1/24", untrusted, "eth0", "192.0.2.2/24")
 	run(t, "ip", "-n", nsA, "route", "add", "default", "via", ga.HostAddr.String())
 	run(t, "ip", "-n", nsB, "route", "add", "default", "via", gb.HostAddr.String())
-	run(t, "ip", "-n", untrusted, "route", "add", "10.70.0.0/16", "via", "192.0.2.1")
+	run(t, "ip", "-n", untrusted, "route", "add", "10.71.0.0/16", "via", "192.0.2.1")
 	for _, k := range []string{"all", "default", ga.Interface, gb.Interface, "up0"} {
 		run(t, "ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.conf."+strings.ReplaceAll(k, ".", "/")+".rp_filter=0")
 	}
@@ -206,4 +207,19 @@ func serveGuestAPI(t *testing.T, ns string, api *API, port uint16, _ []Guest) {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+}
+
+// serveGuestForTest serves api to guest g on loopback the way the loader
+// serves guests, and returns the base URL. Today: a plain TCP listener on
+// the guest's host-side address.
+func serveGuestForTest(t *testing.T, api *API, g *Guest) string {
+	t.Helper()
+	srv := api.Server()
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(g.HostAddr, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
 }

@@ -46,6 +46,11 @@ type fakePool struct {
 	pending map[netip.Addr]string
 	done    []bool
 	fail    error
+	// maxLoads, when set, makes a guest take that many loads in its life,
+	// as package pool's MaxLoads does; boots counts guests booted.
+	maxLoads int
+	loads    map[uint32]int
+	boots    int
 }
 
 func newFakePool() *fakePool {
@@ -58,13 +63,19 @@ func (p *fakePool) Acquire(_ context.Context, app string, _ label.Bounds, _ stri
 	if p.fail != nil {
 		return nil, p.fail
 	}
-	if g, ok := p.guests[app]; ok && p.apps[g.Addr] == app {
+	if p.loads == nil {
+		p.loads = map[uint32]int{}
+	}
+	if g, ok := p.guests[app]; ok && p.apps[g.Addr] == app && (p.maxLoads == 0 || p.loads[g.VM] < p.maxLoads) {
+		p.loads[g.VM]++
 		return &fakeLease{g: g, how: "reuse", pool: p}, nil
 	}
 	vm := p.next
 	p.next++
+	p.boots++
+	p.loads[vm] = 1
 	g := &Guest{VM: vm, Name: fmt.Sprintf("vm%d", vm), Backend: "fake", Interface: fmt.Sprintf("vif%d.0", vm),
-		Addr: netip.AddrFrom4([4]byte{10, 70, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 70, byte(vm), 1})}
+		Addr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 1})}
 	p.guests[app] = g
 	p.pending[g.Addr] = app
 	return &fakeLease{g: g, how: "boot", pool: p}, nil
