@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,6 +77,10 @@ func TestGuestLoadFloodIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := r.pool.loopbackGuest("osint", 9)
+	// The clock stands still: the bucket refills by time, not by how fast
+	// this test runs.
+	t0 := time.Now()
+	r.l.now = func() time.Time { return t0 }
 	api := &API{Loader: r.l, Pool: r.pool}
 	base := serveGuestForTest(t, api, g)
 	c := guestClient(g)
@@ -112,11 +117,24 @@ func TestGuestLoadFloodIsRefused(t *testing.T) {
 	if ok == flood || limited == 0 {
 		t.Fatalf("a flood of %d loads from one guest: %d served, %d refused; want refusals after the burst", flood, ok, limited)
 	}
-	if ok > 10+1 {
-		t.Errorf("%d loads served in a burst, more than the limit %d", ok, 10)
+	if ok > DefaultLimits().Burst {
+		t.Errorf("%d loads served in a burst, more than the limit %d", ok, DefaultLimits().Burst)
 	}
 	if got := refusals(t, r.l, "rate_limited"); got != float64(limited) {
 		t.Errorf("mlsgate_loader_refusals_total{reason=rate_limited} = %v, want %d", got, limited)
+	}
+	// The bucket refills with time: one more second, one more load.
+	t0 = t0.Add(time.Second)
+	if code := post(`{"url":"http://feed.osint.example/today","id":"after"}`); code != http.StatusOK {
+		t.Errorf("a load a second after the flood: %d, want 200", code)
+	}
+	// A replayed id is refused and counted.
+	t0 = t0.Add(time.Minute)
+	if code := post(`{"url":"http://feed.osint.example/today","id":"after"}`); code != http.StatusConflict {
+		t.Errorf("a replayed id: %d, want 409", code)
+	}
+	if refusals(t, r.l, "replayed") != 1 {
+		t.Errorf("replay not counted")
 	}
 }
 
@@ -142,10 +160,48 @@ func TestGuestCannotBootWithoutLimit(t *testing.T) {
 		}
 	}
 	booted := r.pool.boots - before
-	if booted > 2 {
-		t.Fatalf("100 loads from vm%d booted %d guests; the cap is %d", a.Guest.VM, booted, 2)
+	if booted > DefaultLimits().FreshPerGuest {
+		t.Fatalf("100 loads from vm%d booted %d guests; the cap is %d", a.Guest.VM, booted, DefaultLimits().FreshPerGuest)
 	}
 	if refused == 0 || refusals(t, r.l, "fresh_guest_cap") != float64(refused) {
 		t.Fatalf("%d loads refused, counted %v", refused, refusals(t, r.l, "fresh_guest_cap"))
+	}
+}
+
+// TestActiveLoadLimits: a guest may have ActivePerGuest loads in
+// progress, and guests together ActivePerApp loads of one application;
+// each refusal is counted, and finished loads free their slots.
+func TestActiveLoadLimits(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	lim := r.l.cfg.Limits
+	g1 := Caller{VM: 7, Addr: netip.MustParseAddr("10.71.7.2"), App: "analyst"}
+	var releases []func()
+	for range lim.ActivePerGuest {
+		rel, _, err := r.l.admit(g1, "osint")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, rel)
+	}
+	if _, _, err := r.l.admit(g1, "osint"); !errors.Is(err, ErrLimited) || refusals(t, r.l, "active_per_guest") != 1 {
+		t.Fatalf("load %d of one guest at once: %v", lim.ActivePerGuest+1, err)
+	}
+	for i := lim.ActivePerGuest; i < lim.ActivePerApp; i++ {
+		rel, _, err := r.l.admit(Caller{VM: uint32(20 + i), Addr: netip.AddrFrom4([4]byte{10, 71, byte(20 + i), 2})}, "osint")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, rel)
+	}
+	other := Caller{VM: 40, Addr: netip.MustParseAddr("10.71.40.2")}
+	if _, _, err := r.l.admit(other, "osint"); !errors.Is(err, ErrLimited) || refusals(t, r.l, "active_per_app") != 1 {
+		t.Fatalf("load %d of one application at once: %v", lim.ActivePerApp+1, err)
+	}
+	for _, rel := range releases {
+		rel()
+		rel() // twice is harmless
+	}
+	if _, _, err := r.l.admit(other, "osint"); err != nil {
+		t.Fatalf("after the loads ended: %v", err)
 	}
 }

@@ -1,11 +1,9 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"sort"
 	"sync"
 	"sync/atomic"
 )
@@ -13,8 +11,7 @@ import (
 // GuestListeners serves the guest-facing API (POST /v1/load and the host
 // mapper's lookups) to each guest on its own link only: one TCP listener
 // per guest, on the guest's host-side address and the API port, bound to
-// the guest's host-side interface (backend.ListenGuest binds with
-// SO_BINDTODEVICE). There is never a listener on the wildcard address, so
+// the guest's host-side interface (ListenGuest binds with SO_BINDTODEVICE). There is never a listener on the wildcard address, so
 // the untrusted network reaches no VMLoad and no mapper, and a connection's
 // caller is the guest whose listener accepted it: a guest that takes
 // another's address still arrives on its own interface.
@@ -24,8 +21,8 @@ import (
 type GuestListeners struct {
 	// Port is the API port.
 	Port uint16
-	// Listen opens the listener of guest g on port; required (the
-	// kernel-facing seam: backend.ListenGuest).
+	// Listen opens the listener of guest g on port; nil means
+	// ListenGuest. Tests pass a loopback listener.
 	Listen func(g Guest, port uint16) (net.Listener, error)
 
 	mu      sync.Mutex
@@ -72,13 +69,14 @@ func (gl *GuestListeners) Serve(srv *http.Server) {
 
 // Open opens g's listener (replacing one the interface had).
 func (gl *GuestListeners) Open(g Guest) error {
-	if gl.Listen == nil {
-		return errors.New("loader: GuestListeners.Listen is nil; pass backend.ListenGuest")
+	listen := gl.Listen
+	if listen == nil {
+		listen = ListenGuest
 	}
 	if g.Interface == "" || !g.HostAddr.IsValid() || g.HostAddr.IsUnspecified() || !g.Addr.IsValid() {
 		return fmt.Errorf("loader: guest %s: listener needs its interface, host-side address and address (got %q, %s, %s)", g.Name, g.Interface, g.HostAddr, g.Addr)
 	}
-	ln, err := gl.Listen(g, gl.Port)
+	ln, err := listen(g, gl.Port)
 	if err != nil {
 		return fmt.Errorf("loader: listen for guest %s on %s port %d: %w", g.Name, g.Interface, gl.Port, err)
 	}
@@ -122,14 +120,20 @@ func (gl *GuestListeners) CloseAll() {
 	}
 }
 
-// Addrs lists the open listeners' addresses, by interface.
-func (gl *GuestListeners) Addrs() []string {
+// Addr is the address of the listener of the guest on iface.
+func (gl *GuestListeners) Addr(iface string) (net.Addr, bool) {
 	gl.mu.Lock()
 	defer gl.mu.Unlock()
-	var out []string
-	for iface, l := range gl.byIface {
-		out = append(out, iface+" "+l.Addr().String())
+	l, ok := gl.byIface[iface]
+	if !ok {
+		return nil, false
 	}
-	sort.Strings(out)
-	return out
+	return l.Addr(), true
+}
+
+// Len is the number of open listeners.
+func (gl *GuestListeners) Len() int {
+	gl.mu.Lock()
+	defer gl.mu.Unlock()
+	return len(gl.byIface)
 }

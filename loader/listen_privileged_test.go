@@ -186,6 +186,10 @@ func TestPrivilegedGuestIdentifiedByInterface(t *testing.T) {
 		t.Logf("B as A to %s: %d %v %v", to, ans.code, ans.body, ans.err)
 	}
 
+	if got := refusals(t, r.l, "wrong_source"); got != 1 {
+		t.Errorf("refusals for a wrong source address counted %v, want 1 (B to its own link with A's address)", got)
+	}
+
 	// The untrusted side reaches no listener on the API port.
 	for _, to := range []string{toA, toB} {
 		if ans := postLoad(nsClient(t, untrusted, ""), to, analystURL); ans.err == nil {
@@ -194,32 +198,37 @@ func TestPrivilegedGuestIdentifiedByInterface(t *testing.T) {
 	}
 }
 
-// serveGuestAPI serves api to the guests the way the loader serves them.
-// Today: one TCP listener on the wildcard address (cmd/mlsgate's loader).
-func serveGuestAPI(t *testing.T, ns string, api *API, port uint16, _ []Guest) {
+// serveGuestAPI serves api to the guests the way the loader serves them:
+// one listener per guest on its host-side address, bound to its interface.
+func serveGuestAPI(t *testing.T, ns string, api *API, port uint16, guests []Guest) {
 	t.Helper()
-	srv := api.Server()
-	var ln net.Listener
-	var err error
-	inNS(t, ns, func() { ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) })
-	if err != nil {
-		t.Fatal(err)
+	gl := &GuestListeners{Port: port}
+	for _, g := range guests {
+		var err error
+		inNS(t, ns, func() { err = gl.Open(g) })
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	srv := api.Server()
+	gl.Serve(srv)
+	t.Cleanup(func() { gl.CloseAll(); srv.Close() })
 }
 
 // serveGuestForTest serves api to guest g on loopback the way the loader
-// serves guests, and returns the base URL. Today: a plain TCP listener on
-// the guest's host-side address.
+// serves guests (a listener of its own, through GuestListeners), and
+// returns the base URL.
 func serveGuestForTest(t *testing.T, api *API, g *Guest) string {
 	t.Helper()
-	srv := api.Server()
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(g.HostAddr, 0).String())
-	if err != nil {
+	gl := &GuestListeners{Listen: func(g Guest, _ uint16) (net.Listener, error) {
+		return net.Listen("tcp", netip.AddrPortFrom(g.HostAddr, 0).String())
+	}}
+	if err := gl.Open(*g); err != nil {
 		t.Fatal(err)
 	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return "http://" + ln.Addr().String()
+	srv := api.Server()
+	gl.Serve(srv)
+	t.Cleanup(func() { gl.CloseAll(); srv.Close() })
+	a, _ := gl.Addr(g.Interface)
+	return "http://" + a.String()
 }

@@ -57,7 +57,7 @@ func newFakePool() *fakePool {
 	return &fakePool{next: 7, guests: map[string]*Guest{}, apps: map[netip.Addr]string{}, pending: map[netip.Addr]string{}}
 }
 
-func (p *fakePool) Acquire(_ context.Context, app string, _ label.Bounds, _ string) (Lease, error) {
+func (p *fakePool) Acquire(ctx context.Context, app string, _ label.Bounds, _ string) (Lease, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fail != nil {
@@ -69,6 +69,9 @@ func (p *fakePool) Acquire(_ context.Context, app string, _ label.Bounds, _ stri
 	if g, ok := p.guests[app]; ok && p.apps[g.Addr] == app && (p.maxLoads == 0 || p.loads[g.VM] < p.maxLoads) {
 		p.loads[g.VM]++
 		return &fakeLease{g: g, how: "reuse", pool: p}, nil
+	}
+	if ReuseOnly(ctx) {
+		return nil, ErrReuseOnly
 	}
 	vm := p.next
 	p.next++

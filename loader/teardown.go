@@ -41,6 +41,7 @@ func (l *Loader) TornDown(g *Guest) {
 	defer l.mu.Unlock()
 	delete(l.held, g.Interface)
 	l.metrics.held.Set(float64(len(l.held)))
+	l.forgetFresh(g)
 }
 
 // Held lists the guests whose destroy failed and that are held deny-all,

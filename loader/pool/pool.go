@@ -361,7 +361,9 @@ func (p *Pool) opCtx(parent context.Context) (context.Context, context.CancelFun
 // template (bound to app and rng from then on), else a guest booted for
 // this request. The boot runs without the pool's lock; meanwhile the table
 // shows a Booting entry for app. The caller configures the guest and then
-// calls Lease.Done.
+// calls Lease.Done. For a ctx marked loader.WithReuseOnly, only the first
+// choice is made: without a Ready guest, Acquire fails with
+// loader.ErrReuseOnly.
 func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, template string) (Lease, error) {
 	if app == "" {
 		return Lease{}, errors.New("pool: acquire with an empty application id; pass the policy store's application id")
@@ -388,6 +390,10 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 			e.State, e.Since = Full, now
 		}
 		return p.handOut(e, HowReuse)
+	}
+	if loader.ReuseOnly(ctx) {
+		p.mu.Unlock()
+		return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
 	}
 	if e, ok := p.pick(func(e Entry) bool {
 		return e.State == Idle && e.Template == template

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader"
 )
 
 const (
@@ -374,4 +375,26 @@ func TestStateText(t *testing.T) {
 	if err := s.UnmarshalText([]byte("busy")); err == nil {
 		t.Errorf("state %q accepted", "busy")
 	}
+}
+
+// TestReuseOnlyNeverTakesAFreshGuest: a load marked reuse-only gets a
+// Ready guest of its application or ErrReuseOnly, never a boot or an idle
+// guest.
+func TestReuseOnlyNeverTakesAFreshGuest(t *testing.T) {
+	e := newEnv(t, 1, 3)
+	e.refill()
+	ctx := loader.WithReuseOnly(context.Background())
+	if _, err := e.p.Acquire(ctx, "bank", bounds(t, rngLow), "web"); !errors.Is(err, loader.ErrReuseOnly) {
+		t.Fatalf("reuse-only with only an idle guest: %v, want ErrReuseOnly", err)
+	}
+	if s := e.p.Stats(); s.States[Idle] != 1 || s.Boots != 1 {
+		t.Fatalf("reuse-only took or booted a guest: %+v", s)
+	}
+	l := e.acquire("bank", rngLow, "web")
+	e.done(l, true)
+	l2, err := e.p.Acquire(ctx, "bank", bounds(t, rngLow), "web")
+	if err != nil || l2.How != HowReuse || l2.Entry.Guest.VM != l.Entry.Guest.VM {
+		t.Fatalf("reuse-only with a ready guest: %+v %v", l2, err)
+	}
+	e.done(l2, true)
 }

@@ -93,6 +93,9 @@ func TestDestroyFailureKeepsGuestFiltered(t *testing.T) {
 	if _, ok := ag.declared("vif2.0"); !ok {
 		t.Fatal("vm2 was not declared to the agent at boot")
 	}
+	if _, ok := r.Listeners.Addr("vif2.0"); !ok {
+		t.Fatal("vm2 has no API listener after its boot")
+	}
 	if err := r.Pool.Remove(context.Background(), 2); err == nil {
 		t.Fatal("Remove succeeded although the backend's destroy failed")
 	}
@@ -102,6 +105,9 @@ func TestDestroyFailureKeepsGuestFiltered(t *testing.T) {
 	}
 	if spec.App != 0 || !spec.Range.High.Secrecy.Cats.IsEmpty() || spec.Range.High.Secrecy.Sens != 0 {
 		t.Fatalf("vm2 after a failed destroy is declared %+v; want app 0 with an empty range (deny all data)", spec)
+	}
+	if r.Listeners.Len() != 0 {
+		t.Fatal("VMLoad still listens for vm2, whose destroy failed")
 	}
 	if got := testutil.ToFloat64(r.Loader.TeardownFailures()); got != 1 {
 		t.Fatalf("teardown failures counted %v, want 1", got)

@@ -44,6 +44,12 @@ type Setup struct {
 	// unpause` + policy push on a load), so idle guests cost no CPU. The
 	// backend must implement Pauser.
 	PauseIdle bool
+	// Limits bound what one guest can make the host do (loader.Limits;
+	// zero fields take loader.DefaultLimits).
+	Limits loader.Limits
+	// GuestListen opens a guest's API listener; nil means
+	// loader.ListenGuest (its host-side address, bound to its interface).
+	GuestListen func(g loader.Guest, port uint16) (net.Listener, error)
 }
 
 // Pauser is a backend that can pause and resume a guest (backend.Xen).
@@ -64,6 +70,13 @@ type Running struct {
 	// Updated is the loader's client of the guests' update daemons, with
 	// its mutual-TLS identity (the CA's mlsgate-loader certificate).
 	Updated *updated.Client
+	// Listeners serve API to each guest on its own link; serve API's
+	// server on them with Listeners.Serve. There is no other TCP listener
+	// for guests.
+	Listeners *loader.GuestListeners
+	// Warnings are problems Start met and worked around (a pool guest
+	// whose listener could not be reopened).
+	Warnings []string
 
 	closers []func()
 }
@@ -122,6 +135,8 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return fail(fmt.Errorf("clearance: %w", err))
 		}
 	}
+	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
+	v.closers = append(v.closers, v.Listeners.CloseAll)
 	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error) {
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
@@ -218,6 +233,11 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		declMu.Lock()
 		delete(declared, name)
 		declMu.Unlock()
+		// Its link exists now: serve it the API there, and only there. A
+		// failure fails the boot; the pool destroys the announced guest.
+		if err := v.Listeners.Open(*out); err != nil {
+			return nil, err
+		}
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
 				// The pool destroys the announced guest (and forgets it
@@ -228,6 +248,8 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return out, nil
 	}
 	destroy := func(ctx context.Context, g *loader.Guest) error {
+		// Whatever happens to the guest, VMLoad stops answering it.
+		v.Listeners.Close(g.Interface)
 		if err := s.Backend.Destroy(ctx, g); err != nil {
 			// The guest may still run: it stays declared, deny-all, and the
 			// pool destroys it again after a backoff. Never Forget it here.
@@ -259,8 +281,17 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.closers = append(v.closers, func() { p.Close() })
 	v.Pool = p
+	// Guests that outlived a restart get their listeners back.
+	for _, e := range p.List() {
+		if e.State == pool.Booting || e.State == pool.Failed || e.Guest.VM == 0 {
+			continue
+		}
+		if err := v.Listeners.Open(e.Guest); err != nil {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s keeps running without VMLoad: %v; remove it with the pool or fix its link", e.Guest.Name, err))
+		}
+	}
 	pa := &poolAdapter{p: p, pauser: pauser}
-	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort},
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
 		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, 30*24*time.Hour), pa, &pusher{c: push}, v.Host)
 	if err != nil {
 		return fail(err)

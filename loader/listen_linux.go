@@ -1,4 +1,4 @@
-package backend
+package loader
 
 import (
 	"context"
@@ -8,20 +8,19 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/mlsgate/mlsgate/loader"
 )
 
 // ListenGuest opens the loader's API listener for guest g: TCP on g's
 // host-side address and port, bound to g's host-side interface with
 // SO_BINDTODEVICE, so that only connections arriving on that interface
-// reach it (loader.GuestListeners.Listen).
-func ListenGuest(g loader.Guest, port uint16) (net.Listener, error) {
-	if g.Interface == "" || len(g.Interface) > maxIfName {
-		return nil, fmt.Errorf("guest %s: interface name %q is empty or longer than %d bytes", g.Name, g.Interface, maxIfName)
+// reach it. It is GuestListeners' default Listen. (The one socket option
+// the loader sets itself; everything else kernel-facing is in backends.)
+func ListenGuest(g Guest, port uint16) (net.Listener, error) {
+	if g.Interface == "" || len(g.Interface) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("guest %s: interface name %q is empty or longer than %d bytes", g.Name, g.Interface, unix.IFNAMSIZ-1)
 	}
-	if !g.HostAddr.IsValid() || g.HostAddr.IsUnspecified() {
-		return nil, fmt.Errorf("guest %s: host-side address %s is not a unicast address; never listen on the wildcard", g.Name, g.HostAddr)
+	if !g.HostAddr.IsValid() || g.HostAddr.IsUnspecified() || g.HostAddr.IsMulticast() {
+		return nil, fmt.Errorf("guest %s: host-side address %s is not a unicast address; the loader never listens on the wildcard", g.Name, g.HostAddr)
 	}
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
