@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -100,4 +101,88 @@ func mustSerial(t *testing.T, certPEM []byte) *big.Int {
 		t.Fatal(err)
 	}
 	return c.SerialNumber
+}
+
+// crlLists reports whether the PEM CRL lists serial.
+func crlLists(t *testing.T, crlPEM []byte, serial *big.Int) bool {
+	t.Helper()
+	blk, _ := pem.Decode(crlPEM)
+	if blk == nil || blk.Type != "X509 CRL" {
+		t.Fatalf("not a PEM CRL: %.40q", crlPEM)
+	}
+	rl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(serial) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRevocationIsPublished: the published CRL and the next guest's boot
+// spec list a destroyed guest's certificate; a number named by a live,
+// unrevoked certificate is not given out; a restart supersedes the
+// loader's earlier certificate.
+func TestRevocationIsPublished(t *testing.T) {
+	b := &specBackend{}
+	s := setup(t, b, false)
+	s.PoolSize = 0
+	r, err := Start(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Pool.Refill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.Pool.Close()
+	r.Close()
+	s.PoolSize = 1
+	r, err = Start(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var loaders []ca.Record
+	for _, rec := range r.CA.Issued() {
+		if rec.Kind == ca.Client {
+			loaders = append(loaders, rec)
+		}
+	}
+	if len(loaders) != 2 || !loaders[0].Revoked || loaders[1].Revoked {
+		t.Fatalf("loader certificates after a restart: %+v; want the first revoked, the second not", loaders)
+	}
+	if err := r.Pool.Refill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	old := b.specs[0]
+	if err := r.Pool.Remove(context.Background(), old.VM); err != nil {
+		t.Fatal(err)
+	}
+	serial := mustSerial(t, old.UpdatedCertPEM)
+	published, err := os.ReadFile(r.CRLPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !crlLists(t, published, serial) || !crlLists(t, published, loaders[0].Serial) {
+		t.Fatalf("%s does not list the destroyed guest's and the superseded loader's certificates", r.CRLPath)
+	}
+	// A certificate for vm2's address that is still live (a revocation
+	// that never happened): vm2's number must wait.
+	a2, _ := GuestAddrs(2)
+	if _, err := r.CA.Issue(ca.Request{Kind: ca.Guest, CommonName: "vm2", IPs: []net.IP{a2.AsSlice()}, TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Pool.Refill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	next := b.specs[len(b.specs)-1]
+	if next.VM == 2 {
+		t.Fatal("vm2's number was given out while a live certificate names its address")
+	}
+	if !crlLists(t, next.CRLPEM, serial) {
+		t.Fatalf("vm%d booted with a CRL that does not list the destroyed guest's certificate", next.VM)
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/label"
@@ -74,6 +73,9 @@ type Running struct {
 	// server on them with Listeners.Serve. There is no other TCP listener
 	// for guests.
 	Listeners *loader.GuestListeners
+	// CRLPath is where the CA's current CRL is published (PEM), rewritten
+	// whenever a certificate is revoked.
+	CRLPath string
 	// Warnings are problems Start met and worked around (a pool guest
 	// whose listener could not be reopened).
 	Warnings []string
@@ -117,16 +119,28 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return fail(err)
 		}
 	}
-	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"), ca.Options{CommonName: "mlsgate policy store CA"})
+	// A CRL outlives the guests' certificates (CertTTL), so that an idle
+	// guest's daemon never sits behind an expired CRL.
+	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"), ca.Options{CommonName: "mlsgate policy store CA", CRLValidity: CRLValidity})
 	if err != nil {
 		return fail(err)
 	}
 	v.closers = append(v.closers, func() { authority.Close() })
 	v.CA = authority
-	loaderCert, err := authority.Issue(ca.Request{Kind: ca.Client, CommonName: "mlsgate-loader", TTL: 30 * 24 * time.Hour})
+	loaderCert, err := authority.Issue(ca.Request{Kind: ca.Client, CommonName: LoaderName, TTL: CertTTL})
 	if err != nil {
 		return fail(err)
 	}
+	// The loader certificates of earlier runs are superseded: revoke them,
+	// so that a copy of an old key cannot push to a guest's daemon.
+	certs := &certLife{ca: authority, crlPath: filepath.Join(s.StateDir, CRLFile)}
+	if err := certs.supersedeLoaders(loaderCert.Serial); err != nil {
+		return fail(err)
+	}
+	if err := certs.publish(); err != nil {
+		return fail(err)
+	}
+	v.CRLPath = certs.crlPath
 	push := &updated.Client{TLS: authority.ClientTLS(loaderCert, "")}
 	v.Updated = push
 	var sys policystore.SystemPolicy
@@ -146,7 +160,11 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return agent.SELinux{}.Install(ctx, mods, dir)
 	}}
 
-	// VM numbers: the lowest not used by a guest in the table.
+	// VM numbers: the lowest not used by a guest in the table and not
+	// named by a Guest certificate that is still valid and unrevoked (a
+	// destroyed guest's certificate is revoked before its number is free;
+	// if that revocation failed, the number waits for the certificate to
+	// expire).
 	var vmMu sync.Mutex
 	used := map[uint32]bool{}
 	allocVM := func() (uint32, error) {
@@ -157,13 +175,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 				used[e.Guest.VM] = true
 			}
 		}
+		live := certs.liveGuestAddrs()
 		for n := uint32(2); n < 255; n++ {
-			if !used[n] {
+			addr, _ := GuestAddrs(n)
+			if !used[n] && !live[addr] {
 				used[n] = true
 				return n, nil
 			}
 		}
-		return 0, errors.New("no free VM number (2-254): destroy idle guests or shrink the pool")
+		return 0, errors.New("no free VM number (2-254) without a live certificate: destroy idle guests or shrink the pool")
 	}
 	var pauser Pauser
 	if s.PauseIdle {
@@ -210,12 +230,20 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		addr, hostAddr := GuestAddrs(vm)
 		name := fmt.Sprintf("vm%d", vm)
-		cert, err := authority.Issue(ca.Request{Kind: ca.Guest, CommonName: name, IPs: []net.IP{addr.AsSlice()}, TTL: 30 * 24 * time.Hour})
+		cert, err := authority.Issue(ca.Request{Kind: ca.Guest, CommonName: name, IPs: []net.IP{addr.AsSlice()}, TTL: CertTTL})
 		if err != nil {
+			vmMu.Lock()
+			delete(used, vm)
+			vmMu.Unlock()
 			return nil, err
 		}
 		g := loader.Guest{VM: vm, Name: name, Backend: s.Backend.Name(), Interface: backend.IfName(vm), Addr: addr, HostAddr: hostAddr, Template: template}
 		if err := pool.Announce(ctx, g); err != nil {
+			// Nothing runs with this certificate: revoke it at once.
+			return nil, errors.Join(err, certs.revokeGuest(&g))
+		}
+		crl, err := certs.current()
+		if err != nil {
 			return nil, err
 		}
 		if !hypervisorIDs {
@@ -224,7 +252,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			}
 		}
 		spec := loader.BootSpec{VM: vm, Name: name, Addr: addr, HostAddr: hostAddr, PrefixLen: 24, Template: template,
-			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), UpdatedPort: s.APIPort}
+			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), CRLPEM: crl, UpdatedPort: s.APIPort}
 		out, err := s.Backend.Boot(ctx, spec)
 		if err != nil {
 			undeclare(name, &g)
@@ -248,8 +276,10 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return out, nil
 	}
 	destroy := func(ctx context.Context, g *loader.Guest) error {
-		// Whatever happens to the guest, VMLoad stops answering it.
+		// Whatever happens to the guest, VMLoad stops answering it and
+		// its certificate is revoked (and the CRL republished) first.
 		v.Listeners.Close(g.Interface)
+		rerr := certs.revokeGuest(g)
 		if err := s.Backend.Destroy(ctx, g); err != nil {
 			// The guest may still run: it stays declared, deny-all, and the
 			// pool destroys it again after a backoff. Never Forget it here.
@@ -258,12 +288,14 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			if v.Loader != nil {
 				v.Loader.TeardownFailed(g, err)
 			}
-			return errors.Join(err, ierr)
+			return errors.Join(err, ierr, rerr)
 		}
-		err := v.Host.Forget(g)
+		err := errors.Join(v.Host.Forget(g), rerr)
 		if v.Loader != nil {
 			v.Loader.TornDown(g)
 		}
+		// The number is free once no live certificate names it (allocVM
+		// checks).
 		vmMu.Lock()
 		delete(used, g.VM)
 		vmMu.Unlock()
@@ -292,7 +324,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
 	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
-		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, 30*24*time.Hour), pa, &pusher{c: push}, v.Host)
+		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
