@@ -324,7 +324,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
 	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
-		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push}, v.Host)
+		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
@@ -372,10 +372,21 @@ func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 	return nil, "", false
 }
 
-type pusher struct{ c *updated.Client }
+// pusher pushes bundles with the CA's current CRL, which the guest's
+// update daemon installs as its --crl file.
+type pusher struct {
+	c     *updated.Client
+	certs *certLife
+}
 
 func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundle) error {
-	_, err := p.c.Push(ctx, g.UpdatedAddr, b)
+	crl, err := p.certs.current()
+	if err != nil {
+		return err
+	}
+	withCRL := *b
+	withCRL.CRL = crl
+	_, err = p.c.Push(ctx, g.UpdatedAddr, &withCRL)
 	return err
 }
 
