@@ -129,7 +129,7 @@ without a policy yet is reached.`,
 	f.Uint16Var(&apiPort, "api-port", 7443, "TCP port for guests' requests and their update daemons (= the agent's api_port)")
 	f.StringVar(&backendName, "backend", "netns", "netns, qemu or xen")
 	f.IntVar(&poolSize, "pool-size", 1, "idle guests to keep pre-loaded")
-	f.IntVar(&maxLoads, "max-loads", 8, "loads a guest takes before it is full")
+	f.IntVar(&maxLoads, "max-loads", 8, "loads a guest takes at once (in progress) before it is full; it serves its application's loads one after the other without end")
 	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "the host's SPI range (= the agent's spi_base)")
 	f.Uint32Var(&spiSlots, "spi-slots", 65536, "size of the host's SPI range (= the agent's spi_slots)")
 	f.BoolVar(&noHostXFRM, "no-host-xfrm", false, "do not install the host's end of the tunnels (a host without ESP)")

@@ -398,3 +398,46 @@ func TestReuseOnlyNeverTakesAFreshGuest(t *testing.T) {
 	}
 	e.done(l2, true)
 }
+
+// TestMaxActiveCountsLoadsInProgress: with MaxActive and no lifetime
+// bound, a guest serves its application's loads one after the other
+// without end (no boot per MaxLoads loads), is Full only while MaxActive
+// leases are held, and is Ready again when one ends, across a restart too.
+func TestMaxActiveCountsLoadsInProgress(t *testing.T) {
+	e := newEnv(t, 0, 3)
+	e.cfg.Templates["live"] = TemplateConfig{MaxActive: 2}
+	e.reopen()
+	first := e.acquire("bank", rngLow, "live")
+	e.done(first, true)
+	for i := range 100 {
+		l := e.acquire("bank", rngLow, "live")
+		if l.How != HowReuse || l.Entry.Guest.VM != first.Entry.Guest.VM || l.Entry.State != Ready {
+			t.Fatalf("load %d: %s of vm %d (%v), want reuse of vm %d, ready", i+2, l.How, l.Entry.Guest.VM, l.Entry.State, first.Entry.Guest.VM)
+		}
+		e.done(l, true)
+	}
+	a := e.acquire("bank", rngLow, "live")
+	b := e.acquire("bank", rngLow, "live")
+	if b.Entry.State != Full || b.Entry.Guest.VM != a.Entry.Guest.VM {
+		t.Fatalf("two loads at once: %+v, want the same guest, full", b.Entry)
+	}
+	c := e.acquire("bank", rngLow, "live")
+	if c.How != HowBoot {
+		t.Fatalf("a third load while two are in progress: %s, want a boot", c.How)
+	}
+	e.done(c, true)
+	e.done(a, true)
+	if got, _ := e.entry(a.Entry.Guest.VM); got.State != Ready || got.Active != 1 {
+		t.Fatalf("after one load ended: %+v, want ready with 1 active", got)
+	}
+	e.reopen() // b's lease ends with the restart
+	if got, _ := e.entry(a.Entry.Guest.VM); got.State != Ready || got.Active != 0 {
+		t.Fatalf("after a restart: %+v, want ready with no load in progress", got)
+	}
+	e.vms.mu.Lock()
+	boots := e.vms.boots
+	e.vms.mu.Unlock()
+	if boots != 2 {
+		t.Fatalf("%d boots for 104 loads, want 2", boots)
+	}
+}

@@ -30,6 +30,10 @@ type Setup struct {
 	// daemon port and the port of the host mapper guests forward to.
 	APIPort  uint16
 	PoolSize int
+	// MaxLoads is the number of loads a guest takes at once (the pool's
+	// MaxActive): a guest serves its application's loads one after the
+	// other without a bound over its life, so repeated loads never boot
+	// new guests.
 	MaxLoads int
 	Backend  loader.Backend
 	Agent    loader.AgentAPI
@@ -305,7 +309,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return err
 	}
 	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{
-		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxLoads: s.MaxLoads}},
+		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxActive: s.MaxLoads}},
 		Boot:      boot, Destroy: destroy,
 	})
 	if err != nil {
