@@ -368,7 +368,8 @@ func (a *poolAdapter) Acquire(ctx context.Context, app string, rng label.Bounds,
 
 func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 	for _, e := range a.p.List() {
-		if e.Guest.Addr == addr && e.Guest.VM != 0 {
+		// A guest being destroyed (Failed) or not yet booted asks nothing.
+		if e.Guest.Addr == addr && e.Guest.VM != 0 && e.State != pool.Failed && e.State != pool.Booting {
 			g := e.Guest
 			return &g, e.App, true
 		}
