@@ -19,8 +19,9 @@ import (
 // LoadRequest is the body of POST /v1/load.
 type LoadRequest struct {
 	URL string `json:"url"`
-	// ID, when given, makes the request single-use: the same ID from the
-	// same caller within ReplayWindow is refused as a replay.
+	// ID makes the request single-use: the same ID from the same caller
+	// within ReplayWindow is refused as a replay. Guests must send one (at
+	// most Limits.IDMaxLen printable ASCII bytes); the host may omit it.
 	ID string `json:"id,omitempty"`
 }
 
@@ -39,13 +40,16 @@ type connKey struct{}
 
 type connInfo struct {
 	unix          bool
+	guest         *guestListener // the guest listener that accepted it
 	local, remote netip.Addr
 }
 
 // API serves POST /v1/load: to the host's command line on a Unix socket
-// (the caller is the host) and to guests on TCP on the host side of their
-// links (the caller is the pool's guest whose address the connection comes
-// from, and only on that guest's own link: never what the request claims).
+// (the caller is the host) and to guests on their own links through
+// GuestListeners (the caller is the guest whose listener accepted the
+// connection, and only from that guest's address: never what the request
+// claims). A TCP connection that did not arrive on a guest's listener is
+// refused.
 type API struct {
 	Loader *Loader
 	Pool   Pool
@@ -54,8 +58,9 @@ type API struct {
 	// port, which the fast path passes as host control traffic.
 	Mapper http.Handler
 
-	mu   sync.Mutex
-	seen map[string]time.Time
+	mu      sync.Mutex
+	seen    replayCache
+	buckets map[string]*bucket
 }
 
 // Server returns an http.Server for the API; serve it on a Unix listener
@@ -64,9 +69,12 @@ func (a *API) Server() *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/load", a.load)
 	if a.Mapper != nil {
-		mux.Handle("GET /v1/label", a.Mapper)
-		mux.Handle("POST /v1/lookup", a.Mapper)
+		mux.Handle("GET /v1/label", a.guestOrHost(a.Mapper))
+		mux.Handle("POST /v1/lookup", a.guestOrHost(a.Mapper))
 	}
+	mux.Handle("GET /v1/status", hostOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, a.Loader.Status())
+	})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.Handle("GET /metrics", hostOnly(promhttp.HandlerFor(a.Loader.Registry(), promhttp.HandlerOpts{})))
 	return &http.Server{
@@ -76,6 +84,9 @@ func (a *API) Server() *http.Server {
 		MaxHeaderBytes:    16 << 10,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			ci := connInfo{}
+			if gc, ok := c.(*guestConn); ok {
+				ci.guest = gc.l
+			}
 			if _, ok := c.LocalAddr().(*net.UnixAddr); ok {
 				ci.unix = true
 			}
@@ -93,27 +104,53 @@ func (a *API) Server() *http.Server {
 func hostOnly(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ci, _ := r.Context().Value(connKey{}).(connInfo); !ci.unix {
-			writeJSON(w, http.StatusForbidden, LoadError{Error: "metrics are served on the host's socket only", Reason: "unauthorized"})
+			writeJSON(w, http.StatusForbidden, LoadError{Error: "served on the host's socket only", Reason: "unauthorized"})
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
 }
 
-// caller establishes who is asking from the connection alone.
+// guestOrHost serves h to the host and to guests speaking from their own
+// address on their own listener.
+func (a *API) guestOrHost(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := a.caller(r); err != nil {
+			writeJSON(w, http.StatusForbidden, LoadError{Error: err.Error(), Reason: "unauthorized"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// caller establishes who is asking from the connection alone: the host
+// on the Unix socket, else the guest whose listener accepted the
+// connection, provided it speaks from its own address. Refusals are
+// counted.
 func (a *API) caller(r *http.Request) (Caller, error) {
 	ci, _ := r.Context().Value(connKey{}).(connInfo)
 	if ci.unix {
 		return Caller{Host: true}, nil
 	}
-	g, app, ok := a.Pool.Find(ci.remote)
-	if !ok {
-		return Caller{}, fmt.Errorf("%w: %s is not a guest of this host", ErrUnauthorized, ci.remote)
+	if ci.guest == nil {
+		a.Loader.metrics.refused("not_a_guest")
+		return Caller{}, fmt.Errorf("%w: %s did not arrive on a guest's own listener", ErrUnauthorized, ci.remote)
 	}
-	if g.HostAddr != ci.local {
-		return Caller{}, fmt.Errorf("%w: guest vm%d (%s) spoke on %s, not on its own link %s", ErrUnauthorized, g.VM, ci.remote, ci.local, g.HostAddr)
+	g := ci.guest.g
+	if ci.guest.closed.Load() {
+		a.Loader.metrics.refused("not_a_guest")
+		return Caller{}, fmt.Errorf("%w: guest %s is gone (its listener on %s is closed)", ErrUnauthorized, g.Name, g.Interface)
 	}
-	return Caller{Addr: ci.remote, VM: g.VM, App: app}, nil
+	if ci.remote != g.Addr {
+		a.Loader.metrics.refused("wrong_source")
+		return Caller{}, fmt.Errorf("%w: %s spoke on %s, the link of guest %s, whose address is %s", ErrUnauthorized, ci.remote, g.Interface, g.Name, g.Addr)
+	}
+	pg, app, ok := a.Pool.Find(g.Addr)
+	if !ok || pg.VM != g.VM || pg.Interface != g.Interface {
+		a.Loader.metrics.refused("not_a_guest")
+		return Caller{}, fmt.Errorf("%w: guest %s on %s is not in the pool", ErrUnauthorized, g.Name, g.Interface)
+	}
+	return Caller{Addr: g.Addr, VM: g.VM, Interface: g.Interface, App: app}, nil
 }
 
 func (a *API) load(w http.ResponseWriter, r *http.Request) {
@@ -122,6 +159,18 @@ func (a *API) load(w http.ResponseWriter, r *http.Request) {
 		a.Loader.metrics.failed(err)
 		writeJSON(w, http.StatusForbidden, LoadError{Error: err.Error(), Reason: "unauthorized"})
 		return
+	}
+	lim := a.Loader.cfg.Limits
+	now := a.Loader.now()
+	if !caller.Host {
+		a.mu.Lock()
+		ok := a.allow(caller.key(), now, lim)
+		a.mu.Unlock()
+		if !ok {
+			a.Loader.metrics.refused("rate_limited")
+			writeJSON(w, http.StatusTooManyRequests, LoadError{Error: fmt.Sprintf("%s: more than %d loads at once or %g per second; wait and retry", caller, lim.Burst, lim.Rate), Reason: "rate_limited"})
+			return
+		}
 	}
 	var req LoadRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<10))
@@ -132,16 +181,34 @@ func (a *API) load(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &mbe) {
 			code = http.StatusRequestEntityTooLarge
 		}
-		writeJSON(w, code, LoadError{Error: "request body: " + err.Error() + `; want {"url": "http://..."}`, Reason: "bad_request"})
+		a.Loader.metrics.refused("bad_request")
+		writeJSON(w, code, LoadError{Error: "request body: " + err.Error() + `; want {"url": "http://...", "id": "..."}`, Reason: "bad_request"})
 		return
 	}
 	if req.URL == "" || len(req.URL) > policystore.MaxURLLen {
+		a.Loader.metrics.refused("bad_request")
 		writeJSON(w, http.StatusBadRequest, LoadError{Error: fmt.Sprintf("url: give an absolute http(s) URL of at most %d bytes", policystore.MaxURLLen), Reason: "bad_request"})
 		return
 	}
-	if req.ID != "" && a.replayed(caller.String()+"\x00"+req.ID) {
-		writeJSON(w, http.StatusConflict, LoadError{Error: fmt.Sprintf("request id %q was already used by %s", req.ID, caller), Reason: "replayed"})
+	if err := checkID(req.ID, !caller.Host, lim.IDMaxLen); err != nil {
+		a.Loader.metrics.refused("bad_request")
+		writeJSON(w, http.StatusBadRequest, LoadError{Error: err.Error(), Reason: "bad_request"})
 		return
+	}
+	if req.ID != "" {
+		a.mu.Lock()
+		err := a.seen.add(caller.key(), req.ID, now, lim)
+		a.mu.Unlock()
+		switch {
+		case errors.Is(err, errReplayed):
+			a.Loader.metrics.refused("replayed")
+			writeJSON(w, http.StatusConflict, LoadError{Error: fmt.Sprintf("request id %q was already used by %s", req.ID, caller), Reason: "replayed"})
+			return
+		case err != nil:
+			a.Loader.metrics.refused("replay_cache_full")
+			writeJSON(w, http.StatusTooManyRequests, LoadError{Error: fmt.Sprintf("%s: %v (%d within %v); wait and retry", caller, err, lim.ReplayPerCaller, ReplayWindow), Reason: "rate_limited"})
+			return
+		}
 	}
 	res, err := a.Loader.Load(r.Context(), caller, req.URL)
 	if err != nil {
@@ -160,6 +227,8 @@ func (a *API) load(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusUnprocessableEntity
 		case "timeout":
 			code = http.StatusGatewayTimeout
+		case "limited":
+			code = http.StatusTooManyRequests
 		}
 		writeJSON(w, code, le)
 		return
@@ -167,23 +236,24 @@ func (a *API) load(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-func (a *API) replayed(key string) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	now := time.Now()
-	if a.seen == nil {
-		a.seen = map[string]time.Time{}
+// checkID checks a request id: required when required, at most max
+// bytes of printable ASCII.
+func checkID(id string, required bool, max int) error {
+	if id == "" {
+		if required {
+			return fmt.Errorf(`id: a guest must give a request id (at most %d printable ASCII bytes, new for each load): {"url": "...", "id": "..."}`, max)
+		}
+		return nil
 	}
-	for k, t := range a.seen {
-		if now.Sub(t) > ReplayWindow {
-			delete(a.seen, k)
+	if len(id) > max {
+		return fmt.Errorf("id: %d bytes; give at most %d", len(id), max)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] < 0x21 || id[i] > 0x7e {
+			return fmt.Errorf("id: byte %d is %#x; use printable ASCII without spaces", i, id[i])
 		}
 	}
-	if _, dup := a.seen[key]; dup {
-		return true
-	}
-	a.seen[key] = now
-	return false
+	return nil
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

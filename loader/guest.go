@@ -33,7 +33,11 @@ type BootSpec struct {
 	UpdatedCertPEM []byte `json:"-"`
 	UpdatedKeyPEM  []byte `json:"-"`
 	CAPEM          []byte `json:"-"`
-	UpdatedPort    uint16 `json:"updated_port"`
+	// CRLPEM is the CA's current revocation list (PEM "X509 CRL"): the
+	// daemon is started with --crl and refuses a loader certificate it
+	// lists. Required with the credentials.
+	CRLPEM      []byte `json:"-"`
+	UpdatedPort uint16 `json:"updated_port"`
 }
 
 // Guest is a running guest as the loader knows it.

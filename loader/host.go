@@ -74,14 +74,24 @@ func (h *Host) Quarantine(g *Guest) error {
 	return h.Agent.SetGuest(spec)
 }
 
-// Forget removes a guest from the fast path (its programs are detached)
-// and the host's end of its tunnel.
-func (h *Host) Forget(g *Guest) error {
+// Isolate is what the host does for a guest that may still run but must
+// not serve anything (its destroy failed): the host's end of its tunnel and
+// its servers go, and it stays declared to the agent with no application
+// and an empty range, so its vif passes no data until it is gone. Never
+// Forget such a guest: an undeclared vif is not filtered by its guest's
+// rules.
+func (h *Host) Isolate(g *Guest) error {
 	h.mu.Lock()
 	delete(h.peers, g.Interface)
 	inst := h.installed[g.Interface]
 	delete(h.installed, g.Interface)
 	h.mu.Unlock()
+	errs := h.deleteXFRM(inst)
+	errs = append(errs, h.Quarantine(g))
+	return errors.Join(errs...)
+}
+
+func (h *Host) deleteXFRM(inst hostXFRM) []error {
 	var errs []error
 	if h.XFRM != nil {
 		for _, p := range inst.pols {
@@ -91,6 +101,19 @@ func (h *Host) Forget(g *Guest) error {
 			errs = append(errs, ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto)))
 		}
 	}
+	return errs
+}
+
+// Forget removes a guest from the fast path (its programs are detached)
+// and the host's end of its tunnel. Call it only once the guest is gone
+// (its backend's Destroy succeeded); until then, Isolate it.
+func (h *Host) Forget(g *Guest) error {
+	h.mu.Lock()
+	delete(h.peers, g.Interface)
+	inst := h.installed[g.Interface]
+	delete(h.installed, g.Interface)
+	h.mu.Unlock()
+	errs := h.deleteXFRM(inst)
 	if _, err := h.Agent.RemoveGuest(g.Interface); err != nil {
 		errs = append(errs, err)
 	}

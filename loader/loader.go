@@ -60,6 +60,9 @@ type Config struct {
 	// StepTimeout bounds each step (default 60 s; a boot under emulation
 	// is slow).
 	StepTimeout time.Duration
+	// Limits bound what one guest can make the host do; zero fields take
+	// DefaultLimits.
+	Limits Limits
 }
 
 // Loader is VMLoad: it runs the configuration phase for a URL.
@@ -76,7 +79,13 @@ type Loader struct {
 	mu       sync.Mutex
 	spiNext  uint32
 	spiInUse map[uint32]bool
-	metrics  *loadMetrics
+	held     map[string]HeldGuest // by interface
+	// Guests' loads in progress, by caller and by application, and the
+	// guests each guest caller took fresh that still run (by VM).
+	activeBy  map[string]int
+	activeApp map[string]int
+	fresh     map[string]map[uint32]bool
+	metrics   *loadMetrics
 }
 
 // New builds a loader from its parts.
@@ -90,17 +99,32 @@ func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer 
 	if cfg.StepTimeout == 0 {
 		cfg.StepTimeout = 60 * time.Second
 	}
+	lim, err := cfg.Limits.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	cfg.Limits = lim
 	return &Loader{cfg: cfg, catalog: cat, templates: t, issuer: issuer, pool: pool, push: push, host: host,
-		now: time.Now, spiInUse: map[uint32]bool{}, metrics: newLoadMetrics()}, nil
+		now: time.Now, spiInUse: map[uint32]bool{}, held: map[string]HeldGuest{},
+		activeBy: map[string]int{}, activeApp: map[string]int{}, fresh: map[string]map[uint32]bool{}, metrics: newLoadMetrics()}, nil
 }
 
 // Caller is who asks for a load, as established by the connection (never
 // by what the request claims).
 type Caller struct {
-	Host bool       // the host's own command line (Unix socket)
-	Addr netip.Addr // the guest's address
-	VM   uint32
-	App  string // the application the calling guest serves; "" for idle
+	Host      bool       // the host's own command line (Unix socket)
+	Addr      netip.Addr // the guest's address
+	VM        uint32
+	Interface string // the guest's host-side interface its request arrived on
+	App       string // the application the calling guest serves; "" for idle
+}
+
+// key identifies a guest caller in the loader's limits.
+func (c Caller) key() string {
+	if c.Host {
+		return "host"
+	}
+	return fmt.Sprintf("vm%d/%s", c.VM, c.Addr)
 }
 
 func (c Caller) String() string {
@@ -230,11 +254,32 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 	}); err != nil {
 		return res, err
 	}
+	var reuseOnly bool
+	if !caller.Host {
+		release, ro, err := l.admit(caller, app.Name)
+		if err != nil {
+			return res, &StepError{Step: "authorize", Err: err}
+		}
+		defer release()
+		reuseOnly = ro
+	}
 	if err := step("acquire", func(ctx context.Context) (err error) {
-		lease, err = l.pool.Acquire(ctx, app.Name, app.Guest, l.cfg.Template)
+		actx := ctx
+		if reuseOnly {
+			actx = WithReuseOnly(ctx)
+		}
+		lease, err = l.pool.Acquire(actx, app.Name, app.Guest, l.cfg.Template)
+		if errors.Is(err, ErrReuseOnly) {
+			l.metrics.refused("fresh_guest_cap")
+			return fmt.Errorf("%w: %s already took %d fresh guests that still run (the cap on fresh guests per guest); its loads may only reuse a guest serving %s: %v",
+				ErrLimited, caller, l.cfg.Limits.FreshPerGuest, app.Name, err)
+		}
 		return err
 	}); err != nil {
 		return res, err
+	}
+	if !caller.Host && lease.How() != "reuse" {
+		l.tookFresh(caller, lease.Guest().VM)
 	}
 	g := lease.Guest()
 	res.Guest, res.How = *g, lease.How()
@@ -334,4 +379,61 @@ func (l *Loader) MarkSPIsInUse(spis []uint32) {
 	for _, s := range spis {
 		l.spiInUse[s] = true
 	}
+}
+
+// admit takes one of caller's and one of app's active-load slots, and
+// says whether caller may only reuse guests (it holds its cap of fresh
+// guests). release gives the slots back.
+func (l *Loader) admit(caller Caller, app string) (release func(), reuseOnly bool, err error) {
+	lim := l.cfg.Limits
+	key := caller.key()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.activeBy[key] >= lim.ActivePerGuest {
+		l.metrics.refused("active_per_guest")
+		return nil, false, fmt.Errorf("%w: %s already has %d loads in progress (the limit per guest)", ErrLimited, caller, lim.ActivePerGuest)
+	}
+	if l.activeApp[app] >= lim.ActivePerApp {
+		l.metrics.refused("active_per_app")
+		return nil, false, fmt.Errorf("%w: %d guest-requested loads of %s are in progress (the limit per application)", ErrLimited, lim.ActivePerApp, app)
+	}
+	l.activeBy[key]++
+	l.activeApp[app]++
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.activeBy[key]--; l.activeBy[key] <= 0 {
+				delete(l.activeBy, key)
+			}
+			if l.activeApp[app]--; l.activeApp[app] <= 0 {
+				delete(l.activeApp, app)
+			}
+		})
+	}
+	return release, len(l.fresh[key]) >= lim.FreshPerGuest, nil
+}
+
+// tookFresh records that caller's load took guest vm fresh.
+func (l *Loader) tookFresh(caller Caller, vm uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key := caller.key()
+	if l.fresh[key] == nil {
+		l.fresh[key] = map[uint32]bool{}
+	}
+	l.fresh[key][vm] = true
+}
+
+// forgetFresh drops guest g from every caller's fresh guests, and g's own
+// record as a caller. The caller holds l.mu.
+func (l *Loader) forgetFresh(g *Guest) {
+	for key, vms := range l.fresh {
+		delete(vms, g.VM)
+		if len(vms) == 0 {
+			delete(l.fresh, key)
+		}
+	}
+	delete(l.fresh, Caller{VM: g.VM, Addr: g.Addr}.key())
 }

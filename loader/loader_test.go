@@ -46,25 +46,39 @@ type fakePool struct {
 	pending map[netip.Addr]string
 	done    []bool
 	fail    error
+	// maxLoads, when set, makes a guest take that many loads in its life,
+	// as package pool's MaxLoads does; boots counts guests booted.
+	maxLoads int
+	loads    map[uint32]int
+	boots    int
 }
 
 func newFakePool() *fakePool {
 	return &fakePool{next: 7, guests: map[string]*Guest{}, apps: map[netip.Addr]string{}, pending: map[netip.Addr]string{}}
 }
 
-func (p *fakePool) Acquire(_ context.Context, app string, _ label.Bounds, _ string) (Lease, error) {
+func (p *fakePool) Acquire(ctx context.Context, app string, _ label.Bounds, _ string) (Lease, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fail != nil {
 		return nil, p.fail
 	}
-	if g, ok := p.guests[app]; ok && p.apps[g.Addr] == app {
+	if p.loads == nil {
+		p.loads = map[uint32]int{}
+	}
+	if g, ok := p.guests[app]; ok && p.apps[g.Addr] == app && (p.maxLoads == 0 || p.loads[g.VM] < p.maxLoads) {
+		p.loads[g.VM]++
 		return &fakeLease{g: g, how: "reuse", pool: p}, nil
+	}
+	if ReuseOnly(ctx) {
+		return nil, ErrReuseOnly
 	}
 	vm := p.next
 	p.next++
+	p.boots++
+	p.loads[vm] = 1
 	g := &Guest{VM: vm, Name: fmt.Sprintf("vm%d", vm), Backend: "fake", Interface: fmt.Sprintf("vif%d.0", vm),
-		Addr: netip.AddrFrom4([4]byte{10, 70, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 70, byte(vm), 1})}
+		Addr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 1})}
 	p.guests[app] = g
 	p.pending[g.Addr] = app
 	return &fakeLease{g: g, how: "boot", pool: p}, nil

@@ -12,10 +12,19 @@ type loadMetrics struct {
 	reg      *prometheus.Registry
 	steps    *prometheus.HistogramVec
 	failures *prometheus.CounterVec
+	// teardownFailures counts failed guest destroys; held is the number
+	// of guests held deny-all because their destroy failed.
+	refusals         *prometheus.CounterVec
+	teardownFailures prometheus.Counter
+	held             prometheus.Gauge
 }
 
 // Failure reasons of loads, a fixed set (bounded label values).
-var failureReasons = []string{"unauthorized", "unknown_url", "not_compliant", "timeout", "other"}
+var failureReasons = []string{"unauthorized", "unknown_url", "not_compliant", "timeout", "limited", "other"}
+
+// Refusal reasons of guests' requests, a fixed set.
+var refusalReasons = []string{"not_a_guest", "wrong_source", "rate_limited", "bad_request", "replayed", "replay_cache_full",
+	"active_per_guest", "active_per_app", "fresh_guest_cap"}
 
 func newLoadMetrics() *loadMetrics {
 	m := &loadMetrics{
@@ -30,10 +39,25 @@ func newLoadMetrics() *loadMetrics {
 			Help: "Loads that failed, by reason.",
 		}, []string{"reason"}),
 	}
+	m.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "refusals_total",
+		Help: "Requests refused before or instead of a load, by reason (a guest's limits, identity or request).",
+	}, []string{"reason"})
+	for _, r := range refusalReasons {
+		m.refusals.WithLabelValues(r)
+	}
+	m.teardownFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "teardown_failures_total",
+		Help: "Guest destroys that failed; the guest stays declared deny-all and is destroyed again with backoff.",
+	})
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "guests_held",
+		Help: "Guests whose destroy failed, held deny-all in the agent until a retry succeeds.",
+	})
 	for _, r := range failureReasons {
 		m.failures.WithLabelValues(r)
 	}
-	m.reg.MustRegister(m.steps, m.failures)
+	m.reg.MustRegister(m.steps, m.failures, m.refusals, m.teardownFailures, m.held)
 	return m
 }
 
@@ -49,8 +73,14 @@ func (m *loadMetrics) failed(err error) {
 	m.failures.WithLabelValues(failureReason(err)).Inc()
 }
 
+func (m *loadMetrics) refused(reason string) {
+	m.refusals.WithLabelValues(reason).Inc()
+}
+
 func failureReason(err error) string {
 	switch {
+	case errors.Is(err, ErrLimited):
+		return "limited"
 	case errors.Is(err, ErrUnauthorized):
 		return "unauthorized"
 	case errors.Is(err, ErrUnknownURL):

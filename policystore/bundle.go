@@ -149,6 +149,12 @@ type Bundle struct {
 	Peers []Peer `json:"peers"`
 	// Notes say what the generator left out and why, for operators.
 	Notes []string `json:"notes,omitempty"`
+	// CRL is the CA's current revocation list (PEM "X509 CRL"), added by
+	// the loader when it pushes the bundle: the guest's update daemon
+	// installs it as its --crl file, so revocations made after the guest
+	// booted reach it. It is not part of the bundle's identity (the update
+	// daemon's Digest leaves it out).
+	CRL []byte `json:"crl,omitempty"`
 }
 
 // Module is one SELinux policy module: its type enforcement, interface and

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"debug/elf"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -325,7 +327,10 @@ func loadFromGuest(g *loader.Guest, rawURL string) (*loader.Result, error) {
 	}
 	defer ns.Close()
 	c := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{DialContext: dialIn(ns)}}
-	body, _ := json.Marshal(loader.LoadRequest{URL: rawURL})
+	// Guests must name each request (single-use, at most 64 bytes).
+	id := make([]byte, 12)
+	rand.Read(id)
+	body, _ := json.Marshal(loader.LoadRequest{URL: rawURL, ID: hex.EncodeToString(id)})
 	resp, err := c.Post("http://"+netip.AddrPortFrom(g.HostAddr, demoAPIPort).String()+"/v1/load", "application/json", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -459,11 +464,8 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 	}()
 	v.api.Mapper = hm.Handler()
 	srv := v.api.Server()
-	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", demoAPIPort))
-	if err != nil {
-		return err
-	}
-	go srv.Serve(ln)
+	// Guests reach VMLoad and the mapper only on their own links.
+	v.listeners.Serve(srv)
 	defer srv.Close()
 
 	// 1. Cold: the analyst opens the browser from the host; the pool is empty.

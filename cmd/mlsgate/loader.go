@@ -29,9 +29,12 @@ type vmload struct {
 	pool   *pool.Pool
 	api    *loader.API
 	host   *loader.Host
-	ca     *ca.CA
-	store  *policystore.Store
-	close  func()
+	// listeners serve the API to each guest on its own link.
+	listeners *loader.GuestListeners
+	warnings  []string
+	ca        *ca.CA
+	store     *policystore.Store
+	close     func()
 }
 
 // guestNet holds every guest address of the plan.
@@ -44,7 +47,7 @@ func startLoader(ctx context.Context, s loaderSetup) (*vmload, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &vmload{loader: r.Loader, pool: r.Pool, api: r.API, host: r.Host, ca: r.CA, store: r.Store, close: r.Close}, nil
+	return &vmload{loader: r.Loader, pool: r.Pool, api: r.API, host: r.Host, listeners: r.Listeners, warnings: r.Warnings, ca: r.CA, store: r.Store, close: r.Close}, nil
 }
 
 const defaultLoaderSocket = "/run/mlsgate/loader.sock"

@@ -24,14 +24,20 @@ func newLoaderCmd() *cobra.Command {
 		poolSize, maxLoads                                           int
 		spiBase, spiSlots                                            uint32
 		noHostXFRM, pauseIdle                                        bool
+		limits                                                       = loader.DefaultLimits()
 	)
 	cmd := &cobra.Command{
 		Use:   "loader",
 		Short: "run VMLoad: load requests from the host and the guests, the pool, the configuration phase",
 		Long: `Run VMLoad (root). It serves POST /v1/load on --socket for the host ('mlsgate
-load URL') and on TCP port --api-port of the host for guests, who are
-authorized by the link their request arrives on and by the application's
-transition rules. It keeps a pool of pre-loaded guests (--pool-size idle
+load URL') and, for each guest, on TCP port --api-port of that guest's
+host-side address, bound to its interface: never on the wildcard address.
+A guest is identified by the listener its request arrives on (and must speak
+from its own address), and authorized by the application's transition
+rules. Guests' requests are limited (--load-rate, --load-burst,
+--max-active-per-guest, --max-active-per-app, --max-fresh-per-guest,
+--request-id-max, --replay-per-guest, --replay-total); refusals are counted
+in mlsgate_loader_refusals_total{reason}. It keeps a pool of pre-loaded guests (--pool-size idle
 guests), boots them with --backend (netns, qemu or xen), pushes each guest's
 policy to its update daemon over mutual TLS (on the same port number) and
 declares the guest, its servers and its SAs to the host agent (--agent).
@@ -72,7 +78,7 @@ without a policy yet is reached.`,
 			v, err := startLoader(cmd.Context(), loaderSetup{
 				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
 				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
-				PauseIdle: pauseIdle,
+				PauseIdle: pauseIdle, Limits: limits,
 			})
 			if err != nil {
 				return err
@@ -101,13 +107,14 @@ without a policy yet is reached.`,
 			}
 			defer os.Remove(socket)
 			os.Chmod(socket, 0o600)
-			tl, err := net.Listen("tcp", fmt.Sprintf(":%d", apiPort))
-			if err != nil {
-				return fmt.Errorf("listen on the API port %d: %w", apiPort, err)
-			}
 			go srv.Serve(ul)
-			go srv.Serve(tl)
+			// Guests: one listener each, on its host-side address, bound to
+			// its interface; never the wildcard address.
+			v.listeners.Serve(srv)
 			defer srv.Close()
+			for _, w := range v.warnings {
+				log.Warn(w)
+			}
 			go v.pool.Run(cmd.Context())
 			log.Info("VMLoad ready", "socket", socket, "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
 			<-cmd.Context().Done()
@@ -122,12 +129,20 @@ without a policy yet is reached.`,
 	f.Uint16Var(&apiPort, "api-port", 7443, "TCP port for guests' requests and their update daemons (= the agent's api_port)")
 	f.StringVar(&backendName, "backend", "netns", "netns, qemu or xen")
 	f.IntVar(&poolSize, "pool-size", 1, "idle guests to keep pre-loaded")
-	f.IntVar(&maxLoads, "max-loads", 8, "loads a guest takes before it is full")
+	f.IntVar(&maxLoads, "max-loads", 8, "loads a guest takes at once (in progress) before it is full; it serves its application's loads one after the other without end")
 	f.Uint32Var(&spiBase, "spi-base", 0xc0000000, "the host's SPI range (= the agent's spi_base)")
 	f.Uint32Var(&spiSlots, "spi-slots", 65536, "size of the host's SPI range (= the agent's spi_slots)")
 	f.BoolVar(&noHostXFRM, "no-host-xfrm", false, "do not install the host's end of the tunnels (a host without ESP)")
 	f.BoolVar(&pauseIdle, "pause-idle", false, "keep pre-loaded guests paused until handed out (xen)")
 	f.StringVar(&mapperPolicy, "mapper-policy", "", "the host's label-mapper policy, served to guests on the API port")
+	f.Float64Var(&limits.Rate, "load-rate", limits.Rate, "loads per second each guest may ask for, after its burst")
+	f.IntVar(&limits.Burst, "load-burst", limits.Burst, "loads a guest may ask for at once (its token bucket)")
+	f.IntVar(&limits.ActivePerGuest, "max-active-per-guest", limits.ActivePerGuest, "loads one guest may have in progress")
+	f.IntVar(&limits.ActivePerApp, "max-active-per-app", limits.ActivePerApp, "guest-requested loads of one application in progress")
+	f.IntVar(&limits.FreshPerGuest, "max-fresh-per-guest", limits.FreshPerGuest, "guests one guest may have had booted or taken from the idle pool for it that still run")
+	f.IntVar(&limits.IDMaxLen, "request-id-max", limits.IDMaxLen, "longest request id a guest may send (guests must send one)")
+	f.IntVar(&limits.ReplayPerCaller, "replay-per-guest", limits.ReplayPerCaller, "request ids remembered per guest (10 min); beyond it the guest is refused")
+	f.IntVar(&limits.ReplayTotal, "replay-total", limits.ReplayTotal, "request ids remembered for all guests")
 	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")
 	f.StringVar(&qemuInitrd, "qemu-initrd", "", "guest initramfs for --backend qemu")
 	f.StringVar(&qemuAccel, "qemu-accel", "", "kvm, tcg or empty (auto)")

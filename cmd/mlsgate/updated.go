@@ -120,7 +120,7 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 		ap.XFRM = h
 	}
 	d, err := updated.New(updated.Config{
-		TLS: tc, Identity: id, StateDir: o.stateDir, Applier: ap,
+		TLS: tc, Identity: id, StateDir: o.stateDir, Applier: ap, InstallCRL: v.InstallCRL,
 		ApplyTimeout: o.applyTimeout, ErrorLog: errLog,
 		OnPush: func(remote string, rep *updated.Report, err error) { logPush(log, remote, rep, err) },
 	})
@@ -149,6 +149,9 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 		}
 		mapperAddr = mln.Addr().String()
 		go func() { errc <- m.Serve(mln) }()
+	}
+	if o.crl == "" {
+		log.Warn("no --crl: a revoked loader certificate is accepted, and CRLs pushed with bundles are refused; the loader's backends always pass --crl")
 	}
 	log.Info("update daemon listening", "addr", ln.Addr().String(), "mapper_addr", mapperAddr,
 		"guest", id.String(), "loader_name", v.LoaderName(), "crl", o.crl, "state_dir", o.stateDir)

@@ -83,7 +83,7 @@ func buildStandin(t *testing.T) string {
 
 // testCreds makes a CA and an update-daemon certificate for the given
 // addresses, as PEM.
-func testCreds(t *testing.T, addrs ...netip.Addr) (certPEM, keyPEM, caPEM []byte, pool *x509.CertPool) {
+func testCreds(t *testing.T, addrs ...netip.Addr) (certPEM, keyPEM, caPEM, crlPEM []byte, pool *x509.CertPool) {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -93,7 +93,7 @@ func testCreds(t *testing.T, addrs ...netip.Addr) (certPEM, keyPEM, caPEM []byte
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "backend test CA"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
@@ -120,11 +120,16 @@ func testCreds(t *testing.T, addrs ...netip.Addr) (certPEM, keyPEM, caPEM []byte
 	if err != nil {
 		t.Fatal(err)
 	}
+	crlDER, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(time.Hour)}, ca, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pool = x509.NewCertPool()
 	pool.AddCert(ca)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), pool
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crlDER}), pool
 }
 
 // testSpec is a spec for guest vm on addr/bits with the host at host, with
@@ -132,10 +137,10 @@ func testCreds(t *testing.T, addrs ...netip.Addr) (certPEM, keyPEM, caPEM []byte
 func testSpec(t *testing.T, vm uint32, addr, host string, bits int) (loader.BootSpec, *x509.CertPool) {
 	t.Helper()
 	a, h := netip.MustParseAddr(addr), netip.MustParseAddr(host)
-	cert, key, ca, pool := testCreds(t, a)
+	cert, key, ca, crl, pool := testCreds(t, a)
 	return loader.BootSpec{
 		VM: vm, Name: NetnsName(vm), Addr: a, HostAddr: h, PrefixLen: bits, Template: "analyst",
-		UpdatedCertPEM: cert, UpdatedKeyPEM: key, CAPEM: ca, UpdatedPort: 7444,
+		UpdatedCertPEM: cert, UpdatedKeyPEM: key, CAPEM: ca, CRLPEM: crl, UpdatedPort: 7444,
 	}, pool
 }
 

@@ -65,6 +65,8 @@ var _ loader.Backend = (*Netns)(nil)
 
 // DaemonArgs is the argument list of `mlsgate updated` listening on listen
 // (host:port) with its credentials in credDir and its state in stateDir.
+// The daemon always checks the loader's certificate against the CA's CRL
+// (credDir/CRLFile).
 // Netns uses it by default; InitScript starts the in-guest daemon with the
 // same flags.
 func DaemonArgs(listen, credDir, stateDir string) []string {
@@ -73,6 +75,7 @@ func DaemonArgs(listen, credDir, stateDir string) []string {
 		"--cert", filepath.Join(credDir, CertFile),
 		"--key", filepath.Join(credDir, KeyFile),
 		"--ca", filepath.Join(credDir, CAFile),
+		"--crl", filepath.Join(credDir, CRLFile),
 		"--state-dir", stateDir,
 	}
 }
@@ -319,6 +322,7 @@ func writeCredDir(dir string, spec loader.BootSpec) error {
 		{CertFile, spec.UpdatedCertPEM, 0o644},
 		{KeyFile, spec.UpdatedKeyPEM, 0o600},
 		{CAFile, spec.CAPEM, 0o644},
+		{CRLFile, spec.CRLPEM, 0o644},
 	} {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.perm); err != nil {
 			return err

@@ -39,6 +39,9 @@ const (
 	CertFile = "cert.pem"
 	KeyFile  = "key.pem"
 	CAFile   = "ca.pem"
+	// CRLFile is the CA's revocation list; the daemon reads it again when
+	// it changes.
+	CRLFile = "crl.pem"
 )
 
 // maxIfName is the longest Linux interface name (IFNAMSIZ 16, less the NUL).
@@ -93,7 +96,8 @@ var ErrInvalidSpec = errors.New("invalid boot spec")
 // Validate checks what every backend needs of a spec: a guest id other than 0
 // (dom0 on Xen), a name usable as a domain and file name, two distinct
 // unicast addresses of one family on one prefix, a port, and, when
-// needCreds is set or any credential is given, all three PEM credentials.
+// needCreds is set or any credential is given, all four PEM credentials
+// (the CRL among them: the daemon always runs with --crl).
 func Validate(spec loader.BootSpec, needCreds bool) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: vm%d: %s", ErrInvalidSpec, spec.VM, fmt.Sprintf(format, args...))
@@ -118,6 +122,7 @@ func Validate(spec loader.BootSpec, needCreds bool) error {
 			{"UpdatedCertPEM", "CERTIFICATE", spec.UpdatedCertPEM},
 			{"UpdatedKeyPEM", "PRIVATE KEY", spec.UpdatedKeyPEM},
 			{"CAPEM", "CERTIFICATE", spec.CAPEM},
+			{"CRLPEM", "X509 CRL", spec.CRLPEM},
 		} {
 			if err := checkPEM(c.data, c.want); err != nil {
 				return bad("%s: %v; issue the update daemon's credentials from the policy store's CA (kind Guest)", c.field, err)
@@ -203,6 +208,7 @@ func CredentialFiles(spec loader.BootSpec) []File {
 		{Path: dir + "/" + CertFile, Mode: 0o644, Data: spec.UpdatedCertPEM},
 		{Path: dir + "/" + KeyFile, Mode: 0o600, Data: spec.UpdatedKeyPEM},
 		{Path: dir + "/" + CAFile, Mode: 0o644, Data: spec.CAPEM},
+		{Path: dir + "/" + CRLFile, Mode: 0o644, Data: spec.CRLPEM},
 	}
 }
 

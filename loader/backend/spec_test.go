@@ -175,7 +175,8 @@ func TestAppendInitramfs(t *testing.T) {
 	want := map[string]fs.FileMode{
 		"etc": fs.ModeDir | 0o755, "etc/mlsgate": fs.ModeDir | 0o755, "etc/mlsgate/updated": fs.ModeDir | 0o700,
 		"etc/mlsgate/updated/cert.pem": 0o644, "etc/mlsgate/updated/key.pem": 0o600, "etc/mlsgate/updated/ca.pem": 0o644,
-		"sbin": fs.ModeDir | 0o755, "sbin/mlsgate": 0o755,
+		"etc/mlsgate/updated/crl.pem": 0o644,
+		"sbin":                        fs.ModeDir | 0o755, "sbin/mlsgate": 0o755,
 	}
 	if len(got) != len(want) {
 		t.Errorf("archive holds %v, want %d entries", order, len(want))
@@ -217,7 +218,7 @@ func TestInitScript(t *testing.T) {
 	for _, want := range []string{
 		"mlsgate.addr=*) ADDR=${w#mlsgate.addr=}", "mlsgate.gw=*)", "mlsgate.port=*)",
 		"for m in virtio_pci /lib/modules/extra/virtio_net.ko; do",
-		`/sbin/mlsgate updated --listen "$LISTEN" --cert /etc/mlsgate/updated/cert.pem --key /etc/mlsgate/updated/key.pem --ca /etc/mlsgate/updated/ca.pem --state-dir /var/lib/mlsgate/updated &`,
+		`/sbin/mlsgate updated --listen "$LISTEN" --cert /etc/mlsgate/updated/cert.pem --key /etc/mlsgate/updated/key.pem --ca /etc/mlsgate/updated/ca.pem --crl /etc/mlsgate/updated/crl.pem --state-dir /var/lib/mlsgate/updated &`,
 		"IF=eth0", `IP=${ADDR%/*}`,
 	} {
 		if !strings.Contains(s, want) {

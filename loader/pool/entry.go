@@ -92,8 +92,11 @@ type Entry struct {
 	// the template's configuration when the guest is bound.
 	Loads    int `json:"loads,omitempty"`
 	MaxLoads int `json:"max_loads,omitempty"`
-	// Active counts the leases not yet released.
-	Active int `json:"active,omitempty"`
+	// Active counts the leases not yet released; at MaxActive (when set,
+	// copied from the template like MaxLoads) the guest is Full until one
+	// ends.
+	Active    int `json:"active,omitempty"`
+	MaxActive int `json:"max_active,omitempty"`
 	// Pending is set while the guest's first configuration for its
 	// application is in progress: such a guest is not offered for reuse,
 	// and if that configuration fails (or the agent dies during it) the
@@ -103,6 +106,12 @@ type Entry struct {
 	Since time.Time `json:"since"`
 	// Err says why an entry is Failed.
 	Err string `json:"err,omitempty"`
+}
+
+// full reports whether a bound guest is at its load limit: MaxLoads loads
+// in its life, or MaxActive loads in progress.
+func (e *Entry) full() bool {
+	return (e.MaxLoads > 0 && e.Loads >= e.MaxLoads) || (e.MaxActive > 0 && e.Active >= e.MaxActive)
 }
 
 // announced reports whether a Booting entry knows which guest it is

@@ -34,9 +34,15 @@ type TemplateConfig struct {
 	// Size is the number of Idle guests the refill keeps; 0 keeps none,
 	// so every first request for an application boots.
 	Size int
-	// MaxLoads is the number of loads a guest takes before it is Full;
-	// at least 1.
+	// MaxLoads is the number of loads a guest takes in its life before it
+	// is Full for good; 0 sets no such bound (then MaxActive must be set).
 	MaxLoads int
+	// MaxActive, when set, is the number of loads a guest takes at once
+	// (leases not yet released): it is Full while it holds them and Ready
+	// again when one ends. A guest can then serve its application's loads
+	// one after the other without end, so that repeated loads never boot
+	// new guests.
+	MaxActive int
 }
 
 // Config is what Open needs. Boot and Destroy are required.
@@ -101,6 +107,10 @@ type Pool struct {
 	closed     bool
 	entries    map[uint64]Entry
 	destroying map[uint64]bool
+	// retry is when the refill next tries to destroy a Failed entry whose
+	// destroy failed, and how many times in a row it failed: backoff as
+	// for boots, so a stuck guest is retried but not hammered.
+	retry      map[uint64]destroyRetry
 	tmpl       map[string]*tmplState
 	boots      int
 	bootFails  int
@@ -109,6 +119,12 @@ type Pool struct {
 	hits       map[How]int
 
 	kick chan struct{}
+}
+
+// destroyRetry is the refill's memory of a guest whose destroy failed.
+type destroyRetry struct {
+	fails int
+	at    time.Time
 }
 
 // tmplState is the refill's memory of one template.
@@ -161,6 +177,7 @@ func Open(path string, cfg Config) (*Pool, error) {
 		st:         st,
 		entries:    make(map[uint64]Entry, len(rows)),
 		destroying: map[uint64]bool{},
+		retry:      map[uint64]destroyRetry{},
 		tmpl:       map[string]*tmplState{},
 		hits:       map[How]int{},
 		kick:       make(chan struct{}, 1),
@@ -188,8 +205,8 @@ func (c *Config) fill() error {
 		if t.Size < 0 {
 			return fmt.Errorf("pool: template %s: Size %d is negative; use 0 to keep no idle guests", name, t.Size)
 		}
-		if t.MaxLoads < 1 {
-			return fmt.Errorf("pool: template %s: MaxLoads %d; a guest must take at least 1 load", name, t.MaxLoads)
+		if t.MaxLoads < 0 || t.MaxActive < 0 || t.MaxLoads == 0 && t.MaxActive == 0 {
+			return fmt.Errorf("pool: template %s: MaxLoads %d, MaxActive %d; set at least one of them, at least 1 (a guest must take at least 1 load)", name, t.MaxLoads, t.MaxActive)
 		}
 	}
 	if c.Now == nil {
@@ -236,6 +253,9 @@ func (p *Pool) reconcile(rows []Entry) ([]event, error) {
 	for _, e := range rows {
 		n := e
 		n.Active = 0
+		if n.State == Full && !n.full() {
+			n.State, n.Since = Ready, now // its leases ended with the restart
+		}
 		switch {
 		case e.State == Booting && !e.announced():
 			del = append(del, e.ID)
@@ -317,6 +337,7 @@ func (p *Pool) insert(e Entry) (Entry, error) {
 // tolerates). The caller holds p.mu.
 func (p *Pool) forget(id uint64) error {
 	delete(p.entries, id)
+	delete(p.retry, id)
 	if p.closed {
 		return ErrClosed
 	}
@@ -349,7 +370,9 @@ func (p *Pool) opCtx(parent context.Context) (context.Context, context.CancelFun
 // template (bound to app and rng from then on), else a guest booted for
 // this request. The boot runs without the pool's lock; meanwhile the table
 // shows a Booting entry for app. The caller configures the guest and then
-// calls Lease.Done.
+// calls Lease.Done. For a ctx marked loader.WithReuseOnly, only the first
+// choice is made: without a Ready guest, Acquire fails with
+// loader.ErrReuseOnly.
 func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, template string) (Lease, error) {
 	if app == "" {
 		return Lease{}, errors.New("pool: acquire with an empty application id; pass the policy store's application id")
@@ -372,10 +395,14 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 	}); ok {
 		e.Loads++
 		e.Active++
-		if e.Loads >= e.MaxLoads {
+		if e.full() {
 			e.State, e.Since = Full, now
 		}
 		return p.handOut(e, HowReuse)
+	}
+	if loader.ReuseOnly(ctx) {
+		p.mu.Unlock()
+		return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
 	}
 	if e, ok := p.pick(func(e Entry) bool {
 		return e.State == Idle && e.Template == template
@@ -388,13 +415,14 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 		return l, err
 	}
 	slot, err := p.insert(Entry{
-		State:    Booting,
-		App:      app,
-		Range:    rng,
-		Template: template,
-		MaxLoads: tc.MaxLoads,
-		Guest:    guestOf(template),
-		Since:    now,
+		State:     Booting,
+		App:       app,
+		Range:     rng,
+		Template:  template,
+		MaxLoads:  tc.MaxLoads,
+		MaxActive: tc.MaxActive,
+		Guest:     guestOf(template),
+		Since:     now,
 	})
 	p.mu.Unlock()
 	if err != nil {
@@ -437,11 +465,11 @@ func (p *Pool) pick(match func(Entry) bool) (Entry, bool) {
 // bind makes e a guest of app at rng, taking its first load.
 func (p *Pool) bind(e *Entry, app string, rng label.Bounds, tc TemplateConfig, now time.Time) {
 	e.App, e.Range = app, rng
-	e.MaxLoads = tc.MaxLoads
+	e.MaxLoads, e.MaxActive = tc.MaxLoads, tc.MaxActive
 	e.Loads, e.Active = 1, 1
 	e.Pending = true
 	e.State, e.Since = Ready, now
-	if e.Loads >= e.MaxLoads {
+	if e.full() {
 		e.State = Full
 	}
 }
@@ -501,9 +529,11 @@ func (p *Pool) release(id uint64, how How, ok bool) error {
 		// A failed load on a guest already serving the application: the
 		// load did not happen.
 		e.Loads = max(e.Loads-1, 0)
-		if e.State == Full && e.Loads < e.MaxLoads {
-			e.State, e.Since = Ready, p.cfg.Now()
-		}
+	}
+	if (e.State == Full) && !e.full() {
+		// Below its limits again: a load ended (MaxActive) or did not
+		// happen.
+		e.State, e.Since = Ready, p.cfg.Now()
 	}
 	if err := p.commit(e); err != nil {
 		p.mu.Unlock()
@@ -623,6 +653,10 @@ func (p *Pool) destroy(ctx context.Context, id uint64) error {
 	delete(p.destroying, id)
 	if err != nil {
 		p.destroyErr++
+		r := p.retry[id]
+		r.fails++
+		r.at = p.cfg.Now().Add(p.backoff(r.fails))
+		p.retry[id] = r
 		err = fmt.Errorf("pool: destroy vm %d (%s): %w", e.Guest.VM, e.Guest.Name, err)
 		if cur, ok := p.entries[id]; ok {
 			cur.Err = err.Error()
@@ -636,6 +670,7 @@ func (p *Pool) destroy(ctx context.Context, id uint64) error {
 		return err
 	}
 	p.destroys++
+	delete(p.retry, id)
 	ferr := p.forget(id)
 	p.mu.Unlock()
 	p.emit([]event{{EventDestroyed, e}})

@@ -6,8 +6,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader"
 )
 
 const (
@@ -237,10 +239,23 @@ func TestFailedDestroyIsRetriedByRefill(t *testing.T) {
 	if !ok || got.State != Failed || !strings.Contains(got.Err, "fake destroy failure") {
 		t.Fatalf("after the failed destroy: %+v, want failed with the destroy error", got)
 	}
+	// The retry waits for its backoff (BackoffBase after one failure,
+	// doubling), so a stuck guest is not hammered.
+	e.refill()
+	if s := e.p.Stats(); s.DestroyFailures != 1 {
+		t.Fatalf("Refill retried the destroy before its backoff: %d failures", s.DestroyFailures)
+	}
+	e.clk.Advance(time.Second)
 	if err := e.p.Refill(context.Background()); err == nil {
 		t.Errorf("Refill with a failing Destroy returned nil")
 	}
+	e.clk.Advance(time.Second)
+	e.refill()
+	if s := e.p.Stats(); s.DestroyFailures != 2 {
+		t.Fatalf("Refill retried the destroy before its second backoff (2s): %d failures", s.DestroyFailures)
+	}
 	e.vms.set(func(f *fakeVMs) { f.failDestroy = false })
+	e.clk.Advance(time.Second)
 	e.refill()
 	if _, ok := e.entry(l.Entry.Guest.VM); ok || e.vms.isLive(l.Entry.Guest.VM) {
 		t.Errorf("the retried destroy left vm %d", l.Entry.Guest.VM)
@@ -359,5 +374,70 @@ func TestStateText(t *testing.T) {
 	var s State
 	if err := s.UnmarshalText([]byte("busy")); err == nil {
 		t.Errorf("state %q accepted", "busy")
+	}
+}
+
+// TestReuseOnlyNeverTakesAFreshGuest: a load marked reuse-only gets a
+// Ready guest of its application or ErrReuseOnly, never a boot or an idle
+// guest.
+func TestReuseOnlyNeverTakesAFreshGuest(t *testing.T) {
+	e := newEnv(t, 1, 3)
+	e.refill()
+	ctx := loader.WithReuseOnly(context.Background())
+	if _, err := e.p.Acquire(ctx, "bank", bounds(t, rngLow), "web"); !errors.Is(err, loader.ErrReuseOnly) {
+		t.Fatalf("reuse-only with only an idle guest: %v, want ErrReuseOnly", err)
+	}
+	if s := e.p.Stats(); s.States[Idle] != 1 || s.Boots != 1 {
+		t.Fatalf("reuse-only took or booted a guest: %+v", s)
+	}
+	l := e.acquire("bank", rngLow, "web")
+	e.done(l, true)
+	l2, err := e.p.Acquire(ctx, "bank", bounds(t, rngLow), "web")
+	if err != nil || l2.How != HowReuse || l2.Entry.Guest.VM != l.Entry.Guest.VM {
+		t.Fatalf("reuse-only with a ready guest: %+v %v", l2, err)
+	}
+	e.done(l2, true)
+}
+
+// TestMaxActiveCountsLoadsInProgress: with MaxActive and no lifetime
+// bound, a guest serves its application's loads one after the other
+// without end (no boot per MaxLoads loads), is Full only while MaxActive
+// leases are held, and is Ready again when one ends, across a restart too.
+func TestMaxActiveCountsLoadsInProgress(t *testing.T) {
+	e := newEnv(t, 0, 3)
+	e.cfg.Templates["live"] = TemplateConfig{MaxActive: 2}
+	e.reopen()
+	first := e.acquire("bank", rngLow, "live")
+	e.done(first, true)
+	for i := range 100 {
+		l := e.acquire("bank", rngLow, "live")
+		if l.How != HowReuse || l.Entry.Guest.VM != first.Entry.Guest.VM || l.Entry.State != Ready {
+			t.Fatalf("load %d: %s of vm %d (%v), want reuse of vm %d, ready", i+2, l.How, l.Entry.Guest.VM, l.Entry.State, first.Entry.Guest.VM)
+		}
+		e.done(l, true)
+	}
+	a := e.acquire("bank", rngLow, "live")
+	b := e.acquire("bank", rngLow, "live")
+	if b.Entry.State != Full || b.Entry.Guest.VM != a.Entry.Guest.VM {
+		t.Fatalf("two loads at once: %+v, want the same guest, full", b.Entry)
+	}
+	c := e.acquire("bank", rngLow, "live")
+	if c.How != HowBoot {
+		t.Fatalf("a third load while two are in progress: %s, want a boot", c.How)
+	}
+	e.done(c, true)
+	e.done(a, true)
+	if got, _ := e.entry(a.Entry.Guest.VM); got.State != Ready || got.Active != 1 {
+		t.Fatalf("after one load ended: %+v, want ready with 1 active", got)
+	}
+	e.reopen() // b's lease ends with the restart
+	if got, _ := e.entry(a.Entry.Guest.VM); got.State != Ready || got.Active != 0 {
+		t.Fatalf("after a restart: %+v, want ready with no load in progress", got)
+	}
+	e.vms.mu.Lock()
+	boots := e.vms.boots
+	e.vms.mu.Unlock()
+	if boots != 2 {
+		t.Fatalf("%d boots for 104 loads, want 2", boots)
 	}
 }

@@ -47,11 +47,14 @@ type held struct {
 
 func runProperty(t *testing.T, seed uint64, steps int) {
 	e := newEnv(t, 2, 3)
+	// "live" guests take 2 loads at once and any number in their life.
+	e.cfg.Templates["live"] = TemplateConfig{Size: 1, MaxActive: 2}
+	e.reopen()
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var (
 		apps      = []string{"bank", "news", "mail"}
 		rngs      = []string{rngLow, rngHigh}
-		templates = []string{"web", "web", "mail"}
+		templates = []string{"web", "web", "mail", "live"}
 		bound     = map[uint32]use{} // every guest ever leased, and for what
 		leases    []held
 		ctx       = context.Background()
@@ -175,7 +178,7 @@ func checkTable(t *testing.T, e *env, seed uint64, step int, bound map[uint32]us
 				bad("idle but bound or in use")
 			}
 		case Ready, Full:
-			if r.App == "" || r.Loads < 1 || (r.State == Full) != (r.Loads >= r.MaxLoads) {
+			if r.App == "" || r.Loads < 1 || (r.State == Full) != r.full() {
 				bad("state does not match its loads")
 			}
 		case Booting:

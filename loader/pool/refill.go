@@ -10,7 +10,8 @@ import (
 )
 
 // Refill runs one refill pass and returns when it is done: it destroys the
-// Failed guests, then boots Idle guests until each template has Size of
+// Failed guests (one whose destroy failed only once its backoff ended:
+// BackoffBase·2^(n-1) after n failures in a row, at most BackoffMax), then boots Idle guests until each template has Size of
 // them (counting boots in flight), one boot at a time per template and at
 // most Config.Parallel templates at once. A template whose boots failed is
 // skipped until its backoff ends; a pass stops booting for a template at
@@ -23,7 +24,11 @@ func (p *Pool) Refill(ctx context.Context) error {
 		return ErrClosed
 	}
 	var failed []uint64
+	now := p.cfg.Now()
 	for _, e := range p.entries {
+		if r, ok := p.retry[e.ID]; ok && now.Before(r.at) {
+			continue
+		}
 		if e.State == Failed {
 			failed = append(failed, e.ID)
 		}
@@ -182,6 +187,9 @@ func (p *Pool) Run(ctx context.Context) error {
 			if ts.consecutive > 0 {
 				wait = min(wait, ts.retryAt.Sub(now))
 			}
+		}
+		for _, r := range p.retry {
+			wait = min(wait, r.at.Sub(now))
 		}
 		p.mu.Unlock()
 		// A clock that stands still (in tests) must not make Run spin.

@@ -95,6 +95,10 @@ type Config struct {
 	// ErrorLog receives the HTTP server's own errors, among them every
 	// refused TLS handshake with its reason; nil discards them.
 	ErrorLog *log.Logger
+	// InstallCRL, if set, receives the CRL a pushed bundle carries
+	// (Verifier.InstallCRL), before the bundle is applied; a CRL it refuses
+	// refuses the bundle.
+	InstallCRL func(pem []byte) error
 	// OnPush, if set, is called after every push that reached the handler,
 	// with the peer's address and the outcome; rep is nil for a push refused
 	// before applying began.
@@ -206,6 +210,11 @@ func (d *Daemon) Apply(ctx context.Context, b *policystore.Bundle) (*Report, err
 	defer d.applyMu.Unlock()
 	if err := d.checkIdentity(b); err != nil {
 		return nil, err
+	}
+	if len(b.CRL) > 0 && d.cfg.InstallCRL != nil {
+		if err := d.cfg.InstallCRL(b.CRL); err != nil {
+			return nil, &Error{Code: CodeBadBundle, Reason: "the bundle's CRL: " + err.Error(), Err: err}
+		}
 	}
 	prev := d.current()
 	if prev != nil {

@@ -136,13 +136,17 @@ func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
 		t.Fatal(err)
 	}
 	errLog := &syncBuffer{}
-	d, err := New(Config{
+	cfg := Config{
 		TLS:      tc,
 		Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}},
 		StateDir: o.stateDir,
 		Applier:  o.fake,
 		ErrorLog: log.New(errLog, "", 0),
-	})
+	}
+	if o.crlFile != "" {
+		cfg.InstallCRL = v.InstallCRL
+	}
+	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,7 +42,9 @@ type persisted struct {
 // SHA-256 of its JSON encoding. Two pushes of the same bundle have the same
 // digest; a bundle generated again has new keys and another digest.
 func Digest(b *policystore.Bundle) (string, error) {
-	data, err := json.Marshal(b)
+	c := *b
+	c.CRL = nil // delivered with the bundle, not part of it
+	data, err := json.Marshal(&c)
 	if err != nil {
 		return "", fmt.Errorf("encode bundle: %w", err)
 	}

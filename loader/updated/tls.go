@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -199,6 +200,59 @@ func (v *Verifier) refreshCRLLocked() error {
 	}
 	v.crl, v.err = info, nil
 	return nil
+}
+
+// InstallCRL makes data (a PEM or DER CRL of the CA, such as a pushed
+// bundle's) the verifier's CRL: it is checked against the CA, must not be
+// older than the CRL in use (a lower number is refused; the same number
+// changes nothing), and replaces the --crl file atomically, so that a
+// restart reads it too. Without a CRL file it is refused: start the daemon
+// with --crl.
+func (v *Verifier) InstallCRL(data []byte) error {
+	if v.crlFile == "" {
+		return errors.New("the daemon runs without --crl, so it has nowhere to keep a CRL; start it with --crl")
+	}
+	info, err := v.parseCRL(data)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_ = v.refreshCRLLocked() // the file may have changed under us
+	if v.crl != nil {
+		switch info.number.Cmp(v.crl.number) {
+		case -1:
+			return fmt.Errorf("CRL number %s is below the one in use (%s); push the CA's newest CRL", info.number, v.crl.number)
+		case 0:
+			return nil
+		}
+	}
+	if err := replaceFile(v.crlFile, data, 0o644); err != nil {
+		return fmt.Errorf("install the CRL in %s: %w", v.crlFile, err)
+	}
+	return v.refreshCRLLocked()
+}
+
+// replaceFile replaces path with data atomically, with mode perm.
+func replaceFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // parseCRL parses a PEM or DER CRL and checks that one of the CA

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/label"
@@ -31,6 +30,10 @@ type Setup struct {
 	// daemon port and the port of the host mapper guests forward to.
 	APIPort  uint16
 	PoolSize int
+	// MaxLoads is the number of loads a guest takes at once (the pool's
+	// MaxActive): a guest serves its application's loads one after the
+	// other without a bound over its life, so repeated loads never boot
+	// new guests.
 	MaxLoads int
 	Backend  loader.Backend
 	Agent    loader.AgentAPI
@@ -44,6 +47,12 @@ type Setup struct {
 	// unpause` + policy push on a load), so idle guests cost no CPU. The
 	// backend must implement Pauser.
 	PauseIdle bool
+	// Limits bound what one guest can make the host do (loader.Limits;
+	// zero fields take loader.DefaultLimits).
+	Limits loader.Limits
+	// GuestListen opens a guest's API listener; nil means
+	// loader.ListenGuest (its host-side address, bound to its interface).
+	GuestListen func(g loader.Guest, port uint16) (net.Listener, error)
 }
 
 // Pauser is a backend that can pause and resume a guest (backend.Xen).
@@ -64,6 +73,16 @@ type Running struct {
 	// Updated is the loader's client of the guests' update daemons, with
 	// its mutual-TLS identity (the CA's mlsgate-loader certificate).
 	Updated *updated.Client
+	// Listeners serve API to each guest on its own link; serve API's
+	// server on them with Listeners.Serve. There is no other TCP listener
+	// for guests.
+	Listeners *loader.GuestListeners
+	// CRLPath is where the CA's current CRL is published (PEM), rewritten
+	// whenever a certificate is revoked.
+	CRLPath string
+	// Warnings are problems Start met and worked around (a pool guest
+	// whose listener could not be reopened).
+	Warnings []string
 
 	closers []func()
 }
@@ -104,16 +123,28 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return fail(err)
 		}
 	}
-	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"), ca.Options{CommonName: "mlsgate policy store CA"})
+	// A CRL outlives the guests' certificates (CertTTL), so that an idle
+	// guest's daemon never sits behind an expired CRL.
+	authority, err := ca.Open(filepath.Join(s.StateDir, "ca"), ca.Options{CommonName: "mlsgate policy store CA", CRLValidity: CRLValidity})
 	if err != nil {
 		return fail(err)
 	}
 	v.closers = append(v.closers, func() { authority.Close() })
 	v.CA = authority
-	loaderCert, err := authority.Issue(ca.Request{Kind: ca.Client, CommonName: "mlsgate-loader", TTL: 30 * 24 * time.Hour})
+	loaderCert, err := authority.Issue(ca.Request{Kind: ca.Client, CommonName: LoaderName, TTL: CertTTL})
 	if err != nil {
 		return fail(err)
 	}
+	// The loader certificates of earlier runs are superseded: revoke them,
+	// so that a copy of an old key cannot push to a guest's daemon.
+	certs := &certLife{ca: authority, crlPath: filepath.Join(s.StateDir, CRLFile)}
+	if err := certs.supersedeLoaders(loaderCert.Serial); err != nil {
+		return fail(err)
+	}
+	if err := certs.publish(); err != nil {
+		return fail(err)
+	}
+	v.CRLPath = certs.crlPath
 	push := &updated.Client{TLS: authority.ClientTLS(loaderCert, "")}
 	v.Updated = push
 	var sys policystore.SystemPolicy
@@ -122,6 +153,8 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return fail(fmt.Errorf("clearance: %w", err))
 		}
 	}
+	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
+	v.closers = append(v.closers, v.Listeners.CloseAll)
 	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error) {
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
@@ -131,7 +164,11 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return agent.SELinux{}.Install(ctx, mods, dir)
 	}}
 
-	// VM numbers: the lowest not used by a guest in the table.
+	// VM numbers: the lowest not used by a guest in the table and not
+	// named by a Guest certificate that is still valid and unrevoked (a
+	// destroyed guest's certificate is revoked before its number is free;
+	// if that revocation failed, the number waits for the certificate to
+	// expire).
 	var vmMu sync.Mutex
 	used := map[uint32]bool{}
 	allocVM := func() (uint32, error) {
@@ -142,13 +179,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 				used[e.Guest.VM] = true
 			}
 		}
+		live := certs.liveGuestAddrs()
 		for n := uint32(2); n < 255; n++ {
-			if !used[n] {
+			addr, _ := GuestAddrs(n)
+			if !used[n] && !live[addr] {
 				used[n] = true
 				return n, nil
 			}
 		}
-		return 0, errors.New("no free VM number (2-254): destroy idle guests or shrink the pool")
+		return 0, errors.New("no free VM number (2-254) without a live certificate: destroy idle guests or shrink the pool")
 	}
 	var pauser Pauser
 	if s.PauseIdle {
@@ -195,12 +234,20 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		addr, hostAddr := GuestAddrs(vm)
 		name := fmt.Sprintf("vm%d", vm)
-		cert, err := authority.Issue(ca.Request{Kind: ca.Guest, CommonName: name, IPs: []net.IP{addr.AsSlice()}, TTL: 30 * 24 * time.Hour})
+		cert, err := authority.Issue(ca.Request{Kind: ca.Guest, CommonName: name, IPs: []net.IP{addr.AsSlice()}, TTL: CertTTL})
 		if err != nil {
+			vmMu.Lock()
+			delete(used, vm)
+			vmMu.Unlock()
 			return nil, err
 		}
 		g := loader.Guest{VM: vm, Name: name, Backend: s.Backend.Name(), Interface: backend.IfName(vm), Addr: addr, HostAddr: hostAddr, Template: template}
 		if err := pool.Announce(ctx, g); err != nil {
+			// Nothing runs with this certificate: revoke it at once.
+			return nil, errors.Join(err, certs.revokeGuest(&g))
+		}
+		crl, err := certs.current()
+		if err != nil {
 			return nil, err
 		}
 		if !hypervisorIDs {
@@ -209,7 +256,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			}
 		}
 		spec := loader.BootSpec{VM: vm, Name: name, Addr: addr, HostAddr: hostAddr, PrefixLen: 24, Template: template,
-			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), UpdatedPort: s.APIPort}
+			UpdatedCertPEM: cert.CertPEM, UpdatedKeyPEM: cert.KeyPEM, CAPEM: authority.CertPEM(), CRLPEM: crl, UpdatedPort: s.APIPort}
 		out, err := s.Backend.Boot(ctx, spec)
 		if err != nil {
 			undeclare(name, &g)
@@ -218,20 +265,41 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		declMu.Lock()
 		delete(declared, name)
 		declMu.Unlock()
+		// Its link exists now: serve it the API there, and only there. A
+		// failure fails the boot; the pool destroys the announced guest.
+		if err := v.Listeners.Open(*out); err != nil {
+			return nil, err
+		}
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
-				s.Backend.Destroy(ctx, out)
-				v.Host.Forget(out)
+				// The pool destroys the announced guest (and forgets it
+				// only once that destroy succeeds).
 				return nil, fmt.Errorf("pause pre-loaded guest %s: %w", out.Name, err)
 			}
 		}
 		return out, nil
 	}
 	destroy := func(ctx context.Context, g *loader.Guest) error {
-		err := s.Backend.Destroy(ctx, g)
-		if ferr := v.Host.Forget(g); err == nil {
-			err = ferr
+		// Whatever happens to the guest, VMLoad stops answering it and
+		// its certificate is revoked (and the CRL republished) first.
+		v.Listeners.Close(g.Interface)
+		rerr := certs.revokeGuest(g)
+		if err := s.Backend.Destroy(ctx, g); err != nil {
+			// The guest may still run: it stays declared, deny-all, and the
+			// pool destroys it again after a backoff. Never Forget it here.
+			err = fmt.Errorf("destroy %s: %w; it stays declared deny-all and is retried", g.Name, err)
+			ierr := v.Host.Isolate(g)
+			if v.Loader != nil {
+				v.Loader.TeardownFailed(g, err)
+			}
+			return errors.Join(err, ierr, rerr)
 		}
+		err := errors.Join(v.Host.Forget(g), rerr)
+		if v.Loader != nil {
+			v.Loader.TornDown(g)
+		}
+		// The number is free once no live certificate names it (allocVM
+		// checks).
 		vmMu.Lock()
 		delete(used, g.VM)
 		vmMu.Unlock()
@@ -241,7 +309,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return err
 	}
 	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{
-		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxLoads: s.MaxLoads}},
+		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxActive: s.MaxLoads}},
 		Boot:      boot, Destroy: destroy,
 	})
 	if err != nil {
@@ -249,9 +317,18 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.closers = append(v.closers, func() { p.Close() })
 	v.Pool = p
+	// Guests that outlived a restart get their listeners back.
+	for _, e := range p.List() {
+		if e.State == pool.Booting || e.State == pool.Failed || e.Guest.VM == 0 {
+			continue
+		}
+		if err := v.Listeners.Open(e.Guest); err != nil {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s keeps running without VMLoad: %v; remove it with the pool or fix its link", e.Guest.Name, err))
+		}
+	}
 	pa := &poolAdapter{p: p, pauser: pauser}
-	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort},
-		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, 30*24*time.Hour), pa, &pusher{c: push}, v.Host)
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
+		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
@@ -291,7 +368,8 @@ func (a *poolAdapter) Acquire(ctx context.Context, app string, rng label.Bounds,
 
 func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 	for _, e := range a.p.List() {
-		if e.Guest.Addr == addr && e.Guest.VM != 0 {
+		// A guest being destroyed (Failed) or not yet booted asks nothing.
+		if e.Guest.Addr == addr && e.Guest.VM != 0 && e.State != pool.Failed && e.State != pool.Booting {
 			g := e.Guest
 			return &g, e.App, true
 		}
@@ -299,10 +377,21 @@ func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 	return nil, "", false
 }
 
-type pusher struct{ c *updated.Client }
+// pusher pushes bundles with the CA's current CRL, which the guest's
+// update daemon installs as its --crl file.
+type pusher struct {
+	c     *updated.Client
+	certs *certLife
+}
 
 func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundle) error {
-	_, err := p.c.Push(ctx, g.UpdatedAddr, b)
+	crl, err := p.certs.current()
+	if err != nil {
+		return err
+	}
+	withCRL := *b
+	withCRL.CRL = crl
+	_, err = p.c.Push(ctx, g.UpdatedAddr, &withCRL)
 	return err
 }
 

@@ -3,6 +3,7 @@ package wire
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -59,7 +60,7 @@ func (nullAgent) SetPeers(p []agent.PeerSpec) error { return nil }
 
 func setup(t *testing.T, b loader.Backend, pause bool) Setup {
 	return Setup{StateDir: t.TempDir(), AppsDir: "../../examples/analyst", APIPort: 7443, PoolSize: 1, MaxLoads: 4,
-		Backend: b, Agent: nullAgent{}, SPIBase: 0xc0000000, SPISlots: 1024, PauseIdle: pause}
+		Backend: b, Agent: nullAgent{}, SPIBase: 0xc0000000, SPISlots: 1024, PauseIdle: pause, GuestListen: loopbackListen}
 }
 
 // TestPausedPool: pre-loaded guests are paused after their boot and
@@ -100,4 +101,10 @@ func TestPauseIdleNeedsAPausingBackend(t *testing.T) {
 	if _, err := Start(context.Background(), setup(t, &plainBackend{}, true)); err == nil || !strings.Contains(err.Error(), "cannot pause") {
 		t.Fatalf("PauseIdle on a backend without Pause: %v", err)
 	}
+}
+
+// loopbackListen stands in for the guests' listeners: the fake backends
+// make no links.
+func loopbackListen(loader.Guest, uint16) (net.Listener, error) {
+	return net.Listen("tcp", "127.0.0.1:0")
 }

@@ -31,18 +31,22 @@ func main() {
 
 func run() error {
 	if len(os.Args) < 2 || os.Args[1] != "updated" {
-		return errors.New("usage: standin updated --listen HOST:PORT --cert F --key F --ca F --state-dir D")
+		return errors.New("usage: standin updated --listen HOST:PORT --cert F --key F --ca F --crl F --state-dir D")
 	}
 	fs := flag.NewFlagSet("updated", flag.ContinueOnError)
 	listen := fs.String("listen", "", "host:port")
 	certF := fs.String("cert", "", "certificate")
 	keyF := fs.String("key", "", "key")
 	caF := fs.String("ca", "", "CA certificate")
+	crlF := fs.String("crl", "", "the CA's CRL (required, as the real daemon is always started)")
 	state := fs.String("state-dir", "", "state directory")
 	mute := fs.Bool("mute", false, "never listen")
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
+	}
+	if _, err := os.ReadFile(*crlF); err != nil {
+		return fmt.Errorf("--crl: %w", err)
 	}
 	if *ignoreTerm {
 		signal.Ignore(syscall.SIGTERM)
