@@ -352,3 +352,38 @@ func TestAgentRefusesBadDesiredState(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentAuditVisible: a guest switched to audit mode shows on the
+// gauges an alert watches (mlsgate_guest_audit, mlsgate_enforce), and the
+// gauge moves back when the guest enforces again.
+func TestAgentAuditVisible(t *testing.T) {
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	g := guest7(t)
+	g.Audit = true
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	want := func(audit int) string {
+		return fmt.Sprintf(`# HELP mlsgate_enforce 1 when the agent drops denied packets; 0 when it only counts them (every guest is then in audit mode).
+# TYPE mlsgate_enforce gauge
+mlsgate_enforce 1
+# HELP mlsgate_guest_audit 1 when a declared guest's denials are only counted, not dropped (its audit flag, or enforce off).
+# TYPE mlsgate_guest_audit gauge
+mlsgate_guest_audit{interface="vif7.0"} %d
+`, audit)
+	}
+	if err := testutil.GatherAndCompare(h.a.metrics.reg, strings.NewReader(want(1)), "mlsgate_enforce", "mlsgate_guest_audit"); err != nil {
+		t.Errorf("guest in audit mode: %v", err)
+	}
+	g.Audit = false
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.GatherAndCompare(h.a.metrics.reg, strings.NewReader(want(0)), "mlsgate_enforce", "mlsgate_guest_audit"); err != nil {
+		t.Errorf("guest enforcing again: %v", err)
+	}
+	if probs, err := testutil.GatherAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
+		t.Errorf("metrics lint: %v %v", probs, err)
+	}
+}

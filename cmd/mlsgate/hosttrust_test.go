@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// TestAgentListenerFailureExits: the agent binds its listeners before it
+// touches the pins, and a bind failure ends the command at once with an
+// error naming the address and the configuration key. (It once ran
+// "ready" with no API and no metrics, and said so only at exit.)
+func TestAgentListenerFailureExits(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, listen, socket string
+		want                 []string
+	}{
+		{"port taken", taken.Addr().String(), "", []string{taken.Addr().String(), "listen"}},
+		{"garbage", "garbage", "", []string{"garbage", "listen"}},
+		{"socket dir unwritable", "", filepath.Join(file, "agent.sock"), []string{filepath.Join(file, "agent.sock"), "socket"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pins := filepath.Join(dir, c.name, "pins")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := runContext(ctx, []string{"agent", "--config", "", "--state-dir", filepath.Join(dir, c.name, "state"), "--pin-dir", pins,
+				"--listen", c.listen, "--socket", c.socket}, &strings.Builder{}, &strings.Builder{})
+			if ctx.Err() != nil {
+				t.Fatalf("the agent kept running with a listener that failed")
+			}
+			if err == nil {
+				t.Fatal("the agent exited without an error")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+			if _, serr := os.Stat(pins); !os.IsNotExist(serr) {
+				t.Errorf("the pin dir %s was touched before the listeners were bound (%v)", pins, serr)
+			}
+		})
+	}
+}
+
+// fakeAgentSocket serves a canned /v1/status on a Unix socket, with the
+// agent's enforce setting.
+func fakeAgentSocket(t *testing.T, st agent.Status, enforce bool) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	var m map[string]any
+	b, _ := json.Marshal(st)
+	json.Unmarshal(b, &m)
+	m["enforce"] = enforce
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { json.NewEncoder(w).Encode(m) })
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// TestStatusShowsMode: 'mlsgate status' shows for every guest whether its
+// denials are dropped (enforce) or only counted (audit), and whether plain
+// traffic is let through, so a guest switched to audit cannot hide.
+func TestStatusShowsMode(t *testing.T) {
+	r, _ := label.ParseBounds("s0-s15/i0-i10")
+	st := agent.Status{Ready: true, Guests: []agent.GuestStatus{
+		{GuestSpec: agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: r}, Present: true, Attached: true, Mode: "attached"},
+		{GuestSpec: agent.GuestSpec{Interface: "vif2.0", VM: 2, App: 1, Range: r, Audit: true, AllowUnlabeled: true}, Present: true, Attached: true, Mode: "attached"},
+	}}
+	sock := fakeAgentSocket(t, st, true)
+	var out strings.Builder
+	if err := run([]string{"status", "--agent", "unix:" + sock}, &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out.String(), "\n")
+	var header, vif7, vif2 string
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "INTERFACE"):
+			header = l
+		case strings.HasPrefix(l, "vif7.0"):
+			vif7 = l
+		case strings.HasPrefix(l, "vif2.0"):
+			vif2 = l
+		}
+	}
+	if !strings.Contains(header, "MODE") || !strings.Contains(header, "UNLABELED") {
+		t.Errorf("header %q lacks MODE and UNLABELED:\n%s", header, out.String())
+	}
+	if !strings.Contains(vif7, "enforce") || strings.Contains(vif7, "audit") {
+		t.Errorf("vif7.0 line %q: want mode enforce", vif7)
+	}
+	if !strings.Contains(vif2, "audit") || !strings.Contains(vif2, "allowed") {
+		t.Errorf("vif2.0 line %q: want mode audit and unlabeled allowed", vif2)
+	}
+	if !strings.Contains(out.String(), "enforce: on") {
+		t.Errorf("status does not say whether the agent enforces:\n%s", out.String())
+	}
+	// Off: every guest is in audit mode, whatever its flag.
+	sock = fakeAgentSocket(t, st, false)
+	out.Reset()
+	if err := run([]string{"status", "--agent", "unix:" + sock}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "enforce: off") || strings.Count(out.String(), "audit") < 2 {
+		t.Errorf("enforce off: want every guest in audit mode:\n%s", out.String())
+	}
+}
+
+// TestAdminCommandsRefuseTCP: the agent has no admin API on TCP any more;
+// pointing an admin command there is an error that says so, not a
+// connection attempt.
+func TestAdminCommandsRefuseTCP(t *testing.T) {
+	for _, args := range [][]string{
+		{"status", "--agent", "127.0.0.1:9471"},
+		{"guest", "rm", "vif7.0", "--agent", "127.0.0.1:9471"},
+		{"events", "--agent", "127.0.0.1:9471"},
+	} {
+		err := run(args, &strings.Builder{})
+		if err == nil || !strings.Contains(err.Error(), "unix:") || !strings.Contains(err.Error(), "TCP") {
+			t.Errorf("%v: %v; want an error saying the admin API is on the Unix socket only", args, err)
+		}
+	}
+}
