@@ -276,7 +276,7 @@ func TestAgentSyncsSAsWithContexts(t *testing.T) {
 	if probs, err := testutil.CollectAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
 		t.Fatalf("metrics lint: %v %v", probs, err)
 	}
-	srv := httptest.NewServer(h.a.Handler())
+	srv := httptest.NewServer(h.a.AdminHandler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
@@ -327,7 +327,7 @@ func TestAgentRefusesBadDesiredState(t *testing.T) {
 	if err := h.a.SetGuest(g); err == nil || !strings.Contains(err.Error(), "vm 0") {
 		t.Fatalf("vm 0: %v", err)
 	}
-	srv := httptest.NewServer(h.a.Handler())
+	srv := httptest.NewServer(h.a.AdminHandler())
 	defer srv.Close()
 	for _, c := range []struct {
 		method, path, body string
