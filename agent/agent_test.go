@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +18,7 @@ import (
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.yaml.in/yaml/v3"
 )
 
 // fakeKernel records what the agent does to maps and links, in order.
@@ -385,5 +388,55 @@ mlsgate_guest_audit{interface="vif7.0"} %d
 	}
 	if probs, err := testutil.GatherAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
 		t.Errorf("metrics lint: %v %v", probs, err)
+	}
+}
+
+// TestAlertRulesNameAgentMetrics: every metric deploy/alerts.yaml watches
+// is one the agent exports, so a renamed gauge cannot silence the alert.
+func TestAlertRulesNameAgentMetrics(t *testing.T) {
+	b, err := os.ReadFile("../deploy/alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatalf("deploy/alerts.yaml: %v", err)
+	}
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	g := guest7(t)
+	g.Audit = true
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := h.a.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+	}
+	name := regexp.MustCompile(`mlsgate_[a-z_]+`)
+	alerts := 0
+	for _, gr := range rules.Groups {
+		for _, r := range gr.Rules {
+			alerts++
+			for _, m := range name.FindAllString(r.Expr, -1) {
+				if !have[m] {
+					t.Errorf("alert %s watches %s, which the agent does not export", r.Alert, m)
+				}
+			}
+		}
+	}
+	if alerts == 0 {
+		t.Fatal("deploy/alerts.yaml has no rules")
 	}
 }
