@@ -65,7 +65,8 @@ func Listen(path, group string) (*Listener, error) {
 		case errors.As(err, &unknown):
 			l.groupNote = fmt.Sprintf("group %s does not exist; create it to let its members in", group)
 		case err != nil:
-			return nil, fmt.Errorf("socket %s: group %s: %w", path, group, err)
+			// Fail closed: a group we cannot look up lets nobody in.
+			l.groupNote = fmt.Sprintf("group %s cannot be looked up: %v", group, err)
 		default:
 			gid, err := strconv.Atoi(g.Gid)
 			if err != nil {

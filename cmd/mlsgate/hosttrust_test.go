@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,6 +145,48 @@ func TestAdminCommandsRefuseTCP(t *testing.T) {
 		err := run(args, &strings.Builder{})
 		if err == nil || !strings.Contains(err.Error(), "unix:") || !strings.Contains(err.Error(), "TCP") {
 			t.Errorf("%v: %v; want an error saying the admin API is on the Unix socket only", args, err)
+		}
+	}
+}
+
+// TestEventsFilterAndCompact: 'mlsgate events' passes its filters to the
+// agent, keeps only matching events (even from an agent that ignores the
+// query) and prints protocol, ports and label in one line.
+func TestEventsFilterAndCompact(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queries := make(chan string, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		queries <- r.URL.RawQuery
+		enc := json.NewEncoder(w)
+		for _, e := range []agent.Event{
+			{Interface: "vif2.0", VM: 2, Reason: "deny_spoofed", Protocol: "udp"},
+			{Interface: "vif7.0", VM: 7, Reason: "deny_label_range", Protocol: "tcp", Label: "s10/i8", SPI: 0xc0000001,
+				Src: netip.MustParseAddr("10.70.0.7"), Sport: 40000, Dst: netip.MustParseAddr("10.80.0.3"), Dport: 443},
+		} {
+			enc.Encode(e)
+		}
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	var out strings.Builder
+	err = run([]string{"events", "--agent", "unix:" + sock, "--interface", "vif7.0", "--vm", "7"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "ended the event stream") {
+		t.Errorf("end of stream: %v", err)
+	}
+	if q := <-queries; q != "interface=vif7.0&vm=7" {
+		t.Errorf("query %q", q)
+	}
+	got := out.String()
+	if strings.Contains(got, "vif2.0") || strings.Count(got, "\n") != 1 {
+		t.Errorf("filter let through %q", got)
+	}
+	for _, w := range []string{"vif7.0", "vm7", "deny_label_range", "tcp", "10.70.0.7:40000 -> 10.80.0.3:443", "spi 0xc0000001", "label s10/i8"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("compact line %q lacks %q", got, w)
 		}
 	}
 }

@@ -77,9 +77,12 @@ type daemon struct {
 	onRefuse func(localapi.Peer, *http.Request, error)
 }
 
-func newServer(h http.Handler, log *slog.Logger) *http.Server {
+// newServer serves h; its requests end with ctx (so that an event stream
+// does not hold up a shutdown).
+func newServer(ctx context.Context, h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second, // /v1/events lifts it for itself
@@ -99,13 +102,13 @@ func (l *listeners) serve(ctx context.Context, d daemon) error {
 	var srvs []*http.Server
 	errc := make(chan served, 2)
 	if l.tcp != nil {
-		srv := newServer(d.public, d.log)
+		srv := newServer(ctx, d.public, d.log)
 		srvs = append(srvs, srv)
 		go func() { errc <- served{l.tcp.Addr().String(), srv.Serve(l.tcp)} }()
 		d.log.Info("serving metrics and health", "address", l.tcp.Addr().String())
 	}
 	if l.unix != nil {
-		srv := newServer(d.admin, d.log)
+		srv := newServer(ctx, d.admin, d.log)
 		l.unix.OnRefuse = d.onRefuse
 		l.unix.Protect(srv)
 		srvs = append(srvs, srv)
