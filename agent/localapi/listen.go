@@ -49,10 +49,15 @@ func (l *Listener) Group() string {
 	return l.group
 }
 
+// RuntimeDir is the daemons' directory for their sockets.
+const RuntimeDir = "/run/mlsgate"
+
 // Listen creates the socket at path: a missing parent directory is made
-// 0750 root:group, a socket file nobody answers on is replaced (a live
-// one is an error), and the new socket is 0660 root:group, or 0600 when
-// group is "" or does not exist (then only root may use it).
+// 0750 root:group (and so is RuntimeDir when it exists, as systemd's
+// RuntimeDirectory= makes it 0755; other existing directories are left
+// alone), a socket file nobody answers on is replaced (a live one is an
+// error), and the new socket is 0660 root:group, or 0600 when group is ""
+// or does not exist (then only root may use it).
 func Listen(path, group string) (*Listener, error) {
 	if path == "" || !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("socket %q: want an absolute path, e.g. /run/mlsgate/agent.sock", path)
@@ -87,6 +92,10 @@ func Listen(path, group string) (*Listener, error) {
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("socket %s: directory %s: %w", path, dir, err)
+	} else if dir == RuntimeDir && l.self == 0 {
+		if err := l.own(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("socket %s: directory %s: %w", path, dir, err)
+		}
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err

@@ -3,16 +3,19 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/label"
 )
 
@@ -189,4 +192,112 @@ func TestEventsFilterAndCompact(t *testing.T) {
 			t.Errorf("compact line %q lacks %q", got, w)
 		}
 	}
+}
+
+// startDaemon runs a server subcommand in process until the test ends and
+// waits (bounded) for its socket.
+func startDaemon(t *testing.T, sock string, args ...string) *strings.Builder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var log syncBuilder
+	go func() { done <- runContext(ctx, args, &strings.Builder{}, &log) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	})
+	for range 400 {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return &log.b
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("%v exited: %v\n%s", args, err, log.String())
+		case <-time.After(25 * time.Millisecond):
+		}
+	}
+	t.Fatalf("%v: %s does not answer", args, sock)
+	return nil
+}
+
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestStoreAndMapperAdminOnSocket: the store's and the mapper's admin
+// commands reach their sockets, and each change is logged and counted.
+func TestStoreAndMapperAdminOnSocket(t *testing.T) {
+	dir := t.TempDir()
+	ssock, msock := filepath.Join(dir, "store.sock"), filepath.Join(dir, "mapper.sock")
+	slog := startDaemon(t, ssock, "store", "serve", "--apps", "../../examples/analyst", "--db", filepath.Join(dir, "ps.db"), "--listen", "", "--socket", ssock)
+	policy := filepath.Join(dir, "mapper.policy")
+	if err := os.WriteFile(policy, []byte("map ^https?://ws1\\.example/ s3/i1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startDaemon(t, msock, "mapper", "serve", "--policy", policy, "--listen", "", "--socket", msock)
+	for _, args := range [][]string{
+		{"store", "reload", "--socket", ssock},
+		{"store", "uncache", "--all", "--socket", "unix:" + ssock},
+		{"store", "uncache", "analyst", "--socket", ssock},
+		{"mapper", "reload", "--socket", msock},
+		{"mapper", "flush", "--socket", msock},
+		{"mapper", "stats", "--socket", msock},
+		{"mapper", "lookup", "--server", "unix:" + msock, "http://ws1.example/x"},
+	} {
+		var out strings.Builder
+		if err := run(args, &out); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if err := run([]string{"store", "reload", "--socket", "127.0.0.1:7441"}, &strings.Builder{}); err == nil || !strings.Contains(err.Error(), "not on TCP") {
+		t.Errorf("store reload on TCP: %v", err)
+	}
+	var metrics string
+	if err := adminCallRaw(ssock, "/metrics", &metrics); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{`mlsgate_api_changes_total{change="reload",result="applied"} 1`, `mlsgate_api_changes_total{change="cache_drop_all",result="applied"} 1`,
+		`mlsgate_api_changes_total{change="cache_drop",result="applied"} 1`} {
+		if !strings.Contains(metrics, w) {
+			t.Errorf("store /metrics lacks %s:\n%s", w, metrics)
+		}
+	}
+	if err := adminCallRaw(msock, "/metrics", &metrics); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{`mlsgate_api_changes_total{change="reload",result="applied"} 1`, `mlsgate_api_changes_total{change="cache_flush",result="applied"} 1`} {
+		if !strings.Contains(metrics, w) {
+			t.Errorf("mapper /metrics lacks %s:\n%s", w, metrics)
+		}
+	}
+	if l := slog.String(); !strings.Contains(l, "policy change") || !strings.Contains(l, "uid=") || !strings.Contains(l, "change=cache_drop_all") {
+		t.Errorf("store log lacks the changes with the caller:\n%s", l)
+	}
+}
+
+func adminCallRaw(sock, path string, out *string) error {
+	resp, err := localapi.Client(sock, 5*time.Second).Get("http://local" + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	*out = string(b)
+	return err
 }

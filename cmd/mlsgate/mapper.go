@@ -32,6 +32,7 @@ policy store generates the guests' policies. 'go doc ./mapper' describes the
 policy file format.`,
 	}
 	cmd.AddCommand(newMapperCheckCmd(), newMapperLookupCmd(), newMapperServeCmd())
+	cmd.AddCommand(newMapperAdminCmds()...)
 	return cmd
 }
 
@@ -193,19 +194,19 @@ line and the mapper keeps the policy it had.`,
 			reg := prometheus.NewRegistry()
 			changes := newChangeCounter(reg, "reload", "cache_flush")
 			refused := newRefusedCounter(reg)
-			load := func(r *http.Request) error {
+			load := func(r *http.Request, via string) error {
 				if policy == "" {
 					return errors.New("no --policy file to load")
 				}
 				old := m.Policy()
 				if err := m.Load(policy); err != nil {
 					changes.WithLabelValues("reload", "refused").Inc()
-					logChange(log, r, "reload", "refused", "file", policy, "error", err)
+					logChange(log, r, via, "reload", "refused", "file", policy, "error", err)
 					return fmt.Errorf("mapper policy refused; keeping the previous one: %w", err)
 				}
 				p := m.Policy()
 				changes.WithLabelValues("reload", "applied").Inc()
-				logChange(log, r, "reload", "applied", "file", policy,
+				logChange(log, r, via, "reload", "applied", "file", policy,
 					"old", fmt.Sprintf("%d map rules, %d forward rules, default %s", len(old.Maps), len(old.Forwards), old.Default),
 					"new", fmt.Sprintf("%d map rules, %d forward rules, default %s", len(p.Maps), len(p.Forwards), p.Default))
 				return nil
@@ -214,7 +215,7 @@ line and the mapper keeps the policy it had.`,
 			admin := http.NewServeMux()
 			admin.Handle("GET /metrics", metricsHandler(reg))
 			admin.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-				if err := load(r); err != nil {
+				if err := load(r, "api"); err != nil {
 					writeJSONError(w, http.StatusUnprocessableEntity, err)
 					return
 				}
@@ -224,7 +225,7 @@ line and the mapper keeps the policy it had.`,
 				n := m.Stats().CacheEntries
 				m.Flush()
 				changes.WithLabelValues("cache_flush", "applied").Inc()
-				logChange(log, r, "cache_flush", "applied", "entries", n)
+				logChange(log, r, "api", "cache_flush", "applied", "entries", n)
 				w.WriteHeader(http.StatusNoContent)
 			})
 			admin.Handle("/", api)
@@ -235,7 +236,7 @@ line and the mapper keeps the policy it had.`,
 			}
 			return lns.serve(cmd.Context(), daemon{log: log, public: public, admin: admin, onRefuse: refusedLogger(log, refused),
 				reload: func() {
-					if err := load(nil); err != nil {
+					if err := load(nil, "SIGHUP"); err != nil {
 						log.Error("reload", "error", err)
 					}
 				}})

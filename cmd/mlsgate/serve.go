@@ -180,15 +180,14 @@ func metricsHandler(reg *prometheus.Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 }
 
-// logChange logs an admin change with the caller the socket saw.
-func logChange(log *slog.Logger, r *http.Request, change, result string, args ...any) {
-	args = append([]any{"change", change, "result", result}, args...)
+// logChange logs an admin change with the caller the socket saw (r nil:
+// not through the API; via says how: "start", "SIGHUP").
+func logChange(log *slog.Logger, r *http.Request, via, change, result string, args ...any) {
+	args = append([]any{"change", change, "result", result, "via", via}, args...)
 	if r != nil {
 		if p, ok := localapi.PeerFrom(r.Context()); ok {
 			args = append(args, "uid", p.UID, "gid", p.GID, "pid", p.PID)
 		}
-	} else {
-		args = append(args, "via", "SIGHUP")
 	}
 	log.Warn("policy change", args...)
 }

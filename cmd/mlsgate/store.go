@@ -34,7 +34,7 @@ resolves URLs to applications, and caches applications fetched from an
 upstream application authority. Its HTTP API makes it an authority for other
 hosts too.`,
 	}
-	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreBundleCmd(), newStoreServeCmd())
+	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreBundleCmd(), newStoreServeCmd(), newStoreUncacheCmd(), newStoreReloadCmd())
 	return cmd
 }
 
@@ -218,28 +218,33 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			changes := newChangeCounter(reg, "reload", "cache_drop", "cache_drop_all")
 			refused := newRefusedCounter(reg)
 			var syncMu sync.Mutex
-			syncApps := func(r *http.Request) error {
+			syncApps := func(r *http.Request, via string) error {
 				if apps == "" {
 					return errors.New("no --apps directory to load")
 				}
 				syncMu.Lock()
 				defer syncMu.Unlock()
 				list, err := st.SyncDir(apps)
+				count := func(result string) {
+					if via != "start" {
+						changes.WithLabelValues("reload", result).Inc()
+					}
+				}
 				if err != nil {
-					changes.WithLabelValues("reload", "refused").Inc()
-					logChange(log, r, "reload", "refused", "dir", apps, "error", err)
+					count("refused")
+					logChange(log, r, via, "reload", "refused", "dir", apps, "error", err)
 					return fmt.Errorf("application files refused; still serving the previous set: %w", err)
 				}
-				changes.WithLabelValues("reload", "applied").Inc()
+				count("applied")
 				names := make([]string, 0, len(list))
 				for _, a := range list {
 					names = append(names, a.Name)
 				}
-				logChange(log, r, "reload", "applied", "dir", apps, "applications", names)
+				logChange(log, r, via, "reload", "applied", "dir", apps, "applications", names)
 				return nil
 			}
 			if apps != "" {
-				if err := syncApps(nil); err != nil {
+				if err := syncApps(nil, "start"); err != nil {
 					log.Error("application files", "error", err)
 				}
 			}
@@ -251,7 +256,7 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			admin := http.NewServeMux()
 			admin.Handle("GET /metrics", metricsHandler(reg))
 			admin.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
-				if err := syncApps(r); err != nil {
+				if err := syncApps(r, "api"); err != nil {
 					writeJSONError(w, http.StatusUnprocessableEntity, err)
 					return
 				}
@@ -274,14 +279,14 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 					result = "refused"
 				}
 				changes.WithLabelValues(change, result).Inc()
-				logChange(log, r, change, result, "path", r.URL.Path, "status", rec.code)
+				logChange(log, r, "api", change, result, "path", r.URL.Path, "status", rec.code)
 			}))
 			public := http.NewServeMux()
 			public.Handle("GET /metrics", metricsHandler(reg))
 			public.Handle("GET /healthz", api)
 			return lns.serve(cmd.Context(), daemon{log: log, public: public, admin: admin, onRefuse: refusedLogger(log, refused),
 				reload: func() {
-					if err := syncApps(nil); err != nil {
+					if err := syncApps(nil, "SIGHUP"); err != nil {
 						log.Error("reload", "error", err)
 					}
 				}})
