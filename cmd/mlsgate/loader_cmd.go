@@ -108,6 +108,7 @@ without a policy yet is reached.`,
 			ul.OnRefuse = func(p localapi.Peer, r *http.Request, err error) {
 				log.Warn("api refused", "uid", p.UID, "gid", p.GID, "pid", p.PID, "method", r.Method, "path", r.URL.Path, "error", err)
 			}
+			usrv.Handler = logHostLoads(log, usrv.Handler)
 			ul.Protect(usrv)
 			tl, err := net.Listen("tcp", fmt.Sprintf(":%d", apiPort))
 			if err != nil {
@@ -147,4 +148,18 @@ without a policy yet is reached.`,
 	f.StringVar(&xenKernel, "xen-kernel", "", "guest kernel for --backend xen")
 	f.StringVar(&xenRamdisk, "xen-ramdisk", "", "guest ramdisk for --backend xen")
 	return cmd
+}
+
+// logHostLoads logs who asked for each load on the host's socket.
+func logHostLoads(log *slog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/load" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		p, _ := localapi.PeerFrom(r.Context())
+		log.Warn("host load", "uid", p.UID, "gid", p.GID, "pid", p.PID, "status", rec.code)
+	})
 }
