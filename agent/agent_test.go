@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -440,3 +441,68 @@ func TestAlertRulesNameAgentMetrics(t *testing.T) {
 		t.Fatal("deploy/alerts.yaml has no rules")
 	}
 }
+
+// TestAgentLogsAndCountsChanges: a change through the API is logged with
+// the spec it replaced and the new one, and counted; an invalid one too.
+func TestAgentLogsAndCountsChanges(t *testing.T) {
+	var logBuf strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logBuf.Write(p) }), nil))
+	links, sas := &fakeLinks{ch: make(chan LinkEvent)}, &fakeSAs{ch: make(chan []KernelSA)}
+	k := &fakeKernel{}
+	a, err := New(testConfig(t), log, Options{Maps: k, Attacher: k, Links: links, SAs: sas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	srv := httptest.NewServer(a.AdminHandler())
+	defer srv.Close()
+	put := func(body string) int {
+		req, _ := http.NewRequest("PUT", srv.URL+"/v1/guests/vif7.0", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := put(`{"vm":7,"range":"s1-s9"}`); c != 200 {
+		t.Fatalf("first PUT: %d", c)
+	}
+	if c := put(`{"vm":7,"range":"s1-s9","audit":true}`); c != 200 {
+		t.Fatalf("second PUT: %d", c)
+	}
+	if c := put(`{"vm":0,"range":"s1-s9"}`); c != 422 {
+		t.Fatalf("invalid PUT: %d", c)
+	}
+	if got := testutil.ToFloat64(a.metrics.apiChanges.WithLabelValues("guest_set", "applied")); got != 2 {
+		t.Errorf("applied guest_set changes: %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(a.metrics.apiChanges.WithLabelValues("guest_set", "refused")); got != 1 {
+		t.Errorf("refused guest_set changes: %v, want 1", got)
+	}
+	mu.Lock()
+	lines := logBuf.String()
+	mu.Unlock()
+	var second map[string]any
+	for _, l := range strings.Split(lines, "\n") {
+		if strings.Contains(l, `"msg":"policy change"`) && strings.Contains(l, `"audit":true`) && strings.Contains(l, `"result":"applied"`) {
+			json.Unmarshal([]byte(l), &second)
+		}
+	}
+	if second == nil {
+		t.Fatalf("no log line for the change to audit mode:\n%s", lines)
+	}
+	old, _ := second["old"].(map[string]any)
+	nw, _ := second["new"].(map[string]any)
+	if old == nil || old["audit"] != nil || nw == nil || nw["audit"] != true || second["peer"] != "unknown" {
+		t.Errorf("change log %v: want the old spec (no audit), the new one (audit) and the peer", second)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
