@@ -301,3 +301,28 @@ func adminCallRaw(sock, path string, out *string) error {
 	*out = string(b)
 	return err
 }
+
+// TestDaemonsNotifyReady: the store and the mapper tell systemd READY=1
+// once they serve (Type=notify orders what starts after them).
+func TestDaemonsNotifyReady(t *testing.T) {
+	dir := t.TempDir()
+	notify := filepath.Join(dir, "notify")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	t.Setenv("NOTIFY_SOCKET", notify)
+	for _, args := range [][]string{
+		{"store", "serve", "--apps", "../../examples/analyst", "--db", filepath.Join(dir, "ps.db"), "--listen", "", "--socket", filepath.Join(dir, "store.sock")},
+		{"mapper", "serve", "--listen", "", "--socket", filepath.Join(dir, "mapper.sock")},
+	} {
+		startDaemon(t, args[len(args)-1], args...)
+		nl.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 256)
+		n, err := nl.Read(buf)
+		if err != nil || string(buf[:n]) != "READY=1" {
+			t.Errorf("%s %s: %q %v, want READY=1", args[0], args[1], buf[:n], err)
+		}
+	}
+}
