@@ -448,7 +448,8 @@ func TestPrivilegedAdminAPIAllowsGroupMembers(t *testing.T) {
 	}
 	io.Copy(&body, resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`mlsgate_api_changes_total{change="guest_set",result="applied"} 2`, `mlsgate_guest_audit{interface="vif7.0"} 1`} {
+	for _, want := range []string{`mlsgate_api_changes_total{change="guest_set",result="applied"} 2`, `mlsgate_guest_audit{interface="vif7.0"} 1`,
+		`mlsgate_enforce 1`, `mlsgate_events_lost_total{stage="ring"} 0`} {
 		if !strings.Contains(body.String(), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
