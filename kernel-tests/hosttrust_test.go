@@ -102,8 +102,10 @@ func randName(prefix string) string {
 // group) and deletes it when the test ends.
 func newThrowawayUser(t *testing.T, group string) throwawayUser {
 	t.Helper()
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("needs useradd (passwd)")
+	for _, tool := range []string{"useradd", "userdel", "nsenter", "setpriv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (Debian: passwd, util-linux)", tool)
+		}
 	}
 	name := randName("mlsgt")
 	args := []string{"-M", "-N", "-s", "/usr/sbin/nologin", "-d", "/nonexistent"}
