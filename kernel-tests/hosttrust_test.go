@@ -127,6 +127,11 @@ func newThrowawayUser(t *testing.T, group string) throwawayUser {
 // its members: cleanups run last-in first-out).
 func newThrowawayGroup(t *testing.T) (string, int) {
 	t.Helper()
+	for _, tool := range []string{"groupadd", "groupdel"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (Debian: passwd)", tool)
+		}
+	}
 	name := randName("mlsgg")
 	run(t, "groupadd", name)
 	t.Cleanup(func() { exec.Command("groupdel", name).Run() })
