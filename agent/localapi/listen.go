@@ -116,10 +116,16 @@ func Listen(path, group string) (*Listener, error) {
 	return l, nil
 }
 
-// own gives path the group (when there is one and we may) and mode.
+// own gives path the group (when there is one) and mode: root:group as
+// root; as another user, the group when that user is in it (otherwise the
+// file keeps the user's group, and the peer check still decides).
 func (l *Listener) own(path string, mode os.FileMode) error {
-	if l.gid >= 0 && l.self == 0 {
-		if err := os.Lchown(path, 0, l.gid); err != nil {
+	if l.gid >= 0 {
+		uid := 0
+		if l.self != 0 {
+			uid = -1
+		}
+		if err := os.Lchown(path, uid, l.gid); err != nil && (l.self == 0 || !errors.Is(err, os.ErrPermission)) {
 			return err
 		}
 	}
