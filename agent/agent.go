@@ -96,6 +96,7 @@ type Agent struct {
 	kick    chan struct{}
 	events  eventHub
 	ready   atomic.Bool
+	readyC  chan struct{} // closed on the first full reconcile
 	metrics *metrics
 
 	driftRepairs *prometheus.CounterVec // drift.go
@@ -132,7 +133,7 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: log, maps: o.Maps, attacher: o.Attacher, links: o.Links, sas: o.SAs, now: o.Now,
 		desired: d, present: map[string]int{}, attached: map[int]string{}, modes: map[int]string{},
-		kick: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), readyC: make(chan struct{}),
 	}
 	a.metrics = newMetrics(a)
 	a.driftRepairs = newDriftRepairs(a.metrics.reg)
@@ -244,7 +245,12 @@ func (a *Agent) onSAs(sas []KernelSA) {
 
 // SetGuest declares (or replaces) the guest on an interface.
 func (a *Agent) SetGuest(g GuestSpec) error {
-	return a.changeDesired(func(d *Desired) {
+	_, err := a.changeDesired(setGuest(g))
+	return err
+}
+
+func setGuest(g GuestSpec) func(*Desired) {
+	return func(d *Desired) {
 		for i := range d.Guests {
 			if d.Guests[i].Interface == g.Interface {
 				d.Guests[i] = g
@@ -252,39 +258,47 @@ func (a *Agent) SetGuest(g GuestSpec) error {
 			}
 		}
 		d.Guests = append(d.Guests, g)
-	})
+	}
 }
 
 // RemoveGuest forgets the guest on an interface; its programs are
 // detached. It reports whether there was one.
 func (a *Agent) RemoveGuest(iface string) (bool, error) {
 	found := false
-	err := a.changeDesired(func(d *Desired) {
+	_, err := a.changeDesired(removeGuest(iface, &found))
+	return found, err
+}
+
+func removeGuest(iface string, found *bool) func(*Desired) {
+	return func(d *Desired) {
 		for i := range d.Guests {
 			if d.Guests[i].Interface == iface {
 				d.Guests = append(d.Guests[:i], d.Guests[i+1:]...)
-				found = true
+				*found = true
 				return
 			}
 		}
-	})
-	return found, err
+	}
 }
 
 // SetPeers replaces the peer list.
 func (a *Agent) SetPeers(p []PeerSpec) error {
-	return a.changeDesired(func(d *Desired) { d.Peers = p })
+	_, err := a.changeDesired(func(d *Desired) { d.Peers = p })
+	return err
 }
 
 // SetStaticSAs replaces the SAs the agent is told about.
 func (a *Agent) SetStaticSAs(s []SASpec) error {
-	return a.changeDesired(func(d *Desired) { d.SAs = s })
+	_, err := a.changeDesired(func(d *Desired) { d.SAs = s })
+	return err
 }
 
 // changeDesired validates, persists, then applies a change: the desired
-// state on disk is what a restarted agent enforces.
-func (a *Agent) changeDesired(fn func(*Desired)) error {
+// state on disk is what a restarted agent enforces. It returns the state
+// the change replaced.
+func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 	a.mu.Lock()
+	old := a.desired
 	next := Desired{
 		Guests: append([]GuestSpec(nil), a.desired.Guests...),
 		Peers:  append([]PeerSpec(nil), a.desired.Peers...),
@@ -294,21 +308,21 @@ func (a *Agent) changeDesired(fn func(*Desired)) error {
 	next.sort()
 	if err := next.Validate(); err != nil {
 		a.mu.Unlock()
-		return err
+		return old, err
 	}
 	if _, err := a.plan(next, a.present, a.kernelSAs); err != nil {
 		a.mu.Unlock()
-		return err
+		return old, err
 	}
 	if err := saveDesired(a.cfg.StateDir, next); err != nil {
 		a.mu.Unlock()
-		return fmt.Errorf("save desired state: %w", err)
+		return old, fmt.Errorf("save desired state: %w", err)
 	}
 	a.desired = next
 	a.markPending()
 	a.mu.Unlock()
 	a.poke()
-	return nil
+	return old, nil
 }
 
 // policyFor builds the verdict policy of a desired state on the present
@@ -477,6 +491,7 @@ func (a *Agent) reconcile() {
 	a.metrics.reconcileSeconds.Observe(a.now().Sub(start).Seconds())
 	if !a.ready.Load() {
 		a.ready.Store(true)
+		close(a.readyC)
 		a.log.Info("ready", "guests", len(p.Guests), "sas", len(p.SAs), "peers", len(p.Peers))
 	}
 }
@@ -484,14 +499,20 @@ func (a *Agent) reconcile() {
 // Ready reports whether the first full reconcile has succeeded.
 func (a *Agent) Ready() bool { return a.ready.Load() }
 
+// ReadyC is closed when the first full reconcile has succeeded.
+func (a *Agent) ReadyC() <-chan struct{} { return a.readyC }
+
 // Status is what `mlsgate status` prints.
 type Status struct {
-	Ready  bool          `json:"ready"`
-	Error  string        `json:"error,omitempty"`
-	Guests []GuestStatus `json:"guests"`
-	SAs    saStats       `json:"sas"`
-	Peers  int           `json:"peers"`
-	Maps   struct {
+	Ready bool `json:"ready"`
+	// Enforce is the agent's enforce setting: false puts every guest in
+	// audit mode.
+	Enforce bool          `json:"enforce"`
+	Error   string        `json:"error,omitempty"`
+	Guests  []GuestStatus `json:"guests"`
+	SAs     saStats       `json:"sas"`
+	Peers   int           `json:"peers"`
+	Maps    struct {
 		Vifs, Labels, Slots, SAs, Peers int
 	} `json:"maps"`
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
@@ -500,22 +521,26 @@ type Status struct {
 // GuestStatus is one declared guest and where it stands.
 type GuestStatus struct {
 	GuestSpec
-	Ifindex  int    `json:"ifindex,omitempty"`
-	Present  bool   `json:"present"`
-	Attached bool   `json:"attached"`
-	Mode     string `json:"mode,omitempty"`
+	Ifindex  int  `json:"ifindex,omitempty"`
+	Present  bool `json:"present"`
+	Attached bool `json:"attached"`
+	// Mode is how the programs are attached (tcx, clsact, updated, adopted).
+	Mode string `json:"mode,omitempty"`
+	// Enforcement is "enforce" (denied packets are dropped) or "audit"
+	// (only counted and reported: the guest's audit flag, or enforce off).
+	Enforcement string `json:"enforcement"`
 }
 
 // Status reports the agent's view.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{Ready: a.ready.Load(), SAs: a.saView, Peers: len(a.desired.Peers)}
+	s := Status{Ready: a.ready.Load(), Enforce: a.cfg.Enforce, SAs: a.saView, Peers: len(a.desired.Peers)}
 	if a.lastErr != nil {
 		s.Error = a.lastErr.Error()
 	}
 	for _, g := range a.desired.Guests {
-		gs := GuestStatus{GuestSpec: g}
+		gs := GuestStatus{GuestSpec: g, Enforcement: a.cfg.enforcement(g)}
 		if idx, ok := a.present[g.Interface]; ok {
 			gs.Present, gs.Ifindex = true, idx
 			if name, ok := a.attached[idx]; ok && name == g.Interface {

@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +19,7 @@ import (
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.yaml.in/yaml/v3"
 )
 
 // fakeKernel records what the agent does to maps and links, in order.
@@ -276,7 +280,7 @@ func TestAgentSyncsSAsWithContexts(t *testing.T) {
 	if probs, err := testutil.CollectAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
 		t.Fatalf("metrics lint: %v %v", probs, err)
 	}
-	srv := httptest.NewServer(h.a.Handler())
+	srv := httptest.NewServer(h.a.AdminHandler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
@@ -327,7 +331,7 @@ func TestAgentRefusesBadDesiredState(t *testing.T) {
 	if err := h.a.SetGuest(g); err == nil || !strings.Contains(err.Error(), "vm 0") {
 		t.Fatalf("vm 0: %v", err)
 	}
-	srv := httptest.NewServer(h.a.Handler())
+	srv := httptest.NewServer(h.a.AdminHandler())
 	defer srv.Close()
 	for _, c := range []struct {
 		method, path, body string
@@ -352,3 +356,153 @@ func TestAgentRefusesBadDesiredState(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentAuditVisible: a guest switched to audit mode shows on the
+// gauges an alert watches (mlsgate_guest_audit, mlsgate_enforce), and the
+// gauge moves back when the guest enforces again.
+func TestAgentAuditVisible(t *testing.T) {
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	g := guest7(t)
+	g.Audit = true
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	want := func(audit int) string {
+		return fmt.Sprintf(`# HELP mlsgate_enforce 1 when the agent drops denied packets; 0 when it only counts them (every guest is then in audit mode).
+# TYPE mlsgate_enforce gauge
+mlsgate_enforce 1
+# HELP mlsgate_guest_audit 1 when a declared guest's denials are only counted, not dropped (its audit flag, or enforce off).
+# TYPE mlsgate_guest_audit gauge
+mlsgate_guest_audit{interface="vif7.0"} %d
+`, audit)
+	}
+	if err := testutil.GatherAndCompare(h.a.metrics.reg, strings.NewReader(want(1)), "mlsgate_enforce", "mlsgate_guest_audit"); err != nil {
+		t.Errorf("guest in audit mode: %v", err)
+	}
+	g.Audit = false
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.GatherAndCompare(h.a.metrics.reg, strings.NewReader(want(0)), "mlsgate_enforce", "mlsgate_guest_audit"); err != nil {
+		t.Errorf("guest enforcing again: %v", err)
+	}
+	if probs, err := testutil.GatherAndLint(h.a.metrics.reg); err != nil || len(probs) > 0 {
+		t.Errorf("metrics lint: %v %v", probs, err)
+	}
+}
+
+// TestAlertRulesNameAgentMetrics: every metric deploy/alerts.yaml watches
+// is one the agent exports, so a renamed gauge cannot silence the alert.
+func TestAlertRulesNameAgentMetrics(t *testing.T) {
+	b, err := os.ReadFile("../deploy/alerts.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert string `yaml:"alert"`
+				Expr  string `yaml:"expr"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatalf("deploy/alerts.yaml: %v", err)
+	}
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	g := guest7(t)
+	g.Audit = true
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := h.a.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+	}
+	name := regexp.MustCompile(`mlsgate_[a-z_]+`)
+	alerts := 0
+	for _, gr := range rules.Groups {
+		for _, r := range gr.Rules {
+			alerts++
+			for _, m := range name.FindAllString(r.Expr, -1) {
+				if !have[m] {
+					t.Errorf("alert %s watches %s, which the agent does not export", r.Alert, m)
+				}
+			}
+		}
+	}
+	if alerts == 0 {
+		t.Fatal("deploy/alerts.yaml has no rules")
+	}
+}
+
+// TestAgentLogsAndCountsChanges: a change through the API is logged with
+// the spec it replaced and the new one, and counted; an invalid one too.
+func TestAgentLogsAndCountsChanges(t *testing.T) {
+	var logBuf strings.Builder
+	var mu sync.Mutex
+	log := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return logBuf.Write(p) }), nil))
+	links, sas := &fakeLinks{ch: make(chan LinkEvent)}, &fakeSAs{ch: make(chan []KernelSA)}
+	k := &fakeKernel{}
+	a, err := New(testConfig(t), log, Options{Maps: k, Attacher: k, Links: links, SAs: sas})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	srv := httptest.NewServer(a.AdminHandler())
+	defer srv.Close()
+	put := func(body string) int {
+		req, _ := http.NewRequest("PUT", srv.URL+"/v1/guests/vif7.0", strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := put(`{"vm":7,"range":"s1-s9"}`); c != 200 {
+		t.Fatalf("first PUT: %d", c)
+	}
+	if c := put(`{"vm":7,"range":"s1-s9","audit":true}`); c != 200 {
+		t.Fatalf("second PUT: %d", c)
+	}
+	if c := put(`{"vm":0,"range":"s1-s9"}`); c != 422 {
+		t.Fatalf("invalid PUT: %d", c)
+	}
+	if got := testutil.ToFloat64(a.metrics.apiChanges.WithLabelValues("guest_set", "applied")); got != 2 {
+		t.Errorf("applied guest_set changes: %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(a.metrics.apiChanges.WithLabelValues("guest_set", "refused")); got != 1 {
+		t.Errorf("refused guest_set changes: %v, want 1", got)
+	}
+	mu.Lock()
+	lines := logBuf.String()
+	mu.Unlock()
+	var second map[string]any
+	for _, l := range strings.Split(lines, "\n") {
+		if strings.Contains(l, `"msg":"policy change"`) && strings.Contains(l, `"audit":true`) && strings.Contains(l, `"result":"applied"`) {
+			json.Unmarshal([]byte(l), &second)
+		}
+	}
+	if second == nil {
+		t.Fatalf("no log line for the change to audit mode:\n%s", lines)
+	}
+	old, _ := second["old"].(map[string]any)
+	nw, _ := second["new"].(map[string]any)
+	if old == nil || old["audit"] != nil || nw == nil || nw["audit"] != true || second["peer"] != "unknown" {
+		t.Errorf("change log %v: want the old spec (no audit), the new one (audit) and the peer", second)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

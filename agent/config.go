@@ -19,10 +19,17 @@ type Config struct {
 	StateDir string `mapstructure:"state_dir"`
 	// PinDir is where the maps and links are pinned in bpffs.
 	PinDir string `mapstructure:"pin_dir"`
-	// Listen serves /metrics, /healthz, /readyz and the API on TCP; "" for none.
+	// Listen serves /metrics, /healthz and /readyz on TCP, nothing else;
+	// "" for none.
 	Listen string `mapstructure:"listen"`
-	// Socket serves the same on a Unix socket; "" for none.
+	// Socket serves the API (status, guests, peers, SAs, events) and the
+	// same health and metrics on a Unix socket; "" for none (then nothing
+	// can change the agent's policy while it runs).
 	Socket string `mapstructure:"socket"`
+	// SocketGroup may use the socket besides root: the socket is made
+	// 0660 root:SocketGroup. A group that does not exist (or "") leaves
+	// the socket to root alone.
+	SocketGroup string `mapstructure:"socket_group"`
 	// Interfaces are the glob patterns (filepath.Match) of interface names
 	// the agent may manage, e.g. "vif*". An interface is managed only when
 	// it matches and a guest is declared on it: the agent never guesses.
@@ -57,6 +64,7 @@ func DefaultConfig() Config {
 		PinDir:         "/sys/fs/bpf/mlsgate",
 		Listen:         "127.0.0.1:9471",
 		Socket:         "/run/mlsgate/agent.sock",
+		SocketGroup:    "mlsgate",
 		Interfaces:     []string{"vif*"},
 		Enforce:        true,
 		SPIBase:        o.SPIBase,
@@ -109,6 +117,15 @@ func (c *Config) Validate() error {
 
 func (c *Config) bpfOptions() bpf.Options {
 	return bpf.Options{SPIBase: c.SPIBase, SPISlots: c.SPISlots, APIPort: c.APIPort, Enforce: c.Enforce, EventSample: c.EventSample}
+}
+
+// enforcement is a guest's mode: "audit" when its denials are only
+// counted (its flag, or enforce off for the whole agent), else "enforce".
+func (c *Config) enforcement(g GuestSpec) string {
+	if g.Audit || !c.Enforce {
+		return "audit"
+	}
+	return "enforce"
 }
 
 // manages reports whether an interface name matches the patterns.

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"reflect"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -20,22 +23,52 @@ import (
 
 // Event is one sampled denial, with names instead of numbers.
 type Event struct {
-	Time      time.Time  `json:"time"`
-	Interface string     `json:"interface,omitempty"`
-	Ifindex   uint32     `json:"ifindex"`
-	VM        uint32     `json:"vm"`
-	Direction string     `json:"direction"`
-	Reason    string     `json:"reason"`
-	SPI       uint32     `json:"spi,omitempty"`
-	Label     string     `json:"label,omitempty"`
-	Proto     uint8      `json:"proto"`
-	Src       netip.Addr `json:"src"`
-	Dst       netip.Addr `json:"dst"`
+	Time      time.Time `json:"time"`
+	Interface string    `json:"interface,omitempty"`
+	Ifindex   uint32    `json:"ifindex"`
+	VM        uint32    `json:"vm"`
+	Direction string    `json:"direction"`
+	Reason    string    `json:"reason"`
+	SPI       uint32    `json:"spi,omitempty"`
+	// Label is the SA's label in text form (s3:c1.c4/i5).
+	Label string `json:"label,omitempty"`
+	Proto uint8  `json:"proto"`
+	// Protocol names Proto (tcp, udp, icmp, ipv6-icmp, esp, ...).
+	Protocol string     `json:"protocol"`
+	Src      netip.Addr `json:"src"`
+	Dst      netip.Addr `json:"dst"`
+	// Sport and Dport are the TCP/UDP ports, when the fast path reports them.
+	Sport uint16 `json:"sport,omitempty"`
+	Dport uint16 `json:"dport,omitempty"`
+	// ICMPType is the ICMPv6 message type, when reported.
+	ICMPType uint8 `json:"icmp_type,omitempty"`
+}
+
+// ProtocolName names an IP protocol number.
+func ProtocolName(p uint8) string {
+	switch p {
+	case 1:
+		return "icmp"
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 50:
+		return "esp"
+	case 51:
+		return "ah"
+	case 58:
+		return "ipv6-icmp"
+	case 132:
+		return "sctp"
+	}
+	return strconv.Itoa(int(p))
 }
 
 type eventHub struct {
-	mu   sync.Mutex
-	subs map[chan Event]struct{}
+	mu    sync.Mutex
+	subs  map[chan Event]struct{}
+	drops *atomic.Uint64
 }
 
 func (h *eventHub) publish(e Event) {
@@ -45,6 +78,9 @@ func (h *eventHub) publish(e Event) {
 		select {
 		case c <- e:
 		default: // a slow follower loses events, never the agent
+			if h.drops != nil {
+				h.drops.Add(1)
+			}
 		}
 	}
 }
@@ -64,7 +100,14 @@ func (h *eventHub) subscribe() (chan Event, func()) {
 	}
 }
 
-func (a *Agent) hub() *eventHub { return &a.events }
+func (a *Agent) hub() *eventHub {
+	a.events.mu.Lock()
+	if a.events.drops == nil {
+		a.events.drops = &a.metrics.followerDrops
+	}
+	a.events.mu.Unlock()
+	return &a.events
+}
 
 // ReadEvents reads denial events from the ring buffer until ctx ends: each
 // is counted, logged as a structured line (at most cfg.EventRate per
@@ -107,14 +150,18 @@ func (a *Agent) ReadEvents(ctx context.Context, ring *ebpf.Map) error {
 		}
 		tokens--
 		a.log.Warn("denied", "interface", e.Interface, "vm", e.VM, "direction", e.Direction, "reason", e.Reason,
-			"spi", fmt.Sprintf("%#x", e.SPI), "label", e.Label, "proto", e.Proto, "src", e.Src, "dst", e.Dst)
+			"spi", fmt.Sprintf("%#x", e.SPI), "label", e.Label, "protocol", e.Protocol, "src", e.Src, "sport", e.Sport, "dst", e.Dst, "dport", e.Dport)
 	}
 }
 
 func (a *Agent) describe(ev bpf.FastpathEvent, bootOffset time.Duration) Event {
 	e := Event{
 		Time: time.Unix(0, int64(ev.TsNs)).Add(bootOffset), Ifindex: ev.Ifindex, VM: ev.VmId,
-		Reason: verdict.Reason(ev.Reason).String(), SPI: ev.Spi, Proto: ev.Proto, Direction: "ingress",
+		Reason: verdict.Reason(ev.Reason).String(), SPI: ev.Spi, Proto: ev.Proto, Protocol: ProtocolName(ev.Proto), Direction: "ingress",
+	}
+	e.Sport, e.Dport = eventPorts(ev)
+	if ev.Proto == 58 {
+		e.ICMPType, e.Sport, e.Dport = uint8(e.Sport), 0, 0
 	}
 	if ev.Dir != 0 {
 		e.Direction = "egress"
@@ -142,27 +189,89 @@ func bootTimeOffset() time.Duration {
 	return time.Duration(time.Now().UnixNano()) - mono
 }
 
+// eventPorts returns the ports of an event whose record carries them
+// (struct event's sport and dport, host byte order, once the fast path
+// reports them; for ICMPv6 sport is the message type); 0 otherwise. By
+// reflection, so that the agent builds against either record.
+func eventPorts(ev bpf.FastpathEvent) (sport, dport uint16) {
+	v := reflect.ValueOf(ev)
+	port := func(name string) uint16 {
+		f := v.FieldByName(name)
+		if !f.IsValid() || !f.CanUint() {
+			return 0
+		}
+		return uint16(f.Uint())
+	}
+	return port("Sport"), port("Dport")
+}
+
+// EventFilter selects events: empty fields match everything.
+type EventFilter struct {
+	Reason    string
+	Interface string
+	VM        uint32
+}
+
+// Match reports whether e passes the filter.
+func (f EventFilter) Match(e Event) bool {
+	return (f.Reason == "" || f.Reason == e.Reason) && (f.Interface == "" || f.Interface == e.Interface) && (f.VM == 0 || f.VM == e.VM)
+}
+
+// serveEvents streams events as JSON lines until the caller goes away;
+// ?reason=, ?interface= and ?vm= filter them. The server's read and write
+// timeouts are lifted for this request: a follower may stay for days.
 func (a *Agent) serveEvents(w http.ResponseWriter, r *http.Request) {
-	fl, ok := w.(http.Flusher)
-	if !ok {
-		writeJSON(w, http.StatusInternalServerError, errBody(errors.New("streaming unsupported")))
+	q := r.URL.Query()
+	f := EventFilter{Reason: q.Get("reason"), Interface: q.Get("interface")}
+	if v := q.Get("vm"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("vm %q: want a VM id", v)))
+			return
+		}
+		f.VM = uint32(n)
+	}
+	if f.Reason != "" {
+		known := false
+		for _, rs := range verdict.Reasons() {
+			known = known || rs.String() == f.Reason
+		}
+		if !known {
+			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("reason %q: not a reason code (see mlsgate_packets_total's reason label)", f.Reason)))
+			return
+		}
+	}
+	rc := http.NewResponseController(w)
+	if err := rc.SetWriteDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		writeJSON(w, http.StatusInternalServerError, errBody(fmt.Errorf("lift the write deadline: %w", err)))
+		return
+	}
+	if err := rc.SetReadDeadline(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		writeJSON(w, http.StatusInternalServerError, errBody(fmt.Errorf("lift the read deadline: %w", err)))
 		return
 	}
 	c, cancel := a.hub().subscribe()
 	defer cancel()
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	fl.Flush()
+	if err := rc.Flush(); err != nil {
+		return
+	}
 	enc := json.NewEncoder(w)
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case e := <-c:
+			if !f.Match(e) {
+				continue
+			}
 			if err := enc.Encode(e); err != nil {
 				return
 			}
-			fl.Flush()
+			if err := rc.Flush(); err != nil {
+				return
+			}
 		}
 	}
 }

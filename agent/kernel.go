@@ -130,7 +130,22 @@ func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error)
 		return nil, nil, err
 	}
 	a.metrics.counters = k
+	a.metrics.ringLost = k.EventsLost
 	return a, k, nil
+}
+
+// EventsLost sums the kernel's per-CPU count of denials that found the
+// events ring full.
+func (k *Kernel) EventsLost() (uint64, error) {
+	var per []uint64
+	if err := k.Objs.Maps.EventsLost.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("read events_lost: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
 }
 
 // ensureBPFFS checks that dir is (or will be created) on a bpffs mount,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
@@ -27,8 +28,15 @@ type metrics struct {
 	events           *prometheus.CounterVec
 	eventsSuppressed prometheus.Counter
 	eventsLost       prometheus.Counter
-	counters         CounterReader
-	xfrmStat         func() ([]byte, error)
+	apiChanges       *prometheus.CounterVec
+	apiRefused       prometheus.Counter
+	// followerDrops counts events a slow /v1/events follower missed.
+	followerDrops atomic.Uint64
+	// ringLost reads the kernel's count of denials that did not fit in the
+	// events ring (nil: none known).
+	ringLost func() (uint64, error)
+	counters CounterReader
+	xfrmStat func() ([]byte, error)
 }
 
 const ns = "mlsgate"
@@ -54,7 +62,17 @@ func newMetrics(a *Agent) *metrics {
 		}, []string{"reason"}),
 		eventsSuppressed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "denial_logs_suppressed_total", Help: "Denial events not logged because of the rate limit."}),
 		eventsLost:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "denial_events_read_errors_total", Help: "Ring buffer records that could not be decoded."}),
-		xfrmStat:         func() ([]byte, error) { return os.ReadFile("/proc/net/xfrm_stat") },
+		apiChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "api_changes_total",
+			Help: "Changes to the desired state through the API (guest_set, guest_rm, peers, sas), by result (applied, refused as invalid).",
+		}, []string{"change", "result"}),
+		apiRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "api_refused_total", Help: "API requests refused because the caller is neither root nor in the socket group."}),
+		xfrmStat:   func() ([]byte, error) { return os.ReadFile("/proc/net/xfrm_stat") },
+	}
+	for _, c := range changeKinds {
+		for _, r := range []string{"applied", "refused"} {
+			m.apiChanges.WithLabelValues(c, r)
+		}
 	}
 	for _, r := range verdict.Reasons() {
 		if !r.Allowed() {
@@ -62,7 +80,7 @@ func newMetrics(a *Agent) *metrics {
 		}
 	}
 	m.reg.MustRegister(m.syncLag, m.reconcileSeconds, m.reconcileErrors, m.attaches, m.detaches, m.events, m.eventsSuppressed, m.eventsLost,
-		&scrapeCollector{a: a, m: m})
+		m.apiChanges, m.apiRefused, &scrapeCollector{a: a, m: m})
 	return m
 }
 
@@ -82,10 +100,13 @@ var (
 	descCapacity = prometheus.NewDesc(ns+"_map_capacity", "Capacity of each map.", []string{"map"}, nil)
 	descXfrm     = prometheus.NewDesc(ns+"_xfrm_errors_total", "The kernel's XFRM error counters from /proc/net/xfrm_stat.", []string{"name"}, nil)
 	descReady    = prometheus.NewDesc(ns+"_ready", "1 once the first full reconcile succeeded.", nil, nil)
+	descEnforce  = prometheus.NewDesc(ns+"_enforce", "1 when the agent drops denied packets; 0 when it only counts them (every guest is then in audit mode).", nil, nil)
+	descAudit    = prometheus.NewDesc(ns+"_guest_audit", "1 when a declared guest's denials are only counted, not dropped (its audit flag, or enforce off).", []string{"interface"}, nil)
+	descLost     = prometheus.NewDesc(ns+"_events_lost_total", "Denial events lost: ring (the kernel found the events ring full), follower (a slow /v1/events reader missed them).", []string{"stage"}, nil)
 )
 
 func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSAs, descGuests, descEntries, descCapacity, descXfrm, descReady} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSAs, descGuests, descEntries, descCapacity, descXfrm, descReady, descEnforce, descAudit, descLost} {
 		ch <- d
 	}
 }
@@ -136,6 +157,23 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	ch <- prometheus.MustNewConstMetric(descEnforce, prometheus.GaugeValue, b2f(st.Enforce))
+	for _, g := range st.Guests {
+		ch <- prometheus.MustNewConstMetric(descAudit, prometheus.GaugeValue, b2f(g.Enforcement == "audit"), g.Interface)
+	}
+	if c.m.ringLost != nil {
+		if n, err := c.m.ringLost(); err == nil {
+			ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(n), "ring")
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descLost, prometheus.CounterValue, float64(c.m.followerDrops.Load()), "follower")
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // parseXfrmStat reads /proc/net/xfrm_stat: lines of "XfrmInError  0".

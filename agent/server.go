@@ -7,25 +7,27 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Handler serves the agent's HTTP API:
+// PublicHandler serves what anyone on the host may see, on TCP:
 //
-//	GET    /metrics                 Prometheus text
-//	GET    /healthz                 the process answers
-//	GET    /readyz                  200 once the first full reconcile succeeded
-//	GET    /v1/status               guests, SAs, map fill, counters (JSON)
-//	PUT    /v1/guests/{interface}   declare a guest (GuestSpec JSON)
-//	DELETE /v1/guests/{interface}   forget it (its programs are detached)
-//	PUT    /v1/peers                replace the peers ([]PeerSpec)
-//	PUT    /v1/sas                  replace the static SAs ([]SASpec)
-//	GET    /v1/events               denial events as JSON lines, as they come
-func (a *Agent) Handler() http.Handler {
+//	GET /metrics   Prometheus text
+//	GET /healthz   the process answers
+//	GET /readyz    200 once the first full reconcile succeeded
+//
+// Nothing that changes or reveals policy is reachable through it.
+func (a *Agent) PublicHandler() http.Handler {
 	mux := http.NewServeMux()
+	a.public(mux)
+	return mux
+}
+
+func (a *Agent) public(mux *http.ServeMux) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -38,6 +40,25 @@ func (a *Agent) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
+}
+
+// AdminHandler serves the agent's API, for its Unix socket only (the
+// command wraps it with the socket's peer check, localapi):
+//
+//	GET    /metrics, /healthz, /readyz   as PublicHandler
+//	GET    /v1/status               guests (with their mode), SAs, map fill, counters (JSON)
+//	PUT    /v1/guests/{interface}   declare a guest (GuestSpec JSON)
+//	DELETE /v1/guests/{interface}   forget it (its programs are detached)
+//	PUT    /v1/peers                replace the peers ([]PeerSpec)
+//	PUT    /v1/sas                  replace the static SAs ([]SASpec)
+//	GET    /v1/events               denial events as JSON lines, as they come;
+//	                                ?reason=&interface=&vm= filter them
+//
+// Every change is logged ("policy change") with the caller's uid and pid
+// and the old and the new spec, and counted (mlsgate_api_changes_total).
+func (a *Agent) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	a.public(mux)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		st := a.Status()
 		if cr := a.metrics.counters; cr != nil {
@@ -59,29 +80,37 @@ func (a *Agent) Handler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("interface %q in the body differs from %q in the path", g.Interface, r.PathValue("iface"))))
 			return
 		}
-		if err := a.SetGuest(g); err != nil {
+		old, err := a.changeDesired(setGuest(g))
+		a.recordChange(r, changeGuestSet, oldGuest(old, g.Interface), g, err)
+		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
 			return
 		}
 		writeJSON(w, http.StatusOK, g)
 	})
 	mux.HandleFunc("DELETE /v1/guests/{iface}", func(w http.ResponseWriter, r *http.Request) {
-		found, err := a.RemoveGuest(r.PathValue("iface"))
-		switch {
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, errBody(err))
-		case !found:
-			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no guest declared on %s", r.PathValue("iface"))))
-		default:
-			writeJSON(w, http.StatusOK, map[string]bool{"removed": true})
+		iface := r.PathValue("iface")
+		found := false
+		old, err := a.changeDesired(removeGuest(iface, &found))
+		if err == nil && !found {
+			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no guest declared on %s", iface)))
+			return
 		}
+		a.recordChange(r, changeGuestRemove, oldGuest(old, iface), nil, err)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, errBody(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"removed": true})
 	})
 	mux.HandleFunc("PUT /v1/peers", func(w http.ResponseWriter, r *http.Request) {
 		var p []PeerSpec
 		if !readJSON(w, r, &p) {
 			return
 		}
-		if err := a.SetPeers(p); err != nil {
+		old, err := a.changeDesired(func(d *Desired) { d.Peers = p })
+		a.recordChange(r, changePeers, old.Peers, p, err)
+		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
 			return
 		}
@@ -92,7 +121,9 @@ func (a *Agent) Handler() http.Handler {
 		if !readJSON(w, r, &s) {
 			return
 		}
-		if err := a.SetStaticSAs(s); err != nil {
+		old, err := a.changeDesired(func(d *Desired) { d.SAs = s })
+		a.recordChange(r, changeSAs, logSAs(old.SAs), logSAs(s), err)
+		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
 			return
 		}
@@ -100,6 +131,64 @@ func (a *Agent) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/events", a.serveEvents)
 	return mux
+}
+
+// The changes the API counts, by mlsgate_api_changes_total's change label.
+const (
+	changeGuestSet    = "guest_set"
+	changeGuestRemove = "guest_rm"
+	changePeers       = "peers"
+	changeSAs         = "sas"
+)
+
+var changeKinds = []string{changeGuestSet, changeGuestRemove, changePeers, changeSAs}
+
+// oldGuest is the guest declared on iface before a change, or nil.
+func oldGuest(d Desired, iface string) any {
+	for _, g := range d.Guests {
+		if g.Interface == iface {
+			return g
+		}
+	}
+	return nil
+}
+
+// maxLoggedSAs bounds the SAs a change log line carries in full; a larger
+// set is logged by count (they carry no keys either way).
+const maxLoggedSAs = 64
+
+func logSAs(s []SASpec) any {
+	if len(s) > maxLoggedSAs {
+		return map[string]int{"count": len(s)}
+	}
+	return s
+}
+
+// recordChange logs a change made through the API with who made it (the
+// socket's peer) and what it replaced, and counts it.
+func (a *Agent) recordChange(r *http.Request, change string, old, new any, err error) {
+	result := "applied"
+	if err != nil {
+		result = "refused"
+	}
+	a.metrics.apiChanges.WithLabelValues(change, result).Inc()
+	args := []any{"change", change, "result", result, "old", old, "new", new}
+	if p, ok := localapi.PeerFrom(r.Context()); ok {
+		args = append(args, "uid", p.UID, "gid", p.GID, "pid", p.PID)
+	} else {
+		args = append(args, "peer", "unknown")
+	}
+	if err != nil {
+		args = append(args, "error", err)
+	}
+	a.log.Warn("policy change", args...)
+}
+
+// APIRefused logs and counts a caller the socket refused (localapi's
+// Listener.OnRefuse).
+func (a *Agent) APIRefused(p localapi.Peer, r *http.Request, err error) {
+	a.metrics.apiRefused.Inc()
+	a.log.Warn("api refused", "uid", p.UID, "gid", p.GID, "pid", p.PID, "method", r.Method, "path", r.URL.Path, "error", err)
 }
 
 // maxBody bounds API request bodies: 100,000 static SAs fit.

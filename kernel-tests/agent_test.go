@@ -45,6 +45,11 @@ type agentEnv struct {
 	client    *http.Client
 	exited    chan struct{}
 	startedAt time.Time
+	// listen is the agent's TCP address ("" none); extraArgs and env are
+	// added to its command line and environment.
+	listen    string
+	extraArgs []string
+	env       []string
 }
 
 var (
@@ -125,9 +130,10 @@ func (e *agentEnv) start() {
 	t := e.t
 	t.Helper()
 	e.log = &bytes.Buffer{}
-	e.cmd = exec.Command("ip", "netns", "exec", e.hostNS, e.bin, "agent", "--config", "",
-		"--state-dir", filepath.Join(e.dir, "state"), "--pin-dir", e.pins, "--listen", "", "--socket", e.sock,
-		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5")
+	e.cmd = exec.Command("ip", append([]string{"netns", "exec", e.hostNS, e.bin, "agent", "--config", "",
+		"--state-dir", filepath.Join(e.dir, "state"), "--pin-dir", e.pins, "--listen", e.listen, "--socket", e.sock,
+		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5"}, e.extraArgs...)...)
+	e.cmd.Env = append(os.Environ(), e.env...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := e.cmd.Start(); err != nil {
@@ -419,6 +425,9 @@ func TestPrivilegedAgentKill(t *testing.T) {
 
 // TestMain removes the binary buildAgent built.
 func TestMain(m *testing.M) {
+	if os.Getenv(clientEnv) != "" {
+		os.Exit(httpClientMain())
+	}
 	code := m.Run()
 	if agentBin != "" {
 		os.RemoveAll(filepath.Dir(agentBin))

@@ -8,18 +8,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -38,7 +40,11 @@ func newAgentCmd() *cobra.Command {
 links under --pin-dir, attaches the programs to every declared guest's
 interface as it appears (names matching --interfaces; an undeclared interface
 is never touched), keeps the maps equal to the declared guests, peers and SAs,
-and serves /metrics, /healthz, /readyz and its API on --listen and --socket.
+and serves /metrics, /healthz and /readyz on --listen (TCP) and its API
+(status, guests, peers, SAs, events) on --socket, to root and members of
+--socket-group only. Both are bound before anything else: a bad address ends
+the agent at once. Under systemd (Type=notify) it reports READY=1 after the
+first full reconcile.
 
 Killing the agent leaves the pinned programs enforcing the last state; a new
 agent adopts the pins and swaps its programs in atomically. 'mlsgate agent
@@ -54,6 +60,13 @@ flags. deploy/agent.yaml documents every key.`,
 				return err
 			}
 			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			// Listeners first: a bad address ends the agent before it
+			// touches the pins, not after it runs "ready" without an API.
+			lns, err := bindListeners(cfg.Listen, "listen (config key listen, flag --listen)", cfg.Socket, "socket (config key socket, flag --socket)", cfg.SocketGroup)
+			if err != nil {
+				return err
+			}
+			defer lns.close()
 			a, k, err := agent.Start(cfg, log, nil)
 			if err != nil {
 				return err
@@ -68,11 +81,15 @@ flags. deploy/agent.yaml documents every key.`,
 			}()
 			errc := make(chan error, 1)
 			go func() {
-				errc <- serveHTTP(ctx, log, a.Handler(), cfg.Listen, cfg.Socket, nil)
+				err := lns.serve(ctx, daemon{log: log, public: a.PublicHandler(), admin: a.AdminHandler(), ready: a.ReadyC(), onRefuse: a.APIRefused})
+				if err != nil {
+					cancel() // a listener that fails ends the agent
+				}
+				errc <- err
 			}()
 			err = a.Run(ctx)
 			cancel()
-			if serr := <-errc; err == nil && serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+			if serr := <-errc; err == nil {
 				err = serr
 			}
 			log.Info("agent stopped; the pinned fast path keeps enforcing", "pin_dir", cfg.PinDir)
@@ -84,8 +101,9 @@ flags. deploy/agent.yaml documents every key.`,
 	f.StringVar(&cfgFile, "config", defaultAgentConfig, "configuration file (YAML); a missing default file is fine")
 	f.String("state-dir", d.StateDir, "where the desired state is kept")
 	f.String("pin-dir", d.PinDir, "bpffs directory for the pinned maps and links")
-	f.String("listen", d.Listen, "TCP address for metrics and the API; \"\" for none")
-	f.String("socket", d.Socket, "Unix socket for the API; \"\" for none")
+	f.String("listen", d.Listen, "TCP address for /metrics, /healthz and /readyz only; \"\" for none")
+	f.String("socket", d.Socket, "Unix socket for the API (root and --socket-group only); \"\" for none")
+	f.String("socket-group", d.SocketGroup, "group allowed on --socket besides root (a missing group: root only)")
 	f.StringSlice("interfaces", d.Interfaces, "interface name patterns the agent may manage")
 	f.Bool("enforce", d.Enforce, "drop denied packets (false: count and report only)")
 	f.Uint32("spi-base", d.SPIBase, "first SPI of the host's range")
@@ -103,7 +121,7 @@ flags. deploy/agent.yaml documents every key.`,
 func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Config, error) {
 	d := agent.DefaultConfig()
 	for k, val := range map[string]any{
-		"state_dir": d.StateDir, "pin_dir": d.PinDir, "listen": d.Listen, "socket": d.Socket, "interfaces": d.Interfaces,
+		"state_dir": d.StateDir, "pin_dir": d.PinDir, "listen": d.Listen, "socket": d.Socket, "socket_group": d.SocketGroup, "interfaces": d.Interfaces,
 		"enforce": d.Enforce, "spi_base": d.SPIBase, "spi_slots": d.SPISlots, "api_port": d.APIPort,
 		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval, "drift_interval": d.DriftInterval,
 		"default_integrity": "i0",
@@ -148,24 +166,22 @@ func textHook(from, to reflect.Type, data any) (any, error) {
 	return data, nil
 }
 
-// agentClient talks to a running agent over TCP or a Unix socket.
+// agentClient talks to a running agent on its Unix socket.
 type agentClient struct {
 	base string
 	http *http.Client
 }
 
-func newAgentClient(addr string, timeout time.Duration) *agentClient {
-	c := &agentClient{base: addr, http: &http.Client{Timeout: timeout}}
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		c.base = "http://agent"
-		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}}
-	} else if !strings.Contains(addr, "://") {
-		c.base = "http://" + addr
+const defaultAgentSocket = "unix:/run/mlsgate/agent.sock"
+
+// newAgentClient reaches the agent's socket (unix:/path); a TCP address is
+// refused: the agent serves no API on TCP.
+func newAgentClient(addr string, timeout time.Duration) (*agentClient, error) {
+	path, err := localapi.SocketPath(addr, "--agent", strings.TrimPrefix(defaultAgentSocket, "unix:"))
+	if err != nil {
+		return nil, err
 	}
-	return c
+	return &agentClient{base: "http://agent", http: localapi.Client(path, timeout)}, nil
 }
 
 func (c *agentClient) do(ctx context.Context, method, path string, in, out any) error {
@@ -183,7 +199,7 @@ func (c *agentClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("agent at %s: %w (is 'mlsgate agent' running? see --agent)", c.base, err)
+		return fmt.Errorf("agent: %w (is 'mlsgate agent' running? see --agent)", err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -202,11 +218,20 @@ func newStatusCmd() *cobra.Command {
 	var addr, output string
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "show the agent's guests, SAs, map fill and counters",
-		Args:  cobra.NoArgs,
+		Short: "show the agent's guests (and whether each enforces or only audits), SAs, map fill and counters",
+		Long: `Show the agent's view, from its Unix socket (root or the socket group): every
+declared guest with its MODE, enforce (denied packets are dropped) or audit
+(only counted and reported: the guest's audit flag, or enforce off for the
+whole agent), whether plain traffic is let through at the default label
+(UNLABELED), and whether its programs are attached.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := newAgentClient(addr, 5*time.Second)
+			if err != nil {
+				return err
+			}
 			var st agent.Status
-			if err := newAgentClient(addr, 5*time.Second).do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
+			if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
@@ -215,20 +240,37 @@ func newStatusCmd() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			fmt.Fprintf(w, "ready: %v\n", st.Ready)
+			enforce := "on"
+			if !st.Enforce {
+				enforce = "off (every guest is in audit mode: denials are counted, not dropped)"
+			}
+			fmt.Fprintf(w, "ready: %v\nenforce: %s\n", st.Ready, enforce)
 			if st.Error != "" {
 				fmt.Fprintf(w, "last error: %s\n", st.Error)
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "INTERFACE\tVM\tAPP\tRANGE\tPRESENT\tATTACHED")
+			fmt.Fprintln(tw, "INTERFACE\tVM\tAPP\tRANGE\tMODE\tUNLABELED\tPRESENT\tATTACHED")
+			audits := 0
 			for _, g := range st.Guests {
 				att := "no"
 				if g.Attached {
 					att = g.Mode
 				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%v\t%s\n", g.Interface, g.VM, g.App, g.Range, g.Present, att)
+				mode := "enforce"
+				if g.Audit || !st.Enforce {
+					mode = "audit"
+					audits++
+				}
+				unl := "denied"
+				if g.AllowUnlabeled {
+					unl = "allowed"
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", g.Interface, g.VM, g.App, g.Range, mode, unl, g.Present, att)
 			}
 			tw.Flush()
+			if audits > 0 {
+				fmt.Fprintf(w, "WARNING: %d guest(s) in audit mode: their denied packets pass\n", audits)
+			}
 			fmt.Fprintf(w, "SAs: %d synced, %d static, %d unlabeled, %d with a bad context, %d of no guest; peers: %d\n",
 				st.SAs.Synced, st.SAs.Static, st.SAs.Unlabeled, st.SAs.BadContext, st.SAs.NoGuest, st.Peers)
 			fmt.Fprintf(w, "map entries: vifs %d, labels %d, sa_slots %d, sas %d, peers %d\n", st.Maps.Vifs, st.Maps.Labels, st.Maps.Slots, st.Maps.SAs, st.Maps.Peers)
@@ -245,35 +287,129 @@ func newStatusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&addr, "agent", "127.0.0.1:9471", "the agent's address (host:port or unix:/path)")
+	cmd.Flags().StringVar(&addr, "agent", defaultAgentSocket, "the agent's Unix socket (unix:/path); TCP serves no API")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return cmd
 }
 
 func newEventsCmd() *cobra.Command {
-	var addr string
-	return &cobra.Command{
+	var addr, output, reason, iface string
+	var vm uint32
+	cmd := &cobra.Command{
 		Use:   "events",
-		Short: "follow the agent's denial events (JSON lines) until interrupted",
-		Args:  cobra.NoArgs,
+		Short: "follow the agent's denial events until interrupted",
+		Long: `Follow the denials the fast path samples, from the agent's Unix socket, until
+interrupted: time, interface, VM, direction, reason, protocol, addresses and
+ports, and the SA's label in text form. --reason, --interface and --vm keep
+only the matching events.`,
+		Example: "  mlsgate events --reason deny_spoofed\n  mlsgate events --interface vif7.0 -o json",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c := newAgentClient(addr, 0)
-			req, err := http.NewRequestWithContext(cmd.Context(), "GET", c.base+"/v1/events", nil)
+			if output != "compact" && output != "json" {
+				return fmt.Errorf("--output %q: want compact or json", output)
+			}
+			c, err := newAgentClient(addr, 0)
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			if reason != "" {
+				q.Set("reason", reason)
+			}
+			if iface != "" {
+				q.Set("interface", iface)
+			}
+			if vm != 0 {
+				q.Set("vm", strconv.FormatUint(uint64(vm), 10))
+			}
+			u := c.base + "/v1/events"
+			if len(q) > 0 {
+				u += "?" + q.Encode()
+			}
+			req, err := http.NewRequestWithContext(cmd.Context(), "GET", u, nil)
 			if err != nil {
 				return err
 			}
 			resp, err := c.http.Do(req)
 			if err != nil {
-				return fmt.Errorf("agent at %s: %w", addr, err)
+				return fmt.Errorf("agent: %w (is 'mlsgate agent' running? see --agent)", err)
 			}
 			defer resp.Body.Close()
-			_, err = io.Copy(cmd.OutOrStdout(), resp.Body)
+			if resp.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+				var e struct{ Error string }
+				_ = json.Unmarshal(b, &e)
+				return fmt.Errorf("agent: %s: %s", resp.Status, e.Error)
+			}
+			f := agent.EventFilter{Reason: reason, Interface: iface, VM: vm}
+			err = followEvents(resp.Body, cmd.OutOrStdout(), output, f)
 			if cmd.Context().Err() != nil {
-				return nil
+				return nil // interrupted
+			}
+			if err == nil {
+				err = errors.New("the agent ended the event stream (did it stop?)")
 			}
 			return err
 		},
 	}
+	f := cmd.Flags()
+	f.StringVar(&addr, "agent", defaultAgentSocket, "the agent's Unix socket (unix:/path); TCP serves no API")
+	f.StringVarP(&output, "output", "o", "compact", "compact (one line per event) or json (JSON lines)")
+	f.StringVar(&reason, "reason", "", "only this reason (e.g. deny_spoofed)")
+	f.StringVar(&iface, "interface", "", "only this interface (e.g. vif7.0)")
+	f.Uint32Var(&vm, "vm", 0, "only this VM id")
+	return cmd
+}
+
+// followEvents copies events from the stream, filtered (again: an older
+// agent ignores the query), as compact lines or JSON lines.
+func followEvents(in io.Reader, w io.Writer, output string, f agent.EventFilter) error {
+	dec := json.NewDecoder(in)
+	enc := json.NewEncoder(w)
+	for {
+		var e agent.Event
+		if err := dec.Decode(&e); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("event stream: %w", err)
+		}
+		if !f.Match(e) {
+			continue
+		}
+		if output == "json" {
+			if err := enc.Encode(e); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := fmt.Fprintln(w, compactEvent(e)); err != nil {
+			return err
+		}
+	}
+}
+
+// compactEvent is one line: when, where, why, what.
+func compactEvent(e agent.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s vm%d %s %s %s", e.Time.Format("15:04:05.000"), orDash(e.Interface), e.VM, e.Direction, e.Reason, orDash(e.Protocol))
+	addr := func(a netip.Addr, port uint16) string {
+		if port == 0 {
+			return a.String()
+		}
+		return netip.AddrPortFrom(a, port).String()
+	}
+	fmt.Fprintf(&b, " %s -> %s", addr(e.Src, e.Sport), addr(e.Dst, e.Dport))
+	if e.ICMPType != 0 {
+		fmt.Fprintf(&b, " type %d", e.ICMPType)
+	}
+	if e.SPI != 0 {
+		fmt.Fprintf(&b, " spi %#x", e.SPI)
+	}
+	if e.Label != "" {
+		fmt.Fprintf(&b, " label %s", e.Label)
+	}
+	return b.String()
 }
 
 func newGuestCmd() *cobra.Command {
@@ -302,7 +438,11 @@ func newGuestCmd() *cobra.Command {
 					}
 				}
 			}
-			return newAgentClient(addr, 10*time.Second).do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil)
+			c, err := newAgentClient(addr, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil)
 		},
 	}
 	set.Flags().Uint32Var(&vm, "vm", 0, "the guest's VM id (domid)")
@@ -316,11 +456,15 @@ func newGuestCmd() *cobra.Command {
 		Use:  "rm INTERFACE",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return newAgentClient(addr, 10*time.Second).do(cmd.Context(), "DELETE", "/v1/guests/"+args[0], nil, nil)
+			c, err := newAgentClient(addr, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			return c.do(cmd.Context(), "DELETE", "/v1/guests/"+args[0], nil, nil)
 		},
 		Short: "forget the guest on an interface (detaches the programs)",
 	}
-	cmd.PersistentFlags().StringVar(&addr, "agent", "127.0.0.1:9471", "the agent's address (host:port or unix:/path)")
+	cmd.PersistentFlags().StringVar(&addr, "agent", defaultAgentSocket, "the agent's Unix socket (unix:/path); TCP serves no API")
 	cmd.AddCommand(set, rm)
 	return cmd
 }

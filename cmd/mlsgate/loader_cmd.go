@@ -4,12 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
@@ -26,6 +27,7 @@ func newLoaderCmd() *cobra.Command {
 		noHostXFRM, pauseIdle                                        bool
 		limits                                                       = loader.DefaultLimits()
 	)
+	var socketGroup string
 	cmd := &cobra.Command{
 		Use:   "loader",
 		Short: "run VMLoad: load requests from the host and the guests, the pool, the configuration phase",
@@ -48,6 +50,16 @@ without a policy yet is reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			if _, err := localapi.SocketPath(agentAddr, "--agent", "/run/mlsgate/agent.sock"); err != nil {
+				return err
+			}
+			// The host's socket before anything starts: a bad path ends the
+			// loader at once.
+			ul, err := localapi.Listen(socket, socketGroup)
+			if err != nil {
+				return fmt.Errorf("--socket: %w", err)
+			}
+			defer ul.Close()
 			var be loader.Backend
 			exe, _ := os.Executable()
 			switch backendName {
@@ -95,19 +107,16 @@ without a policy yet is reached.`,
 				v.api.Mapper = m.Handler()
 			}
 			srv := v.api.Server()
-			if err := removeStaleSocket(socket); err != nil {
-				return err
+			// The host's socket: its own server, served only to root and
+			// the socket group (SO_PEERCRED), never on TCP.
+			usrv := v.api.Server()
+			ul.OnRefuse = func(p localapi.Peer, r *http.Request, err error) {
+				log.Warn("api refused", "uid", p.UID, "gid", p.GID, "pid", p.PID, "method", r.Method, "path", r.URL.Path, "error", err)
 			}
-			if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
-				return err
-			}
-			ul, err := net.Listen("unix", socket)
-			if err != nil {
-				return err
-			}
-			defer os.Remove(socket)
-			os.Chmod(socket, 0o600)
-			go srv.Serve(ul)
+			usrv.Handler = logHostLoads(log, usrv.Handler)
+			ul.Protect(usrv)
+			go usrv.Serve(ul)
+			defer usrv.Close()
 			// Guests: one listener each, on its host-side address, bound to
 			// its interface; never the wildcard address.
 			v.listeners.Serve(srv)
@@ -116,7 +125,10 @@ without a policy yet is reached.`,
 				log.Warn(w)
 			}
 			go v.pool.Run(cmd.Context())
-			log.Info("VMLoad ready", "socket", socket, "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
+			log.Info("VMLoad ready", "socket", socket, "socket_group", ul.Group(), "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
+			if err := localapi.Notify("READY=1"); err != nil {
+				log.Error("readiness", "error", err)
+			}
 			<-cmd.Context().Done()
 			return nil
 		},
@@ -124,8 +136,9 @@ without a policy yet is reached.`,
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", "/var/lib/mlsgate/loader", "the loader's state: policy store, CA, pool")
 	f.StringVar(&apps, "apps", defaultAppsDir, "directory of application files")
-	f.StringVar(&agentAddr, "agent", "unix:/run/mlsgate/agent.sock", "the host agent's API")
-	f.StringVar(&socket, "socket", defaultLoaderSocket, "Unix socket for the host's load requests")
+	f.StringVar(&agentAddr, "agent", "unix:/run/mlsgate/agent.sock", "the host agent's Unix socket (unix:/path)")
+	f.StringVar(&socket, "socket", defaultLoaderSocket, "Unix socket for the host's load requests (root and --socket-group only)")
+	f.StringVar(&socketGroup, "socket-group", "mlsgate", "group allowed on --socket besides root (a missing group: root only)")
 	f.Uint16Var(&apiPort, "api-port", 7443, "TCP port for guests' requests and their update daemons (= the agent's api_port)")
 	f.StringVar(&backendName, "backend", "netns", "netns, qemu or xen")
 	f.IntVar(&poolSize, "pool-size", 1, "idle guests to keep pre-loaded")
@@ -149,4 +162,18 @@ without a policy yet is reached.`,
 	f.StringVar(&xenKernel, "xen-kernel", "", "guest kernel for --backend xen")
 	f.StringVar(&xenRamdisk, "xen-ramdisk", "", "guest ramdisk for --backend xen")
 	return cmd
+}
+
+// logHostLoads logs who asked for each load on the host's socket.
+func logHostLoads(log *slog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/v1/load" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		p, _ := localapi.PeerFrom(r.Context())
+		log.Warn("host load", "uid", p.UID, "gid", p.GID, "pid", p.PID, "status", rec.code)
+	})
 }

@@ -6,23 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 )
 
 const (
-	defaultStoreDB   = "/var/lib/mlsgate/store/policystore.db" // deploy/mlsgate-store.service's StateDirectory
-	defaultAppsDir   = "/etc/mlsgate/apps"
-	defaultStoreAddr = "127.0.0.1:7441"
+	defaultStoreDB     = "/var/lib/mlsgate/store/policystore.db" // deploy/mlsgate-store.service's StateDirectory
+	defaultAppsDir     = "/etc/mlsgate/apps"
+	defaultStoreAddr   = "127.0.0.1:7441"
+	defaultStoreSocket = "/run/mlsgate/store.sock"
 )
 
 func newStoreCmd() *cobra.Command {
@@ -35,7 +34,7 @@ resolves URLs to applications, and caches applications fetched from an
 upstream application authority. Its HTTP API makes it an authority for other
 hosts too.`,
 	}
-	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreBundleCmd(), newStoreServeCmd())
+	cmd.AddCommand(newStoreCheckCmd(), newStoreResolveCmd(), newStoreBundleCmd(), newStoreServeCmd(), newStoreUncacheCmd(), newStoreReloadCmd())
 	return cmd
 }
 
@@ -175,59 +174,130 @@ func openResolver(apps, db, authority string) (resolveFunc, func(), error) {
 
 func newStoreServeCmd() *cobra.Command {
 	var (
-		apps, db, listen, socket, authority string
-		ttl, cacheTTL, staleGrace           time.Duration
+		apps, db, listen, socket, group, authority string
+		ttl, cacheTTL, staleGrace                  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "run the policy store's HTTP API (also an application authority)",
-		Long: `Serve the policy store's API on TCP and/or a Unix socket:
+		Long: `Serve the policy store's API on its Unix socket (--socket), to root and
+members of --socket-group only:
 
   GET    /v1/apps             all applications with source and expiry
   GET    /v1/apps/{name}      one application (JSON)
   GET    /v1/resolve?url=URL  the application a URL belongs to
   DELETE /v1/cache/{name}     drop a cached application (DELETE /v1/cache: all)
-  GET    /healthz
+  POST   /v1/reload           load --apps again (as SIGHUP does)
+  GET    /healthz, /metrics
 
-At start and on SIGHUP the --apps directory is loaded as the complete set of
-local applications. A directory with any bad file is refused whole, with the
-file and line, and the store keeps serving what it had.`,
-		Example: "  mlsgate store serve --apps examples/analyst --db /tmp/ps.db --listen 127.0.0.1:7441",
+TCP (--listen) serves only /healthz and /metrics. Every change (cache drops,
+reloads) is logged with the caller's uid and pid and counted
+(mlsgate_api_changes_total).
+
+At start, on SIGHUP and on POST /v1/reload the --apps directory is loaded as
+the complete set of local applications. A directory with any bad file is
+refused whole, with the file and line, and the store keeps serving what it had.`,
+		Example: "  mlsgate store serve --apps examples/analyst --db /tmp/ps.db --socket /tmp/ps.sock --listen \"\"",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if listen == "" && socket == "" {
-				return errors.New("nothing to serve on: give --listen ADDR and/or --socket PATH")
+				return errors.New("nothing to serve on: give --socket PATH and/or --listen ADDR")
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			lns, err := bindListeners(listen, "--listen", socket, "--socket", group)
+			if err != nil {
+				return err
+			}
+			defer lns.close()
 			st, err := policystore.OpenStore(db)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			sync := func() {
+			reg := prometheus.NewRegistry()
+			changes := newChangeCounter(reg, "reload", "cache_drop", "cache_drop_all")
+			refused := newRefusedCounter(reg)
+			var syncMu sync.Mutex
+			syncApps := func(r *http.Request, via string) error {
 				if apps == "" {
-					return
+					return errors.New("no --apps directory to load")
 				}
+				syncMu.Lock()
+				defer syncMu.Unlock()
 				list, err := st.SyncDir(apps)
-				if err != nil {
-					log.Error("application files refused; still serving the previous set", "dir", apps, "error", err)
-					return
+				count := func(result string) {
+					if via != "start" {
+						changes.WithLabelValues("reload", result).Inc()
+					}
 				}
-				log.Info("applications loaded", "dir", apps, "count", len(list))
+				if err != nil {
+					count("refused")
+					logChange(log, r, via, "reload", "refused", "dir", apps, "error", err)
+					return fmt.Errorf("application files refused; still serving the previous set: %w", err)
+				}
+				count("applied")
+				names := make([]string, 0, len(list))
+				for _, a := range list {
+					names = append(names, a.Name)
+				}
+				logChange(log, r, via, "reload", "applied", "dir", apps, "applications", names)
+				return nil
 			}
-			sync()
+			if apps != "" {
+				if err := syncApps(nil, "start"); err != nil {
+					log.Error("application files", "error", err)
+				}
+			}
 			cat := &policystore.Catalog{Store: st, TTL: cacheTTL, StaleGrace: staleGrace}
 			if authority != "" {
 				cat.Authority = &policystore.AuthorityClient{BaseURL: authority}
 			}
-			return serveHTTP(cmd.Context(), log, policystore.Handler(cat, ttl), listen, socket, sync)
+			api := policystore.Handler(cat, ttl)
+			admin := http.NewServeMux()
+			admin.Handle("GET /metrics", metricsHandler(reg))
+			admin.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
+				if err := syncApps(r, "api"); err != nil {
+					writeJSONError(w, http.StatusUnprocessableEntity, err)
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			})
+			admin.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != http.MethodDelete {
+					api.ServeHTTP(w, r)
+					return
+				}
+				change := "cache_drop_all"
+				name := strings.TrimPrefix(r.URL.Path, "/v1/cache/")
+				if name != r.URL.Path {
+					change = "cache_drop"
+				}
+				rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+				api.ServeHTTP(rec, r)
+				result := "applied"
+				if rec.code >= 300 {
+					result = "refused"
+				}
+				changes.WithLabelValues(change, result).Inc()
+				logChange(log, r, "api", change, result, "path", r.URL.Path, "status", rec.code)
+			}))
+			public := http.NewServeMux()
+			public.Handle("GET /metrics", metricsHandler(reg))
+			public.Handle("GET /healthz", api)
+			return lns.serve(cmd.Context(), daemon{log: log, public: public, admin: admin, onRefuse: refusedLogger(log, refused),
+				reload: func() {
+					if err := syncApps(nil, "SIGHUP"); err != nil {
+						log.Error("reload", "error", err)
+					}
+				}})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&apps, "apps", defaultAppsDir, "directory of application files (*.yaml); \"\" for none")
 	f.StringVar(&db, "db", defaultStoreDB, "the store database (created if missing)")
-	f.StringVar(&listen, "listen", defaultStoreAddr, "TCP address to serve on; \"\" for none")
-	f.StringVar(&socket, "socket", "", "Unix socket to serve on")
+	f.StringVar(&socket, "socket", defaultStoreSocket, "Unix socket for the API (root and --socket-group only); \"\" for none")
+	f.StringVar(&group, "socket-group", "mlsgate", "group allowed on --socket besides root (a missing group: root only)")
+	f.StringVar(&listen, "listen", defaultStoreAddr, "TCP address for /healthz and /metrics only; \"\" for none")
 	f.StringVar(&authority, "authority", "", "upstream application authority (base URL) to ask on a miss")
 	f.DurationVar(&ttl, "ttl", 10*time.Minute, "how long clients may cache the answers")
 	f.DurationVar(&cacheTTL, "cache-ttl", 10*time.Minute, "how long to cache the authority's answers when it says nothing")
@@ -235,90 +305,8 @@ file and line, and the store keeps serving what it had.`,
 	return cmd
 }
 
-// serveHTTP serves h on a TCP address and/or a Unix socket until ctx ends;
-// reload runs on SIGHUP.
-func serveHTTP(ctx context.Context, log *slog.Logger, h http.Handler, listen, socket string, reload func()) error {
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-	}
-	var lns []net.Listener
-	closeAll := func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}
-	if listen != "" {
-		ln, err := net.Listen("tcp", listen)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w (is another server running? choose another --listen)", listen, err)
-		}
-		lns = append(lns, ln)
-	}
-	if socket != "" {
-		if err := removeStaleSocket(socket); err != nil {
-			closeAll()
-			return err
-		}
-		ln, err := net.Listen("unix", socket)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("listen on %s: %w", socket, err)
-		}
-		if err := os.Chmod(socket, 0o660); err != nil {
-			closeAll()
-			return err
-		}
-		lns = append(lns, ln)
-	}
-	errc := make(chan error, len(lns))
-	for _, ln := range lns {
-		log.Info("serving", "address", ln.Addr().String())
-		go func() { errc <- srv.Serve(ln) }()
-	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for {
-		select {
-		case <-hup:
-			if reload != nil {
-				reload()
-			}
-		case err := <-errc:
-			srv.Close()
-			return err
-		case <-ctx.Done():
-			shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if socket != "" {
-				defer os.Remove(socket)
-			}
-			return srv.Shutdown(shutCtx)
-		}
-	}
-}
-
-// removeStaleSocket removes a socket file nobody listens on; a live one is
-// an error, so that two servers never fight over a path.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket; remove it or choose another --socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("%s is served by another process; stop it or choose another --socket", path)
-	}
-	return os.Remove(path)
+func writeJSONError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 }

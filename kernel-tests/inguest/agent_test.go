@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 )
@@ -75,12 +76,13 @@ func runAgent() int {
 	defer k.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ln, err := net.Listen("unix", cfg.Socket)
+	ln, err := localapi.Listen(cfg.Socket, "")
 	if err != nil {
 		log.Error("listen", "error", err)
 		return 1
 	}
-	srv := &http.Server{Handler: a.Handler()}
+	srv := &http.Server{Handler: a.AdminHandler()}
+	ln.Protect(srv)
 	go srv.Serve(ln)
 	defer srv.Close()
 	if err := a.Run(ctx); err != nil {
