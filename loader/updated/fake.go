@@ -86,6 +86,16 @@ func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Modul
 	return ModulesReport{Modules: names, Note: "fake applier: nothing compiled or loaded"}, nil
 }
 
+// RestoreModules records the call; the fake loaded nothing.
+func (f *FakeApplier) RestoreModules(_ context.Context, installed ModulesReport, prev []policystore.Module) error {
+	names := make([]string, len(prev))
+	for i, m := range prev {
+		names[i] = m.Name
+	}
+	f.record("restore modules " + strings.Join(installed.Modules, ",") + " to " + strings.Join(names, ","))
+	return nil
+}
+
 // LoadMapperPolicy parses the policy and keeps it.
 func (f *FakeApplier) LoadMapperPolicy(name string, policy []byte) (MapperReport, error) {
 	f.record("mapper " + name)
