@@ -39,9 +39,11 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 // kernel's gunzip costs more than QEMU's copy of the larger file): busybox and its applet
 // links, iproute2's ip at /usr/sbin/ip with its libraries, Modules and their
 // dependencies from the unpacked kernel at kroot, the policy at
-// /etc/guestvm/policy.33 and the init. It returns how many module files it
-// packed.
-func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (int, error) {
+// /etc/guestvm/policy.33, the SELinuxUserland with its libraries, the module
+// store BuildStore made at store (its etc/selinux and var/lib/selinux,
+// writable: semodule edits them) and the init. It returns how many module
+// files it packed.
+func buildInitramfs(ctx context.Context, kroot, release, policy, store, out string) (int, error) {
 	stage, err := os.MkdirTemp(filepath.Dir(out), "stage-")
 	if err != nil {
 		return 0, err
@@ -60,6 +62,16 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (in
 	}
 	if err := copyTree("/etc/iproute2", filepath.Join(stage, "etc/iproute2")); err != nil && !os.IsNotExist(err) {
 		return 0, err
+	}
+	for _, u := range SELinuxUserland {
+		if err := addDynamic(stage, u.Name, u.Path); err != nil {
+			return 0, err
+		}
+	}
+	for _, d := range []string{"etc/selinux", "var/lib/selinux"} {
+		if err := copyStore(filepath.Join(store, d), filepath.Join(stage, d)); err != nil {
+			return 0, fmt.Errorf("the SELinux module store: %w", err)
+		}
 	}
 	n, err := addModules(ctx, kroot, release, stage, Modules)
 	if err != nil {

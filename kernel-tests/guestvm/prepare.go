@@ -23,7 +23,7 @@ import (
 // harnessVersion changes whenever the way an image is built changes in a way
 // the hashed inputs below do not show (file layout, builder code). Bumping it
 // makes every cached image stale.
-const harnessVersion = "guestvm-3"
+const harnessVersion = "guestvm-4"
 
 // metaPackage is the Debian package whose dependency names the kernel.
 const metaPackage = "linux-image-amd64"
@@ -33,7 +33,7 @@ var initScript string
 
 // Packages are the Debian 12 packages Prepare needs; `make deps-guest`
 // installs the same list.
-var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils"}
+var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils", "policycoreutils", "semodule-utils", "selinux-utils"}
 
 // ErrMissingTools is returned (wrapped) when a host command Prepare or Run
 // needs is missing and cannot be installed here. Tests skip on it.
@@ -52,6 +52,13 @@ var hostTools = []hostTool{
 	{"modprobe", "kmod"},
 	{"ip", "iproute2"},
 	{"checkpolicy", "checkpolicy"},
+	{"checkmodule", "checkpolicy"},
+	{"semodule_package", "semodule-utils"},
+	{"semodule", "policycoreutils"},
+	{"load_policy", "policycoreutils"},
+	{"setfiles", "policycoreutils"},
+	{"/usr/libexec/selinux/hll/pp", "policycoreutils"},
+	{"sefcontext_compile", "selinux-utils"},
 	{"xz", "xz-utils"},
 	{"dpkg-deb", "dpkg"},
 	{"apt-get", "apt"},
@@ -227,7 +234,14 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	fmt.Fprintf(log, "guestvm: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
-	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), filepath.Join(dir, "initrd.cpio"))
+	store := filepath.Join(dir, "selinux-root")
+	if err := BuildStore(ctx, store); err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "guestvm: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
+
+	t = time.Now()
+	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), store, filepath.Join(dir, "initrd.cpio"))
 	if err != nil {
 		return err
 	}
@@ -251,7 +265,12 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 func inputKey() (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext)
-	for _, name := range []string{"busybox", "ip", "checkpolicy"} {
+	fmt.Fprintf(h, "%s\n%s\n%s\n", BasePolicySource(), semanageConf, selinuxConfig)
+	names := []string{"busybox", "ip", "checkpolicy"}
+	for _, u := range SELinuxUserland {
+		names = append(names, u.Name)
+	}
+	for _, name := range names {
 		p, err := findTool(name)
 		if err != nil {
 			return "", err
