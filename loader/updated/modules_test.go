@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 )
 
@@ -89,5 +90,67 @@ func TestFailedPushRemovesItsModules(t *testing.T) {
 	}
 	if !slices.Contains(rep.RolledBack, "SELinux modules: mlsgate_analyst removed") || len(rep.NotRolledBack) != 0 {
 		t.Errorf("rolled back %q, not rolled back %q", rep.RolledBack, rep.NotRolledBack)
+	}
+}
+
+// TestFailedPushRestoresPreviousModules: after v1 is applied, a v2 that
+// brings v1's module in a new version and a second module, and fails at
+// the XFRM step, is undone in one semodule call: the second module
+// removed, v1's module reinstalled.
+func TestFailedPushRestoresPreviousModules(t *testing.T) {
+	if _, err := (policystore.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+		t.Skip(err)
+	}
+	p := newPKI(t)
+	rec := &semoduleRecorder{}
+	m, err := mapper.New(mapper.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No XFRM handle: a bundle with SAs or policies fails at that step.
+	ap := &SystemApplier{Mapper: m, SELinux: rec.selinux(t), WorkDir: t.TempDir(), ContextsKept: func() bool { return true }}
+	cert, err := p.guest.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := ServerTLS(cert, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{TLS: tc, Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}}, StateDir: t.TempDir(), Applier: ap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := analystBundle(t, nil, 1, 0x4000).GuestPart()
+	v1.States, v1.Policies = nil, nil
+	if rep, err := d.Apply(ctxT(t), v1); err != nil || !rep.Modules.Loaded || rep.Modules.Note != agent.NoteInstalled {
+		t.Fatalf("v1: %+v, %v", rep, err)
+	}
+	v2 := analystBundle(t, nil, 2, 0x4000).GuestPart()
+	v2.Modules = append(v2.Modules, policystore.Module{Name: "mlsgate_extra", Target: policystore.TargetGuest,
+		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype extra_t;\nrole system_r types extra_t;\n"})
+	rep, err := d.Apply(ctxT(t), v2)
+	if !errors.Is(err, ErrApplyFailed) || !strings.HasPrefix(rep.Failed, "XFRM") {
+		t.Fatalf("v2 without an XFRM handle: %+v, %v", rep, err)
+	}
+	want := []string{
+		"semodule -i mlsgate_analyst.pp",
+		"semodule -i mlsgate_analyst.pp -i mlsgate_extra.pp",
+		"semodule -r mlsgate_extra -i mlsgate_analyst.pp",
+	}
+	if got := rec.Calls(); !slices.Equal(got, want) {
+		t.Errorf("semodule calls %q, want %q", got, want)
+	}
+	for _, w := range []string{"SELinux modules: mlsgate_extra removed", "SELinux modules: mlsgate_analyst of v1 restored"} {
+		if !slices.Contains(rep.RolledBack, w) {
+			t.Errorf("rolled back %q, want %q", rep.RolledBack, w)
+		}
+	}
+	if len(rep.NotRolledBack) != 0 {
+		t.Errorf("not rolled back %q", rep.NotRolledBack)
 	}
 }
