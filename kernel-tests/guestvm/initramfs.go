@@ -63,15 +63,8 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, store, out stri
 	if err := copyTree("/etc/iproute2", filepath.Join(stage, "etc/iproute2")); err != nil && !os.IsNotExist(err) {
 		return 0, err
 	}
-	for _, u := range SELinuxUserland {
-		if err := addDynamic(stage, u.Name, u.Path); err != nil {
-			return 0, err
-		}
-	}
-	for _, d := range []string{"etc/selinux", "var/lib/selinux"} {
-		if err := copyStore(filepath.Join(store, d), filepath.Join(stage, d)); err != nil {
-			return 0, fmt.Errorf("the SELinux module store: %w", err)
-		}
+	if err := addSELinux(stage, store); err != nil {
+		return 0, err
 	}
 	n, err := addModules(ctx, kroot, release, stage, Modules)
 	if err != nil {
@@ -90,6 +83,23 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, store, out stri
 		return 0, err
 	}
 	return n, writeArchive(stage, out)
+}
+
+// addSELinux copies SELinuxUserland with its libraries into stage, and the
+// module store BuildStore made at store (its etc/selinux and
+// var/lib/selinux).
+func addSELinux(stage, store string) error {
+	for _, u := range SELinuxUserland {
+		if err := addDynamic(stage, u.Name, u.Path); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"etc/selinux", "var/lib/selinux"} {
+		if err := copyStore(filepath.Join(store, d), filepath.Join(stage, d)); err != nil {
+			return fmt.Errorf("the SELinux module store: %w", err)
+		}
+	}
+	return nil
 }
 
 // addBusybox copies the static busybox to /bin/busybox and links every

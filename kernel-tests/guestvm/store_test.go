@@ -78,3 +78,32 @@ func TestStoreTakesTheAnalystModule(t *testing.T) {
 		t.Errorf("policy.33 has %d bytes with the module, %d without: the module added nothing", len(after), len(before))
 	}
 }
+
+// TestStageSELinux stages what a dom0 or guest initramfs needs to install
+// modules: the programs with their libraries and a writable store.
+func TestStageSELinux(t *testing.T) {
+	for _, u := range SELinuxUserland {
+		if _, err := findTool(u.Name); err != nil {
+			t.Skipf("%v (apt-get install %s)", err, strings.Join(Packages, " "))
+		}
+	}
+	stage, work := t.TempDir(), t.TempDir()
+	if err := StageSELinux(context.Background(), stage, work); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"etc/selinux/config", "etc/selinux/semanage.conf", "etc/selinux/" + StoreName + "/policy/policy.33", "var/lib/selinux/" + StoreName + "/active"}
+	for _, u := range SELinuxUserland {
+		want = append(want, strings.TrimPrefix(u.Path, "/"))
+	}
+	for _, f := range want {
+		if _, err := os.Stat(filepath.Join(stage, f)); err != nil {
+			t.Errorf("staged tree lacks %s: %v", f, err)
+		}
+	}
+	// The libraries semodule needs came along.
+	libs, _ := filepath.Glob(filepath.Join(stage, "lib/x86_64-linux-gnu/libsemanage.so*"))
+	libs2, _ := filepath.Glob(filepath.Join(stage, "usr/lib/x86_64-linux-gnu/libsemanage.so*"))
+	if len(libs)+len(libs2) == 0 {
+		t.Error("staged tree lacks libsemanage")
+	}
+}
