@@ -16,7 +16,9 @@
 // in the store's base, where an application's types come only from the
 // module its bundle brings, installed with semodule. The result is cached under a
 // directory keyed by the kernel's version and a hash of every input, so a
-// second Prepare costs a few milliseconds. (*Image).Run boots it, with KVM
+// second Prepare costs a few milliseconds. Each Prepare marks the image it
+// returns as used; a build prunes the images unused for PruneAge and the
+// kernel packages none of the others came from (Prune). (*Image).Run boots it, with KVM
 // when /dev/kvm really runs a guest and TCG otherwise, and runs a binary from
 // a host directory shared over 9p; its output and exit code come back through
 // that directory, the serial console is kept for diagnostics.

@@ -131,6 +131,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	}
 	dir := filepath.Join(cacheDir, "images", release+"_"+version+"_"+key)
 	if img, err := loadImage(dir, cacheDir); err == nil {
+		markUsed(dir)
 		return img, nil
 	}
 
@@ -140,6 +141,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	}
 	defer unlock()
 	if img, err := loadImage(dir, cacheDir); err == nil { // built while we waited
+		markUsed(dir)
 		return img, nil
 	}
 	// Builds happen only under the lock, so any build directory left now
@@ -175,6 +177,14 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		return nil, fmt.Errorf("publish guest image %s: %w", dir, err)
 	}
 	fmt.Fprintf(log, "guestvm: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
+	markUsed(dir)
+	// The cache grows by an image per kernel and builder change: drop
+	// what nobody used for PruneAge.
+	if removed, err := prune(cacheDir, PruneAge, time.Now()); err != nil {
+		fmt.Fprintf(log, "guestvm: pruning the cache: %v\n", err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(log, "guestvm: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
+	}
 	return loadImage(dir, cacheDir)
 }
 
