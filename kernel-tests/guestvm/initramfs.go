@@ -138,22 +138,39 @@ func addBusybox(ctx context.Context, stage string) error {
 // addDynamic copies the host command name to dst in the initramfs, with its
 // ELF interpreter and every shared library it needs, found in libDirs.
 func addDynamic(stage, name, dst string) error {
-	src, err := findTool(name)
+	src, libs, err := elfClosure(name)
 	if err != nil {
-		return err
-	}
-	if src, err = filepath.EvalSymlinks(src); err != nil {
 		return err
 	}
 	if err := copyFile(src, filepath.Join(stage, dst), 0o755); err != nil {
 		return err
 	}
+	for _, p := range libs {
+		if err := copyFile(p, filepath.Join(stage, p), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// elfClosure finds the host command name and returns its real path and
+// the paths of its ELF interpreter and of every shared library it needs,
+// directly or through another, found in libDirs.
+func elfClosure(name string) (string, []string, error) {
+	src, err := findTool(name)
+	if err != nil {
+		return "", nil, err
+	}
+	if src, err = filepath.EvalSymlinks(src); err != nil {
+		return "", nil, err
+	}
+	var libs []string
 	done := map[string]bool{}
 	queue := []string{src}
 	for len(queue) > 0 {
 		f, err := elf.Open(queue[0])
 		if err != nil {
-			return fmt.Errorf("read %s for its libraries: %w", queue[0], err)
+			return "", nil, fmt.Errorf("read %s for its libraries: %w", queue[0], err)
 		}
 		queue = queue[1:]
 		needed, err := f.ImportedLibraries()
@@ -166,7 +183,7 @@ func addDynamic(stage, name, dst string) error {
 		}
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("libraries of %s: %w", src, err)
+			return "", nil, fmt.Errorf("libraries of %s: %w", src, err)
 		}
 		paths := []string{}
 		if interp != "" {
@@ -175,7 +192,7 @@ func addDynamic(stage, name, dst string) error {
 		for _, lib := range needed {
 			p, err := findLib(lib)
 			if err != nil {
-				return fmt.Errorf("%s needs %s: %w", src, lib, err)
+				return "", nil, fmt.Errorf("%s needs %s: %w", src, lib, err)
 			}
 			paths = append(paths, p)
 		}
@@ -184,13 +201,11 @@ func addDynamic(stage, name, dst string) error {
 				continue
 			}
 			done[p] = true
-			if err := copyFile(p, filepath.Join(stage, p), 0o755); err != nil {
-				return err
-			}
+			libs = append(libs, p)
 			queue = append(queue, p)
 		}
 	}
-	return nil
+	return src, libs, nil
 }
 
 func findLib(name string) (string, error) {

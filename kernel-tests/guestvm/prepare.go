@@ -270,8 +270,9 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 }
 
 // inputKey hashes everything an image is made from besides the kernel
-// package: the builder's version, the init, the policy, the module list and
-// the host binaries copied into the initramfs (by size and time).
+// package: the builder's version, the init, the policies, the module list and
+// the host binaries copied into the initramfs with their shared libraries
+// (by size and time).
 func inputKey() (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext)
@@ -285,11 +286,21 @@ func inputKey() (string, error) {
 		if err != nil {
 			return "", err
 		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			return "", err
+		files := []string{p}
+		if name != "busybox" && name != "checkpolicy" { // copied with their libraries
+			_, libs, err := elfClosure(name)
+			if err != nil {
+				return "", err
+			}
+			files = append(files, libs...)
 		}
-		fmt.Fprintf(h, "%s %d %d\n", p, fi.Size(), fi.ModTime().UnixNano())
+		for _, f := range files {
+			fi, err := os.Stat(f)
+			if err != nil {
+				return "", err
+			}
+			fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
