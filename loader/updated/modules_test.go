@@ -154,3 +154,58 @@ func TestFailedPushRestoresPreviousModules(t *testing.T) {
 		t.Errorf("not rolled back %q", rep.NotRolledBack)
 	}
 }
+
+// TestPushRemovesModulesTheBundleDrops: a bundle is the whole policy of
+// the guest's application. When v2 no longer carries a module v1 brought,
+// the rules of that module (and the types they grant) must leave the
+// guest's policy in the same semodule transaction that installs v2's, or a
+// revocation by the policy store never reaches the guest.
+func TestPushRemovesModulesTheBundleDrops(t *testing.T) {
+	if _, err := (policystore.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+		t.Skip(err)
+	}
+	p := newPKI(t)
+	rec := &semoduleRecorder{}
+	m, err := mapper.New(mapper.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := &SystemApplier{Mapper: m, SELinux: rec.selinux(t), WorkDir: t.TempDir(), ContextsKept: func() bool { return true }}
+	cert, err := p.guest.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := ServerTLS(cert, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{TLS: tc, Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}}, StateDir: t.TempDir(), Applier: ap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := analystBundle(t, nil, 1, 0x4000).GuestPart()
+	v1.States, v1.Policies = nil, nil
+	v1.Modules = append(v1.Modules, policystore.Module{Name: "mlsgate_extra", Target: policystore.TargetGuest,
+		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype extra_t;\nrole system_r types extra_t;\n"})
+	if _, err := d.Apply(ctxT(t), v1); err != nil {
+		t.Fatal(err)
+	}
+	v2 := analystBundle(t, nil, 2, 0x4000).GuestPart()
+	v2.States, v2.Policies = nil, nil
+	rep, err := d.Apply(ctxT(t), v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"semodule -i mlsgate_analyst.pp -i mlsgate_extra.pp",
+		"semodule -r mlsgate_extra -i mlsgate_analyst.pp",
+	}
+	if got := rec.Calls(); !slices.Equal(got, want) {
+		t.Errorf("semodule calls %q, want %q", got, want)
+	}
+	t.Logf("v2 modules report %+v", rep.Modules)
+}
