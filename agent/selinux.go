@@ -33,6 +33,8 @@ type SELinux struct {
 // ModuleReport says what happened to a bundle's modules.
 type ModuleReport struct {
 	Modules []string `json:"modules"`
+	// Removed are the modules the same transaction removed.
+	Removed []string `json:"removed,omitempty"`
 	Loaded  bool     `json:"loaded"`
 	Note    string   `json:"note"`
 }
@@ -95,8 +97,26 @@ func (s SELinux) semodule(ctx context.Context, args []string) error {
 // Install compiles every module into work and, where SELinux is active,
 // installs them all with one semodule call.
 func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work string) (*ModuleReport, error) {
+	return s.Update(ctx, mods, nil, work)
+}
+
+// Update is Install that also removes, in the same semodule transaction,
+// the modules named in remove that mods does not carry (those of an
+// earlier bundle that this one drops).
+func (s SELinux) Update(ctx context.Context, mods []policystore.Module, remove []string, work string) (*ModuleReport, error) {
 	rep := &ModuleReport{}
-	if len(mods) == 0 {
+	carried := map[string]bool{}
+	for _, m := range mods {
+		carried[m.Name] = true
+	}
+	var removeArgs []string
+	for _, n := range remove {
+		if !carried[n] && !slices.Contains(rep.Removed, n) {
+			rep.Removed = append(rep.Removed, n)
+			removeArgs = append(removeArgs, "-r", n)
+		}
+	}
+	if len(mods) == 0 && len(removeArgs) == 0 {
 		rep.Note = "no modules"
 		return rep, nil
 	}
@@ -108,6 +128,7 @@ func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work st
 		for _, m := range mods {
 			rep.Modules = append(rep.Modules, m.Name)
 		}
+		rep.Removed = nil
 		rep.Note = "no SELinux toolchain on this host (" + err.Error() + "): the modules were neither compiled nor loaded here; the loaded policy must already define their types"
 		return rep, nil
 	}
@@ -116,10 +137,11 @@ func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work st
 	}
 	rep.Modules = names
 	if !s.Active() {
+		rep.Removed = nil
 		rep.Note = fmt.Sprintf("SELinux is not active on this host (%s): the modules compile with checkmodule but were not loaded", s.where())
 		return rep, nil
 	}
-	if err := s.semodule(ctx, args); err != nil {
+	if err := s.semodule(ctx, append(removeArgs, args...)); err != nil {
 		return nil, err
 	}
 	rep.Loaded = true
@@ -130,10 +152,10 @@ func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work st
 // Replace undoes an Install after a later step failed: in one semodule
 // transaction it removes the modules named in installed that prev does not
 // have and installs prev (the modules in force before, compiled into
-// work), which puts back their earlier versions. With nothing loaded by
-// the Install it does nothing.
+// work), which puts back their earlier versions and those an Update
+// removed. Where SELinux is not active it does nothing.
 func (s SELinux) Replace(ctx context.Context, installed []string, prev []policystore.Module, work string) error {
-	if !s.Active() || len(installed) == 0 {
+	if !s.Active() {
 		return nil
 	}
 	keep := map[string]bool{}

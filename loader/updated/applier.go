@@ -17,8 +17,10 @@ import (
 // daemon calls them in the order declared here.
 type Applier interface {
 	// InstallModules compiles the guest's SELinux modules and loads them
-	// where SELinux is active, all or none.
-	InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error)
+	// where SELinux is active, all or none; in the same transaction it
+	// removes the modules named in drop (the previous bundle's that this
+	// one no longer carries).
+	InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error)
 	// RestoreModules undoes InstallModules after a later step failed:
 	// the modules installed lists what it loaded, prev the modules of the
 	// bundle in force before (none before the first). All or none: on
@@ -87,9 +89,10 @@ func (a *SystemApplier) workDir() (string, error) {
 }
 
 // InstallModules compiles the modules in a fresh work directory and
-// installs them with agent.SELinux.Install: one semodule transaction.
-func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error) {
-	if len(mods) == 0 {
+// installs them, removing drop, with agent.SELinux.Update: one semodule
+// transaction.
+func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error) {
+	if len(mods) == 0 && len(drop) == 0 {
 		return ModulesReport{Note: "the bundle has no guest modules"}, nil
 	}
 	work, err := a.workDir()
@@ -97,11 +100,11 @@ func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.M
 		return ModulesReport{}, err
 	}
 	defer os.RemoveAll(work)
-	rep, err := a.SELinux.Install(ctx, mods, work)
+	rep, err := a.SELinux.Update(ctx, mods, drop, work)
 	if err != nil {
 		return ModulesReport{}, fmt.Errorf("SELinux modules: %w", err)
 	}
-	return ModulesReport{Modules: rep.Modules, Loaded: rep.Loaded, Note: rep.Note}, nil
+	return ModulesReport{Modules: rep.Modules, Removed: rep.Removed, Loaded: rep.Loaded, Note: rep.Note}, nil
 }
 
 // RestoreModules removes the modules installed loaded that prev lacks and

@@ -246,15 +246,27 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		return rep, &Error{Code: CodeApplyFailed, Reason: fmt.Sprintf("applying %s v%d failed at %s", b.Application, b.Version, rep.Failed), Report: rep, Err: err}
 	}
 
-	mods, err := ap.InstallModules(ctx, b.Modules)
-	if err != nil {
-		return fail("SELinux modules", err)
-	}
-	rep.Modules = mods
 	var prevMods []policystore.Module
 	if prev != nil && prev.Bundle != nil {
 		prevMods = prev.Bundle.Modules
 	}
+	// The bundle is the application's whole guest policy: modules of the
+	// previous bundle it no longer carries leave with this transaction.
+	carried := map[string]bool{}
+	for _, m := range b.Modules {
+		carried[m.Name] = true
+	}
+	var drop []string
+	for _, m := range prevMods {
+		if !carried[m.Name] {
+			drop = append(drop, m.Name)
+		}
+	}
+	mods, err := ap.InstallModules(ctx, b.Modules, drop)
+	if err != nil {
+		return fail("SELinux modules", err)
+	}
+	rep.Modules = mods
 	// modulesStay puts the modules in force before back: the push's own
 	// are removed, the previous bundle's earlier versions reinstalled.
 	modulesStay := func() {

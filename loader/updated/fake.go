@@ -74,7 +74,7 @@ func (f *FakeApplier) failed(step string) error {
 
 // InstallModules records the module names; the modules are reported as
 // validated only.
-func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Module) (ModulesReport, error) {
+func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Module, _ []string) (ModulesReport, error) {
 	names := make([]string, len(mods))
 	for i, m := range mods {
 		names[i] = m.Name

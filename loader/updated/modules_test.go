@@ -207,5 +207,7 @@ func TestPushRemovesModulesTheBundleDrops(t *testing.T) {
 	if got := rec.Calls(); !slices.Equal(got, want) {
 		t.Errorf("semodule calls %q, want %q", got, want)
 	}
-	t.Logf("v2 modules report %+v", rep.Modules)
+	if !slices.Equal(rep.Modules.Removed, []string{"mlsgate_extra"}) {
+		t.Errorf("v2 modules report %+v: want mlsgate_extra removed", rep.Modules)
+	}
 }
