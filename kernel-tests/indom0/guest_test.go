@@ -27,11 +27,13 @@ func TestXenGuest(t *testing.T) {
 	requireDom0(t)
 	echoes := countEchoes(t)
 	ag := startAgent(t)
-	ag.put("/v1/peers", []agent.PeerSpec{{Prefix: netip.PrefixFrom(hostAddr, 32), App: 1, Range: guestSpec(t, 1, hostAddr).Range, Kind: 3}})
+	g1Addr, g1Host := link(1)
+	g2Addr, g2Host := link(2)
+	ag.put("/v1/peers", []agent.PeerSpec{{Prefix: netip.PrefixFrom(g1Host, 32), App: 1, Range: guestSpec(t, 1, g1Addr).Range, Kind: 3}})
 
 	var progMu sync.Mutex
 	var created time.Time
-	x := xenBackend(t, func(s string) {
+	x := xenBackend(t, ag, func(s string) {
 		if strings.Contains(s, "xl create returned") {
 			progMu.Lock()
 			created = time.Now()
@@ -48,11 +50,10 @@ func TestXenGuest(t *testing.T) {
 	})
 
 	// Guest 1, from scratch.
-	g1Addr := netip.MustParseAddr("10.99.0.2")
 	ag.put("/v1/guests/"+backend.IfName(1), guestSpec(t, 1, g1Addr))
 	console := watchConsole(t, "mlsg-vm1", "xenguest: init", "xenguest: eth0 up")
 	t0 := time.Now()
-	g1, err := x.Boot(ctx, spec(1, g1Addr.String()))
+	g1, err := x.Boot(ctx, spec(1, g1Addr, g1Host))
 	if err != nil {
 		t.Fatalf("boot guest 1: %v", err)
 	}
@@ -121,9 +122,8 @@ func TestXenGuest(t *testing.T) {
 	// xl unpause. It is declared before creation like guest 1, so not one
 	// of its packets passes unenforced; the hand-out pushes its application
 	// (2) and the host peer of that application.
-	g2Addr := netip.MustParseAddr("10.99.0.3")
 	ag.put("/v1/guests/"+backend.IfName(2), guestSpec(t, 2, g2Addr))
-	g2, err := x.Boot(ctx, spec(2, g2Addr.String()))
+	g2, err := x.Boot(ctx, spec(2, g2Addr, g2Host))
 	if err != nil {
 		t.Fatalf("boot guest 2: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestXenGuest(t *testing.T) {
 	h0 := time.Now()
 	spec2 := guestSpec(t, 2, g2Addr)
 	spec2.App = 2
-	ag.put("/v1/peers", []agent.PeerSpec{{Prefix: netip.PrefixFrom(hostAddr, 32), App: 2, Range: spec2.Range, Kind: 3}})
+	ag.put("/v1/peers", []agent.PeerSpec{{Prefix: netip.PrefixFrom(g2Host, 32), App: 2, Range: spec2.Range, Kind: 3}})
 	ag.put("/v1/guests/"+backend.IfName(2), spec2)
 	_, pushedAt := ag.waitStatus("vif2.0 serves application 2", 30*time.Second, func(s agent.Status) bool {
 		g, ok := guestOf(s, "vif2.0")

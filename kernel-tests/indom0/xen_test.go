@@ -34,6 +34,11 @@ var (
 	spoofAddr = netip.MustParseAddr("10.99.0.99")
 )
 
+// link is guest vm's address and the host's end of its link.
+func link(vm uint32) (guest, host netip.Addr) {
+	return netip.AddrFrom4([4]byte{10, 99, 0, byte(vm + 1)}), hostAddr
+}
+
 // consoleDir is where xenconsoled logs the guests' consoles.
 const consoleDir = "/var/log/xen/console"
 
@@ -249,7 +254,7 @@ func guestConsole(name, marker string) bool {
 // xenBackend is the loader's Xen backend as dom0-in-QEMU needs it: the
 // guest payload xendom0 packs, its bridge and mlsgate's hotplug script. The
 // guests run no update daemon, so Ready waits only for the vif.
-func xenBackend(t *testing.T, progress func(string)) *backend.Xen {
+func xenBackend(t *testing.T, _ *dom0Agent, progress func(string)) *backend.Xen {
 	return &backend.Xen{
 		XL: "/usr/sbin/xl", ConfigDir: filepath.Join(t.TempDir(), "xen"),
 		Kernel: xendom0.GuestKernel, Ramdisk: xendom0.GuestRamdisk,
@@ -268,9 +273,9 @@ func xenBackend(t *testing.T, progress func(string)) *backend.Xen {
 	}
 }
 
-func spec(vm uint32, addr string) loader.BootSpec {
+func spec(vm uint32, addr, host netip.Addr) loader.BootSpec {
 	return loader.BootSpec{
-		VM: vm, Name: fmt.Sprintf("mlsg-vm%d", vm), Addr: netip.MustParseAddr(addr), HostAddr: hostAddr,
+		VM: vm, Name: fmt.Sprintf("mlsg-vm%d", vm), Addr: addr, HostAddr: host,
 		PrefixLen: 24, UpdatedPort: 7444,
 	}
 }
