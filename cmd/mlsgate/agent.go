@@ -298,9 +298,10 @@ func newEventsCmd() *cobra.Command {
 }
 
 func newGuestCmd() *cobra.Command {
-	var addr, rng, addr4, addr6 string
+	var addr, rng, addr4, addr6, host4, host6, mac string
 	var vm, app uint32
 	var unlabeled, audit bool
+	var wait time.Duration
 	cmd := &cobra.Command{Use: "guest", Short: "declare or forget guests on the agent (the loader does this for its guests)"}
 	set := &cobra.Command{
 		Use:     "set INTERFACE",
@@ -314,16 +315,47 @@ func newGuestCmd() *cobra.Command {
 				return fmt.Errorf("--range: %w", err)
 			}
 			for _, p := range []struct {
-				s   string
-				dst *netip.Addr
-			}{{addr4, &g.Addr4}, {addr6, &g.Addr6}} {
+				flag, s string
+				dst     *netip.Addr
+			}{{"addr4", addr4, &g.Addr4}, {"addr6", addr6, &g.Addr6}, {"host-addr4", host4, &g.HostAddr4}, {"host-addr6", host6, &g.HostAddr6}} {
 				if p.s != "" {
 					if *p.dst, err = netip.ParseAddr(p.s); err != nil {
-						return err
+						return fmt.Errorf("--%s: %w", p.flag, err)
 					}
 				}
 			}
-			return newAgentClient(addr, 10*time.Second).do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil)
+			if mac != "" {
+				hw, err := net.ParseMAC(mac)
+				if err != nil || len(hw) != 6 {
+					return fmt.Errorf("--mac %q: want an Ethernet address like 02:6d:6c:00:00:07", mac)
+				}
+				g.MAC = hw.String()
+			}
+			c := newAgentClient(addr, 10*time.Second)
+			if err := c.do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil); err != nil {
+				return err
+			}
+			if wait <= 0 {
+				return nil
+			}
+			// Poll until the agent reports its programs on the interface,
+			// so a caller (the vif hotplug script) brings it up only then.
+			deadline := time.Now().Add(wait)
+			for {
+				var st agent.Status
+				if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
+					return err
+				}
+				for _, gs := range st.Guests {
+					if gs.Interface == args[0] && gs.Present && gs.Attached {
+						return nil
+					}
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("%s declared, but the agent did not attach to it within %v (does it exist, and match the agent's --interfaces?)", args[0], wait)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 		},
 	}
 	set.Flags().Uint32Var(&vm, "vm", 0, "the guest's VM id (domid)")
@@ -331,6 +363,10 @@ func newGuestCmd() *cobra.Command {
 	set.Flags().StringVar(&rng, "range", "", "secrecy/integrity range, e.g. s0-s15/i5-i10")
 	set.Flags().StringVar(&addr4, "addr4", "", "the guest's IPv4 address")
 	set.Flags().StringVar(&addr6, "addr6", "", "the guest's IPv6 address")
+	set.Flags().StringVar(&host4, "host-addr4", "", "the host's IPv4 address on the guest's link (the only one control traffic may reach)")
+	set.Flags().StringVar(&host6, "host-addr6", "", "the host's IPv6 link-local address on the guest's link")
+	set.Flags().StringVar(&mac, "mac", "", "the guest's Ethernet address (every frame from it must carry it)")
+	set.Flags().DurationVar(&wait, "wait", 0, "after declaring, wait up to this long until the agent reports the interface attached")
 	set.Flags().BoolVar(&unlabeled, "allow-unlabeled", false, "let plain traffic through at the default label")
 	set.Flags().BoolVar(&audit, "audit", false, "count and report this guest's denials without dropping")
 	rm := &cobra.Command{

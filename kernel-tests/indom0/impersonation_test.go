@@ -21,8 +21,8 @@ import (
 
 // TestXenImpersonation: guest B takes guest A's address and announces it
 // with gratuitous ARP and ARP requests from it (issue 11, attack 4). On a
-// bridge shared by the guests this moves dom0's neighbour entry for A to B's
-// MAC, so dom0's traffic for A (the loader's answers included) goes to B. On
+// bridge shared by the guests this moved dom0's neighbour entry for A to B's
+// MAC, so dom0's traffic for A (the loader's answers included) went to B. On
 // routed vifs the entry dom0 uses to reach A must keep A's MAC, no entry for
 // A may carry B's MAC, and no connection from A's address may reach the
 // loader's port on A's host-side address while only B uses that address.
@@ -41,13 +41,6 @@ func TestXenImpersonation(t *testing.T) {
 	defer cancel()
 	var booted []*loader.Guest
 	xa := xenBackend(t, ag, nil)
-	// Declare each guest as soon as its domid is known: earlier tests in
-	// this dom0 used the first domids.
-	declare := func(_ context.Context, g *loader.Guest) error {
-		ag.put("/v1/guests/"+g.Interface, guestSpec(t, g.VM, g.Addr))
-		return nil
-	}
-	xa.Created = declare
 	t.Cleanup(func() {
 		for _, g := range booted {
 			xa.Destroy(context.Background(), g)
@@ -70,7 +63,6 @@ func TestXenImpersonation(t *testing.T) {
 
 	xb := xenBackend(t, ag, nil)
 	xb.ExtraCmdline = fmt.Sprintf("console=hvc0 quiet xendom0.pings=150 xendom0.claim=%s xendom0.claimhost=%s xendom0.claims=10", aAddr, aHost)
-	xb.Created = declare
 	gb, err := xb.Boot(ctx, spec(2, bAddr, bHost))
 	if err != nil {
 		t.Fatalf("boot guest B: %v", err)
