@@ -124,3 +124,23 @@ func TestPlanFromKeepsLabelIDs(t *testing.T) {
 		}
 	}
 }
+
+// A guest on an interface index past the dense array (the kernel hands out
+// indexes well above 65,535 on a busy host) is planned, and a guest the
+// planner cannot take does not stop the others from being planned.
+func TestPlanAnyIfindexAndBadGuestAlone(t *testing.T) {
+	r := bounds(t, "s0-s5/i0-i5")
+	p := &verdict.Policy{Guests: map[uint32]verdict.Guest{
+		70_000: {VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.0.0.7")},
+		5:      {VM: 8, App: 1, Range: r, Addr4: netip.MustParseAddr("10.0.0.8")},
+		// Same VM as vif 5 with another range: the planner refuses it.
+		6: {VM: 8, App: 2, Range: bounds(t, "s1-s3/i0-i5"), Addr4: netip.MustParseAddr("10.0.0.9")},
+	}}
+	s, err := Plan(p)
+	if err != nil {
+		t.Fatalf("one bad guest failed the whole plan: %v", err)
+	}
+	if v, ok := s.Vifs[70_000]; !ok || v.VmId != 7 || v.Flags&uint32(FastpathVifFlagVIF_F_MANAGED) == 0 {
+		t.Errorf("vif on ifindex 70000: %+v present %v; want vm 7, managed", v, ok)
+	}
+}
