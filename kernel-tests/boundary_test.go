@@ -21,14 +21,22 @@ var (
 	otherHost4 = netip.MustParseAddr("10.0.0.2") // another guest's host-side address
 )
 
-// arpFrame is an Ethernet/IPv4 ARP request from the guest with extra
-// bytes after the 28-byte body.
+// arpFrame is an Ethernet/IPv4 ARP request from the guest, padded to the
+// 60-byte minimum frame (gopacket pads), with extra bytes after that.
 func arpFrame(senderIP, targetIP netip.Addr, extra int) []byte {
 	f := serialize(&layers.Ethernet{SrcMAC: macGuest, DstMAC: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, EthernetType: layers.EthernetTypeARP},
 		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 			Operation: layers.ARPRequest, SourceHwAddress: macGuest, SourceProtAddress: senderIP.AsSlice(),
 			DstHwAddress: make([]byte, 6), DstProtAddress: targetIP.AsSlice()})
 	return append(f, make([]byte, extra)...)
+}
+
+// arpReply is an ARP reply toward the guest (from the host's MAC).
+func arpReply(senderIP, targetIP netip.Addr) []byte {
+	return serialize(&layers.Ethernet{SrcMAC: macHost, DstMAC: macGuest, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPReply, SourceHwAddress: macHost, SourceProtAddress: senderIP.AsSlice(),
+			DstHwAddress: macGuest, DstProtAddress: targetIP.AsSlice()})
 }
 
 // icmp6Hop is an ICMPv6 message of type typ with a hop limit and n bytes of body.
@@ -69,7 +77,7 @@ func TestPrivilegedFastpathBoundary(t *testing.T) {
 		{name: "neighbour solicitation with hop limit 64", frame: icmp6Hop(guestV6, hostV6, 135, 64, 20)},
 		{name: "mld report to a web server", frame: icmp6Hop(guestV6, openV6, 143, 1, 20)},
 		{name: "router advertisement from a spoofed source", frame: icmp6Hop(netip.MustParseAddr("fd00::99"), netip.MustParseAddr("ff02::1"), 134, 255, 20)},
-		{name: "1,114-byte arp frame", frame: arpFrame(guestV4, hostV4, 1114-42)},
+		{name: "1,114-byte arp frame", frame: arpFrame(guestV4, hostV4, 1114-60)},
 		{name: "arp from another guest's address", frame: arpFrame(netip.MustParseAddr("10.0.0.8"), hostV4, 0)},
 		{name: "arp for another guest's host-side address", frame: arpFrame(guestV4, otherHost4, 0)},
 		{name: "arp that is not ethernet/ipv4", frame: func() []byte {
