@@ -513,9 +513,9 @@ type Status struct {
 	// guest ("deny" or "pass"); UndeclaredInterfaces lists those present.
 	Undeclared           string   `json:"undeclared"`
 	UndeclaredInterfaces []string `json:"undeclared_interfaces,omitempty"`
-	SAs    saStats       `json:"sas"`
-	Peers  int           `json:"peers"`
-	Maps   struct {
+	SAs                  saStats  `json:"sas"`
+	Peers                int      `json:"peers"`
+	Maps                 struct {
 		Vifs, Labels, Slots, SAs, Peers int
 	} `json:"maps"`
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
