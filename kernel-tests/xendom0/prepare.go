@@ -71,11 +71,12 @@ var XenPackages = []string{
 }
 
 // Dom0Modules are loaded by dom0's init, in order: Xen's back ends and
-// devices, the bridge (loaded, though guests get routed vifs), what the fast path and the agent need on a kernel
-// without tcx (clsact, cls_bpf, xfrm_user), and the 9p share.
+// devices (no bridge: guests get routed vifs), what the fast path and the
+// agent need on a kernel without tcx (clsact, cls_bpf, xfrm_user), and the
+// 9p share.
 var Dom0Modules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
-	"bridge", "veth", "sch_ingress", "cls_bpf", "xfrm_user",
+	"veth", "sch_ingress", "cls_bpf", "xfrm_user",
 	"virtio_pci", "9pnet_virtio", "9p",
 }
 
