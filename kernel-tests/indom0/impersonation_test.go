@@ -108,9 +108,9 @@ func TestXenImpersonation(t *testing.T) {
 }
 
 // neighOf is dom0's neighbour entry for a on the interface its route
-// leaves by, or nil when there is none yet.
+// leaves by, or nil when there is none yet. (No t.Helper: it runs in a
+// sampling loop, where Helper's caller walk panicked once under TCG.)
 func neighOf(t *testing.T, a netip.Addr) *netlink.Neigh {
-	t.Helper()
 	routes, err := netlink.RouteGet(a.AsSlice())
 	if err != nil || len(routes) == 0 {
 		t.Fatalf("dom0's route to %s: %v", a, err)
