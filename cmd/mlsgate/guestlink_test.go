@@ -32,7 +32,9 @@ func TestAttachWait(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "did not attach") {
 		t.Errorf("never attached: %v", err)
 	}
-	fail := func(context.Context, string, string, any, any) error { return errors.New("agent at unix:/run/mlsgate/agent.sock: connection refused") }
+	fail := func(context.Context, string, string, any, any) error {
+		return errors.New("agent at unix:/run/mlsgate/agent.sock: connection refused")
+	}
 	if err := (&attachWait{d: time.Second}).run(context.Background(), fail, "vif3.0"); err == nil {
 		t.Error("a failing agent was taken for an attached interface")
 	}
