@@ -87,9 +87,11 @@ func TestXenGuest(t *testing.T) {
 	progMu.Unlock()
 	echoes.waitEchoes(t, g1Addr, 15, 2*time.Minute)
 	time.Sleep(300 * time.Millisecond)
-	st, _ := ag.status()
+	// Echoes first, then the counters: a packet is counted before dom0
+	// sees it, so the counters read later cover every echo read before.
 	allowed, _ := echoes.get(g1Addr)
 	spoofed, _ := echoes.get(spoofAddr)
+	st, _ := ag.status()
 	t.Logf("guest 1 (domid %d, %s): %d echo requests from %s reached dom0, %d from the spoofed %s; ingress counters %v",
 		g1.VM, g1.Interface, allowed, g1Addr, spoofed, spoofAddr, st.Counters["ingress"])
 	if spoofed != 0 {
@@ -165,8 +167,8 @@ func TestXenGuest(t *testing.T) {
 	nextAt := echoes.waitEchoes(t, g2Addr, before+1, time.Minute)
 	echoes.waitEchoes(t, g2Addr, before+5, time.Minute)
 	time.Sleep(300 * time.Millisecond)
-	stAfter, _ := ag.status()
 	got, _ := echoes.get(g2Addr)
+	stAfter, _ := ag.status()
 	if d := counters(stAfter, "allow_default") - counters(stBefore, "allow_default"); d < got-before {
 		t.Errorf("after unpause %d echo requests arrived but ingress allow_default grew by %d", got-before, d)
 	}
