@@ -637,11 +637,11 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 			return err
 		}
 		ofrom := og.Name + " (" + other.Name + ")"
-		hs := home.Servers[0]
+		hs := s.plan.Foreign
 		s.post(ons, ofrom, secCtx(other.Type, opg.Label), netip.AddrPortFrom(hs.Addresses[0], uint16(labelPort(opg.Label))), hs.Hosts[0], opg.Label.String(),
 			fmt.Sprintf("%s guest sends to %s", other.Name, hs.Name), expect{"refused", enforcer{Kind: byGuestXFRM}})
 		withoutPolicies(ons, func(p xfrm.Policy) bool { return p.Action == xfrm.ActionBlock }, func() {
-			s.forgedESP(ons, &og, ofrom, fmt.Sprintf("forge ESP on the %s guest's SA", home.Name))
+			s.forgedESP(ons, &og, &browser, ofrom, fmt.Sprintf("forge ESP on the %s guest's SA", home.Name))
 		})
 		ons.Close()
 		want := expect{"refused", enforcer{Kind: byLoader}}
@@ -706,10 +706,9 @@ func (s *scenario) compromisedSA(ns netns.NsHandle, g *loader.Guest, app *policy
 	s.post(ns, g.Name+" (compromised)", secCtx(app.Type, lk.Label), dst, lk.To.Hosts[0], lk.Label.String(), what, want)
 }
 
-// forgedESP: a guest sends ESP on an SPI another guest owns.
-func (s *scenario) forgedESP(ns netns.NsHandle, g *loader.Guest, from, what string) {
+// forgedESP: guest g sends ESP on an SPI of victim's SA toward its host.
+func (s *scenario) forgedESP(ns netns.NsHandle, g, victim *loader.Guest, from, what string) {
 	want := expect{"refused", enforcer{Kind: byFastPath, Reason: verdict.DenyForeignSA}}
-	// An SPI of another guest's SAs toward its host: the lowest slot.
 	state, err := s.k.ReadState()
 	if err != nil || len(state.Slots) == 0 {
 		s.record(flow{What: what, From: from, Result: "error", Detail: fmt.Sprintf("read the fast path's SAs: %v (%d slots)", err, len(state.Slots)), Want: want}, observed{})
@@ -718,12 +717,12 @@ func (s *scenario) forgedESP(ns netns.NsHandle, g *loader.Guest, from, what stri
 	var slot uint32 = ^uint32(0)
 	for k, sa := range state.Slots {
 		d := netip.AddrFrom4([4]byte{sa.Daddr[0], sa.Daddr[1], sa.Daddr[2], sa.Daddr[3]})
-		if sa.OwnerVm != g.VM && k < slot && d.As4()[3] == 1 { // toward a host address (10.71.N.1)
+		if sa.OwnerVm == victim.VM && d == victim.HostAddr && k < slot {
 			slot = k
 		}
 	}
 	if slot == ^uint32(0) {
-		s.record(flow{What: what, From: from, Result: "error", Detail: "no SA of another guest toward its host", Want: want}, observed{})
+		s.record(flow{What: what, From: from, Result: "error", Detail: fmt.Sprintf("the fast path holds no SA of %s toward its host %s", victim.Name, victim.HostAddr), Want: want}, observed{})
 		return
 	}
 	spi := bpf.DefaultOptions().SPIBase + slot

@@ -48,6 +48,9 @@ type demoPlan struct {
 	// with the page that shows it; nil when no application qualifies.
 	Other     *policystore.Application
 	OtherPage page
+	// Foreign is a server of Home that no server of Other shares an
+	// address with: the other guest holds no policy toward it.
+	Foreign policystore.Server
 }
 
 // planDemo derives the demo's flows from the applications.
@@ -84,13 +87,29 @@ func planDemo(apps []*policystore.Application) (*demoPlan, error) {
 			return nil, err
 		}
 		for _, pg := range pages {
-			if !p.Home.Guest.Contains(pg.Label) && a.Guest.Contains(pg.Label) {
-				p.Other, p.OtherPage = a, pg
-				return p, nil
+			if p.Home.Guest.Contains(pg.Label) || !a.Guest.Contains(pg.Label) {
+				continue
+			}
+			for _, hs := range p.Home.Servers {
+				if !sharesAddress(hs, a.Servers) {
+					p.Other, p.OtherPage, p.Foreign = a, pg, hs
+					return p, nil
+				}
 			}
 		}
 	}
 	return p, nil
+}
+
+func sharesAddress(s policystore.Server, others []policystore.Server) bool {
+	for _, o := range others {
+		for _, a := range o.Addresses {
+			if slices.Contains(s.Addresses, a) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // appPages is one page per label rule that targets a server of app, and

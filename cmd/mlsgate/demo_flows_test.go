@@ -46,6 +46,9 @@ func TestPlanDemoAnalyst(t *testing.T) {
 	if _, ok := leakOf(p, "ws1", "ws2"); ok {
 		t.Errorf("leak ws1→ws2 planned, but ws2 accepts every label of ws1")
 	}
+	if p.Foreign.Name != "ws1" {
+		t.Errorf("the osint guest's foreign server is %q, want ws1", p.Foreign.Name)
+	}
 	if p.OtherPage.URL != "http://feed.osint.example/" || p.Home.Guest.Contains(p.OtherPage.Label) {
 		t.Errorf("other page %+v must be outside the analyst guest's range", p.OtherPage)
 	}
