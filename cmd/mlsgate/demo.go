@@ -189,7 +189,6 @@ type scenario struct {
 	k         *agent.Kernel
 	plan      *demoPlan
 	flows     []flow
-	apps      map[string]*policystore.Application
 	addrs     map[string]netip.Addr // host name → server address
 	timings   []*loader.Result
 	firstPage []time.Duration // per timing: the first page load through the new guest
@@ -478,10 +477,9 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 	if err != nil {
 		return fmt.Errorf("applications in %s: %w", appsDir, err)
 	}
-	s := &scenario{out: out, plan: plan, apps: map[string]*policystore.Application{}, addrs: map[string]netip.Addr{}}
+	s := &scenario{out: out, plan: plan, addrs: map[string]netip.Addr{}}
 	integ := map[string]label.Integrity{}
 	for _, a := range apps {
-		s.apps[a.Name] = a
 		for t, i := range a.Integrity {
 			integ[t] = i
 		}
