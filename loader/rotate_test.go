@@ -229,7 +229,7 @@ func newRotRig(t *testing.T, b *policystore.Bundle, dir string, w *rotWorld, rr 
 	return rr
 }
 
-var rotGuest = &Guest{Name: "vm7", VM: 7, Interface: "vif7.0"}
+var rotTestGuest = &Guest{Name: "vm7", VM: 7, Interface: "vif7.0"}
 
 func TestRotateMakeBeforeBreak(t *testing.T) {
 	b := rotBundle(t)
@@ -237,7 +237,7 @@ func TestRotateMakeBeforeBreak(t *testing.T) {
 	rr := newRotRig(t, b, t.TempDir(), w, nil)
 	cur := b
 	for i := range 5 {
-		nb, res, err := rr.r.Rotate(context.Background(), rotGuest, cur, "manual")
+		nb, res, err := rr.r.Rotate(context.Background(), rotTestGuest, cur, "manual")
 		if err != nil {
 			t.Fatalf("rotation %d: %v", i, err)
 		}
@@ -291,7 +291,7 @@ func TestRotateCrashAtEveryStep(t *testing.T) {
 				}
 				return nil
 			}
-			if _, _, err := rr.r.Rotate(context.Background(), rotGuest, b, "manual"); !errors.Is(err, errCrash) && (err == nil || !strings.Contains(err.Error(), "killed")) {
+			if _, _, err := rr.r.Rotate(context.Background(), rotTestGuest, b, "manual"); !errors.Is(err, errCrash) && (err == nil || !strings.Contains(err.Error(), "killed")) {
 				t.Fatalf("rotate with a crash at %s: %v", step, err)
 			}
 			rr2 := newRotRig(t, b, dir, w, rr) // a new process, the same journal
@@ -302,7 +302,7 @@ func TestRotateCrashAtEveryStep(t *testing.T) {
 			if len(results) != 1 {
 				t.Fatalf("recover results %+v", results)
 			}
-			nb := got[rotGuest.Interface]
+			nb := got[rotTestGuest.Interface]
 			if nb == nil {
 				t.Fatal("recover returned no bundle for the guest")
 			}
@@ -331,7 +331,7 @@ func TestRotateCrashAtEveryStep(t *testing.T) {
 				t.Fatalf("journals left: %d %v", len(js), err)
 			}
 			// And the guest rotates again afterwards.
-			if _, _, err := rr2.r.Rotate(context.Background(), rotGuest, nb, "manual"); err != nil {
+			if _, _, err := rr2.r.Rotate(context.Background(), rotTestGuest, nb, "manual"); err != nil {
 				t.Fatalf("rotate after recovery: %v", err)
 			}
 		})
@@ -345,7 +345,7 @@ func TestRotateAgentRefusalInstallsNothing(t *testing.T) {
 	w := newRotWorld(t, b)
 	w.refuse = true
 	rr := newRotRig(t, b, t.TempDir(), w, nil)
-	_, res, err := rr.r.Rotate(context.Background(), rotGuest, b, "manual")
+	_, res, err := rr.r.Rotate(context.Background(), rotTestGuest, b, "manual")
 	if err == nil || res.Result != "rolled_back" {
 		t.Fatalf("rotate against a refusing agent: %+v %v", res, err)
 	}
@@ -365,7 +365,7 @@ func TestRotatePushFailureRollsBack(t *testing.T) {
 	w := newRotWorld(t, b)
 	w.pushFail = errors.New("guest unreachable")
 	rr := newRotRig(t, b, t.TempDir(), w, nil)
-	_, res, err := rr.r.Rotate(context.Background(), rotGuest, b, "manual")
+	_, res, err := rr.r.Rotate(context.Background(), rotTestGuest, b, "manual")
 	if err == nil || res.Result != "failed" {
 		// The rollback push fails too: the journal stays for Recover.
 		t.Fatalf("rotate with the guest unreachable: %+v %v", res, err)

@@ -42,6 +42,7 @@ func (l *Loader) TornDown(g *Guest) {
 	delete(l.held, g.Interface)
 	l.metrics.held.Set(float64(len(l.held)))
 	l.forgetFresh(g)
+	l.forgetBundleLocked(g)
 }
 
 // Held lists the guests whose destroy failed and that are held deny-all,

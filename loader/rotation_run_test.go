@@ -1,0 +1,109 @@
+package loader
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// rotFakeAgent adds the rotation calls to fakeAgent.
+type rotFakeAgent struct {
+	*fakeAgent
+	mu       sync.Mutex
+	records  map[agent.SARef]agent.SARef
+	declared int
+}
+
+func (a *rotFakeAgent) DeclareRotation(old, n agent.SARef) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.records == nil {
+		a.records = map[agent.SARef]agent.SARef{}
+	}
+	a.records[n] = old
+	a.declared++
+	return nil
+}
+
+func (a *rotFakeAgent) DropRotation(n agent.SARef) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, ok := a.records[n]; !ok {
+		return ErrNoRotationRecord
+	}
+	delete(a.records, n)
+	return nil
+}
+
+func TestLoaderRotatesLoadedGuest(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	ra := &rotFakeAgent{fakeAgent: r.agent}
+	r.host.Agent = ra
+	cfg := DefaultRotationConfig()
+	cfg.StateDir, cfg.Grace = t.TempDir(), time.Millisecond
+	if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := map[uint32]bool{}
+	for s := range r.xfrm.states {
+		before[s] = true
+	}
+	out, err := r.l.RotateGuests(context.Background(), []string{res.Guest.Name}, false, "manual")
+	if err != nil || len(out) != 1 || out[0].Result != "ok" {
+		t.Fatalf("rotate: %+v %v", out, err)
+	}
+	if len(r.xfrm.states) != len(before) {
+		t.Fatalf("host holds %d SAs after the rotation, want %d", len(r.xfrm.states), len(before))
+	}
+	for s := range r.xfrm.states {
+		if before[s] {
+			t.Fatalf("old SA %#x still on the host", s)
+		}
+	}
+	if ra.declared != len(before) || len(ra.records) != 0 {
+		t.Fatalf("agent: %d declared, %d records left", ra.declared, len(ra.records))
+	}
+	st, ev := r.l.SAStatus()
+	if len(st) != 1 || st[0].Generation != 1 || len(st[0].SAs) != len(before) || len(ev) != 1 {
+		t.Fatalf("status %+v events %+v", st, ev)
+	}
+	for _, s := range st[0].SAs {
+		if before[s.SPI] {
+			t.Fatalf("status shows old SPI %#x", s.SPI)
+		}
+	}
+	want := `# HELP mlsgate_loader_sa_rotations_total Guest SA rotations by result: ok, rolled_back (undone before the guest switched), failed (the journal stays and the next start finishes it), refused_relabel (a successor would carry another label; nothing installed).
+# TYPE mlsgate_loader_sa_rotations_total counter
+mlsgate_loader_sa_rotations_total{result="failed"} 0
+mlsgate_loader_sa_rotations_total{result="ok"} 1
+mlsgate_loader_sa_rotations_total{result="refused_relabel"} 0
+mlsgate_loader_sa_rotations_total{result="rolled_back"} 0
+`
+	if err := testutil.GatherAndCompare(r.l.Registry(), strings.NewReader(want), "mlsgate_loader_sa_rotations_total"); err != nil {
+		t.Error(err)
+	}
+	if _, err := r.l.RotateGuests(context.Background(), []string{"vm99"}, false, "manual"); err == nil {
+		t.Fatal("rotating an unknown guest succeeded")
+	}
+	// All guests, again: generation 2.
+	if _, err := r.l.RotateGuests(context.Background(), nil, true, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := r.l.SAStatus(); st[0].Generation != 2 {
+		t.Fatalf("generation %d after two rotations", st[0].Generation)
+	}
+	if probs, err := testutil.GatherAndLint(r.l.Registry()); err != nil || len(probs) > 0 {
+		t.Errorf("metrics lint: %v %v", probs, err)
+	}
+}
