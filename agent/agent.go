@@ -408,6 +408,7 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		p.SAs = append(p.SAs, sa)
 		st.Synced++
 	}
+	p.SAs = append(p.SAs, rotationPremap(d, ksas, seen, integ, &st)...)
 	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
 	return p, st
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/label"
 )
 
 // SA rotation, the agent's half (DESIGN.md, configuration phase): while a
@@ -94,6 +96,9 @@ func validateRotations(rs []RotationSpec) error {
 const (
 	rotationAccepted       = "accepted"
 	rotationRefusedRelabel = "refused_relabel"
+	// rotationPremapped: declared, not in the kernel yet, enforced with
+	// the predecessor's binding (not a result: never counted).
+	rotationPremapped = "premapped"
 )
 
 type rotationState struct {
@@ -134,6 +139,47 @@ func rotationAllows(rs []RotationSpec, k *KernelSA, sa *verdict.SA, st *saStats)
 	return true
 }
 
+// rotationPremap is policyFor's second hook: the declared successors the
+// kernel does not hold yet enter the maps with their predecessor's
+// binding, so that the fast path knows a successor before either end
+// sends on it (a host's add of its outbound successor is its switch; it
+// cannot wait for the agent to sync the new SA). Once the kernel holds
+// the successor, rotationAllows checks it, and one that differs leaves
+// the maps.
+func rotationPremap(d Desired, ksas []KernelSA, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
+	if len(d.Rotations) == 0 {
+		return nil
+	}
+	inKernel := map[saKey]bool{}
+	for _, k := range ksas {
+		if k.Proto == 50 {
+			inKernel[saKey{k.SPI, k.Dst}] = true
+		}
+	}
+	owners := map[uint32]uint32{} // vm → app
+	for _, g := range d.Guests {
+		owners[g.VM] = g.App
+	}
+	var out []verdict.SA
+	for _, r := range d.Rotations {
+		k := r.New.key()
+		if inKernel[k] || seen[k] {
+			continue
+		}
+		if app, ok := owners[r.Owner]; !ok || app != r.App {
+			continue // the guest is gone or serves another application now
+		}
+		ctx, err := label.ParseContext(r.Context)
+		if err != nil || !ctx.HasRange {
+			continue
+		}
+		seen[k] = true
+		out = append(out, verdict.SA{SPI: r.New.SPI, Daddr: r.New.Daddr, Owner: r.Owner, App: r.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(r.New.Daddr)})
+		st.rotations = append(st.rotations, rotationVerdict{k, rotationPremapped, ""})
+	}
+	return out
+}
+
 type rotationVerdict struct {
 	key    saKey
 	result string
@@ -146,7 +192,7 @@ func (a *Agent) noteRotations(st saStats) {
 	now := map[saKey]string{}
 	for _, v := range st.rotations {
 		now[v.key] = v.result
-		if a.rot.seen[v.key] == v.result {
+		if a.rot.seen[v.key] == v.result || v.result == rotationPremapped {
 			continue
 		}
 		a.rot.counter.WithLabelValues(v.result).Inc()
@@ -235,6 +281,31 @@ func (a *Agent) DeclareRotation(old, newRef SARef) (RotationSpec, error) {
 	return rec, nil
 }
 
+// waitMapped waits (bounded) until a reconcile has put the successor k in
+// the maps, premapped or accepted: the caller's next step may switch a
+// sender to it.
+func (a *Agent) waitMapped(ctx context.Context, k saKey) error {
+	for range 500 {
+		a.mu.Lock()
+		v := a.rot.seen[k]
+		a.mu.Unlock()
+		switch v {
+		case rotationPremapped, rotationAccepted:
+			return nil
+		case rotationRefusedRelabel:
+			return fmt.Errorf("%w: spi %#x dst %s is installed with another binding than its predecessor", ErrRotation, k.spi, k.daddr)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return fmt.Errorf("%w: spi %#x dst %s declared but not in the maps after 5 s (last reconcile error: %v); the rotation must not switch to it", ErrRotation, k.spi, k.daddr, a.lastErr)
+}
+
 // ErrRotationInUse is returned when a record cannot be dropped.
 var ErrRotationInUse = errors.New("rotation record in use")
 
@@ -288,8 +359,9 @@ func slicesContainsKey(vs []rotationVerdict, k saKey, result string) bool {
 // RotationStatus is one rotation record and where it stands.
 type RotationStatus struct {
 	RotationSpec
-	// State: pending (the successor is not installed yet), active (old and
-	// new enforced), completed (the predecessor is gone), refused (the
+	// State: pending (the successor is not installed yet; it is enforced
+	// with the predecessor's binding), checking (installed, not yet
+	// checked), active (old and new enforced), completed (the predecessor is gone), refused (the
 	// successor would relabel and is kept out of the maps).
 	State string `json:"state"`
 }
@@ -310,6 +382,8 @@ func (a *Agent) rotationStatus() []RotationStatus {
 			s.State = "refused"
 		case !inKernel[r.New.key()]:
 			s.State = "pending"
+		case a.rot.seen[r.New.key()] != rotationAccepted:
+			s.State = "checking"
 		case inKernel[r.Old.key()]:
 			s.State = "active"
 		default:
@@ -334,6 +408,9 @@ func (a *Agent) rotationRoutes(mux *http.ServeMux) {
 			return
 		}
 		rec, err := a.DeclareRotation(req.Old, req.New)
+		if err == nil {
+			err = a.waitMapped(r.Context(), req.New.key())
+		}
 		a.recordChange(r, changeRotation, req.Old, req.New, err)
 		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))

@@ -68,10 +68,15 @@ func TestAgentRefusesRelabelingRotation(t *testing.T) {
 	if code, b := call(t, srv, "POST", "/v1/rotations", rotationBody(old.SPI, cfg.SPIBase+6, host)); code != http.StatusOK {
 		t.Errorf("declare rotation 5→6: %d %s", code, b)
 	}
+	// Declared, not installed yet: the successor is enforced with its
+	// predecessor's binding, so neither end's switch meets an unknown SA.
+	if s := k.slots(); s[6] != s[5] {
+		t.Errorf("declared successor not premapped with the predecessor's binding: %+v vs %+v", s[6], s[5])
+	}
 	bad := old
 	bad.SPI, bad.Context = cfg.SPIBase+6, "system_u:system_r:analyst_t:s9"
 	h.sas.ch <- []KernelSA{old, bad}
-	eventually(t, func() bool { _, in := k.slots()[6]; return in || refusedRelabel(h) == 1 }, "relabeling successor neither allowed nor refused: %+v", h.a.Status().SAs)
+	eventually(t, func() bool { return refusedRelabel(h) == 1 }, "relabeling successor not refused: %+v", h.a.Status().SAs)
 	if _, ok := k.slots()[6]; ok {
 		t.Fatalf("the relabeled successor is in the maps: the fast path would accept its packets at s9")
 	}
@@ -100,7 +105,14 @@ mlsgate_sa_rotations_total{result="refused_relabel"} 1
 	good := old
 	good.SPI = cfg.SPIBase + 7
 	h.sas.ch <- []KernelSA{old, bad, good}
-	eventually(t, func() bool { _, ok := k.slots()[7]; return ok }, "label-preserving successor never in the maps")
+	eventually(t, func() bool {
+		for _, r := range h.a.Status().Rotations {
+			if r.New.SPI == good.SPI && r.State == "active" {
+				return true
+			}
+		}
+		return false
+	}, "label-preserving successor never active: %+v", h.a.Status().Rotations)
 	s := k.slots()
 	if s[5] != s[7] {
 		t.Fatalf("old %+v and new %+v differ", s[5], s[7])
