@@ -118,6 +118,8 @@ type Rotator struct {
 	Inject func(step string) error
 	// Done, when set, learns each finished rotation.
 	Done func(RotationResult)
+	// Lifetime is given to the successors the host installs.
+	Lifetime xfrm.Lifetime
 
 	mu sync.Mutex // one rotation at a time per Rotator
 }
@@ -430,7 +432,9 @@ func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr) error {
 		if s.Dst != dst {
 			continue
 		}
-		if err := r.XFRM.AddState(xfrm.StateFromStore(s)); err != nil && !errors.Is(err, fs.ErrExist) {
+		x := xfrm.StateFromStore(s)
+		x.Lifetime = r.Lifetime
+		if err := r.XFRM.AddState(x); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("host SA spi %#x: %w", s.SPI, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -35,13 +36,27 @@ type RotationConfig struct {
 	Grace time.Duration
 	// Check is how often due rotations are looked for (default 10 s).
 	Check time.Duration
+	// SoftBytes and SoftPackets are the kernel's soft lifetime of the
+	// host's SAs (xfrm_lifetime_cfg): when one is reached the kernel sends
+	// a soft expire, and WatchExpires rotates the guest. SoftPackets is
+	// also the sequence-number headroom: an SA's outbound sequence number
+	// counts its packets, and a 32-bit one (no ESN) must never wrap, so
+	// it stays far below 2^32. 0 turns a limit off.
+	SoftBytes, SoftPackets uint64
 }
 
 // DefaultRotationConfig: an hour's lifetime, up to 5 minutes earlier, a
 // 2-second grace window.
 func DefaultRotationConfig() RotationConfig {
-	return RotationConfig{Lifetime: time.Hour, Jitter: 5 * time.Minute, Grace: 2 * time.Second, Check: 10 * time.Second}
+	return RotationConfig{Lifetime: time.Hour, Jitter: 5 * time.Minute, Grace: 2 * time.Second, Check: 10 * time.Second,
+		SoftBytes: 1 << 36, SoftPackets: MaxSoftPackets}
 }
+
+// MaxSoftPackets is the highest soft packet limit: half the 32-bit
+// sequence space, so that a rotation triggered there has 2^31 packets of
+// headroom before the sender's sequence number would wrap (RFC 4303
+// 3.3.3: without ESN the SA must be rekeyed before that).
+const MaxSoftPackets = 1 << 31
 
 type rotGuest struct {
 	guest      Guest
@@ -90,6 +105,10 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	if cfg.Jitter > cfg.Lifetime {
 		return fmt.Errorf("rotation: jitter %v exceeds the lifetime %v", cfg.Jitter, cfg.Lifetime)
 	}
+	if cfg.SoftPackets > MaxSoftPackets {
+		return fmt.Errorf("rotation: soft packet limit %d leaves less than 2^31 sequence numbers of headroom; use at most %d", cfg.SoftPackets, uint64(MaxSoftPackets))
+	}
+	h.Lifetime = xfrm.Lifetime{SoftBytes: cfg.SoftBytes, SoftPackets: cfg.SoftPackets}
 	rs := &rotations{cfg: cfg, guests: map[string]*rotGuest{}}
 	rs.r = &Rotator{
 		Agent: ra, Push: l.push.Push, SPI: l.allocSPI, FreeSPIs: l.freeSPIs,
@@ -99,6 +118,7 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	if h.XFRM != nil {
 		rs.r.XFRM = h.XFRM
 	}
+	rs.r.Lifetime = h.Lifetime
 	rs.r.Done = rs.record
 	rs.total = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_total",
@@ -306,6 +326,54 @@ func (l *Loader) RunRotations(ctx context.Context) {
 			_, _ = l.rotateOne(ctx, rs, iface, "lifetime")
 		}
 	}
+}
+
+// WatchExpires rotates the guest whose SA the kernel reports soft-expired
+// (its byte or packet soft limit reached: RotationConfig.SoftBytes,
+// SoftPackets), until ctx ends or events closes. events is the host's
+// XFRM event stream (xfrm.Subscribe). A guest is rotated once per
+// expiry burst: expiries of SAs it no longer holds are ignored.
+func (l *Loader) WatchExpires(ctx context.Context, events <-chan xfrm.Event) {
+	l.mu.Lock()
+	rs := l.rot
+	l.mu.Unlock()
+	if rs == nil {
+		return
+	}
+	for {
+		var e xfrm.Event
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok = <-events:
+			if !ok {
+				return
+			}
+		}
+		if e.Kind != xfrm.ExpireSA || e.Hard || e.State == nil {
+			continue
+		}
+		iface := rs.guestOf(e.State.Dst, e.State.SPI)
+		if iface == "" {
+			continue
+		}
+		_, _ = l.rotateOne(ctx, rs, iface, "soft_limit")
+	}
+}
+
+// guestOf names the guest whose SA set in force holds (dst, spi).
+func (rs *rotations) guestOf(dst netip.Addr, spi uint32) string {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for iface, g := range rs.guests {
+		for _, s := range g.bundle.States {
+			if s.SPI == spi && s.Dst == dst {
+				return iface
+			}
+		}
+	}
+	return ""
 }
 
 // SAStatus is one guest's SA set as `mlsgate sa status` shows it: never

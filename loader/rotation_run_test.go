@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/policystore"
 )
 
@@ -105,5 +107,48 @@ mlsgate_loader_sa_rotations_total{result="rolled_back"} 0
 	}
 	if probs, err := testutil.GatherAndLint(r.l.Registry()); err != nil || len(probs) > 0 {
 		t.Errorf("metrics lint: %v %v", probs, err)
+	}
+}
+
+func TestLoaderRotatesOnSoftExpire(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	r.host.Agent = &rotFakeAgent{fakeAgent: r.agent}
+	cfg := DefaultRotationConfig()
+	cfg.StateDir, cfg.Grace, cfg.SoftPackets = t.TempDir(), time.Millisecond, 1000
+	if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if r.host.Lifetime.SoftPackets != 1000 {
+		t.Fatalf("host SA lifetime %+v", r.host.Lifetime)
+	}
+	if _, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := r.l.SAStatus()
+	s0 := st[0].SAs[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := make(chan xfrm.Event)
+	done := make(chan struct{})
+	go func() { r.l.WatchExpires(ctx, ev); close(done) }()
+	state := func(spi uint32, dst string) *xfrm.State {
+		return &xfrm.State{SPI: spi, Dst: netip.MustParseAddr(dst), Proto: xfrm.ProtoESP}
+	}
+	ev <- xfrm.Event{Kind: xfrm.ExpireSA, Hard: true, State: state(s0.SPI, s0.Dst)} // hard: the kernel deleted it; not ours to act on
+	ev <- xfrm.Event{Kind: xfrm.ExpireSA, State: state(0xdead, s0.Dst)}             // not a guest's
+	ev <- xfrm.Event{Kind: xfrm.ExpireSA, State: state(s0.SPI, s0.Dst)}             // soft: rotate
+	ev <- xfrm.Event{Kind: xfrm.ExpireSA, State: state(s0.SPI, s0.Dst)}             // a repeat for the old SA: ignored
+	cancel()
+	<-done
+	st, ev2 := r.l.SAStatus()
+	if st[0].Generation != 1 || len(ev2) != 1 || ev2[0].Trigger != "soft_limit" {
+		t.Fatalf("after a soft expire: generation %d, rotations %+v", st[0].Generation, ev2)
+	}
+	bad := DefaultRotationConfig()
+	bad.StateDir, bad.SoftPackets = t.TempDir(), 1<<32
+	r2 := newRig(t, policystore.SystemPolicy{})
+	r2.host.Agent = &rotFakeAgent{fakeAgent: r2.agent}
+	if err := r2.l.EnableRotation(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "headroom") {
+		t.Fatalf("a soft packet limit past 2^31: %v", err)
 	}
 }

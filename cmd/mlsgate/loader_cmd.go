@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netns"
 
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
@@ -128,6 +129,14 @@ without a policy yet is reached.`,
 			}
 			go v.pool.Run(cmd.Context())
 			go v.loader.RunRotations(cmd.Context())
+			if hx != nil && !noRotation {
+				// Soft byte/packet limits reached on the host's SAs.
+				ev, err := xfrm.Subscribe(cmd.Context(), netns.None())
+				if err != nil {
+					return fmt.Errorf("XFRM events (SA soft limits): %w", err)
+				}
+				go v.loader.WatchExpires(cmd.Context(), ev)
+			}
 			log.Info("VMLoad ready", "socket", socket, "socket_group", ul.Group(), "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
 			if err := localapi.Notify("READY=1"); err != nil {
 				log.Error("readiness", "error", err)
@@ -162,6 +171,8 @@ without a policy yet is reached.`,
 	f.DurationVar(&rotation.Lifetime, "sa-lifetime", rotation.Lifetime, "rotate each guest's SAs after this long (0: only by hand, 'mlsgate sa rotate')")
 	f.DurationVar(&rotation.Jitter, "sa-jitter", rotation.Jitter, "rotate up to this much before --sa-lifetime, drawn per guest")
 	f.DurationVar(&rotation.Grace, "sa-grace", rotation.Grace, "keep old inbound SAs this long after the outbound switch")
+	f.Uint64Var(&rotation.SoftPackets, "sa-soft-packets", rotation.SoftPackets, "rotate a guest when one of its SAs carried this many packets (kernel soft limit; at most 2^31, the sequence-number headroom)")
+	f.Uint64Var(&rotation.SoftBytes, "sa-soft-bytes", rotation.SoftBytes, "rotate a guest when one of its SAs carried this many bytes (kernel soft limit; 0: none)")
 	f.BoolVar(&noRotation, "no-sa-rotation", false, "never rotate SAs (keys live as long as the guest)")
 	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")
 	f.StringVar(&qemuInitrd, "qemu-initrd", "", "guest initramfs for --backend qemu")
