@@ -348,6 +348,48 @@ func TestGuestSARotation(t *testing.T) {
 		}
 		cur = nb
 	}
+	// The kernel's soft packet limit triggers a rotation: the host's SAs
+	// get a soft limit of 200 packets, the flow reaches it, the kernel
+	// announces a soft expire, and the guest is rotated.
+	{
+		ctx, cancel := context.WithCancel(context.Background())
+		ev, err := xfrm.Subscribe(ctx, hostNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lr := w.rotator(nil)
+		lr.Lifetime = xfrm.Lifetime{SoftPackets: 200}
+		nb, _, err := lr.Rotate(context.Background(), g, cur, "test")
+		if err != nil {
+			t.Fatalf("rotate with a soft limit: %v", err)
+		}
+		cur = nb
+		t0 := time.Now()
+		var expired *xfrm.State
+		timeout := time.After(60 * time.Second)
+	wait:
+		for {
+			select {
+			case e := <-ev:
+				if e.Kind == xfrm.ExpireSA && !e.Hard && e.State != nil && slices.Contains(bundleSPIs(cur), e.State.SPI) {
+					expired = e.State
+					break wait
+				}
+			case <-timeout:
+				break wait
+			}
+		}
+		cancel()
+		if expired == nil {
+			t.Fatalf("no soft expire within 60 s for the SAs %x with a 200-packet soft limit", bundleSPIs(cur))
+		}
+		nb, res, err := lr.Rotate(context.Background(), g, cur, "soft_limit")
+		if err != nil {
+			t.Fatalf("rotation on the soft expire: %v", err)
+		}
+		t.Logf("soft expire of spi %#x after %v; rotation took %v", expired.SPI, time.Since(t0).Round(time.Millisecond), res.Took.Round(time.Millisecond))
+		cur = nb
+	}
 	sent, atServer, atClient := flow.finish()
 	after, _ := ag.status()
 	delta := func(dir, reason string) int {
