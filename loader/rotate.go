@@ -546,6 +546,34 @@ func (r *Rotator) pending() ([]*rotationJournal, error) {
 	return out, nil
 }
 
+// Abandon drops the journalled rotation of a guest that is gone: its
+// host states, old and new, are deleted, the agent's records dropped, the
+// journal removed. Without a journal it does nothing.
+func (r *Rotator) Abandon(iface string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	js, err := r.pending()
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if j.Guest.Interface != iface {
+			continue
+		}
+		all := append(slices.Clone(j.Old.States), j.NewStates...)
+		errs := []error{r.hostDelete(all, j.Old.HostAddr), r.hostDelete(all, j.Old.GuestAddr), r.undeclare(j)}
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		if err := r.remove(j); err != nil {
+			return err
+		}
+		r.free(j.NewStates)
+		r.freeOld(j)
+	}
+	return nil
+}
+
 // Recover completes or rolls back the rotations a crash interrupted: one
 // whose guest holds the new states (guest_both done) is finished, any
 // other rolled back. It returns the bundles now in force, by interface.

@@ -407,3 +407,32 @@ func TestCheckSuccessorRefusesRelabel(t *testing.T) {
 		}
 	}
 }
+
+// TestRotateAbandonForGoneGuest: a rotation journalled for a guest that
+// was destroyed is dropped with every host state of it.
+func TestRotateAbandonForGoneGuest(t *testing.T) {
+	b := rotBundle(t)
+	w := newRotWorld(t, b)
+	rr := newRotRig(t, b, t.TempDir(), w, nil)
+	rr.r.Inject = func(s string) error {
+		if s == stepHostOut {
+			return errors.New("killed")
+		}
+		return nil
+	}
+	if _, _, err := rr.r.Rotate(context.Background(), rotTestGuest, b, "manual"); err == nil {
+		t.Fatal("no error from the killed rotation")
+	}
+	if err := rr.r.Abandon(rotTestGuest.Interface); err != nil {
+		t.Fatal(err)
+	}
+	if h := w.spis(w.host); len(h) != 0 {
+		t.Fatalf("host states of the gone guest left: %x", h)
+	}
+	if len(w.records) != 0 || len(rr.inUse) != 0 {
+		t.Fatalf("records %v, SPIs in use %v", w.records, rr.inUse)
+	}
+	if js, err := rr.r.pending(); err != nil || len(js) != 0 {
+		t.Fatalf("journal left: %d %v", len(js), err)
+	}
+}

@@ -69,10 +69,12 @@ type rotGuest struct {
 type rotations struct {
 	cfg RotationConfig
 	r   *Rotator
+	run sync.Mutex // held across a rotation
 
-	mu     sync.Mutex
-	guests map[string]*rotGuest // by interface
-	events []RotationResult     // the last maxRotationEvents, oldest first
+	mu         sync.Mutex
+	recoverErr error                // the last Recover's, for status
+	guests     map[string]*rotGuest // by interface
+	events     []RotationResult     // the last maxRotationEvents, oldest first
 
 	total    *prometheus.CounterVec
 	latency  prometheus.Histogram
@@ -151,11 +153,13 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	})
 	rs.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_in_flight", Help: "Rotations running now."})
 	l.metrics.reg.MustRegister(rs.total, rs.latency, rs.oldest, rs.inFlight)
-	got, _, err := rs.r.Recover(ctx)
-	if err != nil {
-		return fmt.Errorf("rotation: recover interrupted rotations: %w", err)
+	// Rotations a crash interrupted: finished or rolled back now; one
+	// that cannot be (its guest unreachable) keeps its journal, is
+	// counted failed, and is retried by RunRotations. It never stops the
+	// loader from starting.
+	if _, _, err := rs.r.Recover(ctx); err != nil {
+		rs.recoverErr = err
 	}
-	_ = got // the guests' bundles come back with their loads; the journal's guests are settled
 	l.mu.Lock()
 	l.rot = rs
 	l.mu.Unlock()
@@ -200,15 +204,20 @@ func (l *Loader) rememberBundle(g *Guest, b *policystore.Bundle) {
 	rs.guests[g.Interface] = &rotGuest{guest: *g, bundle: b.GuestPart(), since: now, due: rs.dueAfter(now)}
 }
 
-// forgetBundleLocked is TornDown's hook; l.mu is held.
-func (l *Loader) forgetBundleLocked(g *Guest) {
+// forgetRotation is TornDown's hook: the guest is gone, so a rotation
+// of it that a crash left journalled can be neither finished nor rolled
+// back on the guest; its host states (old and new) and agent records go.
+func (l *Loader) forgetRotation(g *Guest) {
+	l.mu.Lock()
 	rs := l.rot
+	l.mu.Unlock()
 	if rs == nil {
 		return
 	}
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
 	delete(rs.guests, g.Interface)
+	rs.mu.Unlock()
+	_ = rs.r.Abandon(g.Interface)
 }
 
 // ErrNoRotation: rotation is not enabled, or the guest serves nothing.
@@ -249,6 +258,10 @@ func (l *Loader) RotateGuests(ctx context.Context, names []string, all bool, tri
 }
 
 func (l *Loader) rotateOne(ctx context.Context, rs *rotations, iface, trigger string) (RotationResult, error) {
+	// One rotation at a time, and the bundle read under the same lock: a
+	// second trigger for the guest rotates the set the first left.
+	rs.run.Lock()
+	defer rs.run.Unlock()
 	rs.mu.Lock()
 	g, ok := rs.guests[iface]
 	var guest Guest
@@ -312,6 +325,14 @@ func (l *Loader) RunRotations(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		rs.run.Lock()
+		if js, err := rs.r.pending(); err == nil && len(js) > 0 {
+			_, _, err := rs.r.Recover(ctx)
+			rs.mu.Lock()
+			rs.recoverErr = err
+			rs.mu.Unlock()
+		}
+		rs.run.Unlock()
 		now := l.now()
 		rs.mu.Lock()
 		var due []string
