@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -284,16 +285,19 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 		}
 		return j.Old, res, nil
 	}
+	// A resumed rotation may find its own successors installed already; a
+	// fresh one must not find any state under a new SPI.
+	resumed := j.Step != ""
 	steps := []struct {
 		name string
 		do   func() error
 	}{
 		{stepDeclared, func() error { return r.declare(j) }},
-		{stepHostIn, func() error { return r.hostAdd(j, j.Old.HostAddr) }},
+		{stepHostIn, func() error { return r.hostAdd(j, j.Old.HostAddr, resumed) }},
 		{stepGuestBoth, func() error {
 			return r.Push(ctx, g, r.bundle(j, 0, append(slices.Clone(j.Old.States), j.NewStates...)))
 		}},
-		{stepHostOut, func() error { return r.hostAdd(j, j.Old.GuestAddr) }},
+		{stepHostOut, func() error { return r.hostAdd(j, j.Old.GuestAddr, resumed) }},
 		{stepOldOut, func() error {
 			keep := slices.Clone(j.NewStates)
 			for _, s := range j.Old.States {
@@ -423,8 +427,10 @@ func (r *Rotator) undeclare(j *rotationJournal) error {
 // is already gone (a repeated step).
 var ErrNoRotationRecord = errors.New("no rotation record")
 
-// hostAdd adds the successors whose destination is dst.
-func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr) error {
+// hostAdd adds the successors whose destination is dst. An SA already
+// under the SPI is an error, unless the rotation is resumed after a crash
+// (the step may have run before the journal recorded it).
+func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr, resumed bool) error {
 	if r.XFRM == nil {
 		return nil
 	}
@@ -434,7 +440,7 @@ func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr) error {
 		}
 		x := xfrm.StateFromStore(s)
 		x.Lifetime = r.Lifetime
-		if err := r.XFRM.AddState(x); err != nil && !errors.Is(err, fs.ErrExist) {
+		if err := r.XFRM.AddState(x); err != nil && !(resumed && errors.Is(err, fs.ErrExist)) {
 			return fmt.Errorf("host SA spi %#x: %w", s.SPI, err)
 		}
 	}
@@ -511,6 +517,71 @@ func (r *Rotator) remove(j *rotationJournal) error {
 		return err
 	}
 	return nil
+}
+
+// inForce is the SA set in force on a guest, kept (a secret file: it
+// holds the keys) so that a restarted loader goes on rotating it.
+type inForce struct {
+	Guest      Guest               `json:"guest"`
+	Bundle     *policystore.Bundle `json:"bundle"`
+	Since      time.Time           `json:"since"`
+	Generation uint64              `json:"generation"`
+}
+
+func inForceName(iface string) string { return "inforce-" + iface + ".json" }
+
+func (r *Rotator) saveInForce(f inForce) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	d, err := r.dir()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Replace(inForceName(f.Guest.Interface), b, secretfile.FileMode)
+}
+
+func (r *Rotator) removeInForce(iface string) error {
+	d, err := r.dir()
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Remove(inForceName(iface)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (r *Rotator) loadInForce() ([]inForce, error) {
+	d, err := r.dir()
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	ents, err := d.ReadDir()
+	if err != nil {
+		return nil, err
+	}
+	var out []inForce
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, "inforce-") || !strings.HasSuffix(n, ".json") {
+			continue
+		}
+		b, err := d.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		var f inForce
+		if err := json.Unmarshal(b, &f); err != nil || f.Bundle == nil || f.Guest.Interface == "" {
+			return nil, fmt.Errorf("%s: unreadable (%v); delete it, and reload the guest's application to rotate it again", n, err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // Pending lists the guests with a journalled rotation.

@@ -157,8 +157,25 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	// that cannot be (its guest unreachable) keeps its journal, is
 	// counted failed, and is retried by RunRotations. It never stops the
 	// loader from starting.
-	if _, _, err := rs.r.Recover(ctx); err != nil {
+	got, _, err := rs.r.Recover(ctx)
+	if err != nil {
 		rs.recoverErr = err
+	}
+	// The sets in force before the restart, so their rotations go on.
+	saved, err := rs.r.loadInForce()
+	if err != nil {
+		return fmt.Errorf("rotation: %w", err)
+	}
+	for _, f := range saved {
+		if b := got[f.Guest.Interface]; b != nil {
+			f.Bundle, f.Since = b, l.now() // a recovered rotation's outcome wins
+		}
+		var spis []uint32
+		for _, s := range f.Bundle.States {
+			spis = append(spis, s.SPI)
+		}
+		l.MarkSPIsInUse(spis)
+		rs.guests[f.Guest.Interface] = &rotGuest{guest: f.Guest, bundle: f.Bundle, since: f.Since, due: rs.dueAfter(f.Since), generation: f.Generation}
 	}
 	l.mu.Lock()
 	l.rot = rs
@@ -199,9 +216,11 @@ func (l *Loader) rememberBundle(g *Guest, b *policystore.Bundle) {
 		return
 	}
 	now := l.now()
+	rg := &rotGuest{guest: *g, bundle: b.GuestPart(), since: now, due: rs.dueAfter(now)}
 	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	rs.guests[g.Interface] = &rotGuest{guest: *g, bundle: b.GuestPart(), since: now, due: rs.dueAfter(now)}
+	rs.guests[g.Interface] = rg
+	rs.mu.Unlock()
+	_ = rs.r.saveInForce(inForce{Guest: *g, Bundle: rg.bundle, Since: now})
 }
 
 // forgetRotation is TornDown's hook: the guest is gone, so a rotation
@@ -218,6 +237,7 @@ func (l *Loader) forgetRotation(g *Guest) {
 	delete(rs.guests, g.Interface)
 	rs.mu.Unlock()
 	_ = rs.r.Abandon(g.Interface)
+	_ = rs.r.removeInForce(g.Interface)
 }
 
 // ErrNoRotation: rotation is not enabled, or the guest serves nothing.
@@ -281,11 +301,16 @@ func (l *Loader) rotateOne(ctx context.Context, rs *rotations, iface, trigger st
 	}
 	now := l.now()
 	rs.mu.Lock()
+	var rec *inForce
 	if cur, ok := rs.guests[iface]; ok && cur.bundle == b {
 		cur.bundle, cur.since, cur.due = nb, now, rs.dueAfter(now)
 		cur.generation++
+		rec = &inForce{Guest: guest, Bundle: nb, Since: now, Generation: cur.generation}
 	}
 	rs.mu.Unlock()
+	if rec != nil {
+		_ = rs.r.saveInForce(*rec)
+	}
 	if h, ok := l.host.(*Host); ok {
 		h.replaceStates(iface, nb.States)
 	}

@@ -152,3 +152,53 @@ func TestLoaderRotatesOnSoftExpire(t *testing.T) {
 		t.Fatalf("a soft packet limit past 2^31: %v", err)
 	}
 }
+
+// TestLoaderRotationSurvivesRestart: a new loader on the same state
+// directory knows the sets in force and goes on rotating them, never
+// handing out an SPI in use.
+func TestLoaderRotationSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	r := newRig(t, policystore.SystemPolicy{})
+	r.host.Agent = &rotFakeAgent{fakeAgent: r.agent}
+	cfg := DefaultRotationConfig()
+	cfg.StateDir, cfg.Grace = dir, time.Millisecond
+	if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.l.RotateGuests(context.Background(), []string{res.Guest.Name}, false, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	st1, _ := r.l.SAStatus()
+
+	r2 := newRig(t, policystore.SystemPolicy{})
+	r2.host.Agent = &rotFakeAgent{fakeAgent: r2.agent}
+	if err := r2.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	st2, _ := r2.l.SAStatus()
+	if len(st2) != 1 || st2[0].Generation != 1 || len(st2[0].SAs) != len(st1[0].SAs) || st2[0].SAs[0].SPI != st1[0].SAs[0].SPI {
+		t.Fatalf("after a restart: %+v, before %+v", st2, st1)
+	}
+	for _, s := range st2[0].SAs {
+		if spi, err := r2.l.allocSPI(); err != nil || spi == s.SPI {
+			t.Fatalf("restarted loader handed out spi %#x in use (%v)", spi, err)
+		}
+	}
+	if _, err := r2.l.RotateGuests(context.Background(), nil, true, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	// The guest is destroyed: nothing of it is kept.
+	r2.l.TornDown(&res.Guest)
+	r3 := newRig(t, policystore.SystemPolicy{})
+	r3.host.Agent = &rotFakeAgent{fakeAgent: r3.agent}
+	if err := r3.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := r3.l.SAStatus(); len(st) != 0 {
+		t.Fatalf("a destroyed guest's set is still in force after a restart: %+v", st)
+	}
+}
