@@ -238,3 +238,42 @@ func refusedRelabel(h *harness) float64 {
 	}
 	return -1
 }
+
+// TestAgentRotationSurvivesAgentKill: the agent dies between the
+// declaration and the successor's install (kill -9: nothing but the
+// persisted desired state survives). The restarted agent enforces the
+// declared successor with its predecessor's binding from its first
+// reconcile, then checks the kernel's SA when it appears.
+func TestAgentRotationSurvivesAgentKill(t *testing.T) {
+	cfg := testConfig(t)
+	g := guest7(t)
+	k := &fakeKernel{}
+	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	if err := h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	host := netip.MustParseAddr("10.70.0.1")
+	old := KernelSA{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Reqid: 1, Context: "system_u:system_r:analyst_t:s6"}
+	h.sas.ch <- []KernelSA{old}
+	eventually(t, func() bool { _, ok := k.slots()[5]; return ok }, "old SA never in the maps")
+	if _, err := h.a.DeclareRotation(SARef{old.SPI, host}, SARef{cfg.SPIBase + 6, host}); err != nil {
+		t.Fatal(err)
+	}
+	h.cancel()
+	<-h.done
+	h.done <- nil
+
+	k2 := &fakeKernel{state: k.state, pinned: []int{9}}
+	h2 := start(t, cfg, k2, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{initial: []KernelSA{old}})
+	eventually(t, h2.a.Ready, "restarted agent not ready")
+	if s := k2.slots(); s[6] != s[5] || s[6].OwnerVm != 7 {
+		t.Fatalf("after the restart the declared successor is not enforced with its predecessor's binding: %+v vs %+v", s[6], s[5])
+	}
+	bad := old
+	bad.SPI, bad.Context = cfg.SPIBase+6, "system_u:system_r:analyst_t:s2"
+	h2.sas.ch <- []KernelSA{old, bad}
+	eventually(t, func() bool { return refusedRelabel(h2) == 1 }, "relabeled successor not refused after the restart")
+	if _, ok := k2.slots()[6]; ok {
+		t.Fatal("the relabeled successor stayed in the maps")
+	}
+}
