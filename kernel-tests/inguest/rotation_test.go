@@ -5,10 +5,10 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -21,15 +21,18 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/policystore/ca"
 )
 
 // SA rotation in the guest kernel, where ESP and labeled SAs are real: a
 // guest namespace and the host (with the agent and the fast path on
 // vif7.0) exchange sequence-numbered labeled datagrams both ways without
 // pause while loader.Rotator rotates the pair of SAs between them 100
-// times (the update daemon's part done in the guest namespace as the
-// daemon does it: adds, then deletes). Every datagram must arrive at both
+// times (the guest's part applied by the real update daemon, in process,
+// on the guest namespace's XFRM). Every datagram must arrive at both
 // ends, the fast path's counters must account for every one of them as
 // allow_labeled and none as a denial. Then: a successor installed with
 // another context is refused by the agent and the old SA keeps working;
@@ -53,41 +56,52 @@ type rtWorld struct {
 	pushMu   sync.Mutex
 	rotator  func(inject func(string) error) *loader.Rotator
 	stateDir string
+	daemon   *updated.Daemon
 }
 
-// push applies a guest part's SAs in the guest namespace as the update
-// daemon does: the ones it lacks are added, then the ones the bundle no
-// longer names are deleted.
-func (w *rtWorld) push(_ context.Context, _ *loader.Guest, b *policystore.Bundle) error {
+// push hands a guest part to the guest's update daemon.
+func (w *rtWorld) push(ctx context.Context, _ *loader.Guest, b *policystore.Bundle) error {
 	w.pushMu.Lock()
 	defer w.pushMu.Unlock()
-	have := map[uint32]bool{}
-	for _, s := range espStates(w.t, w.gh) {
-		have[s.SPI] = true
+	_, err := w.daemon.Apply(ctx, b)
+	return err
+}
+
+// startUpdated makes the guest's update daemon on the guest namespace's
+// XFRM handle.
+func startUpdated(t *testing.T, gh *xfrm.Handle) *updated.Daemon {
+	t.Helper()
+	c, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := map[uint32]bool{}
-	for _, s := range b.States {
-		want[s.SPI] = true
-		if !have[s.SPI] {
-			if err := w.gh.AddState(xfrm.StateFromStore(s)); err != nil {
-				return fmt.Errorf("guest: add SA %#x: %w", s.SPI, err)
-			}
-		}
+	t.Cleanup(func() { c.Close() })
+	iss, err := c.Issue(ca.Request{Kind: ca.Guest, CommonName: "vm7", IPs: []net.IP{net.ParseIP(rtGuest)}, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for spi := range have {
-		if !want[spi] {
-			dst := addr(rtHost)
-			for _, s := range espStates(w.t, w.gh) {
-				if s.SPI == spi {
-					dst = s.Dst
-				}
-			}
-			if err := w.gh.DeleteState(dst, spi, xfrm.ProtoESP); err != nil {
-				return fmt.Errorf("guest: delete SA %#x: %w", spi, err)
-			}
-		}
+	cert, err := iss.TLSCertificate()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return nil
+	v, err := updated.NewVerifier(updated.VerifierConfig{CAPEM: c.CertPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := updated.ServerTLS(cert, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mapper.New(mapper.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: filepath.Join(t.TempDir(), "updated"),
+		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: agent.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 func espStates(t *testing.T, h *xfrm.Handle) []xfrm.State {
@@ -263,18 +277,23 @@ func TestGuestSARotation(t *testing.T) {
 	}
 	cur := &policystore.Bundle{Application: "analyst", Version: 1, Guest: "vm7", GuestAddr: addr(rtGuest), HostAddr: addr(rtHost),
 		States: []policystore.XFRMState{sa(rtGuest, rtHost, spiBase+0x900), sa(rtHost, rtGuest, spiBase+0x901)}}
+	// The guest's end is the real update daemon (in process, without its
+	// TLS listener): version checks, adds before deletes, idempotent
+	// repeats of a version.
+	d := startUpdated(t, gh)
+	if _, err := d.Apply(context.Background(), cur); err != nil {
+		t.Fatalf("guest: apply the first bundle: %v", err)
+	}
 	for _, s := range cur.States {
-		for _, h := range []*xfrm.Handle{hh, gh} {
-			if err := h.AddState(xfrm.StateFromStore(s)); err != nil {
-				t.Fatalf("SA %#x: %v", s.SPI, err)
-			}
+		if err := hh.AddState(xfrm.StateFromStore(s)); err != nil {
+			t.Fatalf("SA %#x: %v", s.SPI, err)
 		}
 	}
 	labeledPolicies(t, gh, rtGuest, rtHost)
 	labeledPolicies(t, hh, rtHost, rtGuest)
 	ag.waitStatus("SA pair synced", func(s agent.Status) bool { return s.SAs.Synced >= 2 })
 
-	w := &rtWorld{t: t, hh: hh, gh: gh, nextSPI: spiBase + 0xa00, version: 1, stateDir: t.TempDir()}
+	w := &rtWorld{t: t, hh: hh, gh: gh, nextSPI: spiBase + 0xa00, version: 1, stateDir: t.TempDir(), daemon: d}
 	ac := loader.NewAgentClient("unix:" + ag.sock)
 	w.rotator = func(inject func(string) error) *loader.Rotator {
 		return &loader.Rotator{
