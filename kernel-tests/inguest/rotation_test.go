@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -69,7 +70,7 @@ func (w *rtWorld) push(ctx context.Context, _ *loader.Guest, b *policystore.Bund
 
 // startUpdated makes the guest's update daemon on the guest namespace's
 // XFRM handle.
-func startUpdated(t *testing.T, gh *xfrm.Handle) *updated.Daemon {
+func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemon {
 	t.Helper()
 	c, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
 	if err != nil {
@@ -96,7 +97,7 @@ func startUpdated(t *testing.T, gh *xfrm.Handle) *updated.Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: filepath.Join(t.TempDir(), "updated"),
+	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
 		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: agent.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
 	if err != nil {
 		t.Fatal(err)
@@ -280,7 +281,8 @@ func TestGuestSARotation(t *testing.T) {
 	// The guest's end is the real update daemon (in process, without its
 	// TLS listener): version checks, adds before deletes, idempotent
 	// repeats of a version.
-	d := startUpdated(t, gh)
+	updatedDir := filepath.Join(t.TempDir(), "updated")
+	d := startUpdated(t, gh, updatedDir)
 	if _, err := d.Apply(context.Background(), cur); err != nil {
 		t.Fatalf("guest: apply the first bundle: %v", err)
 	}
@@ -340,8 +342,13 @@ func TestGuestSARotation(t *testing.T) {
 	}
 
 	// Kill the rotation after each step (no rollback runs, as with kill
-	// -9 of the loader), then finish it with a new rotator.
+	// -9 of the loader); the update daemon is killed with it (a new one
+	// restores its recorded state), and after two of the steps the agent
+	// too (kill -9; a new one on the same state and pins); then a new
+	// rotator finishes or rolls back the rotation.
 	errKilled := errors.New("killed")
+	killAgentAfter := map[string]bool{"declare": true, "host_out": true}
+	var killLat []time.Duration
 	for _, step := range loader.RotationSteps[:len(loader.RotationSteps)-1] {
 		kr := w.rotator(func(s string) error {
 			if s == step {
@@ -353,6 +360,16 @@ func TestGuestSARotation(t *testing.T) {
 		if _, _, err := kr.Rotate(context.Background(), g, cur, "test"); !errors.Is(err, errKilled) && err == nil {
 			t.Fatalf("rotation killed after %s: no error", step)
 		}
+		w.pushMu.Lock()
+		w.daemon = startUpdated(t, gh, updatedDir)
+		if _, err := w.daemon.Restore(context.Background()); err != nil {
+			w.pushMu.Unlock()
+			t.Fatalf("restarted update daemon after %s: restore: %v", step, err)
+		}
+		w.pushMu.Unlock()
+		if killAgentAfter[step] {
+			restartAgent(t, ag)
+		}
 		got, _, err := w.rotator(nil).Recover(context.Background())
 		if err != nil {
 			t.Fatalf("recover after a kill after %s: %v", step, err)
@@ -361,7 +378,7 @@ func TestGuestSARotation(t *testing.T) {
 		if nb == nil {
 			t.Fatalf("recover after %s: no bundle for the guest", step)
 		}
-		lat = append(lat, time.Since(t0))
+		killLat = append(killLat, time.Since(t0).Round(time.Millisecond))
 		if hs, gs, want := espSPIs(t, hh), espSPIs(t, gh), bundleSPIs(nb); !slices.Equal(hs, want) || !slices.Equal(gs, want) {
 			t.Fatalf("killed after %s: host %x guest %x, want %x only (stale state)", step, hs, gs, want)
 		}
@@ -424,6 +441,7 @@ func TestGuestSARotation(t *testing.T) {
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))].Round(100 * time.Microsecond) }
+	t.Logf("rotations killed after each step and recovered (trigger→settled, agent restarts included): %v", killLat)
 	t.Logf("%d rotations (+%d killed and recovered) under traffic: latency trigger→old states deleted p50 %v p99 %v max %v (grace 50ms); datagrams sent %d, at the server %d (lost %d), echoed back %d (lost %d); fast path: ingress allow_labeled +%d, egress allow_labeled +%d, denials %v",
 		rotations, len(loader.RotationSteps)-1, p(0.5), p(0.99), lat[len(lat)-1], sent, atServer, sent-atServer, atClient, atServer-atClient,
 		delta("ingress", "allow_labeled"), delta("egress", "allow_labeled"), denials)
@@ -444,6 +462,37 @@ func TestGuestSARotation(t *testing.T) {
 	}
 
 	t.Run("relabeling successor refused", func(t *testing.T) { rotationRelabelRefused(t, ag, ac, hostNS, guestNS, hh, gh, cur) })
+}
+
+// restartAgent kills the agent (SIGKILL) and starts it again on the same
+// state directory and pins: the maps keep enforcing meanwhile.
+func restartAgent(t *testing.T, g *guestAgent) {
+	t.Helper()
+	old := g.cmd
+	old.Process.Kill()
+	for range 500 { // until the socket stops answering
+		if _, err := g.status(); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	os.Remove(g.sock)
+	cmd := exec.Command(old.Path, old.Args[1:]...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = old.Env, old.Stdout, old.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	g.cmd = cmd
+	go cmd.Wait()
+	start := time.Now()
+	for range 1200 {
+		if st, err := g.status(); err == nil && st.Ready {
+			t.Logf("agent killed and restarted, ready after %v", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("restarted agent not ready after 60 s:\n%s", g.log)
 }
 
 // rotationRelabelRefused: a successor declared for the guest's outbound
