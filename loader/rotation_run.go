@@ -43,6 +43,9 @@ type RotationConfig struct {
 	// counts its packets, and a 32-bit one (no ESN) must never wrap, so
 	// it stays far below 2^32. 0 turns a limit off.
 	SoftBytes, SoftPackets uint64
+	// OnResult, when set, learns every rotation's outcome (the loader
+	// command logs it: one event per rotation). It never sees a key.
+	OnResult func(RotationResult)
 }
 
 // DefaultRotationConfig: an hour's lifetime, up to 5 minutes earlier, a
@@ -184,6 +187,9 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 }
 
 func (rs *rotations) record(res RotationResult) {
+	if rs.cfg.OnResult != nil {
+		rs.cfg.OnResult(res)
+	}
 	rs.total.WithLabelValues(res.Result).Inc()
 	if res.Result == "ok" {
 		rs.latency.Observe(res.Took.Seconds())

@@ -90,6 +90,14 @@ without a policy yet is reached.`,
 				defer h.Close()
 				hx = h
 			}
+			rotation.OnResult = func(r loader.RotationResult) {
+				lvl := slog.LevelInfo
+				if r.Result != "ok" {
+					lvl = slog.LevelWarn
+				}
+				log.Log(cmd.Context(), lvl, "sa rotation", "guest", r.Guest, "vm", r.VM, "result", r.Result, "trigger", r.Trigger,
+					"took", r.Took, "old_spis", r.OldSPIs, "new_spis", r.NewSPIs, "error", r.Error)
+			}
 			v, err := startLoader(cmd.Context(), withRotation(loaderSetup{
 				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
 				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
