@@ -54,6 +54,9 @@ type Setup struct {
 	// GuestListen opens a guest's API listener; nil means
 	// loader.ListenGuest (its host-side address, bound to its interface).
 	GuestListen func(g loader.Guest, port uint16) (net.Listener, error)
+	// Rotation, when set, turns SA rotation on (its StateDir defaults to
+	// StateDir/rotation); Start finishes rotations a crash interrupted.
+	Rotation *loader.RotationConfig
 }
 
 // Pauser is a backend that can pause and resume a guest (backend.Xen).
@@ -338,6 +341,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.Loader = l
 	v.API = &loader.API{Loader: l, Pool: pa}
+	if s.Rotation != nil {
+		rc := *s.Rotation
+		if rc.StateDir == "" {
+			rc.StateDir = filepath.Join(s.StateDir, "rotation")
+		}
+		if err := l.EnableRotation(ctx, rc); err != nil {
+			return fail(err)
+		}
+	}
 	return v, nil
 }
 
