@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/vishvananda/netns"
 )
 
@@ -83,8 +83,8 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	img, err := guestvm.Prepare(ctx, "", nil)
-	if errors.Is(err, guestvm.ErrMissingTools) {
+	img, err := image.Prepare(ctx, "", nil)
+	if errors.Is(err, image.ErrMissingTools) {
 		t.Skipf("guest image: %v (run 'make deps-guest')", err)
 	}
 	if err != nil {
@@ -187,8 +187,8 @@ func TestPrivilegedQEMUBootSELinux(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	img, err := guestvm.Prepare(ctx, "", nil)
-	if errors.Is(err, guestvm.ErrMissingTools) {
+	img, err := image.Prepare(ctx, "", nil)
+	if errors.Is(err, image.ErrMissingTools) {
 		t.Skipf("guest image: %v (run 'make deps-guest')", err)
 	}
 	if err != nil {
@@ -245,7 +245,7 @@ func testAccel() string {
 		return v
 	}
 	id, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if b, err := os.ReadFile(filepath.Join(guestvm.DefaultCacheDir(), "accel-"+strings.TrimSpace(string(id)))); err == nil {
+	if b, err := os.ReadFile(filepath.Join(image.DefaultCacheDir(), "accel-"+strings.TrimSpace(string(id)))); err == nil {
 		if v := strings.TrimSpace(string(b)); v == "kvm" {
 			return v
 		}
@@ -257,17 +257,17 @@ func testAccel() string {
 // an InitScript /init, the stand-in daemon as /sbin/mlsgate and the
 // virtio-net driver (which the guestvm image does not pack) taken from the
 // cached kernel package.
-func guestInitrd(t *testing.T, img *guestvm.Image) (string, []string) {
+func guestInitrd(t *testing.T, img *image.Image) (string, []string) {
 	return guestInitrdWith(t, img, InitOptions{})
 }
 
 // guestInitrdWith is guestInitrd with the init's options (Modules are set
 // here).
-func guestInitrdWith(t *testing.T, img *guestvm.Image, opts InitOptions) (string, []string) {
+func guestInitrdWith(t *testing.T, img *image.Image, opts InitOptions) (string, []string) {
 	t.Helper()
-	debs, _ := filepath.Glob(filepath.Join(guestvm.DefaultCacheDir(), "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
+	debs, _ := filepath.Glob(filepath.Join(image.DefaultCacheDir(), "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
 	if len(debs) == 0 {
-		t.Fatalf("no kernel package for %s under %s/debs", img.KernelRelease, guestvm.DefaultCacheDir())
+		t.Fatalf("no kernel package for %s under %s/debs", img.KernelRelease, image.DefaultCacheDir())
 	}
 	dir := t.TempDir()
 	rel := "./lib/modules/" + img.KernelRelease + "/kernel/"

@@ -1,4 +1,4 @@
-package guestvm
+package image
 
 import (
 	"bytes"
@@ -176,14 +176,14 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		}
 		return nil, fmt.Errorf("publish guest image %s: %w", dir, err)
 	}
-	fmt.Fprintf(log, "guestvm: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
+	fmt.Fprintf(log, "image: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
 	markUsed(dir)
 	// The cache grows by an image per kernel and builder change: drop
 	// what nobody used for PruneAge.
 	if removed, err := prune(cacheDir, PruneAge, time.Now()); err != nil {
-		fmt.Fprintf(log, "guestvm: pruning the cache: %v\n", err)
+		fmt.Fprintf(log, "image: pruning the cache: %v\n", err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(log, "guestvm: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
+		fmt.Fprintf(log, "image: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
 	}
 	return loadImage(dir, cacheDir)
 }
@@ -231,7 +231,7 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: kernel %s unpacked, boots from %s (%.1fs)\n", release, kernel, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: kernel %s unpacked, boots from %s (%.1fs)\n", release, kernel, time.Since(t).Seconds())
 
 	t = time.Now()
 	conf := PolicySource()
@@ -241,21 +241,21 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	if err := CompilePolicy(ctx, filepath.Join(dir, "policy.conf"), filepath.Join(dir, "policy.33")); err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
 	store := filepath.Join(dir, "selinux-root")
 	if err := BuildStore(ctx, store); err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
 	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), store, filepath.Join(dir, "initrd.cpio"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: initramfs with %d module files built (%.1fs)\n", mods, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: initramfs with %d module files built (%.1fs)\n", mods, time.Since(t).Seconds())
 	if err := os.RemoveAll(kroot); err != nil {
 		return err
 	}
@@ -381,7 +381,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 			strings.Join(cmds, ", "), strings.Join(pkgs, " "))
 	}
 	t := time.Now()
-	fmt.Fprintf(log, "guestvm: installing %s (missing %s)\n", strings.Join(pkgs, " "), strings.Join(cmds, ", "))
+	fmt.Fprintf(log, "image: installing %s (missing %s)\n", strings.Join(pkgs, " "), strings.Join(cmds, ", "))
 	env := []string{"DEBIAN_FRONTEND=noninteractive"}
 	if err := run(ctx, "", env, "apt-get", "update", "-qq"); err != nil {
 		return fmt.Errorf("%w: apt-get update: %v; %s", ErrMissingTools, err, hint)
@@ -393,7 +393,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 	if cmds, _ := missingTools(); len(cmds) > 0 {
 		return fmt.Errorf("%w: still missing %s after apt-get install; %s", ErrMissingTools, strings.Join(cmds, ", "), hint)
 	}
-	fmt.Fprintf(log, "guestvm: packages installed (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: packages installed (%.1fs)\n", time.Since(t).Seconds())
 	return nil
 }
 
@@ -414,7 +414,7 @@ func resolveKernel(ctx context.Context, cacheDir string, log io.Writer) (pkg, re
 		if err == nil || os.Geteuid() != 0 || attempt == 1 {
 			break
 		}
-		fmt.Fprintf(log, "guestvm: %v; running apt-get update\n", err)
+		fmt.Fprintf(log, "image: %v; running apt-get update\n", err)
 		if uerr := run(ctx, "", nil, "apt-get", "update", "-qq"); uerr != nil {
 			return "", "", "", fmt.Errorf("apt-get update: %w", uerr)
 		}
@@ -543,7 +543,7 @@ func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writ
 	if err := os.Rename(got[0], final); err != nil {
 		return "", err
 	}
-	fmt.Fprintf(log, "guestvm: downloaded %s %s (%.1fs)\n", pkg, version, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: downloaded %s %s (%.1fs)\n", pkg, version, time.Since(t).Seconds())
 	return final, nil
 }
 
