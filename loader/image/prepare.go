@@ -35,6 +35,9 @@ var initScript string
 // installs the same list.
 var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils", "policycoreutils", "semodule-utils", "selinux-utils"}
 
+// installHint is the fix ErrMissingTools errors name.
+var installHint = "run 'mlsgate image build' as root (it installs them), or: apt-get install " + strings.Join(Packages, " ")
+
 // ErrMissingTools is returned (wrapped) when a host command Prepare or Run
 // needs is missing and cannot be installed here. Tests skip on it.
 var ErrMissingTools = errors.New("guest VM tools missing")
@@ -129,7 +132,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(cacheDir, "images", release+"_"+version+"_"+key)
+	dir := filepath.Join(cacheDir, "images", imageName(release, version, key))
 	if img, err := loadImage(dir, cacheDir); err == nil {
 		markUsed(dir)
 		return img, nil
@@ -153,6 +156,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		}
 	}
 	start := time.Now()
+	fmt.Fprintf(log, "image: building %s (no cached image has these inputs; a few minutes)\n", filepath.Base(dir))
 	deb, err := fetchKernel(ctx, cacheDir, pkg, version, log)
 	if err != nil {
 		return nil, err
@@ -274,19 +278,19 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 // the host binaries copied into the initramfs with their shared libraries
 // (by size and time).
 func inputKey() (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext)
-	fmt.Fprintf(h, "%s\n%s\n%s\n", BasePolicySource(), semanageConf, selinuxConfig)
+	texts := []string{harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext,
+		BasePolicySource(), semanageConf, selinuxConfig}
 	names := []string{"busybox", "ip", "checkpolicy"}
 	for _, u := range SELinuxUserland {
 		names = append(names, u.Name)
 	}
+	var files []string
 	for _, name := range names {
 		p, err := findTool(name)
 		if err != nil {
 			return "", err
 		}
-		files := []string{p}
+		files = append(files, p)
 		if name != "busybox" && name != "checkpolicy" { // copied with their libraries
 			_, libs, err := elfClosure(name)
 			if err != nil {
@@ -294,15 +298,8 @@ func inputKey() (string, error) {
 			}
 			files = append(files, libs...)
 		}
-		for _, f := range files {
-			fi, err := os.Stat(f)
-			if err != nil {
-				return "", err
-			}
-			fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
-		}
 	}
-	return hex.EncodeToString(h.Sum(nil))[:12], nil
+	return hashInputs(texts, files)
 }
 
 // lockDir takes an exclusive lock on dir/.lock, waiting until ctx ends.
@@ -371,7 +368,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 	if len(cmds) == 0 {
 		return nil
 	}
-	hint := "run 'make deps-guest' as root, or: apt-get install " + strings.Join(Packages, " ")
+	hint := installHint
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: %s not found (packages %s); %s", ErrMissingTools,
 			strings.Join(cmds, ", "), strings.Join(pkgs, " "), hint)
@@ -514,7 +511,7 @@ func writeAtomic(path string, data []byte) error {
 // apt-get download first if needed.
 func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writer) (string, error) {
 	debs := filepath.Join(cacheDir, "debs")
-	final := filepath.Join(debs, pkg+"_"+strings.ReplaceAll(version, ":", "%3a")+"_amd64.deb")
+	final := filepath.Join(debs, debName(pkg, version))
 	if _, err := os.Stat(final); err == nil {
 		return final, nil
 	}
@@ -527,6 +524,7 @@ func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writ
 	}
 	defer os.RemoveAll(tmp)
 	t := time.Now()
+	fmt.Fprintf(log, "image: downloading %s %s (about 70 MB)\n", pkg, version)
 	args := []string{"download", "-qq"}
 	if os.Geteuid() == 0 {
 		// apt's _apt user cannot write into a root-owned temp directory.
