@@ -27,7 +27,7 @@ import (
 // The XFRM benchmark: SAs with SELinux contexts installed through
 // agent/xfrm into a real kernel's SAD, and the time until the agent's XFRM
 // sync has them in its BPF maps. It runs inside Debian's kernel under QEMU
-// (kernel-tests/guestvm), which has ESP and SELinux; this host's kernel may
+// (the loader/image guest), which has ESP and SELinux; this host's kernel may
 // have neither.
 
 // XFRMSyncConfig says how many SAs to install in the guest.

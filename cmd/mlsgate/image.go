@@ -119,30 +119,9 @@ func qemuImageInitrd(cmd *cobra.Command, img *image.Image, cache, binary string,
 	if err != nil {
 		return fmt.Errorf("--binary: %w", err)
 	}
-	tmp, err := os.MkdirTemp("", "mlsgate-image-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	fmt.Fprintln(cmd.ErrOrStderr(), "image: extracting virtio-net from the kernel package")
-	kos, err := img.VirtioNet(cmd.Context(), cache, tmp)
-	if err != nil {
-		return err
-	}
-	modules := []string{"virtio_pci"}
-	files := []backend.File{{Path: "sbin/mlsgate", Mode: 0o755, Data: bin}}
-	for _, ko := range kos {
-		data, err := os.ReadFile(ko)
-		if err != nil {
-			return err
-		}
-		p := "/lib/modules/extra/" + filepath.Base(ko)
-		files = append(files, backend.File{Path: p, Mode: 0o644, Data: data})
-		modules = append(modules, p)
-	}
-	init := backend.InitScript(backend.InitOptions{Modules: modules, SELinux: selinux})
-	files = append(files, backend.File{Path: "init", Mode: 0o755, Data: []byte(init)})
-	return backend.AppendInitramfs(out, img.Initrd, files)
+	fmt.Fprintln(cmd.ErrOrStderr(), "image: adding virtio-net, the update daemon and its /init")
+	_, err = backend.QEMUInitrd(cmd.Context(), img, cache, bin, backend.InitOptions{SELinux: selinux}, out)
+	return err
 }
 
 // printImage writes where the image's files are and their hashes.

@@ -253,49 +253,24 @@ func testAccel() string {
 	return "tcg"
 }
 
-// guestInitrd writes the test guest's initramfs: the guestvm image's, with
-// an InitScript /init, the stand-in daemon as /sbin/mlsgate and the
-// virtio-net driver (which the guestvm image does not pack) taken from the
-// cached kernel package.
+// guestInitrd writes the test guest's initramfs: the image's with the
+// stand-in daemon as /sbin/mlsgate, virtio-net and an InitScript /init
+// (QEMUInitrd, as `mlsgate image build --kind qemu` makes it).
 func guestInitrd(t *testing.T, img *image.Image) (string, []string) {
 	return guestInitrdWith(t, img, InitOptions{})
 }
 
 // guestInitrdWith is guestInitrd with the init's options (Modules are set
-// here).
+// by QEMUInitrd).
 func guestInitrdWith(t *testing.T, img *image.Image, opts InitOptions) (string, []string) {
 	t.Helper()
-	debs, _ := filepath.Glob(filepath.Join(image.DefaultCacheDir(), "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
-	if len(debs) == 0 {
-		t.Fatalf("no kernel package for %s under %s/debs", img.KernelRelease, image.DefaultCacheDir())
-	}
-	dir := t.TempDir()
-	rel := "./lib/modules/" + img.KernelRelease + "/kernel/"
-	kos := []string{rel + "net/core/failover.ko", rel + "drivers/net/net_failover.ko", rel + "drivers/net/virtio_net.ko"}
-	script := `deb=$1 dir=$2; shift 2; dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" "$@"`
-	cmd := exec.Command("sh", append([]string{"-c", script, "sh", debs[0], dir}, kos...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("extract virtio-net from %s: %v\n%s", debs[0], err, out)
-	}
 	bin, err := os.ReadFile(buildStandin(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	modules := []string{"virtio_pci"}
-	files := []File{{Path: "sbin/mlsgate", Mode: 0o755, Data: bin}}
-	for _, ko := range kos {
-		data, err := os.ReadFile(filepath.Join(dir, ko))
-		if err != nil {
-			t.Fatal(err)
-		}
-		guestPath := "/lib/modules/extra/" + filepath.Base(ko)
-		files = append(files, File{Path: guestPath, Mode: 0o644, Data: data})
-		modules = append(modules, guestPath)
-	}
-	opts.Modules = modules
-	files = append(files, File{Path: "init", Mode: 0o755, Data: []byte(InitScript(opts))})
-	out := filepath.Join(dir, "initrd")
-	if err := AppendInitramfs(out, img.Initrd, files); err != nil {
+	out := filepath.Join(t.TempDir(), "initrd")
+	modules, err := QEMUInitrd(context.Background(), img, "", bin, opts, out)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out, modules
