@@ -20,20 +20,20 @@ import (
 
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader/image"
 )
 
 // The XFRM benchmark: SAs with SELinux contexts installed through
 // agent/xfrm into a real kernel's SAD, and the time until the agent's XFRM
 // sync has them in its BPF maps. It runs inside Debian's kernel under QEMU
-// (kernel-tests/guestvm), which has ESP and SELinux; this host's kernel may
+// (the loader/image guest), which has ESP and SELinux; this host's kernel may
 // have neither.
 
 // XFRMSyncConfig says how many SAs to install in the guest.
 type XFRMSyncConfig struct {
 	SAs int
-	// GuestCache is the guestvm image cache; "" is guestvm.DefaultCacheDir.
+	// GuestCache is the guestvm image cache; "" is image.DefaultCacheDir.
 	GuestCache string
 	// CachedOnly skips the benchmark (ErrNoCachedImage) unless a guest
 	// image is already in the cache, so that a quick run never downloads
@@ -102,14 +102,14 @@ func MeasureXFRMSync(ctx context.Context, cfg XFRMSyncConfig) (*XFRMSyncResult, 
 	}
 	cache := cfg.GuestCache
 	if cache == "" {
-		cache = guestvm.DefaultCacheDir()
+		cache = image.DefaultCacheDir()
 	}
 	if cfg.CachedOnly {
 		if imgs, _ := filepath.Glob(filepath.Join(cache, "images", "*", "manifest.json")); len(imgs) == 0 {
 			return nil, fmt.Errorf("%w under %s (make bench builds one; or run kernel-tests' guest tests once)", ErrNoCachedImage, cache)
 		}
 	}
-	img, err := guestvm.Prepare(ctx, cfg.GuestCache, progressWriter(progress, "xfrm: image: "))
+	img, err := image.Prepare(ctx, cfg.GuestCache, progressWriter(progress, "xfrm: image: "))
 	if err != nil {
 		return nil, fmt.Errorf("guest image for the xfrm measurement: %w", err)
 	}
@@ -120,7 +120,7 @@ func MeasureXFRMSync(ctx context.Context, cfg XFRMSyncConfig) (*XFRMSyncResult, 
 	defer os.RemoveAll(share)
 	testBin := filepath.Join(share, "bench.test")
 	progress("xfrm: building the bench test binary for the guest")
-	if err := guestvm.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
+	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
 		return nil, err
 	}
 	jb, _ := json.Marshal(xfrmJob{SAs: cfg.SAs, Out: "/mnt/xfrm.json"})
@@ -128,7 +128,7 @@ func MeasureXFRMSync(ctx context.Context, cfg XFRMSyncConfig) (*XFRMSyncResult, 
 		return nil, err
 	}
 	const memory = 1024
-	res, err := img.Run(ctx, guestvm.RunOptions{
+	res, err := img.Run(ctx, image.RunOptions{
 		Binary: testBin, Args: []string{"-test.run", "^TestXFRMSyncGuestJob$", "-test.v", "-test.count", "1", "-test.timeout", "15m"},
 		Share: share, Memory: memory, Timeout: 20 * time.Minute,
 		Env:      map[string]string{xfrmJobEnv: "/mnt/job.json"},

@@ -23,10 +23,10 @@ import (
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/bpf"
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/loader/wire"
 	"github.com/mlsgate/mlsgate/policystore"
 )
@@ -77,7 +77,7 @@ type VMStartConfig struct {
 	// Binary is a statically linked mlsgate, run as every guest's update
 	// daemon; "" builds one (CGO_ENABLED=0 go build ./cmd/mlsgate).
 	Binary string
-	// GuestCache is the guestvm image cache; "" is guestvm.DefaultCacheDir.
+	// GuestCache is the guestvm image cache; "" is image.DefaultCacheDir.
 	GuestCache string
 	// Accel is the QEMU backend's accelerator; default "tcg" (a /dev/kvm
 	// that opens is no proof that it runs a stock kernel).
@@ -555,7 +555,7 @@ type guestJob struct {
 // guest over the harness's 9p share, and the result comes back as JSON.
 func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, espErr error) (*BackendStart, error) {
 	cfg.Progress("netns: this kernel cannot hold the bundle's SAs (%v): measuring inside the Debian guest kernel", espErr)
-	img, err := guestvm.Prepare(ctx, cfg.GuestCache, progressWriter(cfg.Progress, "netns: image: "))
+	img, err := image.Prepare(ctx, cfg.GuestCache, progressWriter(cfg.Progress, "netns: image: "))
 	if err != nil {
 		return nil, fmt.Errorf("guest image for the netns measurement: %w", err)
 	}
@@ -571,7 +571,7 @@ func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, esp
 	}
 	testBin := filepath.Join(tmp, "bench.test")
 	cfg.Progress("netns: building the bench test binary for the guest")
-	if err := guestvm.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
+	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
 		return nil, err
 	}
 	job := guestJob{Repeat: cfg.Repeat, URL: cfg.URL, APIPort: cfg.APIPort, Apps: "/mnt/apps", Binary: "/mnt/mlsgate", Out: "/mnt/netns.json"}
@@ -580,7 +580,7 @@ func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, esp
 		return nil, err
 	}
 	const memory = 1024
-	res, err := img.Run(ctx, guestvm.RunOptions{
+	res, err := img.Run(ctx, image.RunOptions{
 		Binary: testBin, Args: []string{"-test.run", "^TestVMStartGuestJob$", "-test.v", "-test.count", "1", "-test.timeout", "25m"},
 		Share: share, Memory: memory, Timeout: 30 * time.Minute,
 		Env:      map[string]string{guestJobEnv: "/mnt/job.json"},
@@ -644,9 +644,9 @@ func runGuestJob(ctx context.Context, path string) error {
 // daemon and measures the QEMU backend with it.
 func measureQEMU(ctx context.Context, cfg VMStartConfig, tmp string) (*BackendStart, error) {
 	if _, err := exec.LookPath(backend.DefaultQEMUBinary); err != nil {
-		return nil, fmt.Errorf("%w: %s is missing (make deps-guest)", guestvm.ErrMissingTools, backend.DefaultQEMUBinary)
+		return nil, fmt.Errorf("%w: %s is missing (make deps-guest)", image.ErrMissingTools, backend.DefaultQEMUBinary)
 	}
-	img, err := guestvm.Prepare(ctx, cfg.GuestCache, progressWriter(cfg.Progress, "qemu: image: "))
+	img, err := image.Prepare(ctx, cfg.GuestCache, progressWriter(cfg.Progress, "qemu: image: "))
 	if err != nil {
 		return nil, fmt.Errorf("guest image: %w", err)
 	}
@@ -682,14 +682,14 @@ var qemuSkipModules = []string{"9pnet_virtio", "9p", "veth", "dummy", "sch_ingre
 // cfg.Binary as /sbin/mlsgate, virtio-net (which the image does not pack)
 // from the cached kernel package, and an InitScript /init that loads the
 // ESP modules and virtio-net and starts the update daemon.
-func qemuInitrd(ctx context.Context, img *guestvm.Image, cfg VMStartConfig, dir string) (string, error) {
+func qemuInitrd(ctx context.Context, img *image.Image, cfg VMStartConfig, dir string) (string, error) {
 	cache := cfg.GuestCache
 	if cache == "" {
-		cache = guestvm.DefaultCacheDir()
+		cache = image.DefaultCacheDir()
 	}
 	debs, _ := filepath.Glob(filepath.Join(cache, "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
 	if len(debs) == 0 {
-		return "", fmt.Errorf("no kernel package for %s under %s/debs: remove %s and let guestvm.Prepare download it again", img.KernelRelease, cache, img.Dir)
+		return "", fmt.Errorf("no kernel package for %s under %s/debs: remove %s and let image.Prepare download it again", img.KernelRelease, cache, img.Dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/image"
 )
 
 var vmstartFull = flag.Bool("vmstart.full", false, "measure VM start (Table 1) 5 times per cell with both backends (make bench)")
@@ -55,7 +55,7 @@ func TestPrivilegedVMStartQuick(t *testing.T) {
 		cfg := base
 		cfg.Backends, cfg.ResultsDir = []string{backendName}, ""
 		r, err := MeasureVMStart(ctx, cfg)
-		if errors.Is(err, guestvm.ErrMissingTools) {
+		if errors.Is(err, image.ErrMissingTools) {
 			t.Logf("%s not measured: %v (run 'make deps-guest')", backendName, err)
 			return
 		}
@@ -95,7 +95,7 @@ func qemuWanted() string {
 	case os.Getenv("MLSGATE_BENCH_QEMU") == "1":
 		return "MLSGATE_BENCH_QEMU=1"
 	}
-	if m, _ := filepath.Glob(filepath.Join(guestvm.DefaultCacheDir(), "images", "*", "manifest.json")); len(m) > 0 {
+	if m, _ := filepath.Glob(filepath.Join(image.DefaultCacheDir(), "images", "*", "manifest.json")); len(m) > 0 {
 		return "the guest image is cached (" + filepath.Dir(m[0]) + ")"
 	}
 	return ""

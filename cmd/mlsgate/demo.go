@@ -29,10 +29,10 @@ import (
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/bpf"
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 )
@@ -110,7 +110,7 @@ func runInGuest(ctx context.Context, out io.Writer, apps, cache string) error {
 		f.Close()
 	}
 	fmt.Fprintln(out, "Preparing the guest image (cached after the first run)...")
-	img, err := guestvm.Prepare(ctx, cache, prefixWriter(out, "  image: "))
+	img, err := image.Prepare(ctx, cache, prefixWriter(out, "  image: "))
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func runInGuest(ctx context.Context, out io.Writer, apps, cache string) error {
 		return fmt.Errorf("copy the applications from %s: %w", apps, err)
 	}
 	fmt.Fprintf(out, "Booting Debian %s under QEMU...\n\n", img.KernelRelease)
-	res, err := img.Run(ctx, guestvm.RunOptions{
+	res, err := img.Run(ctx, image.RunOptions{
 		Binary: exe, Args: []string{"demo", "--inside", "--apps", "/mnt/apps"}, Share: share,
 		Enforcing: false, Memory: 1024, Timeout: 10 * time.Minute, Progress: out,
 	})

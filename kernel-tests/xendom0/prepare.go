@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
+	"github.com/mlsgate/mlsgate/loader/image"
 )
 
 // harnessVersion changes whenever the way an image is built changes in a
@@ -118,13 +118,13 @@ type manifest struct {
 
 // CacheDir is where Prepare keeps its downloads and images when given no
 // directory: a xen folder in guestvm's cache.
-func CacheDir() string { return filepath.Join(guestvm.DefaultCacheDir(), "xen") }
+func CacheDir() string { return filepath.Join(image.DefaultCacheDir(), "xen") }
 
 // Prepare returns the Xen image for the kernel linux-image-amd64 names
 // today and the Xen packages apt offers, building it under cacheDir
 // (CacheDir when empty) unless one with the same inputs is there. Progress
 // lines go to log (nil discards them). A missing host tool is an error
-// wrapping guestvm.ErrMissingTools (as root, guestvm installs them).
+// wrapping image.ErrMissingTools (as root, guestvm installs them).
 // Concurrent calls are safe: one builds, the others wait.
 func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error) {
 	if log == nil {
@@ -133,14 +133,14 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	if cacheDir == "" {
 		cacheDir = CacheDir()
 	}
-	deb, release, _, err := guestvm.KernelPackage(ctx, filepath.Dir(cacheDir), log)
+	deb, release, _, err := image.KernelPackage(ctx, filepath.Dir(cacheDir), log)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(cacheDir, "images"), 0o755); err != nil {
 		return nil, fmt.Errorf("xen cache %s: %w (set MLSGATE_GUEST_CACHE to a writable directory)", cacheDir, err)
 	}
-	unlock, err := guestvm.LockDir(ctx, cacheDir)
+	unlock, err := image.LockDir(ctx, cacheDir)
 	if err != nil {
 		return nil, err
 	}
@@ -269,9 +269,9 @@ func inputKey(kernelDeb string, debs []string, vifScript string) (key, xenVersio
 		}
 	}
 	for _, name := range []string{"busybox", "ip"} {
-		p, err := guestvm.FindTool(name)
+		p, err := image.FindTool(name)
 		if err != nil {
-			return "", "", fmt.Errorf("%w: %v", guestvm.ErrMissingTools, err)
+			return "", "", fmt.Errorf("%w: %v", image.ErrMissingTools, err)
 		}
 		fi, err := os.Stat(p)
 		if err != nil {
@@ -285,7 +285,7 @@ func inputKey(kernelDeb string, debs []string, vifScript string) (key, xenVersio
 // build makes a complete image in dir.
 func build(ctx context.Context, dir, kernelDeb, release, xenVersion string, debs []string, vifScript string, log io.Writer) error {
 	t := time.Now()
-	kroot, kernel, err := guestvm.UnpackKernel(ctx, kernelDeb, release, dir)
+	kroot, kernel, err := image.UnpackKernel(ctx, kernelDeb, release, dir)
 	if err != nil {
 		return err
 	}
@@ -343,7 +343,7 @@ func buildGuest(ctx context.Context, kroot, release, out string) error {
 			return err
 		}
 	}
-	if err := guestvm.StageBusybox(ctx, stage); err != nil {
+	if err := image.StageBusybox(ctx, stage); err != nil {
 		return err
 	}
 	for _, d := range []string{"bin/ip", "sbin/ip"} {
@@ -352,13 +352,13 @@ func buildGuest(ctx context.Context, kroot, release, out string) error {
 	if err := os.Symlink("/bin/busybox", filepath.Join(stage, "sbin/ip")); err != nil {
 		return err
 	}
-	if _, err := guestvm.StageModules(ctx, kroot, release, stage, GuestModules); err != nil {
+	if _, err := image.StageModules(ctx, kroot, release, stage, GuestModules); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(stage, "init"), []byte(guestInit), 0o755); err != nil {
 		return err
 	}
-	return guestvm.WriteInitramfs(stage, out)
+	return image.WriteInitramfs(stage, out)
 }
 
 // buildDom0 packs dom0's initramfs.
@@ -379,10 +379,10 @@ func buildDom0(ctx context.Context, kroot, xroot, release, vmlinux, guestInitrd,
 			return err
 		}
 	}
-	if err := guestvm.StageBusybox(ctx, stage); err != nil {
+	if err := image.StageBusybox(ctx, stage); err != nil {
 		return err
 	}
-	if err := guestvm.StageDynamic(stage, "ip", "/usr/sbin/ip"); err != nil {
+	if err := image.StageDynamic(stage, "ip", "/usr/sbin/ip"); err != nil {
 		return err
 	}
 	if err := os.Symlink("/usr/sbin/ip", filepath.Join(stage, "sbin/ip")); err != nil && !os.IsExist(err) {
@@ -408,7 +408,7 @@ func buildDom0(ctx context.Context, kroot, xroot, release, vmlinux, guestInitrd,
 	if err := writeFile(filepath.Join(stage, "etc/xen/scripts", VifScript), vifScript, 0o755); err != nil {
 		return err
 	}
-	if _, err := guestvm.StageModules(ctx, kroot, release, stage, Dom0Modules); err != nil {
+	if _, err := image.StageModules(ctx, kroot, release, stage, Dom0Modules); err != nil {
 		return err
 	}
 	if err := writeFile(filepath.Join(stage, "etc/xendom0/modules"), strings.Join(Dom0Modules, "\n")+"\n", 0o644); err != nil {
@@ -423,7 +423,7 @@ func buildDom0(ctx context.Context, kroot, xroot, release, vmlinux, guestInitrd,
 	if err := os.Link(guestInitrd, filepath.Join(stage, GuestRamdisk)); err != nil {
 		return err
 	}
-	return guestvm.WriteInitramfs(stage, out)
+	return image.WriteInitramfs(stage, out)
 }
 
 // copyELF copies the executable or library at path (under root) to the
@@ -444,7 +444,7 @@ func copyELF(root, path, stage string) error {
 		if err != nil {
 			return fmt.Errorf("dom0 file %s: %w", it.rel, err)
 		}
-		if err := guestvm.CopyFile(src, filepath.Join(stage, it.rel), 0o755); err != nil {
+		if err := image.CopyFile(src, filepath.Join(stage, it.rel), 0o755); err != nil {
 			return err
 		}
 		f, err := elf.Open(src)
@@ -511,7 +511,7 @@ func copyTree(src, dst string) error {
 			if err != nil {
 				return err
 			}
-			return guestvm.CopyFile(p, target, fi.Mode().Perm())
+			return image.CopyFile(p, target, fi.Mode().Perm())
 		}
 	})
 }
@@ -542,9 +542,9 @@ func gunzip(ctx context.Context, src, dst string) error {
 // run runs a host command in dir and quotes the end of its output when it
 // fails.
 func run(ctx context.Context, dir, name string, args ...string) error {
-	p, err := guestvm.FindTool(name)
+	p, err := image.FindTool(name)
 	if err != nil {
-		return fmt.Errorf("%w: %v", guestvm.ErrMissingTools, err)
+		return fmt.Errorf("%w: %v", image.ErrMissingTools, err)
 	}
 	cmd := exec.CommandContext(ctx, p, args...)
 	cmd.Dir = dir

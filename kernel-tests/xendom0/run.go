@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
+	"github.com/mlsgate/mlsgate/loader/image"
 )
 
 // Defaults of RunOptions and the machine Run boots.
@@ -69,15 +69,15 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	if opts.Binary == "" {
 		return nil, errors.New("xendom0: RunOptions.Binary is empty; give the path of a static binary")
 	}
-	if err := guestvm.CheckStatic(opts.Binary); err != nil {
+	if err := image.CheckStatic(opts.Binary); err != nil {
 		return nil, fmt.Errorf("dom0 binary %s: %w (build it with CGO_ENABLED=0)", opts.Binary, err)
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	qemu, err := guestvm.FindTool("qemu-system-x86_64")
+	qemu, err := image.FindTool("qemu-system-x86_64")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", guestvm.ErrMissingTools, err)
+		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", image.ErrMissingTools, err)
 	}
 	share, err := os.MkdirTemp("", "xendom0-share-")
 	if err != nil {
@@ -97,7 +97,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 		if strings.ContainsAny(name, "/ ") || name == "" {
 			return nil, fmt.Errorf("xendom0: RunOptions.Files name %q must be a plain file name", name)
 		}
-		if err := guestvm.CopyFile(src, filepath.Join(job, name), 0o755); err != nil {
+		if err := image.CopyFile(src, filepath.Join(job, name), 0o755); err != nil {
 			return nil, fmt.Errorf("copy %s into the share: %w", src, err)
 		}
 	}

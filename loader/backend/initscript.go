@@ -17,7 +17,7 @@ type InitOptions struct {
 	// Interface is the guest's NIC; "eth0" when empty.
 	Interface string
 	// SELinux loads the image's SELinux policy store (load_policy, the
-	// store /etc/selinux/config names; kernel-tests/guestvm builds one)
+	// store /etc/selinux/config names; loader/image builds one)
 	// before the daemon starts, so the daemon installs bundles' modules
 	// with semodule. The kernel needs SELinux on its command line
 	// (QEMU.ExtraAppend "lsm=lockdown,yama,selinux,bpf"). A guest that

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/vishvananda/netns"
 )
 
@@ -83,8 +83,8 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	img, err := guestvm.Prepare(ctx, "", nil)
-	if errors.Is(err, guestvm.ErrMissingTools) {
+	img, err := image.Prepare(ctx, "", nil)
+	if errors.Is(err, image.ErrMissingTools) {
 		t.Skipf("guest image: %v (run 'make deps-guest')", err)
 	}
 	if err != nil {
@@ -187,8 +187,8 @@ func TestPrivilegedQEMUBootSELinux(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	img, err := guestvm.Prepare(ctx, "", nil)
-	if errors.Is(err, guestvm.ErrMissingTools) {
+	img, err := image.Prepare(ctx, "", nil)
+	if errors.Is(err, image.ErrMissingTools) {
 		t.Skipf("guest image: %v (run 'make deps-guest')", err)
 	}
 	if err != nil {
@@ -245,7 +245,7 @@ func testAccel() string {
 		return v
 	}
 	id, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if b, err := os.ReadFile(filepath.Join(guestvm.DefaultCacheDir(), "accel-"+strings.TrimSpace(string(id)))); err == nil {
+	if b, err := os.ReadFile(filepath.Join(image.DefaultCacheDir(), "accel-"+strings.TrimSpace(string(id)))); err == nil {
 		if v := strings.TrimSpace(string(b)); v == "kvm" {
 			return v
 		}
@@ -253,49 +253,24 @@ func testAccel() string {
 	return "tcg"
 }
 
-// guestInitrd writes the test guest's initramfs: the guestvm image's, with
-// an InitScript /init, the stand-in daemon as /sbin/mlsgate and the
-// virtio-net driver (which the guestvm image does not pack) taken from the
-// cached kernel package.
-func guestInitrd(t *testing.T, img *guestvm.Image) (string, []string) {
+// guestInitrd writes the test guest's initramfs: the image's with the
+// stand-in daemon as /sbin/mlsgate, virtio-net and an InitScript /init
+// (QEMUInitrd, as `mlsgate image build --kind qemu` makes it).
+func guestInitrd(t *testing.T, img *image.Image) (string, []string) {
 	return guestInitrdWith(t, img, InitOptions{})
 }
 
 // guestInitrdWith is guestInitrd with the init's options (Modules are set
-// here).
-func guestInitrdWith(t *testing.T, img *guestvm.Image, opts InitOptions) (string, []string) {
+// by QEMUInitrd).
+func guestInitrdWith(t *testing.T, img *image.Image, opts InitOptions) (string, []string) {
 	t.Helper()
-	debs, _ := filepath.Glob(filepath.Join(guestvm.DefaultCacheDir(), "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
-	if len(debs) == 0 {
-		t.Fatalf("no kernel package for %s under %s/debs", img.KernelRelease, guestvm.DefaultCacheDir())
-	}
-	dir := t.TempDir()
-	rel := "./lib/modules/" + img.KernelRelease + "/kernel/"
-	kos := []string{rel + "net/core/failover.ko", rel + "drivers/net/net_failover.ko", rel + "drivers/net/virtio_net.ko"}
-	script := `deb=$1 dir=$2; shift 2; dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" "$@"`
-	cmd := exec.Command("sh", append([]string{"-c", script, "sh", debs[0], dir}, kos...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("extract virtio-net from %s: %v\n%s", debs[0], err, out)
-	}
 	bin, err := os.ReadFile(buildStandin(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	modules := []string{"virtio_pci"}
-	files := []File{{Path: "sbin/mlsgate", Mode: 0o755, Data: bin}}
-	for _, ko := range kos {
-		data, err := os.ReadFile(filepath.Join(dir, ko))
-		if err != nil {
-			t.Fatal(err)
-		}
-		guestPath := "/lib/modules/extra/" + filepath.Base(ko)
-		files = append(files, File{Path: guestPath, Mode: 0o644, Data: data})
-		modules = append(modules, guestPath)
-	}
-	opts.Modules = modules
-	files = append(files, File{Path: "init", Mode: 0o755, Data: []byte(InitScript(opts))})
-	out := filepath.Join(dir, "initrd")
-	if err := AppendInitramfs(out, img.Initrd, files); err != nil {
+	out := filepath.Join(t.TempDir(), "initrd")
+	modules, err := QEMUInitrd(context.Background(), img, "", bin, opts, out)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out, modules

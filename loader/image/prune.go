@@ -1,4 +1,4 @@
-package guestvm
+package image
 
 import (
 	"context"
@@ -87,7 +87,7 @@ func prune(cacheDir string, maxAge time.Duration, now time.Time) ([]string, erro
 			if b, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
 				var m manifest
 				if json.Unmarshal(b, &m) == nil {
-					keepDebs["linux-image-"+m.KernelRelease+"_"+m.PackageVersion+"_amd64.deb"] = true
+					keepDebs[debName("linux-image-"+m.KernelRelease, m.PackageVersion)] = true
 				}
 			}
 			continue

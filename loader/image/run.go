@@ -1,4 +1,4 @@
-package guestvm
+package image
 
 import (
 	"bytes"
@@ -83,10 +83,10 @@ type Result struct {
 // ExitCode.
 func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	if opts.Binary == "" {
-		return nil, errors.New("guestvm: RunOptions.Binary is empty; give the path of a static binary")
+		return nil, errors.New("image: RunOptions.Binary is empty; give the path of a static binary")
 	}
 	if err := checkStatic(opts.Binary); err != nil {
-		return nil, fmt.Errorf("guest binary %s: %w (build it with CGO_ENABLED=0, e.g. guestvm.BuildTestBinary)", opts.Binary, err)
+		return nil, fmt.Errorf("guest binary %s: %w (build it with CGO_ENABLED=0, e.g. image.BuildTestBinary)", opts.Binary, err)
 	}
 	if opts.Memory == 0 {
 		opts.Memory = DefaultMemory

@@ -1,4 +1,4 @@
-package guestvm
+package image
 
 import (
 	"bufio"

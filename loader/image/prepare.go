@@ -1,4 +1,4 @@
-package guestvm
+package image
 
 import (
 	"bytes"
@@ -34,6 +34,9 @@ var initScript string
 // Packages are the Debian 12 packages Prepare needs; `make deps-guest`
 // installs the same list.
 var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils", "policycoreutils", "semodule-utils", "selinux-utils"}
+
+// installHint is the fix ErrMissingTools errors name.
+var installHint = "run 'mlsgate image build' as root (it installs them), or: apt-get install " + strings.Join(Packages, " ")
 
 // ErrMissingTools is returned (wrapped) when a host command Prepare or Run
 // needs is missing and cannot be installed here. Tests skip on it.
@@ -129,7 +132,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(cacheDir, "images", release+"_"+version+"_"+key)
+	dir := filepath.Join(cacheDir, "images", imageName(release, version, key))
 	if img, err := loadImage(dir, cacheDir); err == nil {
 		markUsed(dir)
 		return img, nil
@@ -153,6 +156,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		}
 	}
 	start := time.Now()
+	fmt.Fprintf(log, "image: building %s (no cached image has these inputs; a few minutes)\n", filepath.Base(dir))
 	deb, err := fetchKernel(ctx, cacheDir, pkg, version, log)
 	if err != nil {
 		return nil, err
@@ -176,14 +180,14 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		}
 		return nil, fmt.Errorf("publish guest image %s: %w", dir, err)
 	}
-	fmt.Fprintf(log, "guestvm: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
+	fmt.Fprintf(log, "image: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
 	markUsed(dir)
 	// The cache grows by an image per kernel and builder change: drop
 	// what nobody used for PruneAge.
 	if removed, err := prune(cacheDir, PruneAge, time.Now()); err != nil {
-		fmt.Fprintf(log, "guestvm: pruning the cache: %v\n", err)
+		fmt.Fprintf(log, "image: pruning the cache: %v\n", err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(log, "guestvm: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
+		fmt.Fprintf(log, "image: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
 	}
 	return loadImage(dir, cacheDir)
 }
@@ -231,7 +235,7 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: kernel %s unpacked, boots from %s (%.1fs)\n", release, kernel, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: kernel %s unpacked, boots from %s (%.1fs)\n", release, kernel, time.Since(t).Seconds())
 
 	t = time.Now()
 	conf := PolicySource()
@@ -241,21 +245,21 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	if err := CompilePolicy(ctx, filepath.Join(dir, "policy.conf"), filepath.Join(dir, "policy.33")); err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
 	store := filepath.Join(dir, "selinux-root")
 	if err := BuildStore(ctx, store); err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
 	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), store, filepath.Join(dir, "initrd.cpio"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "guestvm: initramfs with %d module files built (%.1fs)\n", mods, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: initramfs with %d module files built (%.1fs)\n", mods, time.Since(t).Seconds())
 	if err := os.RemoveAll(kroot); err != nil {
 		return err
 	}
@@ -274,19 +278,19 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 // the host binaries copied into the initramfs with their shared libraries
 // (by size and time).
 func inputKey() (string, error) {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext)
-	fmt.Fprintf(h, "%s\n%s\n%s\n", BasePolicySource(), semanageConf, selinuxConfig)
+	texts := []string{harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext,
+		BasePolicySource(), semanageConf, selinuxConfig}
 	names := []string{"busybox", "ip", "checkpolicy"}
 	for _, u := range SELinuxUserland {
 		names = append(names, u.Name)
 	}
+	var files []string
 	for _, name := range names {
 		p, err := findTool(name)
 		if err != nil {
 			return "", err
 		}
-		files := []string{p}
+		files = append(files, p)
 		if name != "busybox" && name != "checkpolicy" { // copied with their libraries
 			_, libs, err := elfClosure(name)
 			if err != nil {
@@ -294,15 +298,8 @@ func inputKey() (string, error) {
 			}
 			files = append(files, libs...)
 		}
-		for _, f := range files {
-			fi, err := os.Stat(f)
-			if err != nil {
-				return "", err
-			}
-			fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
-		}
 	}
-	return hex.EncodeToString(h.Sum(nil))[:12], nil
+	return hashInputs(texts, files)
 }
 
 // lockDir takes an exclusive lock on dir/.lock, waiting until ctx ends.
@@ -371,7 +368,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 	if len(cmds) == 0 {
 		return nil
 	}
-	hint := "run 'make deps-guest' as root, or: apt-get install " + strings.Join(Packages, " ")
+	hint := installHint
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w: %s not found (packages %s); %s", ErrMissingTools,
 			strings.Join(cmds, ", "), strings.Join(pkgs, " "), hint)
@@ -381,7 +378,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 			strings.Join(cmds, ", "), strings.Join(pkgs, " "))
 	}
 	t := time.Now()
-	fmt.Fprintf(log, "guestvm: installing %s (missing %s)\n", strings.Join(pkgs, " "), strings.Join(cmds, ", "))
+	fmt.Fprintf(log, "image: installing %s (missing %s)\n", strings.Join(pkgs, " "), strings.Join(cmds, ", "))
 	env := []string{"DEBIAN_FRONTEND=noninteractive"}
 	if err := run(ctx, "", env, "apt-get", "update", "-qq"); err != nil {
 		return fmt.Errorf("%w: apt-get update: %v; %s", ErrMissingTools, err, hint)
@@ -393,7 +390,7 @@ func ensureTools(ctx context.Context, log io.Writer) error {
 	if cmds, _ := missingTools(); len(cmds) > 0 {
 		return fmt.Errorf("%w: still missing %s after apt-get install; %s", ErrMissingTools, strings.Join(cmds, ", "), hint)
 	}
-	fmt.Fprintf(log, "guestvm: packages installed (%.1fs)\n", time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: packages installed (%.1fs)\n", time.Since(t).Seconds())
 	return nil
 }
 
@@ -414,7 +411,7 @@ func resolveKernel(ctx context.Context, cacheDir string, log io.Writer) (pkg, re
 		if err == nil || os.Geteuid() != 0 || attempt == 1 {
 			break
 		}
-		fmt.Fprintf(log, "guestvm: %v; running apt-get update\n", err)
+		fmt.Fprintf(log, "image: %v; running apt-get update\n", err)
 		if uerr := run(ctx, "", nil, "apt-get", "update", "-qq"); uerr != nil {
 			return "", "", "", fmt.Errorf("apt-get update: %w", uerr)
 		}
@@ -514,7 +511,7 @@ func writeAtomic(path string, data []byte) error {
 // apt-get download first if needed.
 func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writer) (string, error) {
 	debs := filepath.Join(cacheDir, "debs")
-	final := filepath.Join(debs, pkg+"_"+strings.ReplaceAll(version, ":", "%3a")+"_amd64.deb")
+	final := filepath.Join(debs, debName(pkg, version))
 	if _, err := os.Stat(final); err == nil {
 		return final, nil
 	}
@@ -527,6 +524,7 @@ func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writ
 	}
 	defer os.RemoveAll(tmp)
 	t := time.Now()
+	fmt.Fprintf(log, "image: downloading %s %s (about 70 MB)\n", pkg, version)
 	args := []string{"download", "-qq"}
 	if os.Geteuid() == 0 {
 		// apt's _apt user cannot write into a root-owned temp directory.
@@ -543,7 +541,7 @@ func fetchKernel(ctx context.Context, cacheDir, pkg, version string, log io.Writ
 	if err := os.Rename(got[0], final); err != nil {
 		return "", err
 	}
-	fmt.Fprintf(log, "guestvm: downloaded %s %s (%.1fs)\n", pkg, version, time.Since(t).Seconds())
+	fmt.Fprintf(log, "image: downloaded %s %s (%.1fs)\n", pkg, version, time.Since(t).Seconds())
 	return final, nil
 }
 
