@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -59,7 +58,11 @@ flags. deploy/agent.yaml documents every key.`,
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, v.AllSettings())
 			// Listeners first: a bad address ends the agent before it
 			// touches the pins, not after it runs "ready" without an API.
 			lns, err := bindListeners(cfg.Listen, "listen (config key listen, flag --listen)", cfg.Socket, "socket (config key socket, flag --socket)", cfg.SocketGroup)
@@ -132,7 +135,7 @@ func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Con
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
 	v.AutomaticEnv()
 	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
-		if fl.Name != "config" && fl.Name != "help" {
+		if fl.Name != "config" && fl.Name != "help" && fl.Name != flagLogLevel && fl.Name != flagLogFormat {
 			_ = v.BindPFlag(strings.ReplaceAll(fl.Name, "-", "_"), fl)
 		}
 	})

@@ -77,7 +77,7 @@ func TestUpdatedCommand(t *testing.T) {
 			"--listen", "127.0.0.1:0", "--mapper-listen", "127.0.0.1:0",
 			"--cert", filepath.Join(dir, "guest.pem"), "--key", filepath.Join(dir, "guest-key.pem"),
 			"--ca", filepath.Join(dir, "ca.pem"), "--crl", filepath.Join(dir, "crl.pem"),
-			"--guest-addr", "10.70.0.7", "--state-dir", filepath.Join(dir, "state"),
+			"--guest-addr", "10.70.0.7", "--state-dir", filepath.Join(dir, "state"), "--log-format", "json",
 		}, &bytes.Buffer{}, stderr)
 	}()
 	var listening struct{ Addr, MapperAddr, Guest string }
