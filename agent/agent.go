@@ -245,6 +245,9 @@ func (a *Agent) onSAs(sas []KernelSA) {
 
 // SetGuest declares (or replaces) the guest on an interface.
 func (a *Agent) SetGuest(g GuestSpec) error {
+	if err := a.cfg.checkManaged(g.Interface); err != nil {
+		return err
+	}
 	_, err := a.changeDesired(setGuest(g))
 	return err
 }
