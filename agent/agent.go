@@ -549,6 +549,9 @@ type Status struct {
 		Vifs, Labels, Slots, SAs, Peers int
 	} `json:"maps"`
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
+	// Patterns are the interface name patterns the agent manages; a guest
+	// on any other interface is never attached.
+	Patterns []string `json:"interface_patterns"`
 }
 
 // GuestStatus is one declared guest and where it stands.
@@ -565,6 +568,8 @@ type GuestStatus struct {
 	// Unplanned says why the planner refused the guest: it is denied
 	// everything (deny_unplanned) until its declaration is fixed.
 	Unplanned string `json:"unplanned,omitempty"`
+	// NotAttached says why the programs are not attached ("" when they are).
+	NotAttached string `json:"not_attached,omitempty"`
 }
 
 // Status reports the agent's view.
@@ -586,8 +591,10 @@ func (a *Agent) Status() Status {
 				gs.Unplanned = a.applied.Unplanned[uint32(idx)].Error()
 			}
 		}
+		gs.NotAttached = a.notAttached(gs)
 		s.Guests = append(s.Guests, gs)
 	}
+	s.Patterns = append([]string{}, a.cfg.Interfaces...)
 	for name := range a.present {
 		if !declaredIn(a.desired, name) {
 			s.UndeclaredInterfaces = append(s.UndeclaredInterfaces, name)

@@ -41,3 +41,37 @@ func TestAgentRefusesGuestOnUnmanagedInterface(t *testing.T) {
 		t.Errorf("SetGuest vif7.0: %v", err)
 	}
 }
+
+// TestAgentStatusSaysWhyNotAttached: status carries the patterns and, for
+// every guest whose programs are not attached, the reason.
+func TestAgentStatusSaysWhyNotAttached(t *testing.T) {
+	h := start(t, testConfig(t), &fakeKernel{}, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	g8 := guest7(t)
+	g8.Interface, g8.VM, g8.Addr4 = "vif8.0", 8, g8.Addr4.Next()
+	for _, g := range []GuestSpec{guest7(t), g8} {
+		if err := h.a.SetGuest(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() bool {
+		st := h.a.Status()
+		return len(st.Guests) == 2 && (st.Guests[0].Attached || st.Guests[1].Attached)
+	}, "vif7.0 never attached")
+	st := h.a.Status()
+	if len(st.Patterns) != 1 || st.Patterns[0] != "vif*" {
+		t.Errorf("status patterns %q, want [vif*]", st.Patterns)
+	}
+	for _, g := range st.Guests {
+		switch g.Interface {
+		case "vif7.0":
+			if g.NotAttached != "" || g.Mode == "" {
+				t.Errorf("attached guest: not_attached %q, hook %q", g.NotAttached, g.Mode)
+			}
+		case "vif8.0":
+			if g.Attached || !strings.Contains(g.NotAttached, "not present") {
+				t.Errorf("absent guest: attached %v, not_attached %q", g.Attached, g.NotAttached)
+			}
+		}
+	}
+}
