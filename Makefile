@@ -16,9 +16,11 @@ APT_kernel := iproute2
 APT_selinux := checkpolicy semodule-utils
 APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils policycoreutils semodule-utils selinux-utils
 APT_bench := nftables
+# promtool (alert rule checks and unit tests); the daemon it comes with is not started by the tests.
+APT_monitoring := prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,7 +52,10 @@ deps-guest: ## install or check QEMU, static busybox, kmod, xz, SELinux userland
 deps-bench: ## install or check nftables (the traffic benchmark's baseline)
 	$(call need,nft,$(APT_bench))
 
-deps: deps-generate deps-kernel deps-selinux deps-guest deps-bench ## install or check everything the targets need
+deps-monitoring: ## install or check promtool (Debian prometheus: deploy/alerts.yaml checks and unit tests)
+	$(call need,promtool,--no-install-recommends $(APT_monitoring))
+
+deps: deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring ## install or check everything the targets need
 
 generate: deps-generate ## rebuild the bpf2go output in bpf/ (clang-19); commit the result
 	$(GO) generate ./bpf/
@@ -65,7 +70,7 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 build: ## build bin/mlsgate (no clang needed)
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 
-test: check-generate deps-kernel deps-selinux deps-guest deps-bench test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
+test: check-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...
