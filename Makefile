@@ -20,7 +20,7 @@ APT_bench := nftables
 APT_monitoring := prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build man test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,8 +67,18 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 	  cmp -s $$f bpf/$$(basename $$f) || { echo "error: bpf/$$(basename $$f) is not up to date; run 'make generate' and commit it" >&2; exit 1; }; \
 	done; echo "generated files are up to date"
 
+# The VCS revision for 'mlsgate version' where the toolchain cannot stamp it
+# (a git worktree; GOFLAGS=-buildvcs=false); empty outside a git checkout.
+BUILDINFO := github.com/mlsgate/mlsgate/agent/buildinfo
+VCS_LDFLAGS := $(shell r=$$(git rev-parse HEAD 2>/dev/null) && \
+	echo "-X $(BUILDINFO).ldRevision=$$r -X $(BUILDINFO).ldTime=$$(git show -s --format=%cI HEAD)" \
+	"-X $(BUILDINFO).ldModified=$$(git diff --quiet HEAD 2>/dev/null && echo false || echo true)")
+
 build: ## build bin/mlsgate (no clang needed)
-	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -ldflags '$(VCS_LDFLAGS)' -o bin/mlsgate ./cmd/mlsgate
+
+man: ## write the man pages of every command into man/ (generated from the cobra tree; not committed)
+	rm -rf man && $(GO) run ./cmd/mlsgate man man
 
 test: check-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 

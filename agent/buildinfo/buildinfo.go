@@ -20,13 +20,35 @@ type Info struct {
 
 const unknown = "unknown"
 
+// Set with -ldflags -X by 'make build' for builds the toolchain cannot
+// stamp itself (a git worktree, whose .git is a file, or -buildvcs=false):
+// used only where the build info has no VCS data.
+var (
+	ldRevision string
+	ldTime     string
+	ldModified string
+)
+
 // Read returns the running binary's Info.
 func Read() Info {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return Info{Version: unknown, Revision: unknown, Time: unknown, GoVersion: unknown}
+		bi = &debug.BuildInfo{}
 	}
-	return FromBuildInfo(bi)
+	return withLinkerValues(FromBuildInfo(bi), ldRevision, ldTime, ldModified)
+}
+
+// withLinkerValues fills what the toolchain did not stamp from the -X
+// values.
+func withLinkerValues(in Info, rev, t, modified string) Info {
+	if in.Revision != unknown || rev == "" {
+		return in
+	}
+	in.Revision, in.Modified = rev, modified == "true"
+	if t != "" {
+		in.Time = t
+	}
+	return in
 }
 
 // FromBuildInfo extracts Info from bi (a seam for tests).

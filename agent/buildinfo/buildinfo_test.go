@@ -54,3 +54,18 @@ func TestCollector(t *testing.T) {
 		}
 	}
 }
+
+func TestLinkerValuesOnlyFillGaps(t *testing.T) {
+	stamped := Info{Version: "v1", Revision: "aaaa", Time: "t1", GoVersion: "go1.26.0"}
+	if got := withLinkerValues(stamped, "bbbb", "t2", "true"); got != stamped {
+		t.Errorf("linker values replaced the toolchain's: %+v", got)
+	}
+	bare := Info{Version: unknown, Revision: unknown, Time: unknown, GoVersion: "go1.26.0"}
+	got := withLinkerValues(bare, "bbbb", "2026-12-02T06:00:00Z", "true")
+	if got.Revision != "bbbb" || got.Time != "2026-12-02T06:00:00Z" || !got.Modified {
+		t.Errorf("linker values not used for a build without VCS data: %+v", got)
+	}
+	if got := withLinkerValues(bare, "", "", ""); got != bare {
+		t.Errorf("empty linker values changed %+v to %+v", bare, got)
+	}
+}
