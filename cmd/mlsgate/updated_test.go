@@ -108,6 +108,18 @@ func TestUpdatedCommand(t *testing.T) {
 	if listening.Guest != "vm7 at 10.70.0.7" {
 		t.Errorf("identity %q: want the certificate's name and --guest-addr", listening.Guest)
 	}
+	// The first line names the binary and the effective settings.
+	first, _, _ := strings.Cut(stderr.String(), "\n")
+	var start struct {
+		Msg      string            `json:"msg"`
+		Revision string            `json:"revision"`
+		Go       string            `json:"go_version"`
+		Config   map[string]string `json:"config"`
+	}
+	if err := json.Unmarshal([]byte(first), &start); err != nil || start.Msg != "starting" || start.Revision == "" || start.Go == "" ||
+		start.Config["loader-name"] != "mlsgate-loader" || start.Config["log-format"] != "json" {
+		t.Errorf("first log line %q (%v): want msg starting with the revision, Go version and settings", first, err)
+	}
 
 	b := &policystore.Bundle{
 		Application: "analyst", Version: 1, Guest: "vm7", GuestAddr: netip.MustParseAddr("10.70.0.7"),
