@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -96,6 +97,19 @@ func secretFlag(name string) bool {
 	return false
 }
 
+// redactURL hides the password of a URL setting (an authority given as
+// https://user:pass@host); anything else is returned as it is.
+func redactURL(s string) string {
+	if !strings.Contains(s, "@") || !strings.Contains(s, "://") {
+		return s
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "REDACTED (unparsable URL with credentials)"
+	}
+	return u.Redacted()
+}
+
 // logStart writes a daemon's first log line: the binary's version and its
 // effective configuration (settings: name → value; nil means the command's
 // flags), with secret-named settings redacted.
@@ -108,6 +122,10 @@ func logStart(log *slog.Logger, cmd *cobra.Command, settings map[string]any) {
 			}
 			settings[fl.Name] = fl.Value.String()
 		})
+		// The format in effect, not the flag's empty default.
+		if _, format, err := logOptions(cmd.Flags(), os.Getenv); err == nil {
+			settings[flagLogFormat] = format
+		}
 	}
 	keys := make([]string, 0, len(settings))
 	for k := range settings {
@@ -119,6 +137,8 @@ func logStart(log *slog.Logger, cmd *cobra.Command, settings map[string]any) {
 		v := settings[k]
 		if secretFlag(k) {
 			v = "REDACTED"
+		} else if s, ok := v.(string); ok {
+			v = redactURL(s)
 		}
 		cfg = append(cfg, slog.Any(k, v))
 	}

@@ -102,7 +102,7 @@ func TestLoggerLevelAndStartLine(t *testing.T) {
 
 	buf.Reset()
 	log = slog.New(slog.NewJSONHandler(&buf, nil))
-	logStart(log, root, map[string]any{"pin_dir": "/sys/fs/bpf/mlsgate", "vici_password": "hunter2", "api_token": "t0ken"})
+	logStart(log, root, map[string]any{"pin_dir": "/sys/fs/bpf/mlsgate", "vici_password": "hunter2", "api_token": "t0ken", "authority": "https://ops:s3cret@authority.example:8443/v1"})
 	var line map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
 		t.Fatalf("%q: %v", buf.String(), err)
@@ -112,7 +112,7 @@ func TestLoggerLevelAndStartLine(t *testing.T) {
 			t.Errorf("start line lacks %q: %s", k, buf.String())
 		}
 	}
-	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "t0ken") {
+	if strings.Contains(buf.String(), "hunter2") || strings.Contains(buf.String(), "t0ken") || strings.Contains(buf.String(), "s3cret") {
 		t.Errorf("start line logs a secret: %s", buf.String())
 	}
 	if cfg, _ := line["config"].(map[string]any); cfg["pin_dir"] != "/sys/fs/bpf/mlsgate" {
