@@ -16,9 +16,11 @@ APT_kernel := iproute2
 APT_selinux := checkpolicy semodule-utils
 APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils policycoreutils semodule-utils selinux-utils
 APT_bench := nftables
+# promtool (alert rule checks and unit tests); the daemon it comes with is not started by the tests.
+APT_monitoring := prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench generate check-generate build test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build man test test-unit test-kernel lint demo bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -50,7 +52,10 @@ deps-guest: ## install or check QEMU, static busybox, kmod, xz, SELinux userland
 deps-bench: ## install or check nftables (the traffic benchmark's baseline)
 	$(call need,nft,$(APT_bench))
 
-deps: deps-generate deps-kernel deps-selinux deps-guest deps-bench ## install or check everything the targets need
+deps-monitoring: ## install or check promtool (Debian prometheus: deploy/alerts.yaml checks and unit tests)
+	$(call need,promtool,--no-install-recommends $(APT_monitoring))
+
+deps: deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring ## install or check everything the targets need
 
 generate: deps-generate ## rebuild the bpf2go output in bpf/ (clang-19); commit the result
 	$(GO) generate ./bpf/
@@ -62,10 +67,20 @@ check-generate: deps-generate ## fail when the committed bpf2go output differs f
 	  cmp -s $$f bpf/$$(basename $$f) || { echo "error: bpf/$$(basename $$f) is not up to date; run 'make generate' and commit it" >&2; exit 1; }; \
 	done; echo "generated files are up to date"
 
-build: ## build bin/mlsgate (no clang needed)
-	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
+# The VCS revision for 'mlsgate version' where the toolchain cannot stamp it
+# (a git worktree; GOFLAGS=-buildvcs=false); empty outside a git checkout.
+BUILDINFO := github.com/mlsgate/mlsgate/agent/buildinfo
+VCS_LDFLAGS := $(shell r=$$(git rev-parse HEAD 2>/dev/null) && \
+	echo "-X $(BUILDINFO).ldRevision=$$r -X $(BUILDINFO).ldTime=$$(git show -s --format=%cI HEAD)" \
+	"-X $(BUILDINFO).ldModified=$$(git diff --quiet HEAD 2>/dev/null && echo false || echo true)")
 
-test: check-generate deps-kernel deps-selinux deps-guest deps-bench test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
+build: ## build bin/mlsgate (no clang needed)
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -ldflags '$(VCS_LDFLAGS)' -o bin/mlsgate ./cmd/mlsgate
+
+man: ## write the man pages of every command into man/ (generated from the cobra tree; not committed)
+	rm -rf man && $(GO) run ./cmd/mlsgate man man
+
+test: check-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring test-unit test-kernel ## everything CI runs: generate drift, unit tests, kernel tests
 
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...

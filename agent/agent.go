@@ -251,6 +251,9 @@ func (a *Agent) onSAs(sas []KernelSA) {
 
 // SetGuest declares (or replaces) the guest on an interface.
 func (a *Agent) SetGuest(g GuestSpec) error {
+	if err := a.cfg.checkManaged(g.Interface); err != nil {
+		return err
+	}
 	_, err := a.changeDesired(setGuest(g))
 	return err
 }
@@ -561,6 +564,9 @@ type Status struct {
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
 	// Rotations are the SA rotation records (rotation.go).
 	Rotations []RotationStatus `json:"rotations,omitempty"`
+	// Patterns are the interface name patterns the agent manages; a guest
+	// on any other interface is never attached.
+	Patterns []string `json:"interface_patterns"`
 }
 
 // GuestStatus is one declared guest and where it stands.
@@ -577,6 +583,8 @@ type GuestStatus struct {
 	// Unplanned says why the planner refused the guest: it is denied
 	// everything (deny_unplanned) until its declaration is fixed.
 	Unplanned string `json:"unplanned,omitempty"`
+	// NotAttached says why the programs are not attached ("" when they are).
+	NotAttached string `json:"not_attached,omitempty"`
 }
 
 // Status reports the agent's view.
@@ -598,8 +606,10 @@ func (a *Agent) Status() Status {
 				gs.Unplanned = a.applied.Unplanned[uint32(idx)].Error()
 			}
 		}
+		gs.NotAttached = a.notAttached(gs)
 		s.Guests = append(s.Guests, gs)
 	}
+	s.Patterns = append([]string{}, a.cfg.Interfaces...)
 	for name := range a.present {
 		if !declaredIn(a.desired, name) {
 			s.UndeclaredInterfaces = append(s.UndeclaredInterfaces, name)

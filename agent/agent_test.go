@@ -521,6 +521,8 @@ func TestAlertRulesNameAgentMetrics(t *testing.T) {
 	if err := h.a.SetGuest(g); err != nil {
 		t.Fatal(err)
 	}
+	// The kernel's counters, as the real agent reads them at scrape time.
+	h.a.metrics.counters = zeroCounters{}
 	mfs, err := h.a.metrics.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -528,6 +530,11 @@ func TestAlertRulesNameAgentMetrics(t *testing.T) {
 	have := map[string]bool{}
 	for _, mf := range mfs {
 		have[mf.GetName()] = true
+		if mf.GetType().String() == "HISTOGRAM" {
+			for _, s := range []string{"_bucket", "_sum", "_count"} {
+				have[mf.GetName()+s] = true
+			}
+		}
 	}
 	name := regexp.MustCompile(`mlsgate_[a-z_]+`)
 	alerts := 0
@@ -544,6 +551,53 @@ func TestAlertRulesNameAgentMetrics(t *testing.T) {
 	if alerts == 0 {
 		t.Fatal("deploy/alerts.yaml has no rules")
 	}
+	// The same for every query of the Grafana dashboard.
+	db, err := os.ReadFile("../deploy/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Templating struct {
+			List []struct{ Definition string } `json:"list"`
+		} `json:"templating"`
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(db, &dash); err != nil {
+		t.Fatalf("deploy/grafana-dashboard.json: %v", err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, q := range p.Targets {
+			queries++
+			for _, m := range name.FindAllString(q.Expr, -1) {
+				if !have[m] {
+					t.Errorf("dashboard panel %q shows %s, which the agent does not export", p.Title, m)
+				}
+			}
+		}
+	}
+	for _, v := range dash.Templating.List {
+		for _, m := range name.FindAllString(v.Definition, -1) {
+			if !have[m] {
+				t.Errorf("dashboard variable query %q names %s, which the agent does not export", v.Definition, m)
+			}
+		}
+	}
+	if queries == 0 {
+		t.Fatal("deploy/grafana-dashboard.json has no queries")
+	}
+}
+
+// zeroCounters stands in for the kernel's per-CPU verdict counters.
+type zeroCounters struct{}
+
+func (zeroCounters) Counters() ([2][verdict.NumReasons]bpf.Counter, error) {
+	return [2][verdict.NumReasons]bpf.Counter{}, nil
 }
 
 // TestAgentLogsAndCountsChanges: a change through the API is logged with

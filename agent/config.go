@@ -162,3 +162,13 @@ func (c *Config) manages(name string) bool {
 	}
 	return false
 }
+
+// checkManaged refuses a guest declaration on an interface none of the
+// patterns matches: the agent ignores such a link, so the guest would never
+// be attached and would run unenforced while declared.
+func (c *Config) checkManaged(iface string) error {
+	if c.manages(iface) {
+		return nil
+	}
+	return fmt.Errorf("interface %q matches none of the agent's patterns %q (config key interfaces, flag --interfaces): the agent never attaches to it; use a matching interface or add a pattern and restart the agent", iface, c.Interfaces)
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/mlsgate/mlsgate/agent/buildinfo"
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/prometheus/client_golang/prometheus"
@@ -80,7 +81,7 @@ func newMetrics(a *Agent) *metrics {
 		}
 	}
 	m.reg.MustRegister(m.syncLag, m.reconcileSeconds, m.reconcileErrors, m.attaches, m.detaches, m.events, m.eventsSuppressed, m.eventsLost,
-		m.apiChanges, m.apiRefused, &scrapeCollector{a: a, m: m})
+		m.apiChanges, m.apiRefused, &scrapeCollector{a: a, m: m}, buildinfo.Collector())
 	return m
 }
 

@@ -82,7 +82,11 @@ func (a *Agent) AdminHandler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("interface %q in the body differs from %q in the path", g.Interface, r.PathValue("iface"))))
 			return
 		}
-		old, err := a.changeDesired(setGuest(g))
+		err := a.cfg.checkManaged(g.Interface)
+		var old Desired
+		if err == nil {
+			old, err = a.changeDesired(setGuest(g))
+		}
 		a.recordChange(r, changeGuestSet, oldGuest(old, g.Interface), g, err)
 		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))

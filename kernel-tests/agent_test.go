@@ -132,7 +132,7 @@ func (e *agentEnv) start() {
 	e.log = &bytes.Buffer{}
 	e.cmd = exec.Command("ip", append([]string{"netns", "exec", e.hostNS, e.bin, "agent", "--config", "",
 		"--state-dir", filepath.Join(e.dir, "state"), "--pin-dir", e.pins, "--listen", e.listen, "--socket", e.sock,
-		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5"}, e.extraArgs...)...)
+		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5", "--log-format", "json"}, e.extraArgs...)...)
 	e.cmd.Env = append(os.Environ(), e.env...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

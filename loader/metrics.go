@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent/buildinfo"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -57,7 +58,7 @@ func newLoadMetrics() *loadMetrics {
 	for _, r := range failureReasons {
 		m.failures.WithLabelValues(r)
 	}
-	m.reg.MustRegister(m.steps, m.failures, m.refusals, m.teardownFailures, m.held)
+	m.reg.MustRegister(m.steps, m.failures, m.refusals, m.teardownFailures, m.held, buildinfo.Collector())
 	return m
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -16,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
@@ -59,7 +57,11 @@ flags. deploy/agent.yaml documents every key.`,
 			if err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, v.AllSettings())
 			// Listeners first: a bad address ends the agent before it
 			// touches the pins, not after it runs "ready" without an API.
 			lns, err := bindListeners(cfg.Listen, "listen (config key listen, flag --listen)", cfg.Socket, "socket (config key socket, flag --socket)", cfg.SocketGroup)
@@ -132,7 +134,7 @@ func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Con
 	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
 	v.AutomaticEnv()
 	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
-		if fl.Name != "config" && fl.Name != "help" {
+		if fl.Name != "config" && fl.Name != "help" && fl.Name != flagLogLevel && fl.Name != flagLogFormat {
 			_ = v.BindPFlag(strings.ReplaceAll(fl.Name, "-", "_"), fl)
 		}
 	})
@@ -212,84 +214,6 @@ func (c *agentClient) do(ctx context.Context, method, path string, in, out any) 
 		return json.Unmarshal(b, out)
 	}
 	return nil
-}
-
-func newStatusCmd() *cobra.Command {
-	var addr, output string
-	cmd := &cobra.Command{
-		Use:   "status",
-		Short: "show the agent's guests (and whether each enforces or only audits), SAs, map fill and counters",
-		Long: `Show the agent's view, from its Unix socket (root or the socket group): every
-declared guest with its MODE, enforce (denied packets are dropped) or audit
-(only counted and reported: the guest's audit flag, or enforce off for the
-whole agent), whether plain traffic is let through at the default label
-(UNLABELED), and whether its programs are attached.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := newAgentClient(addr, 5*time.Second)
-			if err != nil {
-				return err
-			}
-			var st agent.Status
-			if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			if output == "json" {
-				enc := json.NewEncoder(w)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			enforce := "on"
-			if !st.Enforce {
-				enforce = "off (every guest is in audit mode: denials are counted, not dropped)"
-			}
-			fmt.Fprintf(w, "ready: %v\nenforce: %s\n", st.Ready, enforce)
-			if st.Error != "" {
-				fmt.Fprintf(w, "last error: %s\n", st.Error)
-			}
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "INTERFACE\tVM\tAPP\tRANGE\tMODE\tUNLABELED\tPRESENT\tATTACHED")
-			audits := 0
-			for _, g := range st.Guests {
-				att := "no"
-				if g.Attached {
-					att = g.Mode
-				}
-				mode := "enforce"
-				if g.Audit || !st.Enforce {
-					mode = "audit"
-					audits++
-				}
-				unl := "denied"
-				if g.AllowUnlabeled {
-					unl = "allowed"
-				}
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%v\t%s\n", g.Interface, g.VM, g.App, g.Range, mode, unl, g.Present, att)
-			}
-			tw.Flush()
-			if audits > 0 {
-				fmt.Fprintf(w, "WARNING: %d guest(s) in audit mode: their denied packets pass\n", audits)
-			}
-			fmt.Fprintf(w, "SAs: %d synced, %d static, %d unlabeled, %d with a bad context, %d of no guest; peers: %d\n",
-				st.SAs.Synced, st.SAs.Static, st.SAs.Unlabeled, st.SAs.BadContext, st.SAs.NoGuest, st.Peers)
-			fmt.Fprintf(w, "map entries: vifs %d, labels %d, sa_slots %d, sas %d, peers %d\n", st.Maps.Vifs, st.Maps.Labels, st.Maps.Slots, st.Maps.SAs, st.Maps.Peers)
-			for _, dir := range []string{"ingress", "egress"} {
-				if len(st.Counters[dir]) == 0 {
-					continue
-				}
-				var parts []string
-				for r, n := range st.Counters[dir] {
-					parts = append(parts, fmt.Sprintf("%s=%d", r, n))
-				}
-				fmt.Fprintf(w, "%s packets: %s\n", dir, strings.Join(sorted(parts), " "))
-			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&addr, "agent", defaultAgentSocket, "the agent's Unix socket (unix:/path); TCP serves no API")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
-	return cmd
 }
 
 func newEventsCmd() *cobra.Command {

@@ -52,7 +52,11 @@ port between a guest and the host as control traffic, which is how a guest
 without a policy yet is reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, nil)
 			if _, err := localapi.SocketPath(agentAddr, "--agent", "/run/mlsgate/agent.sock"); err != nil {
 				return err
 			}

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/mlsgate/mlsgate/agent/buildinfo"
 	"github.com/spf13/cobra"
 )
 
@@ -47,7 +48,15 @@ the architecture of Rueda, Sreenivasan and Jaeger, "Flexible Security
 Configuration for Virtual Machines" (CSAW'08).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().String(),
+		// Every subcommand refuses unknown logging values, daemon or not.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			_, _, err := logOptions(cmd.Flags(), os.Getenv)
+			return err
+		},
 	}
-	root.AddCommand(newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newSACmd(), newDemoCmd(), newBenchCmd(), newImageCmd())
+	root.SetVersionTemplate("{{.Version}}\n")
+	addLogFlags(root)
+	root.AddCommand(newVersionCmd(), newManCmd(), newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newSACmd(), newDemoCmd(), newBenchCmd(), newImageCmd())
 	return root
 }

@@ -4,12 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent/buildinfo"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -174,7 +174,11 @@ line and the mapper keeps the policy it had.`,
 			if listen == "" && socket == "" {
 				return fmt.Errorf("nothing to serve on: give --listen ADDR and/or --socket PATH")
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, nil)
 			lns, err := bindListeners(listen, "--listen", socket, "--socket", group)
 			if err != nil {
 				return err
@@ -192,6 +196,7 @@ line and the mapper keeps the policy it had.`,
 				}
 			}
 			reg := prometheus.NewRegistry()
+			reg.MustRegister(buildinfo.Collector())
 			changes := newChangeCounter(reg, "reload", "cache_flush")
 			refused := newRefusedCounter(reg)
 			load := func(r *http.Request, via string) error {

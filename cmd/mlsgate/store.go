@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent/buildinfo"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -203,7 +203,11 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			if listen == "" && socket == "" {
 				return errors.New("nothing to serve on: give --socket PATH and/or --listen ADDR")
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, nil)
 			lns, err := bindListeners(listen, "--listen", socket, "--socket", group)
 			if err != nil {
 				return err
@@ -215,6 +219,7 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			}
 			defer st.Close()
 			reg := prometheus.NewRegistry()
+			reg.MustRegister(buildinfo.Collector())
 			changes := newChangeCounter(reg, "reload", "cache_drop", "cache_drop_all")
 			refused := newRefusedCounter(reg)
 			var syncMu sync.Mutex

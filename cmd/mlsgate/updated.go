@@ -53,11 +53,16 @@ A failure rolls back the earlier steps where it can and says what it could not.
 
 The guest's name and addresses, which a bundle must name, come from the
 certificate (common name up to its first dot, IP addresses) unless --guest and
---guest-addr say otherwise. Logs are JSON on stderr; SIGTERM stops the daemon.`,
+--guest-addr say otherwise. Logs go to stderr (--log-format, --log-level);
+SIGTERM stops the daemon.`,
 		Example: "  mlsgate updated --cert /etc/mlsgate/guest.pem --key /etc/mlsgate/guest-key.pem --ca /etc/mlsgate/ca.pem --crl /etc/mlsgate/crl.pem",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), nil))
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			logStart(log, cmd, nil)
 			return runUpdated(cmd.Context(), o, log)
 		},
 	}

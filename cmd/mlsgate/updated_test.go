@@ -77,7 +77,7 @@ func TestUpdatedCommand(t *testing.T) {
 			"--listen", "127.0.0.1:0", "--mapper-listen", "127.0.0.1:0",
 			"--cert", filepath.Join(dir, "guest.pem"), "--key", filepath.Join(dir, "guest-key.pem"),
 			"--ca", filepath.Join(dir, "ca.pem"), "--crl", filepath.Join(dir, "crl.pem"),
-			"--guest-addr", "10.70.0.7", "--state-dir", filepath.Join(dir, "state"),
+			"--guest-addr", "10.70.0.7", "--state-dir", filepath.Join(dir, "state"), "--log-format", "json",
 		}, &bytes.Buffer{}, stderr)
 	}()
 	var listening struct{ Addr, MapperAddr, Guest string }
@@ -107,6 +107,18 @@ func TestUpdatedCommand(t *testing.T) {
 	}
 	if listening.Guest != "vm7 at 10.70.0.7" {
 		t.Errorf("identity %q: want the certificate's name and --guest-addr", listening.Guest)
+	}
+	// The first line names the binary and the effective settings.
+	first, _, _ := strings.Cut(stderr.String(), "\n")
+	var start struct {
+		Msg      string            `json:"msg"`
+		Revision string            `json:"revision"`
+		Go       string            `json:"go_version"`
+		Config   map[string]string `json:"config"`
+	}
+	if err := json.Unmarshal([]byte(first), &start); err != nil || start.Msg != "starting" || start.Revision == "" || start.Go == "" ||
+		start.Config["loader-name"] != "mlsgate-loader" || start.Config["log-format"] != "json" {
+		t.Errorf("first log line %q (%v): want msg starting with the revision, Go version and settings", first, err)
 	}
 
 	b := &policystore.Bundle{
