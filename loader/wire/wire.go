@@ -2,12 +2,15 @@ package wire
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 
 	"github.com/mlsgate/mlsgate/agent"
@@ -308,9 +311,39 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		push.CloseIdleConnections()
 		return err
 	}
+	// Ready guests (an application's `pool: {ready: N}`): the loader says
+	// which, and configures each exactly as a load would. On a backend that
+	// keeps idle guests paused, the guest runs only while it is configured,
+	// and waits paused for its hand-out (unpause, in poolAdapter).
+	readyWants := func(ctx context.Context) ([]loader.ReadyWant, error) {
+		if v.Loader == nil {
+			return nil, nil
+		}
+		return v.Loader.ReadyWants(ctx)
+	}
+	prepare := func(ctx context.Context, g *loader.Guest, w loader.ReadyWant) error {
+		if v.Loader == nil {
+			return errors.New("the loader is not started yet")
+		}
+		if pauser != nil {
+			if err := pauser.Unpause(ctx, g); err != nil {
+				return fmt.Errorf("unpause %s to prepare it: %w", g.Name, err)
+			}
+		}
+		if _, err := v.Loader.Prepare(ctx, g, w); err != nil {
+			return err
+		}
+		if pauser != nil {
+			if err := pauser.Pause(ctx, g); err != nil {
+				return fmt.Errorf("pause %s once prepared: %w", g.Name, err)
+			}
+		}
+		return nil
+	}
 	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{
 		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxActive: s.MaxLoads}},
 		Boot:      boot, Destroy: destroy,
+		Ready: readyWants, Prepare: prepare,
 	})
 	if err != nil {
 		return fail(err)
@@ -327,12 +360,14 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
-	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits,
+		ReadyBasis: readyBasis(authority.CertPEM())},
 		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
 	v.Loader = l
+	l.Registry().MustRegister(p.Collectors()...)
 	v.API = &loader.API{Loader: l, Pool: pa}
 	return v, nil
 }
@@ -371,10 +406,32 @@ func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 		// A guest being destroyed (Failed) or not yet booted asks nothing.
 		if e.Guest.Addr == addr && e.Guest.VM != 0 && e.State != pool.Failed && e.State != pool.Booting {
 			g := e.Guest
+			if e.State == pool.Prepared {
+				// Kept ready, not yet handed out: it serves no one, so it
+				// may ask for nothing in its application's name.
+				return &g, "", true
+			}
 			return &g, e.App, true
 		}
 	}
 	return nil, "", false
+}
+
+// readyBasis is what every ready guest is built from besides its
+// application: the CA that signs its certificates, and this build of
+// mlsgate (its bundle generator and built-in templates).
+func readyBasis(caPEM []byte) string {
+	h := sha256.New()
+	h.Write(caPEM)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		h.Write([]byte(bi.Main.Path + "@" + bi.Main.Version))
+		for _, st := range bi.Settings {
+			if st.Key == "vcs.revision" || st.Key == "vcs.modified" {
+				h.Write([]byte(st.Key + "=" + st.Value))
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // pusher pushes bundles with the CA's current CRL, which the guest's
