@@ -38,6 +38,13 @@ type Pusher interface {
 	Push(ctx context.Context, g *Guest, b *policystore.Bundle) error
 }
 
+// PartsPusher is a Pusher that says where a push's time went: connect,
+// TLS handshake, body transfer, the daemon's own parts (validation,
+// SELinux modules, mapper policy, XFRM apply, state write), the answer.
+type PartsPusher interface {
+	PushParts(ctx context.Context, g *Guest, b *policystore.Bundle) ([]Step, error)
+}
+
 // HostSide applies the host part of a bundle (fast-path maps, host XFRM,
 // host SELinux modules) and returns how to undo it.
 type HostSide interface {
@@ -139,10 +146,13 @@ func (c Caller) String() string {
 	return fmt.Sprintf("vm%d (%s, %s)", c.VM, c.Addr, c.App)
 }
 
-// Step is one phase of the configuration with its duration.
+// Step is one phase of the configuration with its duration, and where
+// that went when the phase reports it (the push: see PartsPusher). Parts
+// are inside the step's duration, never added to it.
 type Step struct {
 	Name     string        `json:"name"`
 	Duration time.Duration `json:"duration_ns"`
+	Parts    []Step        `json:"parts,omitempty"`
 }
 
 // Result is the answer to a load.
@@ -299,7 +309,7 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 		return res, nil
 	}
 
-	b, err := l.configure(app, g, step, &undo)
+	b, err := l.configure(app, g, step, &res.Steps, &undo)
 	if b != nil {
 		res.Version, res.Notes = b.Version, b.Notes
 	}
@@ -316,7 +326,9 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 // bundle (with the guest's own keys and certificate), compliance, push
 // the guest part, apply the host part. It appends to undo what reverses
 // its host-side work, and returns the bundle once it is generated.
-func (l *Loader) configure(app *policystore.Application, g *Guest, step func(string, func(context.Context) error) error, undo *[]func(context.Context) error) (*policystore.Bundle, error) {
+//
+// step runs and times a step, appending it to *steps.
+func (l *Loader) configure(app *policystore.Application, g *Guest, step func(string, func(context.Context) error) error, steps *[]Step, undo *[]func(context.Context) error) (*policystore.Bundle, error) {
 	var b *policystore.Bundle
 	if err := step("bundle", func(ctx context.Context) (err error) {
 		port := l.cfg.MapperPort
@@ -350,9 +362,18 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 	}); err != nil {
 		return b, err
 	}
-	if err := step("push guest policy", func(ctx context.Context) error {
+	var parts []Step
+	err := step("push guest policy", func(ctx context.Context) (err error) {
+		if pp, ok := l.push.(PartsPusher); ok {
+			parts, err = pp.PushParts(ctx, g, b.GuestPart())
+			return err
+		}
 		return l.push.Push(ctx, g, b.GuestPart())
-	}); err != nil {
+	})
+	if n := len(*steps); n > 0 && (*steps)[n-1].Name == "push guest policy" {
+		(*steps)[n-1].Parts = parts
+	}
+	if err != nil {
 		return b, err
 	}
 	if err := step("host policy", func(ctx context.Context) error {

@@ -101,7 +101,7 @@ func (l *Loader) Prepare(ctx context.Context, g *Guest, w ReadyWant) ([]Step, er
 		}
 		return nil
 	}
-	if _, err := l.configure(app, g, step, &undo); err != nil {
+	if _, err := l.configure(app, g, step, &steps, &undo); err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.StepTimeout)
 		defer cancel()
 		var rb []error

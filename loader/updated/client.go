@@ -75,10 +75,12 @@ func (c *Client) init() error {
 				if err != nil {
 					return nil, err
 				}
+				t0 := time.Now()
 				raw, err := d.DialContext(ctx, network, addr)
 				if err != nil {
 					return nil, err
 				}
+				t1 := time.Now()
 				tc := cfg.Clone()
 				tc.ServerName = host
 				conn := tls.Client(raw, tc)
@@ -86,7 +88,7 @@ func (c *Client) init() error {
 					raw.Close()
 					return nil, &handshakeError{err}
 				}
-				return &recordingConn{Conn: conn}, nil
+				return &recordingConn{Conn: conn, dial: t1.Sub(t0), handshake: time.Since(t1)}, nil
 			},
 			MaxIdleConnsPerHost: 2,
 			IdleConnTimeout:     30 * time.Second,
@@ -111,6 +113,23 @@ type recordingConn struct {
 	net.Conn
 	mu      sync.Mutex
 	readErr error
+	// dial and handshake are how long the connection took to open; the
+	// first request on it reports them.
+	dial, handshake time.Duration
+	reported        bool
+}
+
+// opening returns the connection's dial and handshake times the first
+// time it is asked, and zeros after: a request on a kept-alive connection
+// paid neither.
+func (c *recordingConn) opening() (dial, handshake time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reported {
+		return 0, 0
+	}
+	c.reported = true
+	return c.dial, c.handshake
 }
 
 func (c *recordingConn) Read(p []byte) (int, error) {
@@ -174,30 +193,38 @@ func (c *Client) Push(ctx context.Context, addr string, b *policystore.Bundle) (
 		return nil, &Error{Addr: addr, Code: CodeTooLarge, Reason: fmt.Sprintf("bundle v%d of %s is %d bytes, over the daemon's limit of %d", b.Version, b.Application, len(body), MaxBundleBytes)}
 	}
 	var rep Report
-	if err := c.do(ctx, http.MethodPost, addr, "/v1/bundle", body, &rep); err != nil {
+	wire, err := c.do(ctx, http.MethodPost, addr, "/v1/bundle", body, &rep)
+	if err != nil {
 		return nil, err
 	}
+	rep.Wire = wire
 	return &rep, nil
 }
 
 // Status asks the daemon at addr what it applied.
 func (c *Client) Status(ctx context.Context, addr string) (*Status, error) {
 	var st Status
-	if err := c.do(ctx, http.MethodGet, addr, "/v1/status", nil, &st); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, addr, "/v1/status", nil, &st); err != nil {
 		return nil, err
 	}
 	return &st, nil
 }
 
 // do sends one request and decodes a 200 answer into out, or an error
-// answer into an *Error.
-func (c *Client) do(ctx context.Context, method, addr, path string, body []byte, out any) error {
+// answer into an *Error. It returns where the request's time went (see
+// Report.Wire).
+func (c *Client) do(ctx context.Context, method, addr, path string, body []byte, out any) ([]Part, error) {
 	if err := c.init(); err != nil {
-		return &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
+		return nil, &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
+		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
 	}
+	wire, err := c.send(ctx, method, addr, path, body, out)
+	return wire, err
+}
+
+func (c *Client) send(ctx context.Context, method, addr, path string, body []byte, out any) ([]Part, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	var rd io.Reader
@@ -206,20 +233,47 @@ func (c *Client) do(ctx context.Context, method, addr, path string, body []byte,
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, rd)
 	if err != nil {
-		return &Error{Addr: addr, Code: CodeUnreachable, Reason: err.Error(), Err: err}
+		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: err.Error(), Err: err}
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	var mu sync.Mutex
 	var used *recordingConn
-	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if rc, ok := info.Conn.(*recordingConn); ok {
+	var dial, handshake time.Duration
+	var gotConn, wrote, firstByte time.Time
+	start := time.Now()
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
 			mu.Lock()
-			used = rc
-			mu.Unlock()
+			defer mu.Unlock()
+			gotConn = time.Now()
+			if rc, ok := info.Conn.(*recordingConn); ok {
+				used = rc
+				dial, handshake = rc.opening()
+			}
+		},
+		WroteRequest:         func(httptrace.WroteRequestInfo) { mu.Lock(); wrote = time.Now(); mu.Unlock() },
+		GotFirstResponseByte: func() { mu.Lock(); firstByte = time.Now(); mu.Unlock() },
+	}))
+	parts := func() []Part {
+		mu.Lock()
+		defer mu.Unlock()
+		end := time.Now()
+		if gotConn.IsZero() || wrote.IsZero() || firstByte.IsZero() {
+			return nil
 		}
-	}}))
+		// What is left of getting the connection beyond dial and
+		// handshake (the pool's bookkeeping) counts as connecting.
+		connect := max(gotConn.Sub(start)-handshake, dial)
+		return []Part{
+			{Name: "connect", Duration: connect},
+			{Name: "TLS handshake", Duration: handshake},
+			{Name: "send", Duration: wrote.Sub(gotConn)},
+			{Name: "daemon", Duration: firstByte.Sub(wrote)},
+			{Name: "answer", Duration: end.Sub(firstByte)},
+		}
+	}
 	failed := func(err error) error {
 		mu.Lock()
 		rc := used
@@ -233,24 +287,24 @@ func (c *Client) do(ctx context.Context, method, addr, path string, body []byte,
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return failed(err)
+		return nil, failed(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if err != nil {
-		return failed(err)
+		return nil, failed(err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(data, out); err != nil {
-			return &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("the answer does not decode: %v", err), Err: err}
+			return nil, &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("the answer does not decode: %v", err), Err: err}
 		}
-		return nil
+		return parts(), nil
 	}
 	var eb errorBody
 	if err := json.Unmarshal(data, &eb); err != nil || eb.Code == "" {
-		return &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("%s answered %q: is an update daemon listening there?", addr, truncate(data, 200))}
+		return nil, &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("%s answered %q: is an update daemon listening there?", addr, truncate(data, 200))}
 	}
-	return &Error{Addr: addr, Code: eb.Code, Status: resp.StatusCode, Reason: eb.Error, Report: eb.Report}
+	return nil, &Error{Addr: addr, Code: eb.Code, Status: resp.StatusCode, Reason: eb.Error, Report: eb.Report}
 }
 
 // transportError names what went wrong before an answer arrived.

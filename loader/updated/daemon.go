@@ -196,6 +196,13 @@ func (d *Daemon) Restore(ctx context.Context) (*Report, error) {
 // and records it, rolling back on failure (see the package documentation).
 // Refusals and failures are *Error values.
 func (d *Daemon) Apply(ctx context.Context, b *policystore.Bundle) (*Report, error) {
+	return d.applyTimed(ctx, b, nil)
+}
+
+// applyTimed is Apply with the parts already timed (receiving the body)
+// to put first in the report.
+func (d *Daemon) applyTimed(ctx context.Context, b *policystore.Bundle, parts []Part) (*Report, error) {
+	t0 := d.cfg.Now()
 	if b == nil {
 		return nil, &Error{Code: CodeBadBundle, Reason: "no bundle"}
 	}
@@ -238,13 +245,20 @@ func (d *Daemon) Apply(ctx context.Context, b *policystore.Bundle) (*Report, err
 	if err := checkContent(b); err != nil {
 		return nil, err
 	}
-	return d.apply(ctx, b, digest, prev)
+	parts = append(parts, Part{Name: "validation", Duration: d.cfg.Now().Sub(t0)})
+	return d.apply(ctx, b, digest, prev, parts)
 }
 
 // apply runs the steps of a checked bundle.
-func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string, prev *persisted) (*Report, error) {
+func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string, prev *persisted, parts []Part) (*Report, error) {
 	start := d.cfg.Now()
-	rep := &Report{Guest: b.Guest, Application: b.Application, Version: b.Version, Digest: digest}
+	rep := &Report{Guest: b.Guest, Application: b.Application, Version: b.Version, Digest: digest, Parts: parts}
+	mark := start
+	part := func(name string) {
+		now := d.cfg.Now()
+		rep.Parts = append(rep.Parts, Part{Name: name, Duration: now.Sub(mark)})
+		mark = now
+	}
 	ap := d.cfg.Applier
 	// Rollback runs to the end even when the push's deadline has passed.
 	bg := context.WithoutCancel(ctx)
@@ -256,6 +270,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	}
 
 	mods, err := ap.InstallModules(ctx, b.Modules)
+	part("SELinux modules")
 	if err != nil {
 		return fail("SELinux modules", err)
 	}
@@ -267,6 +282,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	}
 
 	m, err := ap.LoadMapperPolicy(mapperName(b), []byte(b.MapperPolicy))
+	part("mapper policy")
 	if err != nil {
 		modulesStay()
 		return fail("label-mapper policy", err)
@@ -287,6 +303,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	}
 
 	x, err := ap.SyncXFRM(ctx, setOf(prevBundle), setOf(b))
+	part("XFRM apply")
 	rep.XFRM = x
 	if err != nil {
 		switch {
@@ -311,7 +328,9 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		Format: stateFormat, Guest: b.Guest, Application: b.Application, Version: b.Version,
 		Digest: digest, AppliedAt: rep.AppliedAt, Report: rep, Bundle: withoutCertKeys(b),
 	}
-	if err := saveState(d.cfg.StateDir, st); err != nil {
+	err = saveState(d.cfg.StateDir, st)
+	part("state write")
+	if err != nil {
 		if x.Changes() > 0 {
 			back, berr := ap.SyncXFRM(bg, setOf(b), setOf(prevBundle))
 			if berr != nil {
@@ -503,6 +522,7 @@ func (d *Daemon) handleBundle(w http.ResponseWriter, r *http.Request) {
 
 // receive reads, decodes and applies one pushed bundle.
 func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error) {
+	start := d.cfg.Now()
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			return nil, &Error{Code: CodeBadBundle, Status: http.StatusUnsupportedMediaType, Reason: fmt.Sprintf("content type %q: send the bundle as application/json", ct)}
@@ -517,6 +537,7 @@ func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error
 		return nil, &Error{Code: CodeBadBundle, Reason: "read the bundle: " + err.Error()}
 	}
 	var b policystore.Bundle
+	t0 := d.cfg.Now()
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {
@@ -525,9 +546,10 @@ func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, &Error{Code: CodeBadBundle, Reason: "data follows the bundle; send exactly one JSON object"}
 	}
+	decoded := d.cfg.Now()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), d.cfg.ApplyTimeout)
 	defer cancel()
-	return d.Apply(ctx, &b)
+	return d.applyTimed(ctx, &b, []Part{{Name: "receive", Duration: t0.Sub(start)}, {Name: "decode", Duration: decoded.Sub(t0)}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -442,14 +442,43 @@ type pusher struct {
 }
 
 func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundle) error {
+	_, err := p.PushParts(ctx, g, b)
+	return err
+}
+
+// PushParts implements loader.PartsPusher: the client's view of the push
+// (connect, TLS handshake, send, answer) with the daemon's own parts in
+// place of its wait for the answer, and what of that wait the daemon's
+// parts do not cover (HTTP, encoding the report) as "daemon, other".
+func (p *pusher) PushParts(ctx context.Context, g *loader.Guest, b *policystore.Bundle) ([]loader.Step, error) {
 	crl, err := p.certs.current()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	withCRL := *b
 	withCRL.CRL = crl
-	_, err = p.c.Push(ctx, g.UpdatedAddr, &withCRL)
-	return err
+	rep, err := p.c.Push(ctx, g.UpdatedAddr, &withCRL)
+	if err != nil {
+		return nil, err
+	}
+	return pushParts(rep), nil
+}
+
+func pushParts(rep *updated.Report) []loader.Step {
+	var out []loader.Step
+	for _, w := range rep.Wire {
+		if w.Name != "daemon" {
+			out = append(out, loader.Step{Name: w.Name, Duration: w.Duration})
+			continue
+		}
+		left := w.Duration
+		for _, d := range rep.Parts {
+			out = append(out, loader.Step{Name: "guest: " + d.Name, Duration: d.Duration})
+			left -= d.Duration
+		}
+		out = append(out, loader.Step{Name: "guest: other", Duration: max(left, 0)})
+	}
+	return out
 }
 
 // The Xen backend keeps idle guests paused.

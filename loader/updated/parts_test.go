@@ -1,0 +1,54 @@
+package updated
+
+import (
+	"slices"
+	"testing"
+)
+
+func partNames(ps []Part) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// TestPushReportsItsParts: a push says where its time went on both ends,
+// and a push on a kept-alive connection pays no connect or handshake.
+func TestPushReportsItsParts(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDaemon := []string{"receive", "decode", "validation", "SELinux modules", "mapper policy", "XFRM apply", "state write"}
+	if got := partNames(rep.Parts); !slices.Equal(got, wantDaemon) {
+		t.Errorf("daemon parts %v, want %v", got, wantDaemon)
+	}
+	wantWire := []string{"connect", "TLS handshake", "send", "daemon", "answer"}
+	if got := partNames(rep.Wire); !slices.Equal(got, wantWire) {
+		t.Fatalf("client parts %v, want %v", got, wantWire)
+	}
+	if rep.Wire[1].Duration <= 0 {
+		t.Errorf("the first push on a new connection shows no TLS handshake: %+v", rep.Wire)
+	}
+	var inDaemon int64
+	for _, d := range rep.Parts {
+		if d.Duration < 0 {
+			t.Errorf("part %s took %v", d.Name, d.Duration)
+		}
+		inDaemon += int64(d.Duration)
+	}
+	if inDaemon > int64(rep.Wire[3].Duration) {
+		t.Errorf("the daemon's parts (%d ns) exceed the client's wait for it (%v)", inDaemon, rep.Wire[3].Duration)
+	}
+
+	rep2, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 2, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep2.Wire) != 5 || rep2.Wire[1].Duration != 0 {
+		t.Errorf("a push on the kept-alive connection: %+v, want no handshake", rep2.Wire)
+	}
+}
