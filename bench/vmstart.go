@@ -155,9 +155,9 @@ type LoadRun struct {
 // LoadSummary is the median of a scenario's runs, step by step (each
 // total is the median of the runs' totals, not a sum of medians).
 type LoadSummary struct {
-	Scenario  string        `json:"scenario"`
-	Runs      int           `json:"runs"`
-	Steps     []loader.Step `json:"steps"`
+	Scenario string        `json:"scenario"`
+	Runs     int           `json:"runs"`
+	Steps    []loader.Step `json:"steps"`
 	// PushParts is where the push's time went (see loader.PartsPusher).
 	PushParts []loader.Step `json:"push_parts,omitempty"`
 	PreBoot   time.Duration `json:"pre_boot_ns,omitempty"`
