@@ -272,3 +272,32 @@ func TestVMStartConfigRefuses(t *testing.T) {
 		t.Errorf("defaults: %+v, %v", c, err)
 	}
 }
+
+func TestFormatVMStartReadyPool(t *testing.T) {
+	run := func(how string, steps ...loader.Step) LoadRun {
+		r := LoadRun{How: how, Version: 1, GuestSAs: 6, Steps: steps}
+		r.split()
+		return r
+	}
+	push := loader.Step{Name: "push guest policy", Duration: 120 * time.Millisecond, Parts: []loader.Step{
+		{Name: "TLS handshake", Duration: 0}, {Name: "guest: XFRM apply", Duration: 70 * time.Millisecond}}}
+	b := &BackendStart{Backend: "qemu", Where: "here", Hardware: "TCG",
+		Preloaded: []LoadRun{run("idle", loader.Step{Name: "acquire", Duration: time.Millisecond}, push, loader.Step{Name: StepFirstAnswer, Duration: 30 * time.Millisecond})},
+		Ready: []LoadRun{run("ready", loader.Step{Name: "resolve", Duration: time.Millisecond}, loader.Step{Name: "acquire", Duration: 3 * time.Millisecond},
+			loader.Step{Name: StepFirstAnswer, Duration: 36 * time.Millisecond})}}
+	b.Ready[0].PreBoot = 12 * time.Second
+	b.Medians = []LoadSummary{summarize(Preloaded, b.Preloaded), summarize(ReadyPool, b.Ready)}
+	out := FormatVMStart(&VMStartResult{URL: "u", Repeat: 1, Backends: []*BackendStart{b}})
+	for _, want := range []string{
+		"| Ready pool (issue 14) | Configure (resolve, authorize, hand-out) | — | 4.0 ms |",
+		"|  | Loading Page (here: first answer) | — | 36.0 ms |",
+		"|  | ready guest's boot and configuration, beforehand (off the path) | — | 12.00 s |",
+		"qemu ready-pool hit, configure: 4.0 ms (target ≤ 10.0 ms): met",
+		"qemu idle takeover, configure: 121.0 ms (target ≤ 150.0 ms): met",
+		"| guest: XFRM apply | — | 70.0 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package updated
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -91,7 +92,7 @@ func (c *Client) init() error {
 				return &recordingConn{Conn: conn, dial: t1.Sub(t0), handshake: time.Since(t1)}, nil
 			},
 			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     30 * time.Second,
+			IdleConnTimeout:     KeepAliveIdle - time.Minute,
 		}
 		c.hc = &http.Client{Transport: tr}
 	})
@@ -193,12 +194,21 @@ func (c *Client) Push(ctx context.Context, addr string, b *policystore.Bundle) (
 		return nil, &Error{Addr: addr, Code: CodeTooLarge, Reason: fmt.Sprintf("bundle v%d of %s is %d bytes, over the daemon's limit of %d", b.Version, b.Application, len(body), MaxBundleBytes)}
 	}
 	var rep Report
-	wire, err := c.do(ctx, http.MethodPost, addr, "/v1/bundle", body, &rep)
+	sum := sha256.Sum256(body)
+	wire, err := c.doIdem(ctx, http.MethodPost, addr, "/v1/bundle", body, fmt.Sprintf("%s/%d/%x", b.Application, b.Version, sum[:8]), &rep)
 	if err != nil {
 		return nil, err
 	}
 	rep.Wire = wire
 	return &rep, nil
+}
+
+// Connect opens an authenticated connection to the daemon at addr, if none
+// is open, and keeps it for the next request (a status request on it
+// checks both ends' certificates now rather than during the first push).
+func (c *Client) Connect(ctx context.Context, addr string) error {
+	_, err := c.Status(ctx, addr)
+	return err
 }
 
 // Status asks the daemon at addr what it applied.
@@ -214,17 +224,21 @@ func (c *Client) Status(ctx context.Context, addr string) (*Status, error) {
 // answer into an *Error. It returns where the request's time went (see
 // Report.Wire).
 func (c *Client) do(ctx context.Context, method, addr, path string, body []byte, out any) ([]Part, error) {
+	return c.doIdem(ctx, method, addr, path, body, "", out)
+}
+
+func (c *Client) doIdem(ctx context.Context, method, addr, path string, body []byte, idem string, out any) ([]Part, error) {
 	if err := c.init(); err != nil {
 		return nil, &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
 	}
-	wire, err := c.send(ctx, method, addr, path, body, out)
+	wire, err := c.send(ctx, method, addr, path, body, idem, out)
 	return wire, err
 }
 
-func (c *Client) send(ctx context.Context, method, addr, path string, body []byte, out any) ([]Part, error) {
+func (c *Client) send(ctx context.Context, method, addr, path string, body []byte, idem string, out any) ([]Part, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	var rd io.Reader
@@ -237,6 +251,13 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body []byt
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if idem != "" {
+		// A push is idempotent (the daemon answers the same bundle
+		// again with AlreadyApplied), and saying so lets the transport
+		// send it again on a fresh connection when a kept-alive one
+		// turns out to have been closed under it.
+		req.Header.Set("Idempotency-Key", idem)
 	}
 	var mu sync.Mutex
 	var used *recordingConn

@@ -52,3 +52,31 @@ func TestPushReportsItsParts(t *testing.T) {
 		t.Errorf("a push on the kept-alive connection: %+v, want no handshake", rep2.Wire)
 	}
 }
+
+// TestConnectKeepsTheHandshakeOffThePush: a connection opened ahead (as
+// the loader does at a guest's boot) carries the first push, which then
+// pays no handshake; and when the daemon has closed it, the push goes out
+// on a new one.
+func TestConnectKeepsTheHandshakeOffThePush(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	if err := h.client.Connect(ctxT(t), h.addr); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Wire) != 5 || rep.Wire[1].Duration != 0 {
+		t.Errorf("the first push after Connect: %+v, want no TLS handshake", rep.Wire)
+	}
+	// The daemon closes its idle connections (as at its idle timeout).
+	h.d.server().SetKeepAlivesEnabled(false)
+	rep, err = h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 2, 0x4000))
+	if err != nil {
+		t.Fatalf("push after the daemon closed the kept connection: %v", err)
+	}
+	if rep.Version != 2 || rep.AlreadyApplied {
+		t.Errorf("report %+v, want v2 applied", rep)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/label"
@@ -57,6 +58,10 @@ type Setup struct {
 	// loader.ListenGuest (its host-side address, bound to its interface).
 	GuestListen func(g loader.Guest, port uint16) (net.Listener, error)
 }
+
+// WarmTimeout bounds opening the connection to a freshly booted guest's
+// update daemon ahead of its first push.
+const WarmTimeout = 30 * time.Second
 
 // Pauser is a backend that can pause and resume a guest (backend.Xen).
 type Pauser interface {
@@ -272,6 +277,17 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		// failure fails the boot; the pool destroys the announced guest.
 		if err := v.Listeners.Open(*out); err != nil {
 			return nil, err
+		}
+		if pauser == nil {
+			// Open the authenticated connection the guest's first push will
+			// use, off that push's path (see updated.KeepAliveIdle). A
+			// failure costs only the speed-up: the push connects anew.
+			warm := *out
+			go func() {
+				wctx, cancel := context.WithTimeout(context.Background(), WarmTimeout)
+				defer cancel()
+				push.Connect(wctx, warm.UpdatedAddr) //nolint:errcheck // best effort; the push reports its own errors
+			}()
 		}
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
