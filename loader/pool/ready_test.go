@@ -379,3 +379,26 @@ func TestConcurrentLoadBootsAgainWhenTheSharedGuestFails(t *testing.T) {
 	}
 	e.done(b, true)
 }
+
+// TestReuseOnlyTakesNoReadyGuest: a caller held to reuse (it has the
+// fresh guests it may have) must not take a ready guest either: the refill
+// boots a replacement for every one taken, so draining ready guests would
+// make the host boot guests for it past its cap.
+func TestReuseOnlyTakesNoReadyGuest(t *testing.T) {
+	e, _ := newReadyEnv(t, 0, 2)
+	e.refill()
+	boots := e.vms.bootCount()
+	ctx := loader.WithReuseOnly(readyCtx("fp1"))
+	l, err := e.p.Acquire(ctx, "bank", bounds(t, rngLow), "web")
+	if err == nil {
+		e.done(l, true)
+		t.Fatalf("a reuse-only load took vm %d by %s", l.Entry.Guest.VM, l.How)
+	}
+	if !errors.Is(err, loader.ErrReuseOnly) {
+		t.Fatalf("Acquire: %v, want ErrReuseOnly", err)
+	}
+	e.refill()
+	if n := e.vms.bootCount(); n != boots {
+		t.Errorf("%d boots after a refused reuse-only load", n-boots)
+	}
+}
