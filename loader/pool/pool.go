@@ -440,6 +440,12 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 			}
 			return p.handOut(e, HowReuse)
 		}
+		// A ready guest is a fresh one (the refill boots its replacement):
+		// a caller held to reuse takes none.
+		if loader.ReuseOnly(ctx) {
+			p.mu.Unlock()
+			return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
+		}
 		if wantReady {
 			if e, ok := p.pick(func(e Entry) bool {
 				return e.State == Prepared && !e.Pending && e.App == app && e.Range == rng && e.Template == template && e.Fingerprint == fp
@@ -455,10 +461,6 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 				}
 				return l, err
 			}
-		}
-		if loader.ReuseOnly(ctx) {
-			p.mu.Unlock()
-			return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
 		}
 		// Another load for the same application and range is booting a
 		// guest that can take this load too: wait for it to be booted and
