@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +43,15 @@ type Client struct {
 	once sync.Once
 	hc   *http.Client
 	err  error
+
+	// warming holds, per address, the Connect in progress: a request to
+	// that address waits for it and then uses its connection, instead of
+	// opening a second one at the same time (two handshakes at once on a
+	// guest's one emulated CPU each take twice as long).
+	warmMu  sync.Mutex
+	warming map[string]chan struct{}
+	// dials counts the connections opened (for tests).
+	dials atomic.Int32
 }
 
 func (c *Client) timeout() time.Duration {
@@ -76,6 +86,7 @@ func (c *Client) init() error {
 				if err != nil {
 					return nil, err
 				}
+				c.dials.Add(1)
 				t0 := time.Now()
 				raw, err := d.DialContext(ctx, network, addr)
 				if err != nil {
@@ -207,8 +218,50 @@ func (c *Client) Push(ctx context.Context, addr string, b *policystore.Bundle) (
 // is open, and keeps it for the next request (a status request on it
 // checks both ends' certificates now rather than during the first push).
 func (c *Client) Connect(ctx context.Context, addr string) error {
-	_, err := c.Status(ctx, addr)
+	if err := c.init(); err != nil {
+		return &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
+	}
+	c.warmMu.Lock()
+	if c.warming == nil {
+		c.warming = map[string]chan struct{}{}
+	}
+	if ch, ok := c.warming[addr]; ok {
+		c.warmMu.Unlock()
+		select {
+		case <-ch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	ch := make(chan struct{})
+	c.warming[addr] = ch
+	c.warmMu.Unlock()
+	defer func() {
+		c.warmMu.Lock()
+		delete(c.warming, addr)
+		c.warmMu.Unlock()
+		close(ch)
+	}()
+	_, err := c.send(ctx, http.MethodGet, addr, "/v1/status", nil, "", &Status{})
 	return err
+}
+
+// awaitWarm waits for a Connect to addr in progress, or ctx.
+func (c *Client) awaitWarm(ctx context.Context, addr string) {
+	c.warmMu.Lock()
+	ch := c.warming[addr]
+	c.warmMu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
 }
 
 // Status asks the daemon at addr what it applied.
@@ -234,6 +287,7 @@ func (c *Client) doIdem(ctx context.Context, method, addr, path string, body []b
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
 	}
+	c.awaitWarm(ctx, addr)
 	wire, err := c.send(ctx, method, addr, path, body, idem, out)
 	return wire, err
 }

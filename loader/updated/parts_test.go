@@ -1,6 +1,7 @@
 package updated
 
 import (
+	"runtime"
 	"slices"
 	"testing"
 )
@@ -78,5 +79,42 @@ func TestConnectKeepsTheHandshakeOffThePush(t *testing.T) {
 	}
 	if rep.Version != 2 || rep.AlreadyApplied {
 		t.Errorf("report %+v, want v2 applied", rep)
+	}
+}
+
+// TestPushWaitsForTheConnectInProgress: a push that starts while Connect
+// is opening the connection uses that connection, not a second handshake.
+func TestPushWaitsForTheConnectInProgress(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	if err := h.client.init(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.client.Connect(ctxT(t), h.addr) }()
+	for i := 0; ; i++ {
+		h.client.warmMu.Lock()
+		_, warming := h.client.warming[h.addr]
+		h.client.warmMu.Unlock()
+		if warming {
+			break
+		}
+		if err := ctxT(t).Err(); err != nil || i > 1e6 {
+			t.Fatal("Connect never started")
+		}
+		runtime.Gosched()
+	}
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Wire) != 5 || rep.Wire[1].Duration != 0 {
+		t.Errorf("a push during Connect: %+v, want it on Connect's connection (no handshake of its own)", rep.Wire)
+	}
+	if n := h.client.dials.Load(); n != 1 {
+		t.Errorf("%d connections opened for a Connect and a push at the same time, want 1", n)
 	}
 }
