@@ -287,8 +287,14 @@ func (c *Client) doIdem(ctx context.Context, method, addr, path string, body []b
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
 	}
+	t0 := time.Now()
 	c.awaitWarm(ctx, addr)
+	waited := time.Since(t0)
 	wire, err := c.send(ctx, method, addr, path, body, idem, out)
+	if len(wire) > 0 {
+		// Waiting for the connection Connect was opening is connecting.
+		wire[0].Duration += waited
+	}
 	return wire, err
 }
 
