@@ -14,7 +14,7 @@ export BPF2GO_CFLAGS
 APT_generate := clang-19 llvm-19 libbpf-dev linux-libc-dev
 APT_kernel := iproute2
 APT_selinux := checkpolicy semodule-utils
-APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils
+APT_guest := qemu-system-x86 busybox-static kmod iproute2 checkpolicy xz-utils policycoreutils semodule-utils selinux-utils
 APT_bench := nftables
 
 .DEFAULT_GOAL := help
@@ -44,8 +44,8 @@ deps-kernel: ## install or check iproute2 (kernel tests)
 deps-selinux: ## install or check checkmodule and semodule_package (policy bundle tests)
 	$(call need,checkmodule semodule_package,$(APT_selinux))
 
-deps-guest: ## install or check QEMU, static busybox, kmod, xz (the Debian guest kernel tests)
-	$(call need,qemu-system-x86_64 busybox kmod ip checkpolicy xz,--no-install-recommends $(APT_guest))
+deps-guest: ## install or check QEMU, static busybox, kmod, xz, SELinux userland (the Debian guest kernel tests)
+	$(call need,qemu-system-x86_64 busybox kmod ip checkpolicy checkmodule semodule_package semodule load_policy setfiles sefcontext_compile xz,--no-install-recommends $(APT_guest))
 
 deps-bench: ## install or check nftables (the traffic benchmark's baseline)
 	$(call need,nft,$(APT_bench))
@@ -75,7 +75,8 @@ test-kernel: ## privileged tests against the running kernel (root; skipped other
 	@if [ "$$(id -u)" != 0 ]; then \
 	  echo "kernel tests skipped: they need root (BPF, network namespaces); run 'sudo make test-kernel'"; \
 	else \
-	  $(GO) test -count=1 -v -timeout 20m -run Privileged ./kernel-tests/... ./bench/...; \
+	  $(GO) test -count=1 -v -timeout 20m -run Privileged ./kernel-tests/... ./bench/... && \
+	  $(GO) test -count=1 -run '^$$' -fuzz '^FuzzFastpathVerdict$$' -fuzztime 20s ./kernel-tests/; \
 	fi
 
 lint: ## gofmt, go vet, and C warnings as errors

@@ -11,6 +11,7 @@ require github.com/google/gopacket v1.1.19
 
 require (
 	github.com/go-viper/mapstructure/v2 v2.5.0
+	github.com/opencontainers/selinux v1.11.1
 	github.com/prometheus/client_golang v1.23.2
 	github.com/spf13/cobra v1.10.2
 	github.com/spf13/pflag v1.0.10

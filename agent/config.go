@@ -34,6 +34,11 @@ type Config struct {
 	// the agent may manage, e.g. "vif*". An interface is managed only when
 	// it matches and a guest is declared on it: the agent never guesses.
 	Interfaces []string `mapstructure:"interfaces"`
+	// Undeclared says what happens on an interface that matches Interfaces
+	// but has no declared guest: "deny" (the default; also "") attaches the
+	// programs with a deny-all entry, reason deny_undeclared; "pass" leaves
+	// it alone (unfiltered), as before, for a migration.
+	Undeclared string `mapstructure:"undeclared"`
 	// Enforce drops denied packets; false only counts and reports them.
 	Enforce bool `mapstructure:"enforce"`
 	// SPIBase and SPISlots: the host's SPI range, kept in a dense array.
@@ -66,6 +71,7 @@ func DefaultConfig() Config {
 		Socket:         "/run/mlsgate/agent.sock",
 		SocketGroup:    "mlsgate",
 		Interfaces:     []string{"vif*"},
+		Undeclared:     UndeclaredDeny,
 		Enforce:        true,
 		SPIBase:        o.SPIBase,
 		SPISlots:       o.SPISlots,
@@ -91,6 +97,11 @@ func (c *Config) Validate() error {
 		if _, err := filepath.Match(p, "x"); err != nil {
 			return fmt.Errorf("interfaces: bad pattern %q: %v", p, err)
 		}
+	}
+	switch c.Undeclared {
+	case "", UndeclaredDeny, UndeclaredPass:
+	default:
+		return fmt.Errorf("undeclared %q: want deny (the default: interfaces without a declared guest drop everything) or pass", c.Undeclared)
 	}
 	if uint64(c.SPIBase)+uint64(c.SPISlots) > 1<<32 {
 		return fmt.Errorf("spi_base %#x + spi_slots %d passes 0xffffffff", c.SPIBase, c.SPISlots)
@@ -126,6 +137,20 @@ func (c *Config) enforcement(g GuestSpec) string {
 		return "audit"
 	}
 	return "enforce"
+}
+
+// Values of Config.Undeclared.
+const (
+	UndeclaredDeny = "deny"
+	UndeclaredPass = "pass"
+)
+
+// undeclaredMode is Undeclared with the default filled in.
+func (c *Config) undeclaredMode() string {
+	if c.Undeclared == "" {
+		return UndeclaredDeny
+	}
+	return c.Undeclared
 }
 
 // manages reports whether an interface name matches the patterns.

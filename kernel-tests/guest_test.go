@@ -61,9 +61,16 @@ func TestPrivilegedGuestKernel(t *testing.T) {
 	if run := os.Getenv("MLSGATE_GUEST_RUN"); run != "" {
 		args = append(args, "-test.run="+run)
 	}
+	// The guest reads the example applications from the share (the policy
+	// store runs there to make bundles for the update daemon).
+	share := t.TempDir()
+	if err := os.CopyFS(filepath.Join(share, "examples"), os.DirFS("../examples")); err != nil {
+		t.Fatalf("copy the examples into the guest share: %v", err)
+	}
 	progress := &lineLog{t: t, prefix: "guest: "}
 	res, err := img.Run(ctx, guestvm.RunOptions{
 		Binary: bin, Args: args, Enforcing: true, Timeout: guestTimeout, Progress: progress,
+		Share: share, Env: map[string]string{"MLSGATE_EXAMPLES": "/mnt/examples"},
 	})
 	progress.flush()
 	if err != nil {

@@ -52,8 +52,9 @@
 // dumps them back unchanged; the parser drops trailing NULs, so a context
 // reads back equal whether its writer sent the NUL or not. With SELinux
 // active, a context the loaded policy does not know is refused with EINVAL and
-// no further reason; [Handle] then checks the context against
-// /sys/fs/selinux/context and, when SELinux confirms it is invalid, wraps
+// no further reason; [Handle] then checks the context with
+// github.com/opencontainers/selinux (SecurityCheckContext) and, when SELinux
+// confirms it is invalid, wraps
 // [ErrInvalidContext]. Without an LSM that keeps contexts the kernel accepts
 // the attribute and drops it: dumps and events then carry no context.
 //

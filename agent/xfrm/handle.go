@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
+	goselinux "github.com/opencontainers/selinux/go-selinux"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -135,20 +135,15 @@ func classify(err error, proto uint8, ctx, algos string) error {
 	return err
 }
 
-// selinuxContextFile is where SELinux checks a context for validity.
-const selinuxContextFile = "/sys/fs/selinux/context"
-
-// selinuxRejects asks SELinux whether ctx is invalid: a write of the
-// context to selinuxfs's context file fails with EINVAL exactly when
-// security_context_to_sid, the kernel's check for SAs and policies, does.
+// selinuxRejects asks SELinux whether ctx is invalid, through
+// github.com/opencontainers/selinux's context check (a write to selinuxfs's
+// context file): it fails with EINVAL exactly when security_context_to_sid,
+// the kernel's check for SAs and policies, does. Without SELinux it says no.
 func selinuxRejects(ctx string) bool {
-	f, err := os.OpenFile(selinuxContextFile, os.O_RDWR, 0)
-	if err != nil {
+	if !goselinux.GetEnabled() {
 		return false
 	}
-	defer f.Close()
-	_, err = f.Write(append([]byte(ctx), 0))
-	return errors.Is(err, unix.EINVAL)
+	return errors.Is(goselinux.SecurityCheckContext(ctx), unix.EINVAL)
 }
 
 // DeleteState deletes the SA with destination dst, SPI spi and protocol

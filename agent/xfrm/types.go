@@ -443,6 +443,6 @@ var ErrNoESP = errors.New("this kernel lacks the ESP transform")
 var ErrNoAlgorithm = errors.New("this kernel lacks the algorithm")
 
 // ErrInvalidContext reports a security context the loaded SELinux policy
-// does not accept, as SELinux itself confirmed through
-// /sys/fs/selinux/context.
+// does not accept, as SELinux itself confirmed through its context check
+// (selinuxfs's context file).
 var ErrInvalidContext = errors.New("security context is not valid under the loaded SELinux policy")

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
@@ -39,7 +42,7 @@ type demoServer struct {
 	peerIP netip.Addr // the server's address on that link (next hop)
 	labels []label.Label
 	handle netns.NsHandle
-	conns  []*net.UDPConn
+	https  []*http.Server
 }
 
 // inNS runs fn on a fresh OS thread inside ns; the thread is discarded.
@@ -72,8 +75,9 @@ func ipRun(args ...string) error {
 	return nil
 }
 
-// labelPort is the UDP port a server answers a label on: one labeled
-// socket per label, because a datagram socket carries one context.
+// labelPort is the TCP port a server listens on for a label: one labeled
+// listener per label, so that the browser's socket of a label connects to
+// the server's socket of the same label.
 func labelPort(l label.Label) int {
 	h := fnv.New32a()
 	h.Write([]byte(l.String()))
@@ -85,29 +89,16 @@ func secCtx(typ string, l label.Label) string {
 	return "system_u:system_r:" + typ + ":" + l.Secrecy.String()
 }
 
-// serverLabels is every label a server's URLs carry in the application.
-func serverLabels(app *policystore.Application, s policystore.Server) []label.Label {
-	seen := map[label.Label]bool{s.DefaultLabel(): true}
-	out := []label.Label{s.DefaultLabel()}
-	for _, r := range app.Labels {
-		if s.Range.Contains(r.Label) && !seen[r.Label] && strings.Contains(strings.ReplaceAll(r.URL, `\.`, "."), s.Hosts[0]) {
-			seen[r.Label] = true
-			out = append(out, r.Label)
-		}
-	}
-	return out
-}
-
 // startServers creates a namespace per server of the applications, with
 // labeled ESP transport SAs between the host and the server at each of the
-// server's labels, and a labeled UDP socket per label that answers
-// "<server> <path> at <label>". guestNet is the prefix the guests live in.
+// server's labels, and an HTTP server on a labeled TCP socket per label
+// (see servePages). guestNet is the prefix the guests live in.
 func startServers(apps []*policystore.Application, guestNet netip.Prefix, host *xfrm.Handle) ([]*demoServer, func(), error) {
 	var servers []*demoServer
 	cleanup := func() {
 		for _, s := range servers {
-			for _, c := range s.conns {
-				c.Close()
+			for _, h := range s.https {
+				h.Close()
 			}
 			if s.handle.IsOpen() {
 				s.handle.Close()
@@ -126,6 +117,13 @@ func startServers(apps []*policystore.Application, guestNet netip.Prefix, host *
 				hostIP: netip.AddrFrom4([4]byte{10, 69, byte(idx), 1}), peerIP: netip.AddrFrom4([4]byte{10, 69, byte(idx), 2}),
 				labels: serverLabels(app, srv)}
 			servers = append(servers, s)
+			ports := map[int]label.Label{}
+			for _, l := range s.labels {
+				if o, dup := ports[labelPort(l)]; dup {
+					return servers, cleanup, fmt.Errorf("server %s: labels %s and %s hash to the same port %d: change one of them", srv.Name, o, l, labelPort(l))
+				}
+				ports[labelPort(l)] = l
+			}
 			addr := srv.Addresses[0]
 			steps := [][]string{
 				{"netns", "add", s.ns},
@@ -193,75 +191,218 @@ func startServers(apps []*policystore.Application, guestNet netip.Prefix, host *
 			}
 			sh.Close()
 			for _, l := range s.labels {
-				var c *net.UDPConn
+				var ln net.Listener
 				err := inNS(h, func() (err error) {
 					if err := sockCreate(secCtx(app.Type, l)); err != nil {
 						return err
 					}
-					c, err = net.ListenUDP("udp4", &net.UDPAddr{IP: addr.AsSlice(), Port: labelPort(l)})
+					// Plain TCP: Go listens with MPTCP by default, and an
+					// MPTCP listener answers from a kernel-made subflow
+					// socket, not from the socket this thread labeled.
+					var lc net.ListenConfig
+					lc.SetMultipathTCP(false)
+					ln, err = lc.Listen(context.Background(), "tcp4", netip.AddrPortFrom(addr, uint16(labelPort(l))).String())
 					return err
 				})
 				if err != nil {
 					return servers, cleanup, fmt.Errorf("server %s socket at %s: %w", srv.Name, l, err)
 				}
-				s.conns = append(s.conns, c)
-				go serveUDP(c, srv.Name, l)
+				hs := servePages(ln, srv.Name, l)
+				s.https = append(s.https, hs)
 			}
 		}
 	}
 	return servers, cleanup, nil
 }
 
-// serveUDP answers each request with one datagram naming the page.
-func serveUDP(c *net.UDPConn, name string, l label.Label) {
-	buf := make([]byte, 2048)
-	for {
-		n, from, err := c.ReadFromUDP(buf)
-		if err != nil {
-			return
-		}
-		req := strings.TrimSpace(string(buf[:n]))
-		c.WriteToUDP([]byte(fmt.Sprintf("%s: page %q at %s", name, req, l)), from)
+type peerKey struct{}
+
+// servePages serves pages on ln, a TCP socket at label l. Each page names
+// the server, the path, the listener's label and the peer's security
+// context as the kernel gives it for the connection (SO_PEERSEC: the
+// context of the SA the request arrived on), so the browser can check that
+// its page came through the tunnel of its label.
+func servePages(ln net.Listener, name string, l label.Label) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		peer, _ := r.Context().Value(peerKey{}).(string)
+		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<16))
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "%s %s %s at %s for %s\n", name, r.Method, r.URL.Path, l, peer)
+	})
+	hs := &http.Server{
+		Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerContext(c))
+		},
 	}
+	go hs.Serve(ln)
+	return hs
 }
 
-// exchange sends one datagram from a socket of context ctx in ns to
-// addr:port and waits for the answer, a few times (the first may wait for
-// ARP and for the kernel to pick its SAs).
-func exchange(ns netns.NsHandle, ctx string, to netip.AddrPort, msg string) (string, error) {
-	var c *net.UDPConn
+// peerContext is the SELinux context of a TCP connection's peer, or
+// "unlabeled".
+func peerContext(c net.Conn) string {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return "unlabeled"
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return "unlabeled"
+	}
+	peer := "unlabeled"
+	rc.Control(func(fd uintptr) {
+		if s, err := unix.GetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_PEERSEC); err == nil && s != "" {
+			peer = strings.TrimRight(s, "\x00")
+		}
+	})
+	return peer
+}
+
+// fetch is one HTTP request from a socket of context ctx (none when empty)
+// made in ns toward dst, for host and path, bounded by timeout. It returns
+// the status and the body.
+func fetch(ns netns.NsHandle, ctx string, dst netip.AddrPort, method, host, path, body string, timeout time.Duration) (int, []byte, error) {
+	dial := func(c context.Context, network, _ string) (net.Conn, error) {
+		var conn net.Conn
+		err := inNS(ns, func() (err error) {
+			if ctx != "" {
+				if err := sockCreate(ctx); err != nil {
+					return err
+				}
+			}
+			var d net.Dialer
+			conn, err = d.DialContext(c, "tcp4", dst.String())
+			return err
+		})
+		return conn, err
+	}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true, Proxy: nil}}
+	defer client.CloseIdleConnections()
+	var rb io.Reader
+	if body != "" {
+		rb = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+host+path, rb)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, b, err
+}
+
+// tryConnect opens a TCP connection from a socket of context ctx (none
+// when empty) made in ns toward dst, waiting at most timeout. It returns
+// the connection when it was established, and always the number of
+// segments the socket sent (SYNs and their retransmissions: TCP_INFO's
+// tcpi_segs_out), or -1 when the socket could not be read.
+func tryConnect(ns netns.NsHandle, ctx string, dst netip.AddrPort, timeout time.Duration) (net.Conn, int64, error) {
+	fd := -1
 	err := inNS(ns, func() (err error) {
 		if ctx != "" {
 			if err := sockCreate(ctx); err != nil {
 				return err
 			}
 		}
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		return err
 	})
 	if err != nil {
-		return "", err
+		return nil, 0, fmt.Errorf("socket at %q: %w", ctx, err)
 	}
-	defer c.Close()
-	buf := make([]byte, 2048)
-	var last error
-	for try := 0; try < 3; try++ {
-		if _, err := c.Write([]byte(msg)); err != nil {
-			last = err
-			time.Sleep(300 * time.Millisecond)
+	segs := func() int64 {
+		ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return -1
+		}
+		return int64(ti.Segs_out)
+	}
+	fail := func(err error) (net.Conn, int64, error) {
+		n := segs()
+		unix.Close(fd)
+		return nil, n, err
+	}
+	err = unix.Connect(fd, &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()})
+	if err != nil && err != unix.EINPROGRESS {
+		return fail(fmt.Errorf("connect %s: %w", dst, err))
+	}
+	deadline := time.Now().Add(timeout)
+	for left := timeout; left > 0; left = time.Until(deadline) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(min(left, 100*time.Millisecond)/time.Millisecond)+1)
+		if err == unix.EINTR || n == 0 {
 			continue
 		}
-		c.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
-		n, err := c.Read(buf)
-		if err == nil {
-			return string(buf[:n]), nil
+		if err != nil {
+			return fail(fmt.Errorf("connect %s: poll: %w", dst, err))
 		}
-		last = err
+		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil && soerr != 0 {
+			err = unix.Errno(soerr)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("connect %s: %w", dst, err))
+		}
+		n64 := segs()
+		f := os.NewFile(uintptr(fd), "tcp "+dst.String())
+		c, err := net.FileConn(f)
+		f.Close()
+		return c, n64, err
 	}
-	if last == nil {
-		last = errors.New("no answer")
+	return fail(fmt.Errorf("connect %s: no answer in %v", dst, timeout))
+}
+
+// postOn sends one HTTP POST of body on c and reads the status.
+func postOn(c net.Conn, host, body string, timeout time.Duration) (int, error) {
+	c.SetDeadline(time.Now().Add(timeout))
+	req, err := http.NewRequest(http.MethodPost, "http://"+host+"/upload", strings.NewReader(body))
+	if err != nil {
+		return 0, err
 	}
-	return "", last
+	req.Close = true
+	if err := req.Write(c); err != nil {
+		return 0, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// snmpTCP is the Tcp line of the calling thread's namespace's
+// /proc/net/snmp, by name.
+func snmpTCP() map[string]uint64 {
+	m := map[string]uint64{}
+	b, err := os.ReadFile("/proc/thread-self/net/snmp")
+	if err != nil {
+		return m
+	}
+	var head []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i := 1; i < len(f) && i < len(head); i++ {
+			var v uint64
+			if _, err := fmt.Sscan(f[i], &v); err == nil {
+				m[head[i]] = v
+			}
+		}
+	}
+	return m
 }
 
 // dialIn dials from inside ns, for HTTP clients that talk in a guest.

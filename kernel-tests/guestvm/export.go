@@ -74,6 +74,20 @@ func StageModules(ctx context.Context, kroot, release, stage string, modules []s
 	return addModules(ctx, kroot, release, stage, modules)
 }
 
+// StageSELinux gives the initramfs tree stage what a guest's does to
+// install SELinux modules at run time: SELinuxUserland with its libraries,
+// and a module store built from BasePolicySource under /etc/selinux and
+// /var/lib/selinux (BuildStore; work is a scratch directory). After
+// load_policy, semodule -i installs a bundle's modules there, as the
+// update daemon and the host agent (agent.SELinux) do.
+func StageSELinux(ctx context.Context, stage, work string) error {
+	store := filepath.Join(work, "selinux-root")
+	if err := BuildStore(ctx, store); err != nil {
+		return err
+	}
+	return addSELinux(stage, store)
+}
+
 // WriteInitramfs packs the tree at stage into the newc archive out, as
 // Prepare packs its own (deterministic, with /dev/console).
 func WriteInitramfs(stage, out string) error { return writeArchive(stage, out) }

@@ -39,9 +39,11 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 // kernel's gunzip costs more than QEMU's copy of the larger file): busybox and its applet
 // links, iproute2's ip at /usr/sbin/ip with its libraries, Modules and their
 // dependencies from the unpacked kernel at kroot, the policy at
-// /etc/guestvm/policy.33 and the init. It returns how many module files it
-// packed.
-func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (int, error) {
+// /etc/guestvm/policy.33, the SELinuxUserland with its libraries, the module
+// store BuildStore made at store (its etc/selinux and var/lib/selinux,
+// writable: semodule edits them) and the init. It returns how many module
+// files it packed.
+func buildInitramfs(ctx context.Context, kroot, release, policy, store, out string) (int, error) {
 	stage, err := os.MkdirTemp(filepath.Dir(out), "stage-")
 	if err != nil {
 		return 0, err
@@ -61,6 +63,9 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (in
 	if err := copyTree("/etc/iproute2", filepath.Join(stage, "etc/iproute2")); err != nil && !os.IsNotExist(err) {
 		return 0, err
 	}
+	if err := addSELinux(stage, store); err != nil {
+		return 0, err
+	}
 	n, err := addModules(ctx, kroot, release, stage, Modules)
 	if err != nil {
 		return 0, err
@@ -78,6 +83,23 @@ func buildInitramfs(ctx context.Context, kroot, release, policy, out string) (in
 		return 0, err
 	}
 	return n, writeArchive(stage, out)
+}
+
+// addSELinux copies SELinuxUserland with its libraries into stage, and the
+// module store BuildStore made at store (its etc/selinux and
+// var/lib/selinux).
+func addSELinux(stage, store string) error {
+	for _, u := range SELinuxUserland {
+		if err := addDynamic(stage, u.Name, u.Path); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"etc/selinux", "var/lib/selinux"} {
+		if err := copyStore(filepath.Join(store, d), filepath.Join(stage, d)); err != nil {
+			return fmt.Errorf("the SELinux module store: %w", err)
+		}
+	}
+	return nil
 }
 
 // addBusybox copies the static busybox to /bin/busybox and links every
@@ -116,22 +138,39 @@ func addBusybox(ctx context.Context, stage string) error {
 // addDynamic copies the host command name to dst in the initramfs, with its
 // ELF interpreter and every shared library it needs, found in libDirs.
 func addDynamic(stage, name, dst string) error {
-	src, err := findTool(name)
+	src, libs, err := elfClosure(name)
 	if err != nil {
-		return err
-	}
-	if src, err = filepath.EvalSymlinks(src); err != nil {
 		return err
 	}
 	if err := copyFile(src, filepath.Join(stage, dst), 0o755); err != nil {
 		return err
 	}
+	for _, p := range libs {
+		if err := copyFile(p, filepath.Join(stage, p), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// elfClosure finds the host command name and returns its real path and
+// the paths of its ELF interpreter and of every shared library it needs,
+// directly or through another, found in libDirs.
+func elfClosure(name string) (string, []string, error) {
+	src, err := findTool(name)
+	if err != nil {
+		return "", nil, err
+	}
+	if src, err = filepath.EvalSymlinks(src); err != nil {
+		return "", nil, err
+	}
+	var libs []string
 	done := map[string]bool{}
 	queue := []string{src}
 	for len(queue) > 0 {
 		f, err := elf.Open(queue[0])
 		if err != nil {
-			return fmt.Errorf("read %s for its libraries: %w", queue[0], err)
+			return "", nil, fmt.Errorf("read %s for its libraries: %w", queue[0], err)
 		}
 		queue = queue[1:]
 		needed, err := f.ImportedLibraries()
@@ -144,7 +183,7 @@ func addDynamic(stage, name, dst string) error {
 		}
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("libraries of %s: %w", src, err)
+			return "", nil, fmt.Errorf("libraries of %s: %w", src, err)
 		}
 		paths := []string{}
 		if interp != "" {
@@ -153,7 +192,7 @@ func addDynamic(stage, name, dst string) error {
 		for _, lib := range needed {
 			p, err := findLib(lib)
 			if err != nil {
-				return fmt.Errorf("%s needs %s: %w", src, lib, err)
+				return "", nil, fmt.Errorf("%s needs %s: %w", src, lib, err)
 			}
 			paths = append(paths, p)
 		}
@@ -162,13 +201,11 @@ func addDynamic(stage, name, dst string) error {
 				continue
 			}
 			done[p] = true
-			if err := copyFile(p, filepath.Join(stage, p), 0o755); err != nil {
-				return err
-			}
+			libs = append(libs, p)
 			queue = append(queue, p)
 		}
 	}
-	return nil
+	return src, libs, nil
 }
 
 func findLib(name string) (string, error) {

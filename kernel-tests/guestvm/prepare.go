@@ -23,7 +23,7 @@ import (
 // harnessVersion changes whenever the way an image is built changes in a way
 // the hashed inputs below do not show (file layout, builder code). Bumping it
 // makes every cached image stale.
-const harnessVersion = "guestvm-3"
+const harnessVersion = "guestvm-4"
 
 // metaPackage is the Debian package whose dependency names the kernel.
 const metaPackage = "linux-image-amd64"
@@ -33,7 +33,7 @@ var initScript string
 
 // Packages are the Debian 12 packages Prepare needs; `make deps-guest`
 // installs the same list.
-var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils"}
+var Packages = []string{"qemu-system-x86", "busybox-static", "kmod", "iproute2", "checkpolicy", "xz-utils", "policycoreutils", "semodule-utils", "selinux-utils"}
 
 // ErrMissingTools is returned (wrapped) when a host command Prepare or Run
 // needs is missing and cannot be installed here. Tests skip on it.
@@ -52,6 +52,13 @@ var hostTools = []hostTool{
 	{"modprobe", "kmod"},
 	{"ip", "iproute2"},
 	{"checkpolicy", "checkpolicy"},
+	{"checkmodule", "checkpolicy"},
+	{"semodule_package", "semodule-utils"},
+	{"semodule", "policycoreutils"},
+	{"load_policy", "policycoreutils"},
+	{"setfiles", "policycoreutils"},
+	{"/usr/libexec/selinux/hll/pp", "policycoreutils"},
+	{"sefcontext_compile", "selinux-utils"},
 	{"xz", "xz-utils"},
 	{"dpkg-deb", "dpkg"},
 	{"apt-get", "apt"},
@@ -124,6 +131,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	}
 	dir := filepath.Join(cacheDir, "images", release+"_"+version+"_"+key)
 	if img, err := loadImage(dir, cacheDir); err == nil {
+		markUsed(dir)
 		return img, nil
 	}
 
@@ -133,6 +141,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	}
 	defer unlock()
 	if img, err := loadImage(dir, cacheDir); err == nil { // built while we waited
+		markUsed(dir)
 		return img, nil
 	}
 	// Builds happen only under the lock, so any build directory left now
@@ -168,6 +177,14 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		return nil, fmt.Errorf("publish guest image %s: %w", dir, err)
 	}
 	fmt.Fprintf(log, "guestvm: image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
+	markUsed(dir)
+	// The cache grows by an image per kernel and builder change: drop
+	// what nobody used for PruneAge.
+	if removed, err := prune(cacheDir, PruneAge, time.Now()); err != nil {
+		fmt.Fprintf(log, "guestvm: pruning the cache: %v\n", err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(log, "guestvm: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
+	}
 	return loadImage(dir, cacheDir)
 }
 
@@ -227,7 +244,14 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 	fmt.Fprintf(log, "guestvm: MLS policy compiled (%.1fs)\n", time.Since(t).Seconds())
 
 	t = time.Now()
-	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), filepath.Join(dir, "initrd.cpio"))
+	store := filepath.Join(dir, "selinux-root")
+	if err := BuildStore(ctx, store); err != nil {
+		return err
+	}
+	fmt.Fprintf(log, "guestvm: SELinux module store built from the base policy (%.1fs)\n", time.Since(t).Seconds())
+
+	t = time.Now()
+	mods, err := buildInitramfs(ctx, kroot, release, filepath.Join(dir, "policy.33"), store, filepath.Join(dir, "initrd.cpio"))
 	if err != nil {
 		return err
 	}
@@ -246,21 +270,37 @@ func build(ctx context.Context, dir, deb, release, version string, log io.Writer
 }
 
 // inputKey hashes everything an image is made from besides the kernel
-// package: the builder's version, the init, the policy, the module list and
-// the host binaries copied into the initramfs (by size and time).
+// package: the builder's version, the init, the policies, the module list and
+// the host binaries copied into the initramfs with their shared libraries
+// (by size and time).
 func inputKey() (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n", harnessVersion, initScript, PolicySource(), strings.Join(Modules, " "), RunnerContext)
-	for _, name := range []string{"busybox", "ip", "checkpolicy"} {
+	fmt.Fprintf(h, "%s\n%s\n%s\n", BasePolicySource(), semanageConf, selinuxConfig)
+	names := []string{"busybox", "ip", "checkpolicy"}
+	for _, u := range SELinuxUserland {
+		names = append(names, u.Name)
+	}
+	for _, name := range names {
 		p, err := findTool(name)
 		if err != nil {
 			return "", err
 		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			return "", err
+		files := []string{p}
+		if name != "busybox" && name != "checkpolicy" { // copied with their libraries
+			_, libs, err := elfClosure(name)
+			if err != nil {
+				return "", err
+			}
+			files = append(files, libs...)
 		}
-		fmt.Fprintf(h, "%s %d %d\n", p, fi.Size(), fi.ModTime().UnixNano())
+		for _, f := range files {
+			fi, err := os.Stat(f)
+			if err != nil {
+				return "", err
+			}
+			fmt.Fprintf(h, "%s %d %d\n", f, fi.Size(), fi.ModTime().UnixNano())
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }

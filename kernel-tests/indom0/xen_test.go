@@ -27,12 +27,16 @@ import (
 	"github.com/mlsgate/mlsgate/loader/backend"
 )
 
-// The guests' link: dom0 on the bridge, the guests' own addresses, and an
-// address a guest adds to its eth0 without being entitled to it.
-var (
-	hostAddr  = netip.MustParseAddr("10.99.0.1")
-	spoofAddr = netip.MustParseAddr("10.99.0.99")
-)
+// spoofAddr is an address a guest adds to its eth0 without being entitled
+// to it.
+var spoofAddr = netip.MustParseAddr("10.99.0.99")
+
+// link is guest vm's address and the host's end of its own routed link:
+// 10.99.<vm>.2 and 10.99.<vm>.1 (the first address of its /24, where
+// vif-mlsgate puts the host's end).
+func link(vm uint32) (guest, host netip.Addr) {
+	return netip.AddrFrom4([4]byte{10, 99, byte(vm), 2}), netip.AddrFrom4([4]byte{10, 99, byte(vm), 1})
+}
 
 // consoleDir is where xenconsoled logs the guests' consoles.
 const consoleDir = "/var/log/xen/console"
@@ -51,6 +55,8 @@ type dom0Agent struct {
 	t      *testing.T
 	client *http.Client
 	log    *syncBuf
+	sock   string
+	stop   func() // kills the agent; its pinned programs keep enforcing
 }
 
 type syncBuf struct {
@@ -76,7 +82,7 @@ func startAgent(t *testing.T) *dom0Agent {
 		t.Fatalf("mount bpffs: %v", err)
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	a := &dom0Agent{t: t, log: &syncBuf{}}
+	a := &dom0Agent{t: t, log: &syncBuf{}, sock: sock}
 	a.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
@@ -91,9 +97,16 @@ func startAgent(t *testing.T) *dom0Agent {
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
+	a.stop = func() { cmd.Process.Signal(syscall.SIGKILL); <-exited }
+	// vif-mlsgate declares hand-made guests to this agent.
+	defaults := fmt.Sprintf("MLSGATE=%s\nMLSGATE_AGENT=unix:%s\nMLSGATE_VIF_WAIT=60s\n", bin, sock)
+	os.MkdirAll(filepath.Dir(xendom0.VifDefaults), 0o755)
+	if err := os.WriteFile(xendom0.VifDefaults, []byte(defaults), 0o644); err != nil {
+		t.Fatalf("vif-mlsgate's settings: %v", err)
+	}
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGKILL)
-		<-exited
+		os.Remove(xendom0.VifDefaults)
+		a.stop()
 		unix.Unmount(bpffs, unix.MNT_DETACH)
 		if t.Failed() {
 			t.Logf("agent log:\n%s", a.log)
@@ -131,17 +144,24 @@ func (a *dom0Agent) status() (agent.Status, error) {
 
 func (a *dom0Agent) put(path string, v any) {
 	a.t.Helper()
+	if err := a.tryPut(path, v); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *dom0Agent) tryPut(path string, v any) error {
 	b, _ := json.Marshal(v)
 	req, _ := http.NewRequest("PUT", "http://agent"+path, bytes.NewReader(b))
 	resp, err := a.client.Do(req)
 	if err != nil {
-		a.t.Fatal(err)
+		return err
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		a.t.Fatalf("PUT %s: %s %s", path, resp.Status, body)
+		return fmt.Errorf("PUT %s: %s %s", path, resp.Status, body)
 	}
+	return nil
 }
 
 // waitStatus polls, bounded by limit, until cond holds, and returns when.
@@ -247,14 +267,30 @@ func guestConsole(name, marker string) bool {
 }
 
 // xenBackend is the loader's Xen backend as dom0-in-QEMU needs it: the
-// guest payload xendom0 packs, its bridge and mlsgate's hotplug script. The
-// guests run no update daemon, so Ready waits only for the vif.
-func xenBackend(t *testing.T, progress func(string)) *backend.Xen {
+// guest payload xendom0 packs and mlsgate's hotplug script, which routes
+// each vif. As the loader does, it declares each guest to the agent once its
+// domid is known (application 1, plain traffic allowed, its link: address,
+// host-side address, MAC) and waits until the agent reports the vif
+// attached; only then does Boot unpause the guest. The guests run no update
+// daemon, so Ready waits only for the vif.
+func xenBackend(t *testing.T, ag *dom0Agent, progress func(string)) *backend.Xen {
 	return &backend.Xen{
 		XL: "/usr/sbin/xl", ConfigDir: filepath.Join(t.TempDir(), "xen"),
 		Kernel: xendom0.GuestKernel, Ramdisk: xendom0.GuestRamdisk,
 		ExtraCmdline: "console=hvc0 quiet xendom0.spoof=" + spoofAddr.String(),
-		Memory:       96, Bridge: xendom0.Bridge, Script: xendom0.VifScript,
+		Memory:       96, Script: xendom0.VifScript,
+		Created: func(_ context.Context, g *loader.Guest) error {
+			return ag.tryPut("/v1/guests/"+g.Interface, guestSpecOf(t, g))
+		},
+		Attached: func(ctx context.Context, g *loader.Guest) error {
+			for ctx.Err() == nil {
+				if st, err := ag.status(); err == nil && loader.StatusAttached(st, g.Interface) {
+					return nil
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			return ctx.Err()
+		},
 		Ready: func(ctx context.Context, g *loader.Guest) error {
 			for ctx.Err() == nil {
 				if _, err := os.Stat("/sys/class/net/" + g.Interface); err == nil {
@@ -268,9 +304,9 @@ func xenBackend(t *testing.T, progress func(string)) *backend.Xen {
 	}
 }
 
-func spec(vm uint32, addr string) loader.BootSpec {
+func spec(vm uint32, addr, host netip.Addr) loader.BootSpec {
 	return loader.BootSpec{
-		VM: vm, Name: fmt.Sprintf("mlsg-vm%d", vm), Addr: netip.MustParseAddr(addr), HostAddr: hostAddr,
+		VM: vm, Name: fmt.Sprintf("mlsg-vm%d", vm), Addr: addr, HostAddr: host,
 		PrefixLen: 24, UpdatedPort: 7444,
 	}
 }
@@ -281,6 +317,14 @@ func guestSpec(t *testing.T, domid uint32, addr netip.Addr) agent.GuestSpec {
 		t.Fatal(err)
 	}
 	return agent.GuestSpec{Interface: backend.IfName(domid), VM: domid, App: 1, Range: r, Addr4: addr, AllowUnlabeled: true}
+}
+
+// guestSpecOf is guestSpec with the link Boot reports: host-side address
+// and MAC.
+func guestSpecOf(t *testing.T, g *loader.Guest) agent.GuestSpec {
+	s := guestSpec(t, g.VM, g.Addr)
+	s.HostAddr4, s.MAC = g.HostAddr, g.MAC
+	return s
 }
 
 // phases prints a start-up split into phases, each from the previous mark.

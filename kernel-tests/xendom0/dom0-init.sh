@@ -1,8 +1,7 @@
 #!/bin/sh
 # PID 1 of the Xen dom0 packed by kernel-tests/xendom0 (Debian's kernel as a
 # PV dom0 under Xen 4.17). It loads the Xen and network modules, starts the
-# Xen daemons (xenstored, xen-init-dom0, xenconsoled), makes the guests'
-# bridge, runs the job the host left in the 9p share under
+# Xen daemons (xenstored, xen-init-dom0, xenconsoled), runs the job the host left in the 9p share under
 # /mnt/.xendom0/<job>/, writes its exit code and times beside it, and powers
 # off. Console lines start with "xendom0:".
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
@@ -17,11 +16,10 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 mkdir -p /run/xen /run/xenstored /run/lock /var/log/xen/console /var/lib/xen
-JOB= BR=
+JOB=
 for w in $(cat /proc/cmdline); do
 	case $w in
 	xendom0.job=*) JOB=${w#xendom0.job=} ;;
-	xendom0.bridge=*) BR=${w#xendom0.bridge=} ;;
 	esac
 done
 say "init"
@@ -47,11 +45,7 @@ $XB/xen-init-dom0 >/dev/null 2>&1 || xen="xen-init-dom0 failed"
 $XB/xenconsoled --pid-file /run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console || xen="xenconsoled failed"
 say "xen daemons: $xen"
 
-# The guests' bridge: no STP, no forwarding delay, the host's address on it.
-if [ -n "$BR" ]; then
-	ip link add xenbr0 type bridge forward_delay 0 stp_state 0 &&
-		ip addr add "$BR" dev xenbr0 && ip link set xenbr0 up || xen="$xen; bridge failed"
-fi
+# No bridge: every guest's vif is a routed link of its own (vif-mlsgate).
 ip link set lo up
 
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 host0 /mnt; then

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 
 // harnessVersion changes whenever the way an image is built changes in a
 // way the hashed inputs do not show. Bumping it makes cached images stale.
-const harnessVersion = "xendom0-1"
+const harnessVersion = "xendom0-2"
 
 //go:embed dom0-init.sh
 var dom0Init string
@@ -29,8 +30,20 @@ var dom0Init string
 //go:embed guest-init.sh
 var guestInit string
 
-//go:embed vif-mlsgate
-var vifScript string
+// vifScriptSource is the project's vif hotplug script, shipped in deploy/
+// and packed into dom0 as it is.
+func vifScriptSource() (string, error) {
+	_, self, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("xendom0: cannot locate its own source to find deploy/xen/vif-mlsgate")
+	}
+	p := filepath.Join(filepath.Dir(self), "..", "..", "deploy", "xen", VifScript)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", fmt.Errorf("xendom0: the vif hotplug script: %w (run the tests from a source tree)", err)
+	}
+	return string(b), nil
+}
 
 // Paths and addresses inside dom0, for the tests that run there.
 const (
@@ -39,12 +52,11 @@ const (
 	GuestKernel = "/guest/vmlinux"
 	// GuestRamdisk is the tiny guest initramfs (see the package doc).
 	GuestRamdisk = "/guest/initrd"
-	// VifScript is mlsgate's hotplug script in /etc/xen/scripts, for the
-	// xl config's vif script= (loader/backend.Xen.Script).
-	VifScript = "vif-mlsgate"
-	// Bridge is the guests' bridge; BridgeAddr the host's address on it.
-	Bridge     = "xenbr0"
-	BridgeAddr = "10.99.0.1/24"
+	// VifScript is mlsgate's hotplug script (deploy/xen/vif-mlsgate) in
+	// /etc/xen/scripts, for the xl config's vif script=
+	// (loader/backend.Xen.Script). It reads its settings from VifDefaults.
+	VifScript   = "vif-mlsgate"
+	VifDefaults = "/etc/default/mlsgate-vif"
 	// XenBin holds xl's helpers and the Xen daemons.
 	XenBin = "/usr/lib/xen-4.17/bin"
 )
@@ -59,11 +71,12 @@ var XenPackages = []string{
 }
 
 // Dom0Modules are loaded by dom0's init, in order: Xen's back ends and
-// devices, the bridge, what the fast path and the agent need on a kernel
-// without tcx (clsact, cls_bpf, xfrm_user), and the 9p share.
+// devices (no bridge: guests get routed vifs), what the fast path and the
+// agent need on a kernel without tcx (clsact, cls_bpf, xfrm_user), and the
+// 9p share.
 var Dom0Modules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
-	"bridge", "veth", "sch_ingress", "cls_bpf", "xfrm_user",
+	"veth", "sch_ingress", "cls_bpf", "xfrm_user",
 	"virtio_pci", "9pnet_virtio", "9p",
 }
 
@@ -136,7 +149,11 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	if err != nil {
 		return nil, err
 	}
-	key, xenVersion, err := inputKey(deb, debs)
+	vifScript, err := vifScriptSource()
+	if err != nil {
+		return nil, err
+	}
+	key, xenVersion, err := inputKey(deb, debs, vifScript)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +171,7 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	if err := build(ctx, tmp, deb, release, xenVersion, debs, log); err != nil {
+	if err := build(ctx, tmp, deb, release, xenVersion, debs, vifScript, log); err != nil {
 		return nil, err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -238,7 +255,7 @@ func fetchXen(ctx context.Context, dir string, log io.Writer) ([]string, error) 
 // inputKey hashes what an image is made from: the builder, the scripts, the
 // module lists, the kernel and Xen packages (by name) and the host binaries
 // copied in (by size and time). It also returns the hypervisor's version.
-func inputKey(kernelDeb string, debs []string) (key, xenVersion string, err error) {
+func inputKey(kernelDeb string, debs []string, vifScript string) (key, xenVersion string, err error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n%s\n%s\n%s\n", harnessVersion, dom0Init, guestInit, vifScript,
 		strings.Join(Dom0Modules, " "), strings.Join(GuestModules, " "), strings.Join(xenBinaries, " "))
@@ -266,7 +283,7 @@ func inputKey(kernelDeb string, debs []string) (key, xenVersion string, err erro
 }
 
 // build makes a complete image in dir.
-func build(ctx context.Context, dir, kernelDeb, release, xenVersion string, debs []string, log io.Writer) error {
+func build(ctx context.Context, dir, kernelDeb, release, xenVersion string, debs []string, vifScript string, log io.Writer) error {
 	t := time.Now()
 	kroot, kernel, err := guestvm.UnpackKernel(ctx, kernelDeb, release, dir)
 	if err != nil {
@@ -295,7 +312,7 @@ func build(ctx context.Context, dir, kernelDeb, release, xenVersion string, debs
 	if err := buildGuest(ctx, kroot, release, guest); err != nil {
 		return err
 	}
-	if err := buildDom0(ctx, kroot, xroot, release, filepath.Join(dir, "vmlinux"), guest, filepath.Join(dir, "dom0.cpio")); err != nil {
+	if err := buildDom0(ctx, kroot, xroot, release, filepath.Join(dir, "vmlinux"), guest, vifScript, filepath.Join(dir, "dom0.cpio")); err != nil {
 		return err
 	}
 	fmt.Fprintf(log, "xendom0: dom0 and guest initramfs built (%.1fs)\n", time.Since(t).Seconds())
@@ -345,7 +362,7 @@ func buildGuest(ctx context.Context, kroot, release, out string) error {
 }
 
 // buildDom0 packs dom0's initramfs.
-func buildDom0(ctx context.Context, kroot, xroot, release, vmlinux, guestInitrd, out string) error {
+func buildDom0(ctx context.Context, kroot, xroot, release, vmlinux, guestInitrd, vifScript, out string) error {
 	stage, err := os.MkdirTemp(filepath.Dir(out), "dom0-")
 	if err != nil {
 		return err

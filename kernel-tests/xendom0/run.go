@@ -121,7 +121,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	serialPath := filepath.Join(share, "serial.log")
-	dom0Args := "console=hvc0 quiet xendom0.job=" + id + " xendom0.bridge=" + BridgeAddr
+	dom0Args := "console=hvc0 quiet xendom0.job=" + id
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + serialPath,

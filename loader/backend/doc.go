@@ -5,8 +5,10 @@
 //     For development and tests: no kernel of its own, but the same
 //     host-side interface names, addresses and daemon as a real guest.
 //   - QEMU: a QEMU/KVM (or TCG) guest with a tap named vif<VM>.0.
-//   - Xen: a paravirtualized domain created with the xl toolstack; its
-//     backend interface is vif<domid>.0, named by the toolstack.
+//   - Xen: a paravirtualized domain created paused with the xl toolstack;
+//     its backend interface is vif<domid>.0, named by the toolstack and
+//     routed by mlsgate's hotplug script (deploy/xen/vif-mlsgate), and the
+//     guest runs only once the agent reports that vif attached.
 //
 // All three give the guest its link addresses the same way the guest's init
 // expects them (InitScript, the mlsgate.* kernel command-line keys) and wait,

@@ -16,6 +16,13 @@ type InitOptions struct {
 	Modules []string
 	// Interface is the guest's NIC; "eth0" when empty.
 	Interface string
+	// SELinux loads the image's SELinux policy store (load_policy, the
+	// store /etc/selinux/config names; kernel-tests/guestvm builds one)
+	// before the daemon starts, so the daemon installs bundles' modules
+	// with semodule. The kernel needs SELinux on its command line
+	// (QEMU.ExtraAppend "lsm=lockdown,yama,selinux,bpf"). A guest that
+	// cannot load the policy powers off: it never runs the daemon without.
+	SELinux bool
 }
 
 // InitScript returns a busybox sh script to be a QEMU or Xen guest's /init
@@ -28,7 +35,8 @@ type InitOptions struct {
 //   - the update daemon's credentials are in GuestCredDir (CertFile,
 //     KeyFile, CAFile), delivered by the backend in an initramfs overlay
 //     (CredentialFiles, AppendInitramfs);
-//   - the init mounts /proc, /sys, /dev, /tmp and /run, loads Modules,
+//   - the init mounts /proc, /sys, /dev, /tmp and /run, loads the SELinux
+//     policy store when asked (InitOptions.SELinux), loads Modules,
 //     gives Interface the address and a default route via the gateway, and
 //     runs `<Binary> updated` with DaemonArgs (listening on the guest
 //     address, state in GuestStateDir), logging to the console. When the
@@ -55,6 +63,20 @@ func InitScript(opts InitOptions) string {
 	for i, m := range opts.Modules {
 		mods[i] = shellQuote(m)
 	}
+	sel := ""
+	if opts.SELinux {
+		sel = `if ! grep -qw selinuxfs /proc/filesystems; then
+	say "SELinux asked for, but the kernel has none (boot with lsm=lockdown,yama,selinux,bpf); powering off"
+	poweroff -f
+fi
+mount -t selinuxfs selinuxfs /sys/fs/selinux 2>/dev/null
+if ! load_policy; then
+	say "cannot load the SELinux policy store named in /etc/selinux/config; powering off"
+	poweroff -f
+fi
+say "SELinux policy loaded from the store, enforce=$(cat /sys/fs/selinux/enforce)"
+`
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `#!/bin/sh
 # PID 1 of an mlsgate guest, written by loader/backend.InitScript: it sets
@@ -68,7 +90,7 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 exec </dev/console >/dev/console 2>&1
 say "init starts"
-
+%[9]s
 ADDR= GW= PORT=
 for w in $(cat /proc/cmdline); do
 	case $w in
@@ -115,7 +137,7 @@ wait $!
 say "update daemon exited with status $?; powering off"
 poweroff -f
 `, KeyAddr, KeyGateway, KeyPort, strings.Join(mods, " "), shellQuote(iface),
-		shellQuote(GuestStateDir), shellQuote(bin), strings.Join(args, " "))
+		shellQuote(GuestStateDir), shellQuote(bin), strings.Join(args, " "), sel)
 	return b.String()
 }
 

@@ -175,6 +175,51 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 	}
 }
 
+// TestPrivilegedQEMUBootSELinux boots the guestvm image as a product guest
+// with SELinux asked for: the kernel with SELinux on its command line, the
+// init loading the image's module store before it starts the daemon, which
+// then answers. (Without SELinux on the command line the init powers off
+// and Boot fails.)
+func TestPrivilegedQEMUBootSELinux(t *testing.T) {
+	requirePrivileged(t)
+	if _, err := exec.LookPath(DefaultQEMUBinary); err != nil {
+		t.Skip("needs qemu-system-x86_64: run 'make deps-guest'")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	img, err := guestvm.Prepare(ctx, "", nil)
+	if errors.Is(err, guestvm.ErrMissingTools) {
+		t.Skipf("guest image: %v (run 'make deps-guest')", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	initrd, _ := guestInitrdWith(t, img, InitOptions{SELinux: true})
+	sp, pool := testSpec(t, qemuVM, "10.70.0.7", "10.70.0.1", 24)
+	state := t.TempDir()
+	q := &QEMU{Kernel: img.Kernel, Initrd: initrd, Accel: testAccel(), StateDir: state,
+		ExtraAppend: "lsm=lockdown,yama,selinux,bpf", Progress: func(s string) { t.Log(s) }}
+	err = inFreshNetns(func() error {
+		g, err := q.Boot(ctx, sp)
+		if err != nil {
+			return fmt.Errorf("Boot: %w", err)
+		}
+		defer q.Destroy(context.Background(), g)
+		log := filepath.Join(state, "vm60020", "serial.log")
+		serial, _ := os.ReadFile(log)
+		if !strings.Contains(string(serial), "mlsgate-init: SELinux policy loaded from the store, enforce=0") {
+			t.Errorf("the init did not load the store's policy; console:\n%s", tailFile(log, 1500))
+		}
+		if _, err := greet(ctx, g.UpdatedAddr, pool); err != nil {
+			return fmt.Errorf("TLS to the guest's daemon: %w", err)
+		}
+		return q.Destroy(ctx, g)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // inFreshNetns runs fn on a thread in a new, unnamed network namespace; the
 // processes fn starts inherit it, and it disappears with them and the
 // thread, which is never handed back to Go.
@@ -213,6 +258,12 @@ func testAccel() string {
 // virtio-net driver (which the guestvm image does not pack) taken from the
 // cached kernel package.
 func guestInitrd(t *testing.T, img *guestvm.Image) (string, []string) {
+	return guestInitrdWith(t, img, InitOptions{})
+}
+
+// guestInitrdWith is guestInitrd with the init's options (Modules are set
+// here).
+func guestInitrdWith(t *testing.T, img *guestvm.Image, opts InitOptions) (string, []string) {
 	t.Helper()
 	debs, _ := filepath.Glob(filepath.Join(guestvm.DefaultCacheDir(), "debs", "linux-image-"+img.KernelRelease+"_*.deb"))
 	if len(debs) == 0 {
@@ -241,7 +292,8 @@ func guestInitrd(t *testing.T, img *guestvm.Image) (string, []string) {
 		files = append(files, File{Path: guestPath, Mode: 0o644, Data: data})
 		modules = append(modules, guestPath)
 	}
-	files = append(files, File{Path: "init", Mode: 0o755, Data: []byte(InitScript(InitOptions{Modules: modules}))})
+	opts.Modules = modules
+	files = append(files, File{Path: "init", Mode: 0o755, Data: []byte(InitScript(opts))})
 	out := filepath.Join(dir, "initrd")
 	if err := AppendInitramfs(out, img.Initrd, files); err != nil {
 		t.Fatal(err)

@@ -259,3 +259,31 @@ func TestNetnsBootRefusesBadSpec(t *testing.T) {
 		t.Errorf("Destroy of a foreign handle: %v", err)
 	}
 }
+
+// TestInitScriptSELinux: asked for SELinux, the init loads the store's
+// policy before the daemon and powers off when it cannot; not asked, it
+// leaves SELinux alone.
+func TestInitScriptSELinux(t *testing.T) {
+	s := InitScript(InitOptions{SELinux: true})
+	load, daemon := strings.Index(s, "if ! load_policy; then"), strings.Index(s, "updated --listen")
+	if load < 0 || daemon < 0 || load > daemon {
+		t.Errorf("load_policy must run before the daemon starts:\n%s", s)
+	}
+	if !strings.Contains(s, "cannot load the SELinux policy store named in /etc/selinux/config; powering off\"\n\tpoweroff -f") {
+		t.Errorf("a failed load_policy must power the guest off:\n%s", s)
+	}
+	if plain := InitScript(InitOptions{}); strings.Contains(plain, "load_policy") || strings.Contains(plain, "selinuxfs") {
+		t.Errorf("SELinux not asked for, yet the init touches it:\n%s", plain)
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh to check the script's syntax")
+	}
+	f := filepath.Join(t.TempDir(), "init")
+	if err := os.WriteFile(f, []byte(s), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(sh, "-n", f).CombinedOutput(); err != nil {
+		t.Errorf("sh -n: %v\n%s", err, out)
+	}
+}

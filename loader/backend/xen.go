@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,24 +17,39 @@ import (
 // Defaults of the Xen backend.
 const (
 	DefaultXenConfigDir = "/var/lib/mlsgate/xen"
-	DefaultXenBridge    = "xenbr0"
-	DefaultXenMemory    = 128 // MiB
+	// DefaultXenScript is mlsgate's vif hotplug script (deploy/xen), in
+	// xl's script directory (/etc/xen/scripts).
+	DefaultXenScript = "vif-mlsgate"
+	DefaultXenMemory = 128 // MiB
 	// maxDomid is the last domid Xen gives a guest (DOMID_FIRST_RESERVED-1).
 	maxDomid = 0x7fef
 )
 
 // Xen boots paravirtualized Xen guests with the xl toolstack on a dom0.
 //
-// Boot writes the domain's xl config (Config) to ConfigDir/<name>.cfg, runs
-// `xl create` on it and learns the domid the toolstack chose from
-// `xl domid <name>`: the backend vif is then vif<domid>.0, named by the
-// toolstack (the config sets no vifname), and Guest.VM is the domid. The
-// guest learns its link from the mlsgate.* keys on its command line (extra=)
-// and finds its update-daemon credentials under GuestCredDir in a per-guest
-// ramdisk: Ramdisk with CredentialFiles appended, written 0600 to
+// Each guest gets a point-to-point routed vif, never a bridge shared with
+// other guests: the vif hotplug script (Script, deploy/xen/vif-mlsgate) puts
+// the host's end of the link (BootSpec.HostAddr, the first address of the
+// guest's prefix) on vif<domid>.0 and a host route to the guest's address
+// through it, so every packet between two guests crosses dom0 and its
+// labeled IPsec. The guest's MAC (loader.GuestMAC of BootSpec.VM) and
+// address are fixed in the vif config, where the script reads them from
+// xenstore.
+//
+// Boot writes the domain's xl config (Config) to ConfigDir/<name>.cfg and
+// creates the domain paused (`xl create -p`); it learns the domid the
+// toolstack chose from `xl domid <name>`, so the backend vif is
+// vif<domid>.0 and Guest.VM is the domid. It then declares the vif to the
+// host agent (Created), waits until the agent reports the fast path attached
+// to it (Attached), and only then runs the guest (`xl unpause`): not one of
+// the guest's frames crosses an unfiltered vif. The guest learns its link
+// from the mlsgate.* keys on its command line (extra=) and finds its
+// update-daemon credentials under GuestCredDir in a per-guest ramdisk:
+// Ramdisk with CredentialFiles appended, written 0600 to
 // ConfigDir/<name>.initrd and removed as soon as `xl create` has loaded it
-// into the domain. Boot then waits until vif<domid>.0 exists and the daemon
-// answers (Ready). Guest.Handle is the domain name.
+// into the domain. Boot finally waits until the daemon answers (Ready).
+// Guest.Handle is the domain name. Any failure after `xl create` destroys
+// the domain.
 type Xen struct {
 	// XL is the path of xl; "xl" when empty.
 	XL string
@@ -49,21 +65,20 @@ type Xen struct {
 	Kernel, Ramdisk, ExtraCmdline string
 	// Memory (MiB, default DefaultXenMemory) and VCPUs (default 1).
 	Memory, VCPUs int
-	// Bridge the vif joins; DefaultXenBridge when empty. The host's
-	// address for the guests (BootSpec.HostAddr) lives on it.
-	Bridge string
-	// Script is the vif hotplug script; empty leaves xl's default
-	// (vif-bridge).
+	// Script is the vif hotplug script; DefaultXenScript when empty. It
+	// must make the routed link deploy/xen/vif-mlsgate makes.
 	Script string
-	// Ready waits until the booted guest's host interface exists and its
+	// Created is called as soon as the new, still paused domain's id is
+	// known: the loader declares vif<domid>.0 (g.Interface) to the host
+	// agent there, with g's addresses and MAC. Attached then waits, bounded
+	// by ctx, until the agent reports its programs attached to that vif.
+	// Both are required; an error from either destroys the domain.
+	Created  func(ctx context.Context, g *loader.Guest) error
+	Attached func(ctx context.Context, g *loader.Guest) error
+	// Ready waits until the running guest's host interface exists and its
 	// update daemon answers, bounded by ctx. nil checks for g.Interface in
 	// the caller's namespace, then dials g.UpdatedAddr.
 	Ready func(ctx context.Context, g *loader.Guest) error
-	// Created, when set, is called as soon as the new domain's id is known,
-	// before Boot waits for the guest: the loader declares vif<domid>.0 to
-	// the host agent there, so the fast path attaches when the vif appears
-	// rather than after the guest is up. An error destroys the domain.
-	Created func(ctx context.Context, g *loader.Guest) error
 	// Progress, when set, receives a line per step with its time.
 	Progress func(string)
 }
@@ -127,31 +142,39 @@ func (x *Xen) Config(spec loader.BootSpec) (string, error) {
 	if mem < 32 || vcpus < 1 || vcpus > 128 {
 		return "", fmt.Errorf("xen backend: memory %d MiB and %d vCPUs: give at least 32 MiB and 1-128 vCPUs", mem, vcpus)
 	}
-	bridge := x.Bridge
-	if bridge == "" {
-		bridge = DefaultXenBridge
+	if spec.VM >= 1<<24 {
+		return "", fmt.Errorf("xen backend: vm%d: the guest's MAC (loader.GuestMAC) carries the low 24 bits of the VM id, so ids from %d up would share MACs with lower ones; number guests below %d", spec.VM, 1<<24, 1<<24)
+	}
+	script := x.Script
+	if script == "" {
+		script = DefaultXenScript
+	}
+	// The hotplug script finds the host's end of the link as the first
+	// address of the guest's prefix (a gateway's usual place).
+	pfx := netip.PrefixFrom(spec.Addr, spec.PrefixLen).Masked()
+	if want := pfx.Addr().Next(); spec.HostAddr != want {
+		return "", fmt.Errorf("xen backend: vm%d: host address %s is not the first address of the guest's prefix %s; the vif hotplug script puts %s on the guest's vif, so give HostAddr %s (or another guest prefix)",
+			spec.VM, spec.HostAddr, pfx, want, want)
 	}
 	extra := strings.TrimSpace(x.ExtraCmdline + " " + Cmdline(spec))
 	for _, v := range []struct{ field, val, forbid string }{
 		{"Kernel", x.Kernel, "\"\n\\"},
 		{"Ramdisk", ramdisk, "\"\n\\"},
 		{"ExtraCmdline", extra, "\"\n\\"},
-		{"Bridge", bridge, "\"'\n\\,= "},
-		{"Script", x.Script, "\"'\n\\,= "},
+		{"Script", script, "\"'\n\\,= "},
 	} {
 		if strings.ContainsAny(v.val, v.forbid) || strings.ContainsFunc(v.val, func(r rune) bool { return r < ' ' || r > '~' }) {
 			return "", fmt.Errorf("xen backend: Xen.%s %q holds one of %q, or a non-printable or non-ASCII character, which xl's config syntax cannot carry here; rename it", v.field, v.val, v.forbid)
 		}
 	}
-	vif := "bridge=" + bridge + ",mac=" + MAC(spec.VM).String()
-	if x.Script != "" {
-		vif += ",script=" + x.Script
-	}
+	// No bridge=: the script routes the vif. ip= carries the guest's
+	// address with its prefix, from which the script takes the host's.
+	vif := "mac=" + loader.GuestMAC(spec.VM) + ",ip=" + netip.PrefixFrom(spec.Addr, spec.PrefixLen).String() + ",script=" + script
 	name := guestName(spec)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s: written by mlsgate's loader (loader/backend.Xen) for `xl create`.\n", name)
-	fmt.Fprintf(&b, "# The toolstack names the backend interface vif<domid>.0; the guest's init\n")
-	fmt.Fprintf(&b, "# reads its link from the mlsgate.* keys in extra.\n")
+	fmt.Fprintf(&b, "# The toolstack names the backend interface vif<domid>.0, routed by the hotplug\n")
+	fmt.Fprintf(&b, "# script (no bridge); the guest's init reads its link from the mlsgate.* keys.\n")
 	fmt.Fprintf(&b, "name = \"%s\"\n", name)
 	fmt.Fprintf(&b, "type = \"pv\"\n")
 	fmt.Fprintf(&b, "kernel = \"%s\"\n", x.Kernel)
@@ -175,6 +198,9 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 	cfg, err := x.Config(spec)
 	if err != nil {
 		return nil, err
+	}
+	if x.Created == nil || x.Attached == nil {
+		return nil, errors.New("xen backend: Xen.Created and Xen.Attached must both be set: a guest runs only once the agent filters its vif (loader/wire sets them to declare the vif and wait for the agent)")
 	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()
@@ -212,14 +238,17 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 	if err := writeFileAtomic(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, fmt.Errorf("xen backend: %w", err)
 	}
-	if _, err := x.xl(ctx, "create", cfgPath); err != nil {
-		// xl create tears down a domain it failed to build. Destroying by
-		// name here could kill another guest: the usual failure is that
-		// the name is taken.
+	// -p: the domain is built with its vif but its vCPUs do not run until
+	// the agent filters that vif.
+	if _, err := x.xl(ctx, "create", "-p", cfgPath); err != nil {
+		// xl create tears down a domain it failed to build (a hotplug
+		// script that exits non-zero included). Destroying by name here
+		// could kill another guest: the usual failure is that the name is
+		// taken.
 		return nil, fmt.Errorf("xen backend: create %s: %w", name, err)
 	}
 	created = true
-	progress(x.Progress, "%s: xl create returned at %v", name, time.Since(start))
+	progress(x.Progress, "%s: xl create -p returned at %v", name, time.Since(start))
 	out, err := x.xl(ctx, "domid", name)
 	if err != nil {
 		return nil, fmt.Errorf("xen backend: domid of %s: %w", name, err)
@@ -230,15 +259,21 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 	}
 	g := &loader.Guest{
 		VM: domid, Name: name, Backend: x.Name(), Interface: IfName(domid),
-		Addr: spec.Addr, HostAddr: spec.HostAddr, UpdatedAddr: UpdatedAddr(spec),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, MAC: loader.GuestMAC(spec.VM), UpdatedAddr: UpdatedAddr(spec),
 		Handle: name, Template: spec.Template,
 	}
 	progress(x.Progress, "%s: domid %d, vif %s", name, domid, g.Interface)
-	if x.Created != nil {
-		if err := x.Created(ctx, g); err != nil {
-			return nil, fmt.Errorf("xen backend: %s (domid %d): %w", name, domid, err)
-		}
+	if err := x.Created(ctx, g); err != nil {
+		return nil, fmt.Errorf("xen backend: declare %s (domid %d) to the agent: %w", g.Interface, domid, err)
 	}
+	if err := x.Attached(ctx, g); err != nil {
+		return nil, fmt.Errorf("xen backend: %s (domid %d): the agent did not report the fast path attached to %s: %w", name, domid, g.Interface, err)
+	}
+	progress(x.Progress, "%s: %s attached at %v", name, g.Interface, time.Since(start))
+	if _, err := x.xl(ctx, "unpause", name); err != nil {
+		return nil, fmt.Errorf("xen backend: unpause %s: %w", name, err)
+	}
+	progress(x.Progress, "%s: unpaused at %v", name, time.Since(start))
 	ready := x.Ready
 	if ready == nil {
 		ready = defaultReady

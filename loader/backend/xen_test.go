@@ -29,12 +29,12 @@ func analystSpec(t *testing.T) loader.BootSpec {
 func analystXen(dir string) *Xen {
 	return &Xen{
 		ConfigDir: dir, Kernel: "/var/lib/mlsgate/guest/vmlinux", Ramdisk: "/var/lib/mlsgate/guest/initrd.gz",
-		ExtraCmdline: "console=hvc0 quiet", Script: "vif-fast",
+		ExtraCmdline: "console=hvc0 quiet",
 	}
 }
 
 func TestXenConfigGolden(t *testing.T) {
-	big := loader.BootSpec{VM: 1<<24 + 5, Name: "osint-1", Addr: netip.MustParseAddr("192.168.5.2"),
+	big := loader.BootSpec{VM: 1<<24 - 5, Name: "osint-1", Addr: netip.MustParseAddr("192.168.5.2"),
 		HostAddr: netip.MustParseAddr("192.168.5.1"), PrefixLen: 30, UpdatedPort: 9000, Template: "osint"}
 	cases := map[string]struct {
 		xen  *Xen
@@ -45,8 +45,8 @@ func TestXenConfigGolden(t *testing.T) {
 		// every default.
 		"defaults-ipv6": {&Xen{Kernel: "/boot/vmlinux"}, loader.BootSpec{VM: 70000,
 			Addr: netip.MustParseAddr("fd70::7"), HostAddr: netip.MustParseAddr("fd70::1"), PrefixLen: 64, UpdatedPort: 7444}},
-		// An id past 2^24 takes the locally administered MAC.
-		"large-id": {&Xen{Kernel: "/boot/vmlinux", Ramdisk: "/boot/initrd", Memory: 512, VCPUs: 2, Bridge: "xenbr1"}, big},
+		// A /30 link, more memory and vCPUs.
+		"small-link": {&Xen{Kernel: "/boot/vmlinux", Ramdisk: "/boot/initrd", Memory: 512, VCPUs: 2}, big},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -81,6 +81,10 @@ func TestXenConfigErrors(t *testing.T) {
 	noCreds.UpdatedCertPEM, noCreds.UpdatedKeyPEM, noCreds.CAPEM = nil, nil, nil
 	badSpec := sp
 	badSpec.VM = 0
+	bigID := noCreds
+	bigID.VM = 1<<24 + 7
+	farHost := noCreds
+	farHost.HostAddr = netip.MustParseAddr("10.70.0.9")
 	cases := map[string]struct {
 		xen  *Xen
 		spec loader.BootSpec
@@ -89,8 +93,10 @@ func TestXenConfigErrors(t *testing.T) {
 		"no kernel":               {&Xen{Ramdisk: "/r"}, sp, "Xen.Kernel is empty"},
 		"credentials, no ramdisk": {&Xen{Kernel: "/k"}, sp, "Xen.Ramdisk is empty"},
 		"quote in extra":          {&Xen{Kernel: "/k", ExtraCmdline: `init="/x"`}, noCreds, "Xen.ExtraCmdline"},
-		"comma in bridge":         {&Xen{Kernel: "/k", Bridge: "br0,script=evil"}, noCreds, "Xen.Bridge"},
+		"comma in script":         {&Xen{Kernel: "/k", Script: "vif-route,bridge=xenbr0"}, noCreds, "Xen.Script"},
 		"space in script":         {&Xen{Kernel: "/k", Script: "vif fast"}, noCreds, "Xen.Script"},
+		"id past 24 bits":         {&Xen{Kernel: "/k"}, bigID, "share MACs"},
+		"host not first address":  {&Xen{Kernel: "/k"}, farHost, "give HostAddr 10.70.0.1"},
 		"tiny memory":             {&Xen{Kernel: "/k", Memory: 16}, noCreds, "at least 32 MiB"},
 		"bad spec":                {&Xen{Kernel: "/k"}, badSpec, "VM id 0"},
 	}
@@ -141,10 +147,13 @@ func TestXenBootFlows(t *testing.T) {
 		dir := t.TempDir()
 		x := analystXen(dir)
 		x.XL, x.Ramdisk, x.Run = "/usr/sbin/xl", base, f.run
+		x.Created = func(context.Context, *loader.Guest) error { return nil }
+		x.Attached = func(context.Context, *loader.Guest) error { return nil }
 		return x, dir
 	}
 	sp := analystSpec(t)
-	created := []string{"/usr/sbin/xl create " + "CFG", "/usr/sbin/xl domid mlsg-vm7"}
+	created := []string{"/usr/sbin/xl create -p " + "CFG", "/usr/sbin/xl domid mlsg-vm7"}
+	unpaused := append(slices.Clone(created), "/usr/sbin/xl unpause mlsg-vm7")
 	expect := func(dir string, lines ...string) []string {
 		out := slices.Clone(lines)
 		for i := range out {
@@ -164,9 +173,13 @@ func TestXenBootFlows(t *testing.T) {
 		f.answers = map[string]func([]string) ([]byte, error){
 			"create": func(args []string) ([]byte, error) {
 				// What xl would read: the config, and the ramdisk it names.
-				cfg, err := os.ReadFile(args[1])
+				if len(args) != 3 || args[1] != "-p" {
+					t.Errorf("xl %q: want create -p CONFIG, the domain paused until its vif is filtered", args)
+					return nil, errors.New("bad args")
+				}
+				cfg, err := os.ReadFile(args[2])
 				if err != nil || string(cfg) != wantCfg {
-					t.Errorf("at xl create, %s holds %q (%v), want the config", args[1], cfg, err)
+					t.Errorf("at xl create, %s holds %q (%v), want the config", args[2], cfg, err)
 				}
 				rd := filepath.Join(dir, "mlsg-vm7.initrd")
 				if !strings.Contains(string(cfg), fmt.Sprintf("ramdisk = %q", rd)) {
@@ -181,12 +194,19 @@ func TestXenBootFlows(t *testing.T) {
 						t.Errorf("per-guest ramdisk is not the base padded to 4 bytes and a newc archive holding the key:\n%q", data[:min(len(data), 200)])
 					}
 				}
-				return []byte("Parsing config from " + args[1] + "\n"), nil
+				return []byte("Parsing config from " + args[2] + "\n"), nil
 			},
 			"domid": func([]string) ([]byte, error) { return []byte("3\n"), nil },
 		}
+		// Every step records the xl commands run before it: the guest is
+		// declared and attached while paused, unpaused, then waited for.
+		step := func(name string, g *loader.Guest) {
+			seen = append(seen, fmt.Sprintf("%s %s %s after %d xl", name, g.Interface, g.MAC, len(f.calls)))
+		}
+		x.Created = func(_ context.Context, g *loader.Guest) error { step("created", g); return nil }
+		x.Attached = func(_ context.Context, g *loader.Guest) error { step("attached", g); return nil }
 		x.Ready = func(ctx context.Context, g *loader.Guest) error {
-			seen = append(seen, g.Interface+" "+g.UpdatedAddr)
+			step("ready "+g.UpdatedAddr, g)
 			return nil
 		}
 		g, err := x.Boot(context.Background(), sp)
@@ -194,15 +214,18 @@ func TestXenBootFlows(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := loader.Guest{VM: 3, Name: "mlsg-vm7", Backend: "xen", Interface: "vif3.0", Addr: sp.Addr, HostAddr: sp.HostAddr,
-			UpdatedAddr: "10.70.0.7:7444", Handle: "mlsg-vm7", Template: "analyst"}
+			MAC: "02:6d:6c:00:00:07", UpdatedAddr: "10.70.0.7:7444", Handle: "mlsg-vm7", Template: "analyst"}
 		if *g != want {
 			t.Errorf("Boot = %+v, want %+v", *g, want)
 		}
-		if got, want := f.lines(), expect(dir, created...); !slices.Equal(got, want) {
+		if got, want := f.lines(), expect(dir, unpaused...); !slices.Equal(got, want) {
 			t.Errorf("xl commands %q, want %q", got, want)
 		}
-		if !slices.Equal(seen, []string{"vif3.0 10.70.0.7:7444"}) {
-			t.Errorf("Ready saw %q", seen)
+		if want := []string{
+			"created vif3.0 02:6d:6c:00:00:07 after 2 xl", "attached vif3.0 02:6d:6c:00:00:07 after 2 xl",
+			"ready 10.70.0.7:7444 vif3.0 02:6d:6c:00:00:07 after 3 xl",
+		}; !slices.Equal(seen, want) {
+			t.Errorf("steps %q, want %q", seen, want)
 		}
 		if _, err := os.Stat(filepath.Join(dir, "mlsg-vm7.initrd")); !os.IsNotExist(err) {
 			t.Errorf("the ramdisk holding the key outlived xl create: %v", err)
@@ -224,7 +247,7 @@ func TestXenBootFlows(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got, want := f.lines()[2:], []string{
+		if got, want := f.lines()[3:], []string{
 			"/usr/sbin/xl pause mlsg-vm7", "/usr/sbin/xl unpause mlsg-vm7",
 			"/usr/sbin/xl destroy mlsg-vm7", "/usr/sbin/xl destroy mlsg-vm7",
 		}; !slices.Equal(got, want) {
@@ -236,17 +259,47 @@ func TestXenBootFlows(t *testing.T) {
 	})
 
 	failures := map[string]struct {
-		answers map[string]func([]string) ([]byte, error)
-		ready   error
-		lines   []string // after CFG substitution
-		want    string
+		answers           map[string]func([]string) ([]byte, error)
+		created, attached error
+		ready             error
+		lines             []string // after CFG substitution
+		want              string
 	}{
+		"agent refuses the declaration": {
+			created: errors.New("agent: PUT /v1/guests/vif12.0: 422"),
+			answers: map[string]func([]string) ([]byte, error){"domid": func([]string) ([]byte, error) { return []byte("12\n"), nil }},
+			lines:   append(slices.Clone(created), "/usr/sbin/xl destroy mlsg-vm7"),
+			want:    "declare vif12.0 (domid 12) to the agent: agent: PUT",
+		},
+		"agent never attaches": {
+			attached: context.DeadlineExceeded,
+			answers:  map[string]func([]string) ([]byte, error){"domid": func([]string) ([]byte, error) { return []byte("12\n"), nil }},
+			lines:    append(slices.Clone(created), "/usr/sbin/xl destroy mlsg-vm7"),
+			want:     "did not report the fast path attached to vif12.0",
+		},
+		"unpause fails": {
+			answers: map[string]func([]string) ([]byte, error){
+				"domid":   func([]string) ([]byte, error) { return []byte("12\n"), nil },
+				"unpause": func(a []string) ([]byte, error) { return xlFailure("libxl: error: unpause failed\n", a...) },
+			},
+			lines: append(slices.Clone(unpaused), "/usr/sbin/xl destroy mlsg-vm7"),
+			want:  "unpause mlsg-vm7",
+		},
 		"create fails": {
 			answers: map[string]func([]string) ([]byte, error){"create": func(a []string) ([]byte, error) {
 				return xlFailure("libxl: error: libxl_domain.c: Domain with name mlsg-vm7 already exists\n", a...)
 			}},
-			lines: []string{"/usr/sbin/xl create CFG"},
+			lines: []string{"/usr/sbin/xl create -p CFG"},
 			want:  "already exists",
+		},
+		// The hotplug script exits non-zero when the agent does not answer:
+		// xl create fails and tears the domain down itself.
+		"hotplug script refuses the vif": {
+			answers: map[string]func([]string) ([]byte, error){"create": func(a []string) ([]byte, error) {
+				return xlFailure("libxl: error: libxl_exec.c: /etc/xen/scripts/vif-mlsgate online [-1] exited with error status 1\n", a...)
+			}},
+			lines: []string{"/usr/sbin/xl create -p CFG"},
+			want:  "vif-mlsgate online",
 		},
 		"domid not a number": {
 			answers: map[string]func([]string) ([]byte, error){"domid": func([]string) ([]byte, error) { return []byte("Parsing config\n"), nil }},
@@ -268,7 +321,7 @@ func TestXenBootFlows(t *testing.T) {
 		"daemon never answers": {
 			answers: map[string]func([]string) ([]byte, error){"domid": func([]string) ([]byte, error) { return []byte("12\n"), nil }},
 			ready:   context.DeadlineExceeded,
-			lines:   append(slices.Clone(created), "/usr/sbin/xl destroy mlsg-vm7"),
+			lines:   append(slices.Clone(unpaused), "/usr/sbin/xl destroy mlsg-vm7"),
 			want:    "mlsg-vm7 (domid 12): context deadline exceeded",
 		},
 		"destroy after failure fails too": {
@@ -277,7 +330,7 @@ func TestXenBootFlows(t *testing.T) {
 				"destroy": func(a []string) ([]byte, error) { return xlFailure("libxl: error: timed out\n", a...) },
 			},
 			ready: errors.New("interface vif12.0 did not appear"),
-			lines: append(slices.Clone(created), "/usr/sbin/xl destroy mlsg-vm7"),
+			lines: append(slices.Clone(unpaused), "/usr/sbin/xl destroy mlsg-vm7"),
 			want:  "cleanup also failed",
 		},
 	}
@@ -285,6 +338,8 @@ func TestXenBootFlows(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f := &fakeXL{answers: c.answers}
 			x, dir := newXen(t, f)
+			x.Created = func(context.Context, *loader.Guest) error { return c.created }
+			x.Attached = func(context.Context, *loader.Guest) error { return c.attached }
 			x.Ready = func(context.Context, *loader.Guest) error { return c.ready }
 			_, err := x.Boot(context.Background(), sp)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -318,44 +373,28 @@ func TestXenDestroyErrors(t *testing.T) {
 	}
 }
 
-// TestXenCreatedHook: the loader learns the domid before Boot waits for the
-// guest, so it can declare vif<domid>.0 to the agent; a refusal destroys
-// the new domain.
-func TestXenCreatedHook(t *testing.T) {
-	base := filepath.Join(t.TempDir(), "initrd.gz")
-	if err := os.WriteFile(base, []byte("BASE!"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, refuse := range []bool{false, true} {
-		f := &fakeXL{answers: map[string]func([]string) ([]byte, error){
-			"domid": func([]string) ([]byte, error) { return []byte("12\n"), nil },
-		}}
-		x := analystXen(t.TempDir())
-		x.XL, x.Ramdisk, x.Run = "/usr/sbin/xl", base, f.run
-		var order []string
-		x.Created = func(_ context.Context, g *loader.Guest) error {
-			order = append(order, "created "+g.Interface)
-			if refuse {
-				return errors.New("agent refused")
+// TestXenBootNeedsHooks: without a way to declare the vif and wait for the
+// agent, Boot refuses before it creates anything: the guest would run on an
+// unfiltered vif.
+func TestXenBootNeedsHooks(t *testing.T) {
+	sp := analystSpec(t)
+	sp.UpdatedCertPEM, sp.UpdatedKeyPEM, sp.CAPEM = nil, nil, nil
+	hook := func(context.Context, *loader.Guest) error { return nil }
+	for name, x := range map[string]*Xen{
+		"neither":     {Kernel: "/k"},
+		"no Attached": {Kernel: "/k", Created: hook},
+		"no Created":  {Kernel: "/k", Attached: hook},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := &fakeXL{}
+			x.Run, x.ConfigDir = f.run, t.TempDir()
+			_, err := x.Boot(context.Background(), sp)
+			if err == nil || !strings.Contains(err.Error(), "Xen.Created and Xen.Attached") {
+				t.Fatalf("Boot: %v, want a refusal naming the hooks", err)
 			}
-			return nil
-		}
-		x.Ready = func(_ context.Context, g *loader.Guest) error {
-			order = append(order, "ready")
-			return nil
-		}
-		g, err := x.Boot(context.Background(), analystSpec(t))
-		if refuse {
-			if err == nil || !strings.Contains(err.Error(), "agent refused") {
-				t.Fatalf("refused hook: %v", err)
+			if len(f.calls) != 0 {
+				t.Errorf("Boot ran xl %q", f.lines())
 			}
-			if last := f.lines()[len(f.lines())-1]; last != "/usr/sbin/xl destroy mlsg-vm7" {
-				t.Fatalf("domain not destroyed after the hook refused: %v", f.lines())
-			}
-			continue
-		}
-		if err != nil || g.Interface != "vif12.0" || strings.Join(order, ",") != "created vif12.0,ready" {
-			t.Fatalf("boot: %v %+v, order %v", err, g, order)
-		}
+		})
 	}
 }

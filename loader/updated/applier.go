@@ -17,8 +17,15 @@ import (
 // daemon calls them in the order declared here.
 type Applier interface {
 	// InstallModules compiles the guest's SELinux modules and loads them
-	// where SELinux is active, all or none.
-	InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error)
+	// where SELinux is active, all or none; in the same transaction it
+	// removes the modules named in drop (the previous bundle's that this
+	// one no longer carries).
+	InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error)
+	// RestoreModules undoes InstallModules after a later step failed:
+	// the modules installed lists what it loaded, prev the modules of the
+	// bundle in force before (none before the first). All or none: on
+	// error the policy holds what it held before the call.
+	RestoreModules(ctx context.Context, installed ModulesReport, prev []policystore.Module) error
 	// LoadMapperPolicy replaces the guest mapper's policy with policy,
 	// atomically: on error the previous policy stays in force. The daemon
 	// also calls it with the previous policy to roll back.
@@ -67,27 +74,51 @@ type SystemApplier struct {
 	ContextsKept func() bool
 }
 
-// InstallModules compiles the modules in a fresh work directory and loads
-// them with agent.SELinux.Install.
-func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module) (ModulesReport, error) {
-	if len(mods) == 0 {
-		return ModulesReport{Note: "the bundle has no guest modules"}, nil
-	}
+// workDir makes a fresh module work directory; the caller removes it.
+func (a *SystemApplier) workDir() (string, error) {
 	if a.WorkDir != "" {
 		if err := os.MkdirAll(a.WorkDir, 0o700); err != nil {
-			return ModulesReport{}, fmt.Errorf("module work directory: %w", err)
+			return "", fmt.Errorf("module work directory: %w", err)
 		}
 	}
 	work, err := os.MkdirTemp(a.WorkDir, "modules-")
 	if err != nil {
-		return ModulesReport{}, fmt.Errorf("module work directory: %w", err)
+		return "", fmt.Errorf("module work directory: %w", err)
+	}
+	return work, nil
+}
+
+// InstallModules compiles the modules in a fresh work directory and
+// installs them, removing drop, with agent.SELinux.Update: one semodule
+// transaction.
+func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error) {
+	if len(mods) == 0 && len(drop) == 0 {
+		return ModulesReport{Note: "the bundle has no guest modules"}, nil
+	}
+	work, err := a.workDir()
+	if err != nil {
+		return ModulesReport{}, err
 	}
 	defer os.RemoveAll(work)
-	rep, err := a.SELinux.Install(ctx, mods, work)
+	rep, err := a.SELinux.Update(ctx, mods, drop, work)
 	if err != nil {
 		return ModulesReport{}, fmt.Errorf("SELinux modules: %w", err)
 	}
-	return ModulesReport{Modules: rep.Modules, Loaded: rep.Loaded, Note: rep.Note}, nil
+	return ModulesReport{Modules: rep.Modules, Removed: rep.Removed, Loaded: rep.Loaded, Note: rep.Note}, nil
+}
+
+// RestoreModules removes the modules installed loaded that prev lacks and
+// reinstalls prev, in one semodule transaction (agent.SELinux.Replace).
+func (a *SystemApplier) RestoreModules(ctx context.Context, installed ModulesReport, prev []policystore.Module) error {
+	if !installed.Loaded {
+		return nil
+	}
+	work, err := a.workDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	return a.SELinux.Replace(ctx, installed.Modules, prev, work)
 }
 
 // LoadMapperPolicy loads the policy into the mapper.

@@ -269,15 +269,56 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		return rep, &Error{Code: CodeApplyFailed, Reason: fmt.Sprintf("applying %s v%d failed at %s", b.Application, b.Version, rep.Failed), Report: rep, Err: err}
 	}
 
-	mods, err := ap.InstallModules(ctx, b.Modules)
+	var prevMods []policystore.Module
+	if prev != nil && prev.Bundle != nil {
+		prevMods = prev.Bundle.Modules
+	}
+	// The bundle is the application's whole guest policy: modules of the
+	// previous bundle it no longer carries leave with this transaction.
+	carried := map[string]bool{}
+	for _, m := range b.Modules {
+		carried[m.Name] = true
+	}
+	var drop []string
+	for _, m := range prevMods {
+		if !carried[m.Name] {
+			drop = append(drop, m.Name)
+		}
+	}
+	mods, err := ap.InstallModules(ctx, b.Modules, drop)
 	part("SELinux modules")
 	if err != nil {
 		return fail("SELinux modules", err)
 	}
 	rep.Modules = mods
+	// modulesStay puts the modules in force before back: the push's own
+	// are removed, the previous bundle's earlier versions reinstalled.
 	modulesStay := func() {
-		if mods.Loaded {
-			rep.NotRolledBack = append(rep.NotRolledBack, fmt.Sprintf("SELinux modules %s stay installed: semodule cannot put earlier versions back", strings.Join(mods.Modules, ", ")))
+		if !mods.Loaded {
+			return
+		}
+		if err := ap.RestoreModules(bg, mods, prevMods); err != nil {
+			rep.NotRolledBack = append(rep.NotRolledBack, fmt.Sprintf("SELinux modules %s stay installed: %v", strings.Join(mods.Modules, ", "), err))
+			return
+		}
+		kept := map[string]bool{}
+		for _, m := range prevMods {
+			kept[m.Name] = true
+		}
+		var removed, restored []string
+		for _, n := range mods.Modules {
+			if !kept[n] {
+				removed = append(removed, n)
+			}
+		}
+		for _, m := range prevMods {
+			restored = append(restored, m.Name)
+		}
+		if len(removed) > 0 {
+			rep.RolledBack = append(rep.RolledBack, "SELinux modules: "+strings.Join(removed, ", ")+" removed")
+		}
+		if len(restored) > 0 {
+			rep.RolledBack = append(rep.RolledBack, fmt.Sprintf("SELinux modules: %s of v%d restored", strings.Join(restored, ", "), prev.Version))
 		}
 	}
 

@@ -55,10 +55,11 @@
 // refuses what is older and, through Daemon.Restore, loads the mapper policy
 // and the XFRM set again.
 //
-// A failure rolls back what came before it where that can be done (the
-// previous mapper policy, the previous XFRM set) and the report names what
-// could not be (SELinux modules, which semodule cannot return to their
-// previous versions).
+// A failure rolls back what came before it: the previous mapper policy, the
+// previous XFRM set, and the SELinux modules (one semodule transaction
+// removes the push's own modules and reinstalls the previous bundle's, from
+// the bundle the state directory recorded). The report names what could not
+// be rolled back, and why.
 //
 // SystemApplier is the production Applier: a mapper.Mapper the daemon serves
 // itself, agent/xfrm in the daemon's network namespace, agent.SELinux for the

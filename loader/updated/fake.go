@@ -74,7 +74,7 @@ func (f *FakeApplier) failed(step string) error {
 
 // InstallModules records the module names; the modules are reported as
 // validated only.
-func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Module) (ModulesReport, error) {
+func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Module, _ []string) (ModulesReport, error) {
 	names := make([]string, len(mods))
 	for i, m := range mods {
 		names[i] = m.Name
@@ -84,6 +84,16 @@ func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Modul
 		return ModulesReport{}, err
 	}
 	return ModulesReport{Modules: names, Note: "fake applier: nothing compiled or loaded"}, nil
+}
+
+// RestoreModules records the call; the fake loaded nothing.
+func (f *FakeApplier) RestoreModules(_ context.Context, installed ModulesReport, prev []policystore.Module) error {
+	names := make([]string, len(prev))
+	for i, m := range prev {
+		names[i] = m.Name
+	}
+	f.record("restore modules " + strings.Join(installed.Modules, ",") + " to " + strings.Join(names, ","))
+	return nil
 }
 
 // LoadMapperPolicy parses the policy and keeps it.

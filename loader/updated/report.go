@@ -58,6 +58,9 @@ type Part struct {
 // ModulesReport says what happened to the bundle's SELinux modules.
 type ModulesReport struct {
 	Modules []string `json:"modules"`
+	// Removed are the modules of the previous bundle this one dropped,
+	// removed in the same transaction.
+	Removed []string `json:"removed,omitempty"`
 	// Loaded is true when semodule installed them; otherwise they were
 	// only compiled (validated), and Note says why.
 	Loaded bool   `json:"loaded"`

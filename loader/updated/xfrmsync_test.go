@@ -297,7 +297,7 @@ func TestSystemApplierWithoutXFRM(t *testing.T) {
 	if _, err := a.LoadMapperPolicy("p", nil); err == nil {
 		t.Error("no mapper: no error")
 	}
-	rep, err := a.InstallModules(context.Background(), nil)
+	rep, err := a.InstallModules(context.Background(), nil, nil)
 	if err != nil || rep.Note == "" {
 		t.Errorf("no modules: %+v, %v", rep, err)
 	}

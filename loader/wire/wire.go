@@ -220,6 +220,9 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			declMu.Unlock()
 			return v.Host.Quarantine(g)
 		}
+		if xb.Attached == nil {
+			xb.Attached = waitAttached(s.Agent)
+		}
 	}
 	// undeclare forgets the declaration made for the guest named name.
 	undeclare := func(name string, g *loader.Guest) {
@@ -499,3 +502,47 @@ func pushParts(rep *updated.Report) []loader.Step {
 
 // The Xen backend keeps idle guests paused.
 var _ Pauser = (*backend.Xen)(nil)
+
+// attachReporter is an agent that says whether its programs are attached to
+// a declared guest's interface (loader.AgentClient).
+type attachReporter interface {
+	GuestAttached(iface string) (bool, error)
+}
+
+// statusReporter is the agent in the same process (*agent.Agent).
+type statusReporter interface {
+	Status() agent.Status
+}
+
+// waitAttached waits, polling the agent every 20 ms until ctx ends, until it
+// reports the fast path attached to g's interface. An agent that cannot say
+// fails the boot: the guest would run on a vif nobody checked.
+func waitAttached(a loader.AgentAPI) func(ctx context.Context, g *loader.Guest) error {
+	return func(ctx context.Context, g *loader.Guest) error {
+		ask := func() (bool, error) {
+			switch r := a.(type) {
+			case attachReporter:
+				return r.GuestAttached(g.Interface)
+			case statusReporter:
+				return loader.StatusAttached(r.Status(), g.Interface), nil
+			}
+			return false, fmt.Errorf("the agent API %T cannot report whether %s is attached; give one that can (loader.AgentClient)", a, g.Interface)
+		}
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			ok, err := ask()
+			if err != nil {
+				return err
+			}
+			if ok {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%s not attached: %w", g.Interface, ctx.Err())
+			case <-tick.C:
+			}
+		}
+	}
+}
