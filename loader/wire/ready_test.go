@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/pool"
 	"github.com/mlsgate/mlsgate/policystore"
@@ -286,5 +288,64 @@ func TestReadyPoolRestartResumesWithoutPushing(t *testing.T) {
 	}
 	if s := r.p.Stats(); s.Invalidated != 1 || len(r.ready()) != 2 {
 		t.Errorf("after the CA change: %d invalidated, %d ready; want 1 and 2", s.Invalidated, len(r.ready()))
+	}
+}
+
+// peerAgent records the last peer table.
+type peerAgent struct {
+	nullAgent
+	mu    sync.Mutex
+	peers []agent.PeerSpec
+}
+
+func (a *peerAgent) SetPeers(p []agent.PeerSpec) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.peers = p
+	return nil
+}
+
+func (a *peerAgent) has(prefix string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.peers {
+		if p.Prefix.String() == prefix {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRestartGivesBoundGuestsTheirServersBack: a guest bound to osint
+// before a restart of VMLoad (served, or kept ready) keeps its servers in
+// the fast path's peer table after it.
+func TestRestartGivesBoundGuestsTheirServersBack(t *testing.T) {
+	s := setup(t, &plainBackend{}, false)
+	s.PoolSize = 0
+	r, err := Start(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng, _ := label.ParseBounds("s0-s0/i0-i0")
+	l, err := r.API.Pool.Acquire(context.Background(), "osint", rng, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(true)
+	r.Close()
+
+	a := &peerAgent{}
+	s.Agent = a
+	r, err = Start(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !a.has("10.70.9.1/32") {
+		t.Fatalf("after the restart the peer table %v lacks osint's feed server 10.70.9.1", a.peers)
+	}
+	_, host := GuestAddrs(l.Guest().VM)
+	if !a.has(host.String() + "/32") {
+		t.Errorf("after the restart the peer table %v lacks the guest's host address %s", a.peers, host)
 	}
 }
