@@ -369,13 +369,31 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.closers = append(v.closers, func() { p.Close() })
 	v.Pool = p
-	// Guests that outlived a restart get their listeners back.
+	// Guests that outlived a restart get their listeners back, and those
+	// bound to an application (serving it, or kept ready for it) their
+	// servers in the fast path's peer table.
+	resumed := false
 	for _, e := range p.List() {
 		if e.State == pool.Booting || e.State == pool.Failed || e.Guest.VM == 0 {
 			continue
 		}
 		if err := v.Listeners.Open(e.Guest); err != nil {
 			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s keeps running without VMLoad: %v; remove it with the pool or fix its link", e.Guest.Name, err))
+		}
+		if e.App == "" || e.Pending {
+			continue
+		}
+		if se, ok := st.Get(e.App); ok && se.App != nil {
+			g := e.Guest
+			v.Host.Resume(&g, se.App, loader.AppID(e.App))
+			resumed = true
+		} else {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s serves application %s, which the policy store no longer has: its servers stay out of the fast path; remove the guest", e.Guest.Name, e.App))
+		}
+	}
+	if resumed {
+		if err := v.Host.Push(); err != nil {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("the resumed guests' servers are not in the fast path: %v", err))
 		}
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
