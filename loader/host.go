@@ -71,6 +71,7 @@ func (h *Host) Quarantine(g *Guest) error {
 	}
 	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: 0, Range: label.Bounds{}}
 	setAddr(&spec, g.Addr)
+	setLink(&spec, g)
 	return h.Agent.SetGuest(spec)
 }
 
@@ -127,6 +128,19 @@ func setAddr(spec *agent.GuestSpec, a netip.Addr) {
 	} else {
 		spec.Addr6 = a
 	}
+}
+
+// setLink puts what the fast path checks a guest's link traffic against
+// into its declaration: the host's address on the link (the only one its
+// control traffic may reach) and the guest's MAC where the backend set it.
+func setLink(spec *agent.GuestSpec, g *Guest) {
+	switch {
+	case g.HostAddr.Is4():
+		spec.HostAddr4 = g.HostAddr
+	case g.HostAddr.IsValid():
+		spec.HostAddr6 = g.HostAddr
+	}
+	spec.MAC = g.MAC
 }
 
 func (h *Host) addHostPeer(a netip.Addr) error {
@@ -326,6 +340,7 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	}
 	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: appID, Range: b.Range}
 	setAddr(&spec, g.Addr)
+	setLink(&spec, g)
 	if err := h.Agent.SetGuest(spec); err != nil {
 		return rollback, fmt.Errorf("declare %s to the agent: %w", g.Interface, err)
 	}
