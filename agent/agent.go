@@ -100,10 +100,15 @@ type Agent struct {
 	metrics *metrics
 
 	driftRepairs *prometheus.CounterVec // drift.go
+	rot          *rotationState         // rotation.go
 }
 
 type saStats struct {
 	Synced, Unlabeled, BadContext, NoGuest, Static int
+	// RefusedRelabel counts declared rotation successors kept out of the
+	// maps because they differ from their predecessor (rotation.go).
+	RefusedRelabel int `json:"RefusedRelabel,omitempty"`
+	rotations      []rotationVerdict
 }
 
 // Options are the seams; nil fields get the kernel implementations.
@@ -137,6 +142,7 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 	}
 	a.metrics = newMetrics(a)
 	a.driftRepairs = newDriftRepairs(a.metrics.reg)
+	a.rot = newRotationState(a.metrics.reg)
 	return a, nil
 }
 
@@ -303,6 +309,8 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 		Guests: append([]GuestSpec(nil), a.desired.Guests...),
 		Peers:  append([]PeerSpec(nil), a.desired.Peers...),
 		SAs:    append([]SASpec(nil), a.desired.SAs...),
+
+		Rotations: append([]RotationSpec(nil), a.desired.Rotations...),
 	}
 	fn(&next)
 	next.sort()
@@ -401,6 +409,9 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 			continue
 		}
 		sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
+		if !rotationAllows(d.Rotations, &k, &sa, &st) {
+			continue // a rotation that would relabel: never an allow
+		}
 		if seen[saKey{sa.SPI, sa.Daddr}] {
 			continue // a static declaration wins
 		}
@@ -408,6 +419,7 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		p.SAs = append(p.SAs, sa)
 		st.Synced++
 	}
+	p.SAs = append(p.SAs, rotationPremap(d, ksas, seen, integ, &st)...)
 	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
 	return p, st
 }
@@ -484,6 +496,7 @@ func (a *Agent) reconcile() {
 	} else {
 		a.applied = next
 		a.saView = st
+		a.noteRotations(st)
 	}
 	// 3. Attach to the declared, present interfaces (after their entries).
 	if err == nil {
@@ -546,6 +559,8 @@ type Status struct {
 		Vifs, Labels, Slots, SAs, Peers int
 	} `json:"maps"`
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
+	// Rotations are the SA rotation records (rotation.go).
+	Rotations []RotationStatus `json:"rotations,omitempty"`
 }
 
 // GuestStatus is one declared guest and where it stands.
@@ -591,6 +606,7 @@ func (a *Agent) Status() Status {
 		}
 	}
 	sort.Strings(s.UndeclaredInterfaces)
+	s.Rotations = a.rotationStatus()
 	if a.applied != nil {
 		s.Maps.Vifs, s.Maps.Labels, s.Maps.Slots, s.Maps.SAs, s.Maps.Peers = len(a.applied.Vifs), len(a.applied.Labels), len(a.applied.Slots), len(a.applied.SAs), len(a.applied.Peers)
 	}

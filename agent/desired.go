@@ -78,6 +78,8 @@ type Desired struct {
 	Guests []GuestSpec `json:"guests"`
 	Peers  []PeerSpec  `json:"peers"`
 	SAs    []SASpec    `json:"sas"`
+	// Rotations bind SA successors to their predecessors (rotation.go).
+	Rotations []RotationSpec `json:"rotations,omitempty"`
 }
 
 // Validate checks the desired state and names the bad entry.
@@ -129,7 +131,7 @@ func (d *Desired) Validate() error {
 			return fmt.Errorf("sas[%d] (spi %#x): label: %w", i, s.SPI, err)
 		}
 	}
-	return nil
+	return validateRotations(d.Rotations)
 }
 
 func (d *Desired) sort() {

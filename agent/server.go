@@ -53,6 +53,8 @@ func (a *Agent) public(mux *http.ServeMux) {
 //	PUT    /v1/sas                  replace the static SAs ([]SASpec)
 //	GET    /v1/events               denial events as JSON lines, as they come;
 //	                                ?reason=&interface=&vm= filter them
+//	POST   /v1/rotations            declare an SA rotation (rotation.go)
+//	DELETE /v1/rotations/{daddr}/{spi}  drop a rotation record
 //
 // Every change is logged ("policy change") with the caller's uid and pid
 // and the old and the new spec, and counted (mlsgate_api_changes_total).
@@ -130,6 +132,7 @@ func (a *Agent) AdminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]int{"sas": len(s)})
 	})
 	mux.HandleFunc("GET /v1/events", a.serveEvents)
+	a.rotationRoutes(mux)
 	return mux
 }
 
@@ -139,9 +142,12 @@ const (
 	changeGuestRemove = "guest_rm"
 	changePeers       = "peers"
 	changeSAs         = "sas"
+
+	changeRotation     = "rotation"
+	changeRotationDrop = "rotation_rm"
 )
 
-var changeKinds = []string{changeGuestSet, changeGuestRemove, changePeers, changeSAs}
+var changeKinds = []string{changeGuestSet, changeGuestRemove, changePeers, changeSAs, changeRotation, changeRotationDrop}
 
 // oldGuest is the guest declared on iface before a change, or nil.
 func oldGuest(d Desired, iface string) any {

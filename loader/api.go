@@ -75,6 +75,7 @@ func (a *API) Server() *http.Server {
 	mux.Handle("GET /v1/status", hostOnly(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, a.Loader.Status())
 	})))
+	a.rotationRoutes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	mux.Handle("GET /metrics", hostOnly(promhttp.HandlerFor(a.Loader.Registry(), promhttp.HandlerOpts{})))
 	return &http.Server{

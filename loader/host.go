@@ -47,6 +47,9 @@ type Host struct {
 	// XFRM is nil where the host installs no SAs itself (a host without
 	// ESP: the fast path still gets the SAs as static entries).
 	XFRM XFRMWriter
+	// Lifetime is given to every SA the host installs (its soft limits
+	// make the kernel announce when a guest's SAs are due for rotation).
+	Lifetime xfrm.Lifetime
 	// SELinux installs the bundle's host modules; nil skips them.
 	SELinux func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error)
 
@@ -279,6 +282,7 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	if h.XFRM != nil {
 		states, pols := HostXFRM(b)
 		for _, s := range states {
+			s.Lifetime = h.Lifetime
 			if err := h.XFRM.AddState(s); err != nil {
 				return rollback, fmt.Errorf("host SA spi %#x: %w", s.SPI, err)
 			}

@@ -98,6 +98,7 @@ type Loader struct {
 	activeApp map[string]int
 	fresh     map[string]map[uint32]bool
 	metrics   *loadMetrics
+	rot       *rotations // rotation_run.go; nil: rotation off
 }
 
 // New builds a loader from its parts.
@@ -317,6 +318,7 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 		return res, err
 	}
 	res.Steps = append(res.Steps, Step{Name: "ready"})
+	l.rememberBundle(g, b) // for SA rotation
 	lease.Done(true)
 	lease = nil
 	return res, nil

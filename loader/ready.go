@@ -101,7 +101,8 @@ func (l *Loader) Prepare(ctx context.Context, g *Guest, w ReadyWant) ([]Step, er
 		}
 		return nil
 	}
-	if _, err := l.configure(app, g, step, &steps, &undo); err != nil {
+	b, err := l.configure(app, g, step, &steps, &undo)
+	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.StepTimeout)
 		defer cancel()
 		var rb []error
@@ -113,5 +114,6 @@ func (l *Loader) Prepare(ctx context.Context, g *Guest, w ReadyWant) ([]Step, er
 		}
 		return steps, fmt.Errorf("prepare %s for %s: %w", g.Name, w.App, err)
 	}
+	l.rememberBundle(g, b) // in force from now on: rotated like a served guest's
 	return steps, nil
 }

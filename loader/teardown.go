@@ -38,10 +38,11 @@ func (l *Loader) TeardownFailed(g *Guest, err error) {
 // TornDown records that g was destroyed and forgotten.
 func (l *Loader) TornDown(g *Guest) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	delete(l.held, g.Interface)
 	l.metrics.held.Set(float64(len(l.held)))
 	l.forgetFresh(g)
+	l.mu.Unlock()
+	l.forgetRotation(g) // rotation_run.go
 }
 
 // Held lists the guests whose destroy failed and that are held deny-all,

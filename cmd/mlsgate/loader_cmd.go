@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/vishvananda/netns"
 
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
@@ -26,6 +27,8 @@ func newLoaderCmd() *cobra.Command {
 		spiBase, spiSlots                                            uint32
 		noHostXFRM, pauseIdle                                        bool
 		limits                                                       = loader.DefaultLimits()
+		rotation                                                     = loader.DefaultRotationConfig()
+		noRotation                                                   bool
 	)
 	var socketGroup string
 	cmd := &cobra.Command{
@@ -91,11 +94,19 @@ without a policy yet is reached.`,
 				defer h.Close()
 				hx = h
 			}
-			v, err := startLoader(cmd.Context(), loaderSetup{
+			rotation.OnResult = func(r loader.RotationResult) {
+				lvl := slog.LevelInfo
+				if r.Result != "ok" {
+					lvl = slog.LevelWarn
+				}
+				log.Log(cmd.Context(), lvl, "sa rotation", "guest", r.Guest, "vm", r.VM, "result", r.Result, "trigger", r.Trigger,
+					"took", r.Took, "old_spis", r.OldSPIs, "new_spis", r.NewSPIs, "error", r.Error)
+			}
+			v, err := startLoader(cmd.Context(), withRotation(loaderSetup{
 				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
 				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
 				PauseIdle: pauseIdle, Limits: limits,
-			})
+			}, rotation, noRotation))
 			if err != nil {
 				return err
 			}
@@ -129,6 +140,15 @@ without a policy yet is reached.`,
 				log.Warn(w)
 			}
 			go v.pool.Run(cmd.Context())
+			go v.loader.RunRotations(cmd.Context())
+			if hx != nil && !noRotation {
+				// Soft byte/packet limits reached on the host's SAs.
+				ev, err := xfrm.Subscribe(cmd.Context(), netns.None())
+				if err != nil {
+					return fmt.Errorf("XFRM events (SA soft limits): %w", err)
+				}
+				go v.loader.WatchExpires(cmd.Context(), ev)
+			}
 			log.Info("VMLoad ready", "socket", socket, "socket_group", ul.Group(), "api_port", apiPort, "backend", be.Name(), "pool_size", poolSize)
 			if err := localapi.Notify("READY=1"); err != nil {
 				log.Error("readiness", "error", err)
@@ -160,6 +180,12 @@ without a policy yet is reached.`,
 	f.IntVar(&limits.IDMaxLen, "request-id-max", limits.IDMaxLen, "longest request id a guest may send (guests must send one)")
 	f.IntVar(&limits.ReplayPerCaller, "replay-per-guest", limits.ReplayPerCaller, "request ids remembered per guest (10 min); beyond it the guest is refused")
 	f.IntVar(&limits.ReplayTotal, "replay-total", limits.ReplayTotal, "request ids remembered for all guests")
+	f.DurationVar(&rotation.Lifetime, "sa-lifetime", rotation.Lifetime, "rotate each guest's SAs after this long (0: only by hand, 'mlsgate sa rotate')")
+	f.DurationVar(&rotation.Jitter, "sa-jitter", rotation.Jitter, "rotate up to this much before --sa-lifetime, drawn per guest")
+	f.DurationVar(&rotation.Grace, "sa-grace", rotation.Grace, "keep old inbound SAs this long after the outbound switch")
+	f.Uint64Var(&rotation.SoftPackets, "sa-soft-packets", rotation.SoftPackets, "rotate a guest when one of its SAs carried this many packets (kernel soft limit; at most 2^31, the sequence-number headroom)")
+	f.Uint64Var(&rotation.SoftBytes, "sa-soft-bytes", rotation.SoftBytes, "rotate a guest when one of its SAs carried this many bytes (kernel soft limit; 0: none)")
+	f.BoolVar(&noRotation, "no-sa-rotation", false, "never rotate SAs (keys live as long as the guest)")
 	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")
 	f.StringVar(&qemuInitrd, "qemu-initrd", "", "guest initramfs for --backend qemu")
 	f.StringVar(&qemuAccel, "qemu-accel", "", "kvm, tcg or empty (auto)")

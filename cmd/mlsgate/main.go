@@ -48,6 +48,6 @@ Configuration for Virtual Machines" (CSAW'08).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newDemoCmd(), newBenchCmd())
+	root.AddCommand(newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newSACmd(), newDemoCmd(), newBenchCmd())
 	return root
 }

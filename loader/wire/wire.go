@@ -57,6 +57,9 @@ type Setup struct {
 	// GuestListen opens a guest's API listener; nil means
 	// loader.ListenGuest (its host-side address, bound to its interface).
 	GuestListen func(g loader.Guest, port uint16) (net.Listener, error)
+	// Rotation, when set, turns SA rotation on (its StateDir defaults to
+	// StateDir/rotation); Start finishes rotations a crash interrupted.
+	Rotation *loader.RotationConfig
 }
 
 // WarmTimeout bounds opening the connection to a freshly booted guest's
@@ -406,6 +409,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	v.Loader = l
 	l.Registry().MustRegister(p.Collectors()...)
 	v.API = &loader.API{Loader: l, Pool: pa}
+	if s.Rotation != nil {
+		rc := *s.Rotation
+		if rc.StateDir == "" {
+			rc.StateDir = filepath.Join(s.StateDir, "rotation")
+		}
+		if err := l.EnableRotation(ctx, rc); err != nil {
+			return fail(err)
+		}
+	}
 	return v, nil
 }
 

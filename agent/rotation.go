@@ -1,0 +1,446 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/label"
+)
+
+// SA rotation, the agent's half (DESIGN.md, configuration phase): while a
+// guest's SAs are rotated make-before-break, the old and the new SA are in
+// the kernel, and in the maps, at once. A rotation must not be a relabel:
+// the new SA must carry exactly its predecessor's context, application and
+// owner, or its packets would be accepted by the fast path under another
+// label than the flow was set up with.
+//
+// How the agent knows an SA's predecessor. Nothing in the kernel's SA ties
+// the two: the reqid is shared by every label's SAs toward one server
+// (policystore.GenerateBundle gives one reqid per server, since one SPD
+// policy with a range context serves all its labels), so it cannot say
+// which of them a new SA replaces; an XFRM mark takes part in the state
+// lookup (old and new would need different policy marks, and the outbound
+// switch would become a policy rewrite); and the SPI is drawn at random
+// from the host's range. So the lineage is declared: the loader, which
+// draws the new SPIs, declares "new (spi, daddr) succeeds old (spi,
+// daddr)" to the agent before it installs the new state. The agent accepts
+// the declaration only while the old SA is one it enforces, snapshots the
+// old SA's context, application and owner into the record, and persists it
+// with the desired state (so a restarted agent still checks). From then
+// on a kernel SA with the successor's SPI and destination enters the maps
+// only when its context, application and owner equal the snapshot;
+// otherwise it is left out (its packets meet deny_unknown_sa) and counted
+// as refused_relabel, and the record cannot be dropped while that SA is
+// installed, or the SA would pass for a fresh one.
+
+// SARef names an SA as the fast path keys it: SPI and destination.
+type SARef struct {
+	SPI   uint32     `json:"spi"`
+	Daddr netip.Addr `json:"daddr"`
+}
+
+func (r SARef) String() string { return fmt.Sprintf("spi %#x dst %s", r.SPI, r.Daddr) }
+
+func (r SARef) key() saKey { return saKey{r.SPI, r.Daddr} }
+
+// RotationSpec binds a successor SA to the predecessor it replaces, with
+// the predecessor's binding as the agent saw it when the rotation was
+// declared.
+type RotationSpec struct {
+	Old SARef `json:"old"`
+	New SARef `json:"new"`
+	// The predecessor's owner VM, application and SELinux context: what
+	// the successor must carry.
+	Owner    uint32    `json:"owner"`
+	App      uint32    `json:"app"`
+	Context  string    `json:"context"`
+	Declared time.Time `json:"declared"`
+}
+
+// maxRotations bounds the rotation records: a rotation is in flight for a
+// grace window only, so a few per SA is plenty.
+const maxRotations = 1 << 16
+
+func validateRotations(rs []RotationSpec) error {
+	if len(rs) > maxRotations {
+		return fmt.Errorf("rotations: %d records, more than %d: drop the records of finished rotations", len(rs), maxRotations)
+	}
+	succ := map[saKey]bool{}
+	for i, r := range rs {
+		switch {
+		case r.New.SPI < 256:
+			return fmt.Errorf("rotations[%d]: new spi %d is reserved (RFC 4303); take it from the host's range", i, r.New.SPI)
+		case !r.New.Daddr.IsValid() || r.New.Daddr != r.Old.Daddr:
+			return fmt.Errorf("rotations[%d]: new %v and old %v: a rotation keeps the SA's destination", i, r.New, r.Old)
+		case r.New == r.Old:
+			return fmt.Errorf("rotations[%d]: %v cannot succeed itself", i, r.New)
+		case r.Owner == 0 || r.Context == "":
+			return fmt.Errorf("rotations[%d] (%v): no owner or context recorded for the predecessor", i, r.New)
+		case succ[r.New.key()]:
+			return fmt.Errorf("rotations[%d]: %v is declared as a successor twice", i, r.New)
+		}
+		succ[r.New.key()] = true
+	}
+	return nil
+}
+
+// Rotation results, the values of mlsgate_sa_rotations_total's label.
+const (
+	rotationAccepted       = "accepted"
+	rotationRefusedRelabel = "refused_relabel"
+	// rotationPremapped: declared, not in the kernel yet, enforced with
+	// the predecessor's binding (not a result: never counted).
+	rotationPremapped = "premapped"
+)
+
+type rotationState struct {
+	counter *prometheus.CounterVec
+	// seen holds the successors last counted, by result, so a successor
+	// is counted once however many reconciles see it.
+	seen map[saKey]string
+}
+
+func newRotationState(reg prometheus.Registerer) *rotationState {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "sa_rotations_total",
+		Help: "SA rotations the agent checked, by result: accepted (the successor carries its predecessor's context, application and owner, and is enforced beside it), refused_relabel (it does not, and is kept out of the maps).",
+	}, []string{"result"})
+	c.WithLabelValues(rotationAccepted)
+	c.WithLabelValues(rotationRefusedRelabel)
+	reg.MustRegister(c)
+	return &rotationState{counter: c, seen: map[saKey]string{}}
+}
+
+// rotationAllows is policyFor's hook: it reports whether the kernel SA k,
+// bound as sa, may enter the maps. Only a declared successor can be
+// refused; st records the verdict for counting and status.
+func rotationAllows(rs []RotationSpec, k *KernelSA, sa *verdict.SA, st *saStats) bool {
+	for i := range rs {
+		r := &rs[i]
+		if r.New.SPI != k.SPI || r.New.Daddr != k.Dst {
+			continue
+		}
+		if k.Context != r.Context || sa.Owner != r.Owner || sa.App != r.App {
+			st.RefusedRelabel++
+			st.rotations = append(st.rotations, rotationVerdict{r.New.key(), rotationRefusedRelabel, fmt.Sprintf("context %q owner %d app %d, predecessor %v has context %q owner %d app %d", k.Context, sa.Owner, sa.App, r.Old, r.Context, r.Owner, r.App)})
+			return false
+		}
+		st.rotations = append(st.rotations, rotationVerdict{r.New.key(), rotationAccepted, ""})
+		return true
+	}
+	return true
+}
+
+// rotationPremap is policyFor's second hook: the declared successors the
+// kernel does not hold yet enter the maps with their predecessor's
+// binding, so that the fast path knows a successor before either end
+// sends on it (a host's add of its outbound successor is its switch; it
+// cannot wait for the agent to sync the new SA). Once the kernel holds
+// the successor, rotationAllows checks it, and one that differs leaves
+// the maps.
+func rotationPremap(d Desired, ksas []KernelSA, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
+	if len(d.Rotations) == 0 {
+		return nil
+	}
+	inKernel := map[saKey]bool{}
+	for _, k := range ksas {
+		if k.Proto == 50 {
+			inKernel[saKey{k.SPI, k.Dst}] = true
+		}
+	}
+	owners := map[uint32]uint32{} // vm → app
+	for _, g := range d.Guests {
+		owners[g.VM] = g.App
+	}
+	var out []verdict.SA
+	for _, r := range d.Rotations {
+		k := r.New.key()
+		if inKernel[k] || seen[k] {
+			continue
+		}
+		if app, ok := owners[r.Owner]; !ok || app != r.App {
+			continue // the guest is gone or serves another application now
+		}
+		ctx, err := label.ParseContext(r.Context)
+		if err != nil || !ctx.HasRange {
+			continue
+		}
+		seen[k] = true
+		out = append(out, verdict.SA{SPI: r.New.SPI, Daddr: r.New.Daddr, Owner: r.Owner, App: r.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(r.New.Daddr)})
+		st.rotations = append(st.rotations, rotationVerdict{k, rotationPremapped, ""})
+	}
+	return out
+}
+
+type rotationVerdict struct {
+	key    saKey
+	result string
+	why    string
+}
+
+// noteRotations counts and logs the successors whose verdict is new since
+// the last reconcile. Called with a.mu held.
+func (a *Agent) noteRotations(st saStats) {
+	now := map[saKey]string{}
+	for _, v := range st.rotations {
+		now[v.key] = v.result
+		if a.rot.seen[v.key] == v.result || v.result == rotationPremapped {
+			continue
+		}
+		a.rot.counter.WithLabelValues(v.result).Inc()
+		if v.result == rotationRefusedRelabel {
+			a.log.Warn("sa rotation refused: the successor would relabel the flow; it is kept out of the maps and its packets are denied", "spi", v.key.spi, "daddr", v.key.daddr, "why", v.why)
+		} else {
+			a.log.Info("sa rotation accepted: old and new SA enforced with the same label", "spi", v.key.spi, "daddr", v.key.daddr)
+		}
+	}
+	a.rot.seen = now
+}
+
+// ErrRotation is wrapped by declarations the agent refuses.
+var ErrRotation = errors.New("rotation refused")
+
+// DeclareRotation records that the SA newRef will succeed old. The old SA
+// must be one the agent enforces now (synced from the kernel with a
+// context and an owner); its binding is what the successor must carry.
+// Declaring the same pair again is a no-op.
+func (a *Agent) DeclareRotation(old, newRef SARef) (RotationSpec, error) {
+	a.mu.Lock()
+	var rec RotationSpec
+	var err error
+	func() {
+		for _, r := range a.desired.Rotations {
+			if r.New == newRef {
+				if r.Old == old {
+					rec = r
+					return
+				}
+				err = fmt.Errorf("%w: %v is already the successor of %v", ErrRotation, newRef, r.Old)
+				return
+			}
+		}
+		if !a.sasSync {
+			err = fmt.Errorf("%w: the agent has not read the kernel's SAs yet; retry", ErrRotation)
+			return
+		}
+		for _, s := range a.desired.SAs {
+			if (saKey{s.SPI, s.Daddr}) == newRef.key() || (saKey{s.SPI, s.Daddr}) == old.key() {
+				err = fmt.Errorf("%w: %v is a static SA; static SAs are declared, not rotated", ErrRotation, SARef{s.SPI, s.Daddr})
+				return
+			}
+		}
+		p, st := a.policyFor(a.desired, a.present, a.kernelSAs)
+		if slicesContainsKey(st.rotations, old.key(), rotationRefusedRelabel) {
+			err = fmt.Errorf("%w: %v was itself refused as a relabel", ErrRotation, old)
+			return
+		}
+		var bound *verdict.SA
+		for i := range p.SAs {
+			if p.SAs[i].SPI == old.SPI && p.SAs[i].Daddr == old.Daddr {
+				bound = &p.SAs[i]
+			}
+		}
+		var ctx string
+		for _, k := range a.kernelSAs {
+			if k.Proto == 50 && k.SPI == old.SPI && k.Dst == old.Daddr {
+				ctx = k.Context
+			}
+		}
+		if bound == nil || ctx == "" {
+			err = fmt.Errorf("%w: the predecessor %v is not an SA the agent enforces (not in the kernel, unlabeled, or of no declared guest); rotate only installed, labeled SAs", ErrRotation, old)
+			return
+		}
+		rec = RotationSpec{Old: old, New: newRef, Owner: bound.Owner, App: bound.App, Context: ctx, Declared: a.now().UTC()}
+	}()
+	a.mu.Unlock()
+	if err != nil {
+		return RotationSpec{}, err
+	}
+	if !rec.Declared.IsZero() && slicesContainsRotation(a.desiredRotations(), rec) {
+		return rec, nil
+	}
+	_, err = a.changeDesired(func(d *Desired) {
+		for _, r := range d.Rotations {
+			if r.New == rec.New {
+				return // raced with an identical declaration
+			}
+		}
+		d.Rotations = append(d.Rotations, rec)
+	})
+	if err != nil {
+		return RotationSpec{}, fmt.Errorf("%w: %w", ErrRotation, err)
+	}
+	return rec, nil
+}
+
+// waitMapped waits (bounded) until a reconcile has put the successor k in
+// the maps, premapped or accepted: the caller's next step may switch a
+// sender to it.
+func (a *Agent) waitMapped(ctx context.Context, k saKey) error {
+	for range 500 {
+		a.mu.Lock()
+		v := a.rot.seen[k]
+		a.mu.Unlock()
+		switch v {
+		case rotationPremapped, rotationAccepted:
+			return nil
+		case rotationRefusedRelabel:
+			return fmt.Errorf("%w: spi %#x dst %s is installed with another binding than its predecessor", ErrRotation, k.spi, k.daddr)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return fmt.Errorf("%w: spi %#x dst %s declared but not in the maps after 5 s (last reconcile error: %v); the rotation must not switch to it", ErrRotation, k.spi, k.daddr, a.lastErr)
+}
+
+// ErrRotationInUse is returned when a record cannot be dropped.
+var ErrRotationInUse = errors.New("rotation record in use")
+
+// DropRotation forgets the record of the successor newRef (a finished or
+// rolled-back rotation). It refuses while the successor is installed and
+// refused: without the record it would pass for a fresh SA.
+func (a *Agent) DropRotation(newRef SARef) (bool, error) {
+	a.mu.Lock()
+	_, st := a.policyFor(a.desired, a.present, a.kernelSAs)
+	a.mu.Unlock()
+	if slicesContainsKey(st.rotations, newRef.key(), rotationRefusedRelabel) {
+		return false, fmt.Errorf("%w: %v is installed and was refused as a relabel; delete the SA first", ErrRotationInUse, newRef)
+	}
+	found := false
+	_, err := a.changeDesired(func(d *Desired) {
+		for i, r := range d.Rotations {
+			if r.New == newRef {
+				d.Rotations = append(d.Rotations[:i:i], d.Rotations[i+1:]...)
+				found = true
+				return
+			}
+		}
+	})
+	return found, err
+}
+
+func (a *Agent) desiredRotations() []RotationSpec {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.desired.Rotations
+}
+
+func slicesContainsRotation(rs []RotationSpec, rec RotationSpec) bool {
+	for _, r := range rs {
+		if r == rec {
+			return true
+		}
+	}
+	return false
+}
+
+func slicesContainsKey(vs []rotationVerdict, k saKey, result string) bool {
+	for _, v := range vs {
+		if v.key == k && v.result == result {
+			return true
+		}
+	}
+	return false
+}
+
+// RotationStatus is one rotation record and where it stands.
+type RotationStatus struct {
+	RotationSpec
+	// State: pending (the successor is not installed yet; it is enforced
+	// with the predecessor's binding), checking (installed, not yet
+	// checked), active (old and new enforced), completed (the predecessor is gone), refused (the
+	// successor would relabel and is kept out of the maps).
+	State string `json:"state"`
+}
+
+// rotationStatus reports the records; called with a.mu held.
+func (a *Agent) rotationStatus() []RotationStatus {
+	inKernel := map[saKey]bool{}
+	for _, k := range a.kernelSAs {
+		if k.Proto == 50 {
+			inKernel[saKey{k.SPI, k.Dst}] = true
+		}
+	}
+	var out []RotationStatus
+	for _, r := range a.desired.Rotations {
+		s := RotationStatus{RotationSpec: r}
+		switch {
+		case a.rot.seen[r.New.key()] == rotationRefusedRelabel:
+			s.State = "refused"
+		case !inKernel[r.New.key()]:
+			s.State = "pending"
+		case a.rot.seen[r.New.key()] != rotationAccepted:
+			s.State = "checking"
+		case inKernel[r.Old.key()]:
+			s.State = "active"
+		default:
+			s.State = "completed"
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// rotationRoutes adds the rotation API to the admin mux:
+//
+//	POST   /v1/rotations                {old: {spi, daddr}, new: {spi, daddr}}
+//	DELETE /v1/rotations/{daddr}/{spi}  forget the record of a successor
+func (a *Agent) rotationRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/rotations", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Old SARef `json:"old"`
+			New SARef `json:"new"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		rec, err := a.DeclareRotation(req.Old, req.New)
+		if err == nil {
+			err = a.waitMapped(r.Context(), req.New.key())
+		}
+		a.recordChange(r, changeRotation, req.Old, req.New, err)
+		if err != nil {
+			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
+			return
+		}
+		writeJSON(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("DELETE /v1/rotations/{daddr}/{spi}", func(w http.ResponseWriter, r *http.Request) {
+		daddr, err := netip.ParseAddr(r.PathValue("daddr"))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("daddr %q: %w", r.PathValue("daddr"), err)))
+			return
+		}
+		spi, err := strconv.ParseUint(r.PathValue("spi"), 0, 32)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("spi %q: %w", r.PathValue("spi"), err)))
+			return
+		}
+		ref := SARef{uint32(spi), daddr}
+		found, err := a.DropRotation(ref)
+		a.recordChange(r, changeRotationDrop, ref, nil, err)
+		switch {
+		case errors.Is(err, ErrRotationInUse):
+			writeJSON(w, http.StatusConflict, errBody(err))
+		case err != nil:
+			writeJSON(w, http.StatusInternalServerError, errBody(err))
+		case !found:
+			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no rotation record for the successor %v", ref)))
+		default:
+			writeJSON(w, http.StatusOK, map[string]bool{"removed": true})
+		}
+	})
+}
