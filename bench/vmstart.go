@@ -27,6 +27,7 @@ import (
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/image"
+	"github.com/mlsgate/mlsgate/loader/pool"
 	"github.com/mlsgate/mlsgate/loader/wire"
 	"github.com/mlsgate/mlsgate/policystore"
 )
@@ -61,6 +62,17 @@ const (
 const (
 	Scratch   = "scratch"   // empty pool: the load boots its guest
 	Preloaded = "preloaded" // an idle guest booted beforehand is taken over
+	// ReadyPool: the application asks for a ready guest (`pool: {ready:
+	// 1}`), which the refill boots and configures beforehand; the load
+	// only resolves, authorizes and hands it out.
+	ReadyPool = "ready"
+)
+
+// Issue 14's targets, against which the report sets its medians.
+const (
+	TargetReadyConfigure    = 10 * time.Millisecond
+	TargetIdleTakeoverQEMU  = 150 * time.Millisecond
+	TargetReadyFirstAnswerN = 50 * time.Millisecond // netns
 )
 
 // VMStartConfig says what MeasureVMStart measures.
@@ -112,7 +124,8 @@ type BackendStart struct {
 	Hardware  string        `json:"hardware"`
 	Scratch   []LoadRun     `json:"scratch"`
 	Preloaded []LoadRun     `json:"preloaded"`
-	Medians   []LoadSummary `json:"medians"` // scratch, then preloaded
+	Ready     []LoadRun     `json:"ready,omitempty"`
+	Medians   []LoadSummary `json:"medians"` // scratch, preloaded, ready
 	// GuestNotes are what the guests' update daemons reported about parts
 	// of the bundle they did not install (distinct lines).
 	GuestNotes []string `json:"guest_notes,omitempty"`
@@ -124,7 +137,8 @@ type LoadRun struct {
 	// How is where the pool found the guest: "boot" or "idle".
 	How   string        `json:"how"`
 	Steps []loader.Step `json:"steps"` // the loader's, then StepFirstAnswer
-	// PreBoot is the idle guest's boot (preloaded only; off the path).
+	// PreBoot is the idle guest's boot (preloaded), or the ready guest's
+	// boot and configuration (ready); off the path either way.
 	PreBoot time.Duration `json:"pre_boot_ns,omitempty"`
 	// Configure is the paper's "Configure/Load Policy": every loader step
 	// except a boot. Load is its "Loading (Browser and) Page": the boot,
@@ -142,9 +156,11 @@ type LoadRun struct {
 // LoadSummary is the median of a scenario's runs, step by step (each
 // total is the median of the runs' totals, not a sum of medians).
 type LoadSummary struct {
-	Scenario  string        `json:"scenario"`
-	Runs      int           `json:"runs"`
-	Steps     []loader.Step `json:"steps"`
+	Scenario string        `json:"scenario"`
+	Runs     int           `json:"runs"`
+	Steps    []loader.Step `json:"steps"`
+	// PushParts is where the push's time went (see loader.PartsPusher).
+	PushParts []loader.Step `json:"push_parts,omitempty"`
 	PreBoot   time.Duration `json:"pre_boot_ns,omitempty"`
 	Configure time.Duration `json:"configure_ns"`
 	Load      time.Duration `json:"load_ns"`
@@ -364,13 +380,40 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 
 	b := &BackendStart{Backend: be.Name()}
 	notes := map[string]bool{}
+	// The ready scenario's applications: the same files, the loaded one
+	// asking for one ready guest.
+	readyApps := filepath.Join(dir, "ready-apps")
+	if err := readyAppsDir(cfg.AppsDir, readyApps, cfg.URL, v.Store); err != nil {
+		return nil, err
+	}
 	one := func(scenario string, i int) error {
 		var run LoadRun
 		run.Scenario = scenario
+		if scenario == ReadyPool {
+			if _, err := v.Store.SyncDir(readyApps); err != nil {
+				return err
+			}
+			defer v.Store.SyncDir(cfg.AppsDir) //nolint:errcheck // checked by the next scenario's load
+			t0 := time.Now()
+			if err := v.Pool.Refill(ctx); err != nil {
+				return fmt.Errorf("pool refill (the ready guest's boot and configuration): %w", err)
+			}
+			run.PreBoot = time.Since(t0)
+		}
 		if scenario == Preloaded {
 			t0 := time.Now()
 			if err := v.Pool.Refill(ctx); err != nil {
 				return fmt.Errorf("pool refill (the idle guest's boot): %w", err)
+			}
+			// The loader opens its connection to a booted guest's daemon
+			// in the background; an idle guest waits long enough in the
+			// pool for that to finish, so wait for it here too.
+			for _, e := range v.Pool.List() {
+				if e.State == pool.Idle {
+					if err := v.Updated.Connect(ctx, e.Guest.UpdatedAddr); err != nil {
+						return fmt.Errorf("connect to the idle guest's daemon: %w", err)
+					}
+				}
 			}
 			run.PreBoot = time.Since(t0)
 		}
@@ -379,7 +422,7 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 			return fmt.Errorf("%s load %d of %s: %w", scenario, i+1, cfg.URL, err)
 		}
 		run.How, run.Version, run.Steps = r.How, r.Version, slices.Clone(r.Steps)
-		want := map[string]string{Scratch: "boot", Preloaded: "idle"}[scenario]
+		want := map[string]string{Scratch: "boot", Preloaded: "idle", ReadyPool: "ready"}[scenario]
 		if r.How != want {
 			return fmt.Errorf("%s load %d: the pool gave a guest by %q, want %q (a guest was left from an earlier load)", scenario, i+1, r.How, want)
 		}
@@ -391,8 +434,13 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 		if err != nil {
 			return fmt.Errorf("%s load %d: the guest's update daemon at %s did not answer: %w", scenario, i+1, r.Guest.UpdatedAddr, err)
 		}
-		if st.Applied == nil || st.Applied.Version != r.Version {
-			return fmt.Errorf("%s load %d: the guest reports bundle %+v, want version %d", scenario, i+1, st.Applied, r.Version)
+		if scenario == ReadyPool && st.Applied != nil && st.Applied.Application == r.App && r.Version == 0 {
+			// Configured before the load: the guest names the bundle the
+			// refill pushed.
+			run.Version = st.Applied.Version
+		}
+		if st.Applied == nil || st.Applied.Version != run.Version || run.Version == 0 {
+			return fmt.Errorf("%s load %d: the guest reports bundle %+v, want version %d", scenario, i+1, st.Applied, run.Version)
 		}
 		if rep := st.Applied.Report; rep != nil {
 			run.GuestSAs, run.GuestPolicies = len(rep.XFRM.StatesAdded)+len(rep.XFRM.StatesUpdated), len(rep.XFRM.PoliciesAdded)+len(rep.XFRM.PoliciesUpdated)
@@ -406,22 +454,32 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 		run.split()
 		cfg.Progress("%s %s %d/%d: configure %v, load %v (%s) on %s", be.Name(), scenario, i+1, cfg.Repeat,
 			run.Configure.Round(time.Millisecond), run.Load.Round(time.Millisecond), stepLine(run.Steps), r.Guest.Name)
-		if scenario == Scratch {
+		switch scenario {
+		case Scratch:
 			b.Scratch = append(b.Scratch, run)
-		} else {
+		case Preloaded:
 			b.Preloaded = append(b.Preloaded, run)
+		default:
+			b.Ready = append(b.Ready, run)
+		}
+		if scenario == ReadyPool {
+			// Back to the plain applications before the pool empties, so
+			// that no refill prepares another ready guest.
+			if _, err := v.Store.SyncDir(cfg.AppsDir); err != nil {
+				return err
+			}
 		}
 		// The next load must find the pool empty again.
 		return removeAll()
 	}
 	for i := range cfg.Repeat {
-		for _, sc := range []string{Scratch, Preloaded} {
+		for _, sc := range []string{Scratch, Preloaded, ReadyPool} {
 			if err := one(sc, i); err != nil {
 				return nil, err
 			}
 		}
 	}
-	b.Medians = []LoadSummary{summarize(Scratch, b.Scratch), summarize(Preloaded, b.Preloaded)}
+	b.Medians = []LoadSummary{summarize(Scratch, b.Scratch), summarize(Preloaded, b.Preloaded), summarize(ReadyPool, b.Ready)}
 	for n := range notes {
 		b.GuestNotes = append(b.GuestNotes, n)
 	}
@@ -469,11 +527,67 @@ func summarize(scenario string, runs []LoadRun) LoadSummary {
 			return 0
 		})})
 	}
+	for _, st := range runs[0].Steps {
+		for _, part := range st.Parts {
+			name := part.Name
+			s.PushParts = append(s.PushParts, loader.Step{Name: name, Duration: pick(func(r LoadRun) time.Duration {
+				for _, x := range r.Steps {
+					for _, y := range x.Parts {
+						if y.Name == name {
+							return y.Duration
+						}
+					}
+				}
+				return 0
+			})})
+		}
+	}
 	s.PreBoot = pick(func(r LoadRun) time.Duration { return r.PreBoot })
 	s.Configure = pick(func(r LoadRun) time.Duration { return r.Configure })
 	s.Load = pick(func(r LoadRun) time.Duration { return r.Load })
 	s.Total = pick(func(r LoadRun) time.Duration { return r.Total })
 	return s
+}
+
+func targetMet(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "not met"
+}
+
+// readyAppsDir copies the applications of src into dst with the one that
+// serves url asking for one ready guest.
+func readyAppsDir(src, dst, url string, st *policystore.Store) error {
+	r, _, err := st.Resolve(url)
+	if err != nil {
+		return fmt.Errorf("ready scenario: %s: %w", url, err)
+	}
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return err
+	}
+	if err := copyFiles(src, dst); err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dst, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		a, err := policystore.LoadFile(f)
+		if err != nil || a.Name != r.App.Name {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if a.Pool.Ready > 0 {
+			return nil
+		}
+		return os.WriteFile(f, append(data, []byte("\npool: {ready: 1}\n")...), 0o600)
+	}
+	return fmt.Errorf("ready scenario: no file in %s holds application %s", src, r.App.Name)
 }
 
 // median of ds (the mean of the middle two for an even count).
@@ -782,6 +896,14 @@ func tail(s string, n int) string {
 func FormatVMStart(r *VMStartResult) string {
 	var b bytes.Buffer
 	sec := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+	// The ready pool's hits are milliseconds: shown in them.
+	medMS := func(be *BackendStart, sc string, f func(LoadSummary) time.Duration) string {
+		m, ok := be.Median(sc)
+		if !ok || m.Runs == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.1f ms", float64(f(m))/float64(time.Millisecond))
+	}
 	med := func(be *BackendStart, sc string, f func(LoadSummary) time.Duration) string {
 		m, ok := be.Median(sc)
 		if !ok || m.Runs == 0 {
@@ -822,17 +944,85 @@ func FormatVMStart(r *VMStartResult) string {
 	row("", "idle guest's boot, beforehand (off the path)", "—", func(be *BackendStart) string {
 		return med(be, Preloaded, func(m LoadSummary) time.Duration { return m.PreBoot })
 	})
+	row("Ready pool (issue 14)", "Configure (resolve, authorize, hand-out)", "—", func(be *BackendStart) string { return medMS(be, ReadyPool, conf) })
+	row("", "Loading Page (here: first answer)", "—", func(be *BackendStart) string { return medMS(be, ReadyPool, load) })
+	row("", "total", "—", func(be *BackendStart) string { return medMS(be, ReadyPool, total) })
+	row("", "ready guest's boot and configuration, beforehand (off the path)", "—", func(be *BackendStart) string {
+		return med(be, ReadyPool, func(m LoadSummary) time.Duration { return m.PreBoot })
+	})
 	row("Native Browser", "Cold-start Loading Page", fmt.Sprintf("%.2f s", PaperNativeCold), none)
 	row("", "Warm-start Loading Page", fmt.Sprintf("%.2f s", PaperNativeWarm), none)
 	row("Tahoma", "new browser VM (fewer configuration tasks)", fmt.Sprintf("~%.0f s", PaperTahoma), none)
 
-	b.WriteString("\nSteps (median, ms):\n\n| step |")
+	ms3 := func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+	b.WriteString("\nIssue 14's targets (medians of this run):\n\n")
+	for _, be := range r.Backends {
+		if m, ok := be.Median(ReadyPool); ok && m.Runs > 0 {
+			fmt.Fprintf(&b, "- %s ready-pool hit, configure: %s (target ≤ %s): %s\n", be.Backend, ms3(m.Configure), ms3(TargetReadyConfigure), targetMet(m.Configure <= TargetReadyConfigure))
+			first := time.Duration(0)
+			for _, st := range m.Steps {
+				if st.Name == StepFirstAnswer {
+					first = st.Duration
+				}
+			}
+			if be.Backend == "netns" {
+				fmt.Fprintf(&b, "- %s ready-pool hit, first answer: %s (target ≤ %s): %s\n", be.Backend, ms3(first), ms3(TargetReadyFirstAnswerN), targetMet(first <= TargetReadyFirstAnswerN))
+			} else {
+				fmt.Fprintf(&b, "- %s ready-pool hit, first answer: %s\n", be.Backend, ms3(first))
+			}
+		}
+		if m, ok := be.Median(Preloaded); ok && m.Runs > 0 {
+			line := fmt.Sprintf("- %s idle takeover, configure: %s", be.Backend, ms3(m.Configure))
+			if be.Backend == "qemu" {
+				line += fmt.Sprintf(" (target ≤ %s): %s", ms3(TargetIdleTakeoverQEMU), targetMet(m.Configure <= TargetIdleTakeoverQEMU))
+			}
+			b.WriteString(line + "\n")
+		}
+	}
+
+	b.WriteString("\nThe push to the guest's update daemon, part by part (median, ms; \"guest:\" parts are the daemon's own report):\n\n| part |")
 	for _, be := range r.Backends {
 		fmt.Fprintf(&b, " %s scratch | %s pre-loaded |", be.Backend, be.Backend)
 	}
 	b.WriteString("\n|---|")
 	for range r.Backends {
 		b.WriteString("---:|---:|")
+	}
+	b.WriteString("\n")
+	var partNames []string
+	for _, be := range r.Backends {
+		for _, m := range be.Medians {
+			for _, s := range m.PushParts {
+				if !slices.Contains(partNames, s.Name) {
+					partNames = append(partNames, s.Name)
+				}
+			}
+		}
+	}
+	for _, n := range partNames {
+		fmt.Fprintf(&b, "| %s |", n)
+		for _, be := range r.Backends {
+			for _, sc := range []string{Scratch, Preloaded} {
+				m, _ := be.Median(sc)
+				cell := "—"
+				for _, s := range m.PushParts {
+					if s.Name == n {
+						cell = fmt.Sprintf("%.1f", float64(s.Duration)/float64(time.Millisecond))
+					}
+				}
+				fmt.Fprintf(&b, " %s |", cell)
+			}
+		}
+		b.WriteString("\n")
+	}
+
+	b.WriteString("\nSteps (median, ms):\n\n| step |")
+	for _, be := range r.Backends {
+		fmt.Fprintf(&b, " %s scratch | %s pre-loaded | %s ready pool |", be.Backend, be.Backend, be.Backend)
+	}
+	b.WriteString("\n|---|")
+	for range r.Backends {
+		b.WriteString("---:|---:|---:|")
 	}
 	b.WriteString("\n")
 	var names []string
@@ -853,7 +1043,7 @@ func FormatVMStart(r *VMStartResult) string {
 		}
 		fmt.Fprintf(&b, "| %s |", shown)
 		for _, be := range r.Backends {
-			for _, sc := range []string{Scratch, Preloaded} {
+			for _, sc := range []string{Scratch, Preloaded, ReadyPool} {
 				m, _ := be.Median(sc)
 				cell := "—"
 				for _, s := range m.Steps {
@@ -885,10 +1075,15 @@ What the phases include:
   pushed. There is no browser: the paper's page load is not reproduced.
 - The pool's refill boots the idle guest before the pre-loaded load; its time is
   shown apart and is in no total.
+- Ready pool: the application asks for one ready guest (pool: {ready: 1}); the
+  refill boots it and runs the whole configuration (bundle with the guest's own
+  keys and certificate, compliance, push, host policy) before the load, shown
+  apart and in no total. The load resolves, authorizes and takes the guest (one
+  committed write to the pool's table); its first answer is as above.
 `)
 	for _, be := range r.Backends {
 		fmt.Fprintf(&b, "- %s: %s.\n", be.Backend, be.Where)
-		for _, runs := range [][]LoadRun{be.Scratch, be.Preloaded} {
+		for _, runs := range [][]LoadRun{be.Scratch, be.Preloaded, be.Ready} {
 			if len(runs) > 0 {
 				fmt.Fprintf(&b, "  - %s load: the guest's daemon installed %d SAs and %d XFRM policies in the guest's kernel\n", runs[0].Scenario, runs[0].GuestSAs, runs[0].GuestPolicies)
 			}

@@ -74,6 +74,7 @@ func (h *Host) Quarantine(g *Guest) error {
 	}
 	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: 0, Range: label.Bounds{}}
 	setAddr(&spec, g.Addr)
+	setLink(&spec, g)
 	return h.Agent.SetGuest(spec)
 }
 
@@ -130,6 +131,19 @@ func setAddr(spec *agent.GuestSpec, a netip.Addr) {
 	} else {
 		spec.Addr6 = a
 	}
+}
+
+// setLink puts what the fast path checks a guest's link traffic against
+// into its declaration: the host's address on the link (the only one its
+// control traffic may reach) and the guest's MAC where the backend set it.
+func setLink(spec *agent.GuestSpec, g *Guest) {
+	switch {
+	case g.HostAddr.Is4():
+		spec.HostAddr4 = g.HostAddr
+	case g.HostAddr.IsValid():
+		spec.HostAddr6 = g.HostAddr
+	}
+	spec.MAC = g.MAC
 }
 
 func (h *Host) addHostPeer(a netip.Addr) error {
@@ -189,6 +203,42 @@ func (h *Host) pushPeers() error {
 	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
 	return h.Agent.SetPeers(out)
 }
+
+// Resume gives the fast path back, after a restart of VMLoad, the servers
+// of guest g, which kept running bound to app (a guest serving it, or one
+// kept ready for it): Apply's peer table lives in this process only, and
+// without it the next change to the table would drop g's servers. The
+// agent keeps the guest's own entry itself. Call it for every such guest
+// before the loader takes loads; the peers are pushed once, by Push.
+func (h *Host) Resume(g *Guest, app *policystore.Application, appID uint32) {
+	var peers []agent.PeerSpec
+	for _, s := range app.Servers {
+		for _, a := range s.Addresses {
+			peers = append(peers, agent.PeerSpec{Prefix: netip.PrefixFrom(a, a.BitLen()), App: appID, Range: s.Range, Kind: verdict.PeerWeb})
+		}
+	}
+	all := label.Bounds{High: label.Label{Secrecy: label.Level{Sens: label.MaxSensitivity}, Integrity: label.MaxIntegrity}}
+	for c := 0; c <= label.MaxCategory; c++ {
+		all.High.Secrecy.Cats.Add(c)
+	}
+	hp := agent.PeerSpec{Prefix: netip.PrefixFrom(g.HostAddr, g.HostAddr.BitLen()), Range: all, Kind: verdict.PeerHost}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.peers == nil {
+		h.peers = map[string][]agent.PeerSpec{}
+	}
+	h.peers[g.Interface] = peers
+	known := false
+	for _, b := range h.base {
+		known = known || b.Prefix == hp.Prefix
+	}
+	if !known {
+		h.base = append(h.base, hp)
+	}
+}
+
+// Push sends the peer table as it stands (after Resume).
+func (h *Host) Push() error { return h.pushPeers() }
 
 // HostXFRM is the host's end of a guest's tunnel: the same SAs, and for
 // each of the guest's labeled policies the host's mirror (what the guest
@@ -294,6 +344,7 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	}
 	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: appID, Range: b.Range}
 	setAddr(&spec, g.Addr)
+	setLink(&spec, g)
 	if err := h.Agent.SetGuest(spec); err != nil {
 		return rollback, fmt.Errorf("declare %s to the agent: %w", g.Interface, err)
 	}

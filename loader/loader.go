@@ -38,6 +38,13 @@ type Pusher interface {
 	Push(ctx context.Context, g *Guest, b *policystore.Bundle) error
 }
 
+// PartsPusher is a Pusher that says where a push's time went: connect,
+// TLS handshake, body transfer, the daemon's own parts (validation,
+// SELinux modules, mapper policy, XFRM apply, state write), the answer.
+type PartsPusher interface {
+	PushParts(ctx context.Context, g *Guest, b *policystore.Bundle) ([]Step, error)
+}
+
 // HostSide applies the host part of a bundle (fast-path maps, host XFRM,
 // host SELinux modules) and returns how to undo it.
 type HostSide interface {
@@ -63,6 +70,11 @@ type Config struct {
 	// Limits bound what one guest can make the host do; zero fields take
 	// DefaultLimits.
 	Limits Limits
+	// ReadyBasis names what ready guests are built from besides their
+	// application and the system policy: the CA's certificate, the
+	// templates, the build. Guests kept ready under another basis are
+	// stale (see ReadyWants).
+	ReadyBasis string
 }
 
 // Loader is VMLoad: it runs the configuration phase for a URL.
@@ -135,10 +147,13 @@ func (c Caller) String() string {
 	return fmt.Sprintf("vm%d (%s, %s)", c.VM, c.Addr, c.App)
 }
 
-// Step is one phase of the configuration with its duration.
+// Step is one phase of the configuration with its duration, and where
+// that went when the phase reports it (the push: see PartsPusher). Parts
+// are inside the step's duration, never added to it.
 type Step struct {
 	Name     string        `json:"name"`
 	Duration time.Duration `json:"duration_ns"`
+	Parts    []Step        `json:"parts,omitempty"`
 }
 
 // Result is the answer to a load.
@@ -265,9 +280,9 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 		reuseOnly = ro
 	}
 	if err := step("acquire", func(ctx context.Context) (err error) {
-		actx := ctx
+		actx := WithReadyFingerprint(ctx, l.Fingerprint(app))
 		if reuseOnly {
-			actx = WithReuseOnly(ctx)
+			actx = WithReuseOnly(actx)
 		}
 		lease, err = l.pool.Acquire(actx, app.Name, app.Guest, l.cfg.Template)
 		if errors.Is(err, ErrReuseOnly) {
@@ -284,15 +299,38 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 	}
 	g := lease.Guest()
 	res.Guest, res.How = *g, lease.How()
-	if res.How == "reuse" {
-		// Already configured for this application and range: the pool
-		// matched both, so there is nothing to push.
+	if res.How == "reuse" || res.How == "ready" {
+		// Already configured for this application and range (a guest
+		// serving it, or one prepared for it under the current
+		// fingerprint): the pool matched both, so there is nothing to
+		// push.
 		res.Steps = append(res.Steps, Step{Name: "ready"})
 		lease.Done(true)
 		lease = nil
 		return res, nil
 	}
 
+	b, err := l.configure(app, g, step, &res.Steps, &undo)
+	if b != nil {
+		res.Version, res.Notes = b.Version, b.Notes
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Steps = append(res.Steps, Step{Name: "ready"})
+	l.rememberBundle(g, b) // for SA rotation
+	lease.Done(true)
+	lease = nil
+	return res, nil
+}
+
+// configure runs the configuration steps for a guest taken fresh for app:
+// bundle (with the guest's own keys and certificate), compliance, push
+// the guest part, apply the host part. It appends to undo what reverses
+// its host-side work, and returns the bundle once it is generated.
+//
+// step runs and times a step, appending it to *steps.
+func (l *Loader) configure(app *policystore.Application, g *Guest, step func(string, func(context.Context) error) error, steps *[]Step, undo *[]func(context.Context) error) (*policystore.Bundle, error) {
 	var b *policystore.Bundle
 	if err := step("bundle", func(ctx context.Context) (err error) {
 		port := l.cfg.MapperPort
@@ -312,42 +350,44 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 			}
 			return s, err
 		}
-		undo = append(undo, func(context.Context) error { l.freeSPIs(spis); return nil })
+		*undo = append(*undo, func(context.Context) error { l.freeSPIs(spis); return nil })
 		if req.Version, err = l.catalog.Store.NextVersion(app.Name); err != nil {
 			return err
 		}
-		if b, err = policystore.GenerateBundle(app, req, l.templates); err != nil {
-			return err
-		}
-		res.Version, res.Notes = b.Version, b.Notes
-		return nil
+		b, err = policystore.GenerateBundle(app, req, l.templates)
+		return err
 	}); err != nil {
-		return res, err
+		return nil, err
 	}
 	if err := step("compliance", func(context.Context) error {
 		return policystore.CheckBundle(app, b, l.cfg.System)
 	}); err != nil {
-		return res, err
+		return b, err
 	}
-	if err := step("push guest policy", func(ctx context.Context) error {
+	var parts []Step
+	err := step("push guest policy", func(ctx context.Context) (err error) {
+		if pp, ok := l.push.(PartsPusher); ok {
+			parts, err = pp.PushParts(ctx, g, b.GuestPart())
+			return err
+		}
 		return l.push.Push(ctx, g, b.GuestPart())
-	}); err != nil {
-		return res, err
+	})
+	if n := len(*steps); n > 0 && (*steps)[n-1].Name == "push guest policy" {
+		(*steps)[n-1].Parts = parts
+	}
+	if err != nil {
+		return b, err
 	}
 	if err := step("host policy", func(ctx context.Context) error {
 		u, err := l.host.Apply(ctx, g, app, AppID(app.Name), b)
 		if u != nil {
-			undo = append(undo, u)
+			*undo = append(*undo, u)
 		}
 		return err
 	}); err != nil {
-		return res, err
+		return b, err
 	}
-	res.Steps = append(res.Steps, Step{Name: "ready"})
-	l.rememberBundle(g, b) // for SA rotation
-	lease.Done(true)
-	lease = nil
-	return res, nil
+	return b, nil
 }
 
 // allocSPI hands out SPIs of the host's range, never one in use.

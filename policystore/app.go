@@ -47,7 +47,22 @@ type Application struct {
 	// name of the application of the requesting guest, "host" for the
 	// host's own command line, or "any".
 	LoadableFrom []string `json:"loadable_from" yaml:"loadable_from"`
+	// Pool asks VMLoad to keep guests configured for the application ahead
+	// of demand (see PoolSpec); the zero value keeps none.
+	Pool PoolSpec `json:"pool,omitzero" yaml:"pool,omitempty"`
 }
+
+// PoolSpec is how many guests VMLoad keeps ready for an application: booted,
+// with the application's bundle generated, checked, pushed and applied on
+// both ends, each with its own keys and certificate, so that a load that
+// finds one only resolves, authorizes and hands it out.
+type PoolSpec struct {
+	// Ready is the number of such guests; 0 (the default) keeps none.
+	Ready int `json:"ready,omitempty" yaml:"ready,omitempty"`
+}
+
+// MaxReady bounds PoolSpec.Ready: every ready guest is a running VM.
+const MaxReady = 16
 
 // Server is a web server of an application. Its Range bounds the labels of
 // the data it serves: the paper's ws1 and ws2 serve s6–s15, ws3 s0–s5.
@@ -241,6 +256,9 @@ func (a *Application) Validate() error {
 				}
 			}
 		}
+	}
+	if a.Pool.Ready < 0 || a.Pool.Ready > MaxReady {
+		return fieldErr("pool.ready", "%d ready guests; want 0 (none, the default) to %d", a.Pool.Ready, MaxReady)
 	}
 	if len(a.LoadableFrom) == 0 {
 		return fieldErr("loadable_from", "say who may load the application: application names, %q or %q", HostCaller, AnyCaller)

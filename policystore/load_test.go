@@ -123,6 +123,9 @@ func TestParseApplicationErrors(t *testing.T) {
 		{"bad type", "type: analyst_t", "type: Analyst", []string{"analyst.yaml:8", "type", "_t"}},
 		{"yaml syntax", "servers:", "servers: [", []string{"analyst.yaml:"}},
 		{"dup server", "name: ws2", "name: ws1", []string{"analyst.yaml:27", "servers[1].name", "listed twice"}},
+		{"negative ready pool", "loadable_from:", "pool: {ready: -1}\nloadable_from:", []string{"analyst.yaml:46", "pool.ready", "want 0"}},
+		{"huge ready pool", "loadable_from:", "pool:\n  ready: 1000\nloadable_from:", []string{"analyst.yaml:47", "pool.ready", "1000"}},
+		{"unknown pool key", "loadable_from:", "pool: {redy: 2}\nloadable_from:", []string{"analyst.yaml:", "redy", "not found"}},
 		{"server out of guest", "range: s0-s5/i5-i10", "range: s0-s5/i0-i2", []string{"servers[2].range", "nothing in common"}},
 	}
 	for _, c := range cases {
@@ -144,6 +147,27 @@ func TestParseApplicationErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseApplicationReadyPool(t *testing.T) {
+	good, err := os.ReadFile(filepath.Join("..", "examples", "analyst", "analyst.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ParseApplication("analyst.yaml", good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Pool.Ready != 0 {
+		t.Errorf("no pool key: ready %d, want the default 0", a.Pool.Ready)
+	}
+	src := strings.Replace(string(good), "loadable_from:", "pool: {ready: 3}\nloadable_from:", 1)
+	if a, err = ParseApplication("analyst.yaml", []byte(src)); err != nil {
+		t.Fatal(err)
+	}
+	if a.Pool.Ready != 3 {
+		t.Errorf("pool: {ready: 3} read as %d", a.Pool.Ready)
 	}
 }
 

@@ -46,6 +46,10 @@ in mlsgate_loader_refusals_total{reason}. It keeps a pool of pre-loaded guests (
 guests), boots them with --backend (netns, qemu or xen), pushes each guest's
 policy to its update daemon over mutual TLS (on the same port number) and
 declares the guest, its servers and its SAs to the host agent (--agent).
+An application whose file says pool: {ready: N} gets N guests configured
+for it ahead of demand, each with its own keys; a load that finds one only
+hands it out. They are replaced after a template, CA or application change
+(mlsgate_pool_invalidated_total on /metrics).
 
 The agent's api_port must equal --api-port: the fast path passes TCP on that
 port between a guest and the host as control traffic, which is how a guest

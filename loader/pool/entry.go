@@ -26,12 +26,17 @@ const (
 	// interrupted by a crash, a removal whose destroy has not succeeded).
 	// The refill pass destroys Failed guests and drops their entries.
 	Failed
+	// Prepared: configured ahead of demand for one application and range
+	// (Config.Ready, Config.Prepare) and not yet handed out; Pending while
+	// that configuration runs. A hand-out makes it Ready or Full, and it
+	// never becomes Prepared again.
+	Prepared
 )
 
-var stateNames = [...]string{Idle: "idle", Ready: "ready", Full: "full", Booting: "booting", Failed: "failed"}
+var stateNames = [...]string{Idle: "idle", Ready: "ready", Full: "full", Booting: "booting", Failed: "failed", Prepared: "prepared"}
 
-// String returns the state's name: "idle", "ready", "full", "booting" or
-// "failed".
+// String returns the state's name: "idle", "ready", "full", "booting",
+// "failed" or "prepared".
 func (s State) String() string {
 	if s >= Idle && int(s) < len(stateNames) {
 		return stateNames[s]
@@ -55,16 +60,19 @@ func (s *State) UnmarshalText(b []byte) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("pool: unknown state %q; want idle, ready, full, booting or failed", b)
+	return fmt.Errorf("pool: unknown state %q; want idle, ready, full, booting, failed or prepared", b)
 }
 
 // How says where Acquire found the guest it leased.
 type How string
 
-// The three ways Acquire finds a guest, in the order it tries them.
+// The ways Acquire finds a guest, in the order it tries them.
 const (
 	// HowReuse: a Ready guest already serving the application at the range.
 	HowReuse How = "reuse"
+	// HowReady: a Prepared guest, configured for the application and range
+	// ahead of demand, handed out whole.
+	HowReady How = "ready"
 	// HowIdle: an Idle guest of the template, now bound to the application.
 	HowIdle How = "idle"
 	// HowBoot: a guest booted for this request.
@@ -106,6 +114,10 @@ type Entry struct {
 	Since time.Time `json:"since"`
 	// Err says why an entry is Failed.
 	Err string `json:"err,omitempty"`
+	// Fingerprint is what a Prepared guest's configuration was built from
+	// (loader.ReadyWant.Fingerprint); it stays with the guest once handed
+	// out.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // full reports whether a bound guest is at its load limit: MaxLoads loads

@@ -76,6 +76,13 @@ type Config struct {
 	// Interval is how often Run looks at the pool when nothing wakes it
 	// (to retry destroys that failed). Default 30s.
 	Interval time.Duration
+	// Ready, when set, lists the guests to keep configured for
+	// applications ahead of demand; each Refill pass asks it. Prepare
+	// configures one such guest (a booted guest, bound to w.App at
+	// w.Range), and must leave it fully configured or fail; a guest whose
+	// Prepare failed is destroyed. Both or neither.
+	Ready   func(ctx context.Context) ([]loader.ReadyWant, error)
+	Prepare func(ctx context.Context, g *loader.Guest, w loader.ReadyWant) error
 	// OpTimeout bounds the Check calls in Open and the Destroy calls that
 	// run without a caller's context (Lease.Done, cleanup after a failed
 	// boot). Default 2m.
@@ -95,6 +102,8 @@ const (
 	EventDestroyed     = "destroyed"      // a guest was destroyed and its entry dropped
 	EventDestroyFailed = "destroy-failed" // Destroy failed; the entry stays Failed
 	EventDropped       = "dropped"        // an entry was dropped without a Destroy
+	EventPrepared      = "prepared"       // a guest was configured ahead of demand
+	EventInvalidated   = "invalidated"    // a Prepared guest went stale and is replaced
 )
 
 // Pool is VMLoad's table of guests. Its methods are safe for concurrent
@@ -117,8 +126,19 @@ type Pool struct {
 	destroys   int
 	destroyErr int
 	hits       map[How]int
+	// ready is the refill's memory of each ready want, by application,
+	// range and template; prepared, prepareFails and invalidated count
+	// Prepare calls that succeeded or failed and Prepared guests dropped
+	// as stale.
+	ready                               map[readyKey]*readyState
+	prepared, prepareFails, invalidated int
 
 	kick chan struct{}
+	// changed is closed, and replaced, on every change to the table, so
+	// that an Acquire waiting for another's boot wakes.
+	changed chan struct{}
+	// joined counts Acquires waiting for another's boot (for tests).
+	joined int
 }
 
 // destroyRetry is the refill's memory of a guest whose destroy failed.
@@ -180,7 +200,9 @@ func Open(path string, cfg Config) (*Pool, error) {
 		retry:      map[uint64]destroyRetry{},
 		tmpl:       map[string]*tmplState{},
 		hits:       map[How]int{},
+		ready:      map[readyKey]*readyState{},
 		kick:       make(chan struct{}, 1),
+		changed:    make(chan struct{}),
 	}
 	for name := range cfg.Templates {
 		p.tmpl[name] = &tmplState{}
@@ -208,6 +230,9 @@ func (c *Config) fill() error {
 		if t.MaxLoads < 0 || t.MaxActive < 0 || t.MaxLoads == 0 && t.MaxActive == 0 {
 			return fmt.Errorf("pool: template %s: MaxLoads %d, MaxActive %d; set at least one of them, at least 1 (a guest must take at least 1 load)", name, t.MaxLoads, t.MaxActive)
 		}
+	}
+	if (c.Ready == nil) != (c.Prepare == nil) {
+		return errors.New("pool: Config.Ready and Config.Prepare go together; set both to keep guests ready for applications, or neither")
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -313,7 +338,14 @@ func (p *Pool) commit(put ...Entry) error {
 	for _, e := range put {
 		p.entries[e.ID] = e
 	}
+	p.signal()
 	return nil
+}
+
+// signal wakes the Acquires waiting for a change. The caller holds p.mu.
+func (p *Pool) signal() {
+	close(p.changed)
+	p.changed = make(chan struct{})
 }
 
 // insert persists a new entry, numbered by the store, and installs it.
@@ -338,6 +370,7 @@ func (p *Pool) insert(e Entry) (Entry, error) {
 func (p *Pool) forget(id uint64) error {
 	delete(p.entries, id)
 	delete(p.retry, id)
+	p.signal()
 	if p.closed {
 		return ErrClosed
 	}
@@ -366,9 +399,13 @@ func (p *Pool) opCtx(parent context.Context) (context.Context, context.CancelFun
 
 // Acquire finds a guest for a load of app at the secrecy/integrity range
 // rng from the template, in the paper's order: a Ready guest of the
-// template already serving app at exactly rng, else an Idle guest of the
+// template already serving app at exactly rng, else (for a ctx marked
+// loader.WithReadyFingerprint) a Prepared guest built for app at rng under
+// that fingerprint, handed out whole (HowReady), else an Idle guest of the
 // template (bound to app and rng from then on), else a guest booted for
-// this request. The boot runs without the pool's lock; meanwhile the table
+// this request. While another Acquire boots a guest for the same app, rng
+// and template that can take a second load, Acquire waits for that guest
+// and reuses it instead of booting one more. The boot runs without the pool's lock; meanwhile the table
 // shows a Booting entry for app. The caller configures the guest and then
 // calls Lease.Done. For a ctx marked loader.WithReuseOnly, only the first
 // choice is made: without a Ready guest, Acquire fails with
@@ -388,21 +425,63 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 		return Lease{}, err
 	}
 
-	p.mu.Lock()
-	now := p.cfg.Now()
-	if e, ok := p.pick(func(e Entry) bool {
-		return e.State == Ready && !e.Pending && e.App == app && e.Range == rng && e.Template == template
-	}); ok {
-		e.Loads++
-		e.Active++
-		if e.full() {
-			e.State, e.Since = Full, now
+	fp, wantReady := loader.ReadyFingerprint(ctx)
+	var now time.Time
+	for joins := 0; ; joins++ {
+		p.mu.Lock()
+		now = p.cfg.Now()
+		if e, ok := p.pick(func(e Entry) bool {
+			return e.State == Ready && !e.Pending && e.App == app && e.Range == rng && e.Template == template
+		}); ok {
+			e.Loads++
+			e.Active++
+			if e.full() {
+				e.State, e.Since = Full, now
+			}
+			return p.handOut(e, HowReuse)
 		}
-		return p.handOut(e, HowReuse)
-	}
-	if loader.ReuseOnly(ctx) {
-		p.mu.Unlock()
-		return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
+		// A ready guest is a fresh one (the refill boots its replacement):
+		// a caller held to reuse takes none.
+		if loader.ReuseOnly(ctx) {
+			p.mu.Unlock()
+			return Lease{}, fmt.Errorf("pool: acquire for %s: %w", app, loader.ErrReuseOnly)
+		}
+		if wantReady {
+			if e, ok := p.pick(func(e Entry) bool {
+				return e.State == Prepared && !e.Pending && e.App == app && e.Range == rng && e.Template == template && e.Fingerprint == fp
+			}); ok {
+				// Configured ahead of demand: the hand-out is the whole
+				// load. Pending until Done, so that a failed hand-out
+				// destroys it like any fresh guest's failed first
+				// configuration.
+				p.bind(&e, app, rng, tc, now)
+				l, err := p.handOut(e, HowReady)
+				if err == nil {
+					p.wake()
+				}
+				return l, err
+			}
+		}
+		// Another load for the same application and range is booting a
+		// guest that can take this load too: wait for it to be booted and
+		// configured, then reuse it, rather than boot a second guest.
+		if joins < maxJoins && tc.shareable() {
+			if e, ok := p.pick(func(e Entry) bool {
+				return e.State == Booting && e.Fingerprint == "" && e.App == app && e.Range == rng && e.Template == template
+			}); ok {
+				p.joined++
+				p.mu.Unlock()
+				err := p.awaitConfigured(ctx, e.ID)
+				p.mu.Lock()
+				p.joined--
+				p.mu.Unlock()
+				if err != nil {
+					return Lease{}, fmt.Errorf("pool: acquire for %s: waiting for the boot of slot %d: %w", app, e.ID, err)
+				}
+				continue
+			}
+		}
+		break
 	}
 	if e, ok := p.pick(func(e Entry) bool {
 		return e.State == Idle && e.Template == template
@@ -444,6 +523,39 @@ func (p *Pool) Acquire(ctx context.Context, app string, rng label.Bounds, templa
 	e.Guest = *g
 	p.bind(&e, app, rng, tc, p.cfg.Now())
 	return p.handOut(e, HowBoot)
+}
+
+// maxJoins bounds how many other loads' boots one Acquire waits for
+// before it boots a guest of its own.
+const maxJoins = 4
+
+// shareable reports whether a guest of the template can take a second
+// load while its first is in progress.
+func (t TemplateConfig) shareable() bool {
+	return t.MaxLoads != 1 && t.MaxActive != 1
+}
+
+// awaitConfigured waits until the slot id has been booted and its first
+// configuration has ended (or the slot is gone or failed), or ctx ends.
+// The wait is event-driven and bounded by ctx; the loop by maxWaits changes.
+func (p *Pool) awaitConfigured(ctx context.Context, id uint64) error {
+	const maxWaits = 1 << 16
+	for range maxWaits {
+		p.mu.Lock()
+		e, ok := p.entries[id]
+		if !ok || e.State == Failed || e.State != Booting && !e.Pending || p.closed {
+			p.mu.Unlock()
+			return nil
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // guestOf is the Guest of a slot not yet announced.
@@ -780,6 +892,10 @@ type Stats struct {
 	Destroys, DestroyFailures int
 	// Hits counts leases by where Acquire found the guest.
 	Hits map[How]int
+	// Prepared and PrepareFailures count guests configured ahead of
+	// demand and preparations that failed; Invalidated counts Prepared
+	// guests dropped as stale (mlsgate_pool_invalidated_total).
+	Prepared, PrepareFailures, Invalidated int
 }
 
 // TemplateStats is the summary of one template.
@@ -808,6 +924,9 @@ func (p *Pool) Stats() Stats {
 		Destroys:        p.destroys,
 		DestroyFailures: p.destroyErr,
 		Hits:            maps.Clone(p.hits),
+		Prepared:        p.prepared,
+		PrepareFailures: p.prepareFails,
+		Invalidated:     p.invalidated,
 	}
 	tstats := func(name string) TemplateStats {
 		t, ok := s.Templates[name]
@@ -846,5 +965,6 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.closed = true
+	p.signal()
 	return p.st.close()
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/loader"
 )
 
 var (
@@ -49,7 +50,22 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 	e := newEnv(t, 2, 3)
 	// "live" guests take 2 loads at once and any number in their life.
 	e.cfg.Templates["live"] = TemplateConfig{Size: 1, MaxActive: 2}
+	// Ready guests: bank at the low range from web and news at the high
+	// range from live, under fingerprints that change now and then (a
+	// template, CA or application change).
+	r := newFakeReady()
+	fps := map[string]int{"bank": 1, "news": 1}
+	wants := func() []loader.ReadyWant {
+		return []loader.ReadyWant{
+			{App: "bank", Range: bounds(t, rngLow), Template: "web", N: 2, Fingerprint: fmt.Sprintf("bank-%d", fps["bank"])},
+			{App: "news", Range: bounds(t, rngHigh), Template: "live", N: 1, Fingerprint: fmt.Sprintf("news-%d", fps["news"])},
+		}
+	}
+	r.wants = wants()
+	e.cfg.Ready, e.cfg.Prepare = r.Ready, r.Prepare
 	e.reopen()
+	handed := map[uint32]bool{} // every guest ever handed out
+	readyHits := 0
 	rnd := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var (
 		apps      = []string{"bank", "news", "mail"}
@@ -69,8 +85,14 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 		switch op := rnd.IntN(100); {
 		case op < 45: // Acquire
 			u := use{apps[rnd.IntN(len(apps))], rngs[rnd.IntN(len(rngs))], templates[rnd.IntN(len(templates))]}
-			want := expectHow(e.p.List(), u, bounds(t, u.rng))
-			l, err := e.p.Acquire(ctx, u.app, bounds(t, u.rng), u.template)
+			actx, fp := ctx, ""
+			if rnd.IntN(3) != 0 {
+				// Mostly the current fingerprint, sometimes a stale one.
+				fp = fmt.Sprintf("%s-%d", u.app, fps[u.app]-rnd.IntN(2))
+				actx = loader.WithReadyFingerprint(ctx, fp)
+			}
+			want := expectHow(e.p.List(), u, bounds(t, u.rng), fp)
+			l, err := e.p.Acquire(actx, u.app, bounds(t, u.rng), u.template)
 			if err != nil {
 				if want == HowBoot && errors.Is(err, errFakeBoot) {
 					continue
@@ -93,7 +115,14 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 			if e.vms.destroyCount(vm) != 0 || !e.vms.isLive(vm) {
 				fail(step, "vm %d was handed out but is not running", vm)
 			}
+			if l.How == HowReady && l.Entry.Fingerprint != fp {
+				fail(step, "vm %d built under %q handed out for a load under %q", vm, l.Entry.Fingerprint, fp)
+			}
 			bound[vm] = u
+			handed[vm] = true
+			if l.How == HowReady {
+				readyHits++
+			}
 			leases = append(leases, held{l, u})
 		case op < 75: // Done
 			if len(leases) == 0 {
@@ -106,9 +135,20 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 				fail(step, "Done on vm %d: %v", h.l.Entry.Guest.VM, err)
 			}
 		case op < 85: // Refill
-			if err := e.p.Refill(ctx); err != nil && !errors.Is(err, errFakeBoot) && !isDestroyErr(err) {
+			err := e.p.Refill(ctx)
+			if err != nil && !errors.Is(err, errFakeBoot) && !errors.Is(err, errFakePrepare) && !isDestroyErr(err) {
 				fail(step, "Refill: %v", err)
 			}
+			// Invalidation replaced every ready guest built under an old
+			// fingerprint.
+			for _, row := range e.p.List() {
+				if row.State == Prepared && row.Fingerprint != fmt.Sprintf("%s-%d", row.App, fps[row.App]) {
+					fail(step, "after a refill vm %d is ready under stale %q", row.Guest.VM, row.Fingerprint)
+				}
+			}
+		case op < 87: // a template, CA or application change
+			fps[apps[rnd.IntN(2)]]++
+			r.set(func(f *fakeReady) { f.wants = wants() })
 		case op < 90: // Remove
 			rows := e.p.List()
 			if len(rows) == 0 {
@@ -126,6 +166,9 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 					f.failDestroy = !f.failDestroy
 				}
 			})
+			if rnd.IntN(4) == 0 {
+				r.set(func(f *fakeReady) { f.fail = rnd.IntN(2) })
+			}
 		default: // restart
 			before := e.p.List()
 			e.reopen()
@@ -135,6 +178,15 @@ func runProperty(t *testing.T, seed uint64, steps int) {
 			leases = nil // leases do not survive a restart
 		}
 		checkTable(t, e, seed, step, bound, leases)
+		for _, row := range e.p.List() {
+			if row.State == Prepared && handed[row.Guest.VM] {
+				fail(step, "vm %d was handed out and is in the ready set again", row.Guest.VM)
+			}
+		}
+	}
+	t.Logf("ready hits %d, guests prepared %d", readyHits, len(r.prepared))
+	if len(r.dup) > 0 {
+		t.Fatalf("seed %d: guests prepared twice (shared keys): %v", seed, r.dup)
 	}
 }
 
@@ -142,14 +194,19 @@ func isDestroyErr(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "fake destroy failure")
 }
 
-// expectHow is the paper's order, decided from the table before Acquire.
-func expectHow(rows []Entry, u use, rng label.Bounds) How {
-	idle := false
+// expectHow is the paper's order, decided from the table before Acquire,
+// with ready guests (built under fp) between reuse and idle.
+func expectHow(rows []Entry, u use, rng label.Bounds, fp string) How {
+	idle, ready := false, false
 	for _, r := range rows {
 		if r.State == Ready && !r.Pending && r.App == u.app && r.Range == rng && r.Template == u.template {
 			return HowReuse
 		}
+		ready = ready || fp != "" && r.State == Prepared && !r.Pending && r.App == u.app && r.Range == rng && r.Template == u.template && r.Fingerprint == fp
 		idle = idle || r.State == Idle && r.Template == u.template
+	}
+	if ready {
+		return HowReady
 	}
 	if idle {
 		return HowIdle
@@ -183,6 +240,13 @@ func checkTable(t *testing.T, e *env, seed uint64, step int, bound map[uint32]us
 			}
 		case Booting:
 			bad("booting with no boot in flight")
+		case Prepared:
+			if r.App == "" || r.Fingerprint == "" || r.Loads != 0 || r.Active != 0 || r.Pending {
+				bad("prepared but unbound, in use or still being prepared")
+			}
+			if _, ok := bound[r.Guest.VM]; ok {
+				bad("prepared but handed out before")
+			}
 		case Failed:
 			if r.Err == "" {
 				bad("failed without a reason")

@@ -15,7 +15,9 @@ import (
 // them (counting boots in flight), one boot at a time per template and at
 // most Config.Parallel templates at once. A template whose boots failed is
 // skipped until its backoff ends; a pass stops booting for a template at
-// its first failure. The error joins what failed in the pass.
+// its first failure. Last, with Config.Ready set, it replaces stale ready
+// guests and prepares ready guests until each application has the number
+// it asks for (see readyPass). The error joins what failed in the pass.
 func (p *Pool) Refill(ctx context.Context) error {
 	var errs []error
 	p.mu.Lock()
@@ -71,6 +73,11 @@ func (p *Pool) Refill(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
+	if ctx.Err() == nil {
+		if err := p.readyPass(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -190,6 +197,11 @@ func (p *Pool) Run(ctx context.Context) error {
 		}
 		for _, r := range p.retry {
 			wait = min(wait, r.at.Sub(now))
+		}
+		for _, rs := range p.ready {
+			if rs.consecutive > 0 {
+				wait = min(wait, rs.retryAt.Sub(now))
+			}
 		}
 		p.mu.Unlock()
 		// A clock that stands still (in tests) must not make Run spin.

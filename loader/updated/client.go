@@ -3,6 +3,7 @@ package updated
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +43,15 @@ type Client struct {
 	once sync.Once
 	hc   *http.Client
 	err  error
+
+	// warming holds, per address, the Connect in progress: a request to
+	// that address waits for it and then uses its connection, instead of
+	// opening a second one at the same time (two handshakes at once on a
+	// guest's one emulated CPU each take twice as long).
+	warmMu  sync.Mutex
+	warming map[string]chan struct{}
+	// dials counts the connections opened (for tests).
+	dials atomic.Int32
 }
 
 func (c *Client) timeout() time.Duration {
@@ -75,10 +86,13 @@ func (c *Client) init() error {
 				if err != nil {
 					return nil, err
 				}
+				c.dials.Add(1)
+				t0 := time.Now()
 				raw, err := d.DialContext(ctx, network, addr)
 				if err != nil {
 					return nil, err
 				}
+				t1 := time.Now()
 				tc := cfg.Clone()
 				tc.ServerName = host
 				conn := tls.Client(raw, tc)
@@ -86,10 +100,10 @@ func (c *Client) init() error {
 					raw.Close()
 					return nil, &handshakeError{err}
 				}
-				return &recordingConn{Conn: conn}, nil
+				return &recordingConn{Conn: conn, dial: t1.Sub(t0), handshake: time.Since(t1)}, nil
 			},
 			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     30 * time.Second,
+			IdleConnTimeout:     KeepAliveIdle - time.Minute,
 		}
 		c.hc = &http.Client{Transport: tr}
 	})
@@ -111,6 +125,23 @@ type recordingConn struct {
 	net.Conn
 	mu      sync.Mutex
 	readErr error
+	// dial and handshake are how long the connection took to open; the
+	// first request on it reports them.
+	dial, handshake time.Duration
+	reported        bool
+}
+
+// opening returns the connection's dial and handshake times the first
+// time it is asked, and zeros after: a request on a kept-alive connection
+// paid neither.
+func (c *recordingConn) opening() (dial, handshake time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reported {
+		return 0, 0
+	}
+	c.reported = true
+	return c.dial, c.handshake
 }
 
 func (c *recordingConn) Read(p []byte) (int, error) {
@@ -174,30 +205,100 @@ func (c *Client) Push(ctx context.Context, addr string, b *policystore.Bundle) (
 		return nil, &Error{Addr: addr, Code: CodeTooLarge, Reason: fmt.Sprintf("bundle v%d of %s is %d bytes, over the daemon's limit of %d", b.Version, b.Application, len(body), MaxBundleBytes)}
 	}
 	var rep Report
-	if err := c.do(ctx, http.MethodPost, addr, "/v1/bundle", body, &rep); err != nil {
+	sum := sha256.Sum256(body)
+	wire, err := c.doIdem(ctx, http.MethodPost, addr, "/v1/bundle", body, fmt.Sprintf("%s/%d/%x", b.Application, b.Version, sum[:8]), &rep)
+	if err != nil {
 		return nil, err
 	}
+	rep.Wire = wire
 	return &rep, nil
 }
 
-// Status asks the daemon at addr what it applied.
-func (c *Client) Status(ctx context.Context, addr string) (*Status, error) {
-	var st Status
-	if err := c.do(ctx, http.MethodGet, addr, "/v1/status", nil, &st); err != nil {
-		return nil, err
-	}
-	return &st, nil
-}
-
-// do sends one request and decodes a 200 answer into out, or an error
-// answer into an *Error.
-func (c *Client) do(ctx context.Context, method, addr, path string, body []byte, out any) error {
+// Connect opens an authenticated connection to the daemon at addr, if none
+// is open, and keeps it for the next request (a status request on it
+// checks both ends' certificates now rather than during the first push).
+func (c *Client) Connect(ctx context.Context, addr string) error {
 	if err := c.init(); err != nil {
 		return &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
 	}
+	c.warmMu.Lock()
+	if c.warming == nil {
+		c.warming = map[string]chan struct{}{}
+	}
+	if ch, ok := c.warming[addr]; ok {
+		c.warmMu.Unlock()
+		select {
+		case <-ch:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	ch := make(chan struct{})
+	c.warming[addr] = ch
+	c.warmMu.Unlock()
+	defer func() {
+		c.warmMu.Lock()
+		delete(c.warming, addr)
+		c.warmMu.Unlock()
+		close(ch)
+	}()
+	_, err := c.send(ctx, http.MethodGet, addr, "/v1/status", nil, "", &Status{})
+	return err
+}
+
+// awaitWarm waits for a Connect to addr in progress, or ctx.
+func (c *Client) awaitWarm(ctx context.Context, addr string) {
+	c.warmMu.Lock()
+	ch := c.warming[addr]
+	c.warmMu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+// Status asks the daemon at addr what it applied.
+func (c *Client) Status(ctx context.Context, addr string) (*Status, error) {
+	var st Status
+	if _, err := c.do(ctx, http.MethodGet, addr, "/v1/status", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// do sends one request and decodes a 200 answer into out, or an error
+// answer into an *Error. It returns where the request's time went (see
+// Report.Wire).
+func (c *Client) do(ctx context.Context, method, addr, path string, body []byte, out any) ([]Part, error) {
+	return c.doIdem(ctx, method, addr, path, body, "", out)
+}
+
+func (c *Client) doIdem(ctx context.Context, method, addr, path string, body []byte, idem string, out any) ([]Part, error) {
+	if err := c.init(); err != nil {
+		return nil, &Error{Addr: addr, Code: CodeTLS, Reason: err.Error(), Err: err}
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: fmt.Sprintf("address %q: want host:port", addr), Err: err}
+	}
+	t0 := time.Now()
+	c.awaitWarm(ctx, addr)
+	waited := time.Since(t0)
+	wire, err := c.send(ctx, method, addr, path, body, idem, out)
+	if len(wire) > 0 {
+		// Waiting for the connection Connect was opening is connecting.
+		wire[0].Duration += waited
+	}
+	return wire, err
+}
+
+func (c *Client) send(ctx context.Context, method, addr, path string, body []byte, idem string, out any) ([]Part, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	var rd io.Reader
@@ -206,20 +307,54 @@ func (c *Client) do(ctx context.Context, method, addr, path string, body []byte,
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, rd)
 	if err != nil {
-		return &Error{Addr: addr, Code: CodeUnreachable, Reason: err.Error(), Err: err}
+		return nil, &Error{Addr: addr, Code: CodeUnreachable, Reason: err.Error(), Err: err}
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if idem != "" {
+		// A push is idempotent (the daemon answers the same bundle
+		// again with AlreadyApplied), and saying so lets the transport
+		// send it again on a fresh connection when a kept-alive one
+		// turns out to have been closed under it.
+		req.Header.Set("Idempotency-Key", idem)
+	}
 	var mu sync.Mutex
 	var used *recordingConn
-	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if rc, ok := info.Conn.(*recordingConn); ok {
+	var dial, handshake time.Duration
+	var gotConn, wrote, firstByte time.Time
+	start := time.Now()
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) {
 			mu.Lock()
-			used = rc
-			mu.Unlock()
+			defer mu.Unlock()
+			gotConn = time.Now()
+			if rc, ok := info.Conn.(*recordingConn); ok {
+				used = rc
+				dial, handshake = rc.opening()
+			}
+		},
+		WroteRequest:         func(httptrace.WroteRequestInfo) { mu.Lock(); wrote = time.Now(); mu.Unlock() },
+		GotFirstResponseByte: func() { mu.Lock(); firstByte = time.Now(); mu.Unlock() },
+	}))
+	parts := func() []Part {
+		mu.Lock()
+		defer mu.Unlock()
+		end := time.Now()
+		if gotConn.IsZero() || wrote.IsZero() || firstByte.IsZero() {
+			return nil
 		}
-	}}))
+		// What is left of getting the connection beyond dial and
+		// handshake (the pool's bookkeeping) counts as connecting.
+		connect := max(gotConn.Sub(start)-handshake, dial)
+		return []Part{
+			{Name: "connect", Duration: connect},
+			{Name: "TLS handshake", Duration: handshake},
+			{Name: "send", Duration: wrote.Sub(gotConn)},
+			{Name: "daemon", Duration: firstByte.Sub(wrote)},
+			{Name: "answer", Duration: end.Sub(firstByte)},
+		}
+	}
 	failed := func(err error) error {
 		mu.Lock()
 		rc := used
@@ -233,24 +368,24 @@ func (c *Client) do(ctx context.Context, method, addr, path string, body []byte,
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return failed(err)
+		return nil, failed(err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
 	if err != nil {
-		return failed(err)
+		return nil, failed(err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(data, out); err != nil {
-			return &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("the answer does not decode: %v", err), Err: err}
+			return nil, &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("the answer does not decode: %v", err), Err: err}
 		}
-		return nil
+		return parts(), nil
 	}
 	var eb errorBody
 	if err := json.Unmarshal(data, &eb); err != nil || eb.Code == "" {
-		return &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("%s answered %q: is an update daemon listening there?", addr, truncate(data, 200))}
+		return nil, &Error{Addr: addr, Code: CodeProtocol, Status: resp.StatusCode, Reason: fmt.Sprintf("%s answered %q: is an update daemon listening there?", addr, truncate(data, 200))}
 	}
-	return &Error{Addr: addr, Code: eb.Code, Status: resp.StatusCode, Reason: eb.Error, Report: eb.Report}
+	return nil, &Error{Addr: addr, Code: eb.Code, Status: resp.StatusCode, Reason: eb.Error, Report: eb.Report}
 }
 
 // transportError names what went wrong before an answer arrived.

@@ -196,6 +196,13 @@ func (d *Daemon) Restore(ctx context.Context) (*Report, error) {
 // and records it, rolling back on failure (see the package documentation).
 // Refusals and failures are *Error values.
 func (d *Daemon) Apply(ctx context.Context, b *policystore.Bundle) (*Report, error) {
+	return d.applyTimed(ctx, b, nil)
+}
+
+// applyTimed is Apply with the parts already timed (receiving the body)
+// to put first in the report.
+func (d *Daemon) applyTimed(ctx context.Context, b *policystore.Bundle, parts []Part) (*Report, error) {
+	t0 := d.cfg.Now()
 	if b == nil {
 		return nil, &Error{Code: CodeBadBundle, Reason: "no bundle"}
 	}
@@ -238,13 +245,20 @@ func (d *Daemon) Apply(ctx context.Context, b *policystore.Bundle) (*Report, err
 	if err := checkContent(b); err != nil {
 		return nil, err
 	}
-	return d.apply(ctx, b, digest, prev)
+	parts = append(parts, Part{Name: "validation", Duration: d.cfg.Now().Sub(t0)})
+	return d.apply(ctx, b, digest, prev, parts)
 }
 
 // apply runs the steps of a checked bundle.
-func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string, prev *persisted) (*Report, error) {
+func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string, prev *persisted, parts []Part) (*Report, error) {
 	start := d.cfg.Now()
-	rep := &Report{Guest: b.Guest, Application: b.Application, Version: b.Version, Digest: digest}
+	rep := &Report{Guest: b.Guest, Application: b.Application, Version: b.Version, Digest: digest, Parts: parts}
+	mark := start
+	part := func(name string) {
+		now := d.cfg.Now()
+		rep.Parts = append(rep.Parts, Part{Name: name, Duration: now.Sub(mark)})
+		mark = now
+	}
 	ap := d.cfg.Applier
 	// Rollback runs to the end even when the push's deadline has passed.
 	bg := context.WithoutCancel(ctx)
@@ -272,6 +286,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		}
 	}
 	mods, err := ap.InstallModules(ctx, b.Modules, drop)
+	part("SELinux modules")
 	if err != nil {
 		return fail("SELinux modules", err)
 	}
@@ -308,6 +323,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	}
 
 	m, err := ap.LoadMapperPolicy(mapperName(b), []byte(b.MapperPolicy))
+	part("mapper policy")
 	if err != nil {
 		modulesStay()
 		return fail("label-mapper policy", err)
@@ -328,6 +344,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	}
 
 	x, err := ap.SyncXFRM(ctx, setOf(prevBundle), setOf(b))
+	part("XFRM apply")
 	rep.XFRM = x
 	if err != nil {
 		switch {
@@ -352,7 +369,9 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		Format: stateFormat, Guest: b.Guest, Application: b.Application, Version: b.Version,
 		Digest: digest, AppliedAt: rep.AppliedAt, Report: rep, Bundle: withoutCertKeys(b),
 	}
-	if err := saveState(d.cfg.StateDir, st); err != nil {
+	err = saveState(d.cfg.StateDir, st)
+	part("state write")
+	if err != nil {
 		if x.Changes() > 0 {
 			back, berr := ap.SyncXFRM(bg, setOf(b), setOf(prevBundle))
 			if berr != nil {
@@ -466,6 +485,14 @@ func checkContent(b *policystore.Bundle) error {
 	return nil
 }
 
+// KeepAliveIdle is how long the daemon keeps an authenticated connection
+// open with no request on it. The loader keeps one open to each pool guest
+// from its boot on (Client.Connect), so that taking an idle guest over
+// pays no TCP connect and no TLS handshake (the largest part of a push
+// under emulation); the Client closes its idle connections a minute
+// earlier, so that it never sends on one the daemon is closing.
+const KeepAliveIdle = 15 * time.Minute
+
 // Serve answers HTTPS on ln, a plain TCP listener, until Shutdown; it
 // returns nil then. It may be called for several listeners.
 func (d *Daemon) Serve(ln net.Listener) error {
@@ -494,7 +521,7 @@ func (d *Daemon) server() *http.Server {
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       60 * time.Second,
 			WriteTimeout:      d.cfg.ApplyTimeout + 60*time.Second,
-			IdleTimeout:       2 * time.Minute,
+			IdleTimeout:       KeepAliveIdle,
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          d.cfg.ErrorLog,
 		}
@@ -544,6 +571,7 @@ func (d *Daemon) handleBundle(w http.ResponseWriter, r *http.Request) {
 
 // receive reads, decodes and applies one pushed bundle.
 func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error) {
+	start := d.cfg.Now()
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 			return nil, &Error{Code: CodeBadBundle, Status: http.StatusUnsupportedMediaType, Reason: fmt.Sprintf("content type %q: send the bundle as application/json", ct)}
@@ -558,6 +586,7 @@ func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error
 		return nil, &Error{Code: CodeBadBundle, Reason: "read the bundle: " + err.Error()}
 	}
 	var b policystore.Bundle
+	t0 := d.cfg.Now()
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&b); err != nil {
@@ -566,9 +595,10 @@ func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, &Error{Code: CodeBadBundle, Reason: "data follows the bundle; send exactly one JSON object"}
 	}
+	decoded := d.cfg.Now()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), d.cfg.ApplyTimeout)
 	defer cancel()
-	return d.Apply(ctx, &b)
+	return d.applyTimed(ctx, &b, []Part{{Name: "receive", Duration: t0.Sub(start)}, {Name: "decode", Duration: decoded.Sub(t0)}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -22,6 +22,17 @@ type Report struct {
 	AppliedAt      time.Time `json:"applied_at"`
 	// Took is how long applying took.
 	Took time.Duration `json:"took_ns"`
+	// Parts says where the daemon's time went, in order: reading the body
+	// ("receive"), decoding and checking it ("validation"), "SELinux
+	// modules", "mapper policy", "XFRM apply", and recording the applied
+	// state ("state write", with its fsync). A part that had nothing to do
+	// is there with its (small) duration.
+	Parts []Part `json:"parts,omitempty"`
+	// Wire is the client's side of the same push: "connect", "TLS
+	// handshake" (both zero on a kept-alive connection), "send" (the
+	// request and its body), "daemon" (until the first byte of the answer)
+	// and "answer". Set by Client.Push; never sent.
+	Wire []Part `json:"-"`
 
 	Modules ModulesReport `json:"modules"`
 	Mapper  MapperReport  `json:"mapper"`
@@ -36,6 +47,12 @@ type Report struct {
 	// what stayed changed, and why.
 	RolledBack    []string `json:"rolled_back,omitempty"`
 	NotRolledBack []string `json:"not_rolled_back,omitempty"`
+}
+
+// Part is one part of a push with its duration.
+type Part struct {
+	Name     string        `json:"name"`
+	Duration time.Duration `json:"duration_ns"`
 }
 
 // ModulesReport says what happened to the bundle's SELinux modules.

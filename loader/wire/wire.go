@@ -2,12 +2,15 @@ package wire
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -58,6 +61,10 @@ type Setup struct {
 	// StateDir/rotation); Start finishes rotations a crash interrupted.
 	Rotation *loader.RotationConfig
 }
+
+// WarmTimeout bounds opening the connection to a freshly booted guest's
+// update daemon ahead of its first push.
+const WarmTimeout = 30 * time.Second
 
 // Pauser is a backend that can pause and resume a guest (backend.Xen).
 type Pauser interface {
@@ -277,6 +284,17 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		if err := v.Listeners.Open(*out); err != nil {
 			return nil, err
 		}
+		if pauser == nil {
+			// Open the authenticated connection the guest's first push will
+			// use, off that push's path (see updated.KeepAliveIdle). A
+			// failure costs only the speed-up: the push connects anew.
+			warm := *out
+			go func() {
+				wctx, cancel := context.WithTimeout(context.Background(), WarmTimeout)
+				defer cancel()
+				push.Connect(wctx, warm.UpdatedAddr) //nolint:errcheck // best effort; the push reports its own errors
+			}()
+		}
 		if pauser != nil {
 			if err := pauser.Pause(ctx, out); err != nil {
 				// The pool destroys the announced guest (and forgets it
@@ -315,16 +333,49 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		push.CloseIdleConnections()
 		return err
 	}
+	// Ready guests (an application's `pool: {ready: N}`): the loader says
+	// which, and configures each exactly as a load would. On a backend that
+	// keeps idle guests paused, the guest runs only while it is configured,
+	// and waits paused for its hand-out (unpause, in poolAdapter).
+	readyWants := func(ctx context.Context) ([]loader.ReadyWant, error) {
+		if v.Loader == nil {
+			return nil, nil
+		}
+		return v.Loader.ReadyWants(ctx)
+	}
+	prepare := func(ctx context.Context, g *loader.Guest, w loader.ReadyWant) error {
+		if v.Loader == nil {
+			return errors.New("the loader is not started yet")
+		}
+		if pauser != nil {
+			if err := pauser.Unpause(ctx, g); err != nil {
+				return fmt.Errorf("unpause %s to prepare it: %w", g.Name, err)
+			}
+		}
+		if _, err := v.Loader.Prepare(ctx, g, w); err != nil {
+			return err
+		}
+		if pauser != nil {
+			if err := pauser.Pause(ctx, g); err != nil {
+				return fmt.Errorf("pause %s once prepared: %w", g.Name, err)
+			}
+		}
+		return nil
+	}
 	p, err := pool.Open(filepath.Join(s.StateDir, "pool.db"), pool.Config{
 		Templates: map[string]pool.TemplateConfig{"default": {Size: s.PoolSize, MaxActive: s.MaxLoads}},
 		Boot:      boot, Destroy: destroy,
+		Ready: readyWants, Prepare: prepare,
 	})
 	if err != nil {
 		return fail(err)
 	}
 	v.closers = append(v.closers, func() { p.Close() })
 	v.Pool = p
-	// Guests that outlived a restart get their listeners back.
+	// Guests that outlived a restart get their listeners back, and those
+	// bound to an application (serving it, or kept ready for it) their
+	// servers in the fast path's peer table.
+	resumed := false
 	for _, e := range p.List() {
 		if e.State == pool.Booting || e.State == pool.Failed || e.Guest.VM == 0 {
 			continue
@@ -332,14 +383,31 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		if err := v.Listeners.Open(e.Guest); err != nil {
 			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s keeps running without VMLoad: %v; remove it with the pool or fix its link", e.Guest.Name, err))
 		}
+		if e.App == "" || e.Pending {
+			continue
+		}
+		if se, ok := st.Get(e.App); ok && se.App != nil {
+			g := e.Guest
+			v.Host.Resume(&g, se.App, loader.AppID(e.App))
+			resumed = true
+		} else {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("guest %s serves application %s, which the policy store no longer has: its servers stay out of the fast path; remove the guest", e.Guest.Name, e.App))
+		}
+	}
+	if resumed {
+		if err := v.Host.Push(); err != nil {
+			v.Warnings = append(v.Warnings, fmt.Sprintf("the resumed guests' servers are not in the fast path: %v", err))
+		}
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
-	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits},
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits,
+		ReadyBasis: readyBasis(authority.CertPEM())},
 		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
 	v.Loader = l
+	l.Registry().MustRegister(p.Collectors()...)
 	v.API = &loader.API{Loader: l, Pool: pa}
 	if s.Rotation != nil {
 		rc := *s.Rotation
@@ -387,10 +455,32 @@ func (a *poolAdapter) Find(addr netip.Addr) (*loader.Guest, string, bool) {
 		// A guest being destroyed (Failed) or not yet booted asks nothing.
 		if e.Guest.Addr == addr && e.Guest.VM != 0 && e.State != pool.Failed && e.State != pool.Booting {
 			g := e.Guest
+			if e.State == pool.Prepared {
+				// Kept ready, not yet handed out: it serves no one, so it
+				// may ask for nothing in its application's name.
+				return &g, "", true
+			}
 			return &g, e.App, true
 		}
 	}
 	return nil, "", false
+}
+
+// readyBasis is what every ready guest is built from besides its
+// application: the CA that signs its certificates, and this build of
+// mlsgate (its bundle generator and built-in templates).
+func readyBasis(caPEM []byte) string {
+	h := sha256.New()
+	h.Write(caPEM)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		h.Write([]byte(bi.Main.Path + "@" + bi.Main.Version))
+		for _, st := range bi.Settings {
+			if st.Key == "vcs.revision" || st.Key == "vcs.modified" {
+				h.Write([]byte(st.Key + "=" + st.Value))
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // pusher pushes bundles with the CA's current CRL, which the guest's
@@ -401,14 +491,43 @@ type pusher struct {
 }
 
 func (p *pusher) Push(ctx context.Context, g *loader.Guest, b *policystore.Bundle) error {
+	_, err := p.PushParts(ctx, g, b)
+	return err
+}
+
+// PushParts implements loader.PartsPusher: the client's view of the push
+// (connect, TLS handshake, send, answer) with the daemon's own parts in
+// place of its wait for the answer, and what of that wait the daemon's
+// parts do not cover (HTTP, encoding the report) as "daemon, other".
+func (p *pusher) PushParts(ctx context.Context, g *loader.Guest, b *policystore.Bundle) ([]loader.Step, error) {
 	crl, err := p.certs.current()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	withCRL := *b
 	withCRL.CRL = crl
-	_, err = p.c.Push(ctx, g.UpdatedAddr, &withCRL)
-	return err
+	rep, err := p.c.Push(ctx, g.UpdatedAddr, &withCRL)
+	if err != nil {
+		return nil, err
+	}
+	return pushParts(rep), nil
+}
+
+func pushParts(rep *updated.Report) []loader.Step {
+	var out []loader.Step
+	for _, w := range rep.Wire {
+		if w.Name != "daemon" {
+			out = append(out, loader.Step{Name: w.Name, Duration: w.Duration})
+			continue
+		}
+		left := w.Duration
+		for _, d := range rep.Parts {
+			out = append(out, loader.Step{Name: "guest: " + d.Name, Duration: d.Duration})
+			left -= d.Duration
+		}
+		out = append(out, loader.Step{Name: "guest: other", Duration: max(left, 0)})
+	}
+	return out
 }
 
 // The Xen backend keeps idle guests paused.
