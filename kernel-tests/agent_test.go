@@ -45,6 +45,9 @@ type agentEnv struct {
 	client    *http.Client
 	exited    chan struct{}
 	startedAt time.Time
+	// args are added to the agent's command line (they win over the
+	// defaults start passes).
+	args []string
 }
 
 var (
@@ -128,6 +131,7 @@ func (e *agentEnv) start() {
 	e.cmd = exec.Command("ip", "netns", "exec", e.hostNS, e.bin, "agent", "--config", "",
 		"--state-dir", filepath.Join(e.dir, "state"), "--pin-dir", e.pins, "--listen", "", "--socket", e.sock,
 		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5")
+	e.cmd.Args = append(e.cmd.Args, e.args...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := e.cmd.Start(); err != nil {
@@ -417,8 +421,12 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	}
 }
 
-// TestMain removes the binary buildAgent built.
+// TestMain removes the binary buildAgent built. With attackHelperEnv set,
+// the binary is the attack suite's unprivileged helper instead.
 func TestMain(m *testing.M) {
+	if os.Getenv(attackHelperEnv) != "" {
+		os.Exit(attackHelper(os.Args[1:]))
+	}
 	code := m.Run()
 	if agentBin != "" {
 		os.RemoveAll(filepath.Dir(agentBin))
