@@ -69,8 +69,8 @@ func (h *Host) Quarantine(g *Guest) error {
 	if err := h.addHostPeer(g.HostAddr); err != nil {
 		return err
 	}
-	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: 0, Range: label.Bounds{}}
-	setAddr(&spec, g.Addr)
+	spec := linkSpec(g)
+	spec.App, spec.Range = 0, label.Bounds{}
 	return h.Agent.SetGuest(spec)
 }
 
@@ -98,12 +98,20 @@ func (h *Host) Forget(g *Guest) error {
 	return errors.Join(errs...)
 }
 
-func setAddr(spec *agent.GuestSpec, a netip.Addr) {
-	if a.Is4() {
-		spec.Addr4 = a
+// linkSpec is the guest's declaration as far as its link goes: interface,
+// VM, its address, the host's end of the link (the only address control
+// traffic may reach) and its MAC (the only Ethernet source it may use).
+func linkSpec(g *Guest) agent.GuestSpec {
+	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, HostAddr6: g.HostLL, MAC: g.MAC}
+	if g.Addr.Is4() {
+		spec.Addr4 = g.Addr
 	} else {
-		spec.Addr6 = a
+		spec.Addr6 = g.Addr
 	}
+	if g.HostAddr.Is4() {
+		spec.HostAddr4 = g.HostAddr
+	}
+	return spec
 }
 
 func (h *Host) addHostPeer(a netip.Addr) error {
@@ -265,8 +273,8 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	if err := h.addHostPeer(g.HostAddr); err != nil {
 		return rollback, err
 	}
-	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: appID, Range: b.Range}
-	setAddr(&spec, g.Addr)
+	spec := linkSpec(g)
+	spec.App, spec.Range = appID, b.Range
 	if err := h.Agent.SetGuest(spec); err != nil {
 		return rollback, fmt.Errorf("declare %s to the agent: %w", g.Interface, err)
 	}
