@@ -324,9 +324,20 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		if !ok || !a.cfg.manages(g.Interface) {
 			continue
 		}
+		mac, _ := g.mac() // validated with the desired state
 		p.Guests[uint32(idx)] = verdict.Guest{
 			VM: g.VM, App: g.App, Range: g.Range, Addr4: g.Addr4, Addr6: g.Addr6,
+			HostAddr4: g.HostAddr4, HostAddr6: g.HostAddr6, MAC: mac,
 			AllowUnlabeled: g.AllowUnlabeled, Audit: g.Audit,
+		}
+	}
+	// Fail closed: an interface of the patterns with no declared guest is
+	// denied everything, unless the configuration says pass.
+	if a.cfg.undeclaredMode() == UndeclaredDeny {
+		for name, idx := range present {
+			if _, ok := p.Guests[uint32(idx)]; !ok && !declaredIn(d, name) && a.cfg.manages(name) {
+				p.Guests[uint32(idx)] = verdict.Guest{Deny: verdict.DenyUndeclared}
+			}
 		}
 	}
 	for _, pe := range d.Peers {
@@ -381,6 +392,21 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 	return p, st
 }
 
+func declaredIn(d Desired, name string) bool {
+	for _, g := range d.Guests {
+		if g.Interface == name {
+			return true
+		}
+	}
+	return false
+}
+
+// wanted: the agent's programs belong on this present interface (a
+// declared guest's, or an undeclared one it denies).
+func (a *Agent) wanted(declared map[string]bool, name string) bool {
+	return declared[name] || (a.cfg.undeclaredMode() == UndeclaredDeny && a.cfg.manages(name))
+}
+
 // saKey identifies an SA as the fast path does: SPI and destination.
 type saKey struct {
 	spi   uint32
@@ -414,7 +440,7 @@ func (a *Agent) reconcile() {
 	// 1. Detach where the guest is gone or the interface is.
 	for idx, name := range a.attached {
 		cur, exists := a.present[name]
-		if name != "" && exists && cur == idx && declared[name] {
+		if name != "" && exists && cur == idx && a.wanted(declared, name) {
 			continue
 		}
 		if err := a.attacher.Detach(idx); err != nil {
@@ -442,7 +468,7 @@ func (a *Agent) reconcile() {
 	// 3. Attach to the declared, present interfaces (after their entries).
 	if err == nil {
 		for name, idx := range a.present {
-			if !declared[name] {
+			if !a.wanted(declared, name) {
 				continue
 			}
 			if prev, ok := a.attached[idx]; ok && prev == name && a.modes[idx] != "adopted" {
@@ -483,9 +509,13 @@ type Status struct {
 	Ready  bool          `json:"ready"`
 	Error  string        `json:"error,omitempty"`
 	Guests []GuestStatus `json:"guests"`
-	SAs    saStats       `json:"sas"`
-	Peers  int           `json:"peers"`
-	Maps   struct {
+	// Undeclared is the mode for interfaces of the patterns without a
+	// guest ("deny" or "pass"); UndeclaredInterfaces lists those present.
+	Undeclared           string   `json:"undeclared"`
+	UndeclaredInterfaces []string `json:"undeclared_interfaces,omitempty"`
+	SAs                  saStats  `json:"sas"`
+	Peers                int      `json:"peers"`
+	Maps                 struct {
 		Vifs, Labels, Slots, SAs, Peers int
 	} `json:"maps"`
 	Counters map[string]map[string]uint64 `json:"counters,omitempty"`
@@ -498,13 +528,16 @@ type GuestStatus struct {
 	Present  bool   `json:"present"`
 	Attached bool   `json:"attached"`
 	Mode     string `json:"mode,omitempty"`
+	// Unplanned says why the planner refused the guest: it is denied
+	// everything (deny_unplanned) until its declaration is fixed.
+	Unplanned string `json:"unplanned,omitempty"`
 }
 
 // Status reports the agent's view.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{Ready: a.ready.Load(), SAs: a.saView, Peers: len(a.desired.Peers)}
+	s := Status{Ready: a.ready.Load(), SAs: a.saView, Peers: len(a.desired.Peers), Undeclared: a.cfg.undeclaredMode()}
 	if a.lastErr != nil {
 		s.Error = a.lastErr.Error()
 	}
@@ -515,9 +548,18 @@ func (a *Agent) Status() Status {
 			if name, ok := a.attached[idx]; ok && name == g.Interface {
 				gs.Attached, gs.Mode = true, a.modes[idx]
 			}
+			if a.applied != nil && a.applied.Unplanned[uint32(idx)] != nil {
+				gs.Unplanned = a.applied.Unplanned[uint32(idx)].Error()
+			}
 		}
 		s.Guests = append(s.Guests, gs)
 	}
+	for name := range a.present {
+		if !declaredIn(a.desired, name) {
+			s.UndeclaredInterfaces = append(s.UndeclaredInterfaces, name)
+		}
+	}
+	sort.Strings(s.UndeclaredInterfaces)
 	if a.applied != nil {
 		s.Maps.Vifs, s.Maps.Labels, s.Maps.Slots, s.Maps.SAs, s.Maps.Peers = len(a.applied.Vifs), len(a.applied.Labels), len(a.applied.Slots), len(a.applied.SAs), len(a.applied.Peers)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -185,9 +186,112 @@ func guest7(t *testing.T) GuestSpec {
 	return GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.70.0.7")}
 }
 
+// By default an interface of the patterns without a declared guest gets
+// the programs and a deny-all entry; a guest the planner refuses is denied
+// on its own, and the others (one on ifindex 70,000) are planned and can
+// still be declared.
+func TestAgentDeniesUndeclaredAndUnplanned(t *testing.T) {
+	k := &fakeKernel{}
+	h := start(t, testConfig(t), k, &fakeLinks{initial: []LinkEvent{{Name: "eth0", Index: 2}, {Name: "vif8.0", Index: 10}}}, &fakeSAs{})
+	eventually(t, h.a.Ready, "agent never became ready")
+	entry := func(i uint32) (bpf.FastpathVif, bool) {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if k.state == nil {
+			return bpf.FastpathVif{}, false
+		}
+		v, ok := k.state.Vifs[i]
+		return v, ok
+	}
+	eventually(t, func() bool { v, ok := entry(10); return ok && v.Deny == uint8(verdict.DenyUndeclared) }, "undeclared vif8.0 has no deny-all entry: %v", k.events())
+	eventually(t, func() bool { return strings.Contains(strings.Join(k.events(), ","), "attach 10") }, "programs never attached to the undeclared vif8.0: %v", k.events())
+	if _, ok := entry(2); ok {
+		t.Errorf("eth0 (not of the patterns) got an entry")
+	}
+	st := h.a.Status()
+	if st.Undeclared != "deny" || len(st.UndeclaredInterfaces) != 1 || st.UndeclaredInterfaces[0] != "vif8.0" {
+		t.Errorf("status: undeclared %q %v, want deny [vif8.0]", st.Undeclared, st.UndeclaredInterfaces)
+	}
+
+	g7 := guest7(t)
+	g7.MAC, g7.HostAddr4, g7.HostAddr6 = "02:6d:6c:00:00:07", netip.MustParseAddr("10.70.0.1"), netip.MustParseAddr("fe80::1")
+	h.links.ch <- LinkEvent{Name: "vif7.0", Index: 70_000}
+	if err := h.a.SetGuest(g7); err != nil {
+		t.Fatal(err)
+	}
+	// One VM on two vifs with two ranges: the planner refuses both.
+	bad := guest7(t)
+	bad.Interface, bad.VM, bad.Addr4 = "vif9.0", 9, netip.MustParseAddr("10.70.0.9")
+	bad2 := bad
+	bad2.Interface, bad2.Addr4 = "vif9.1", netip.MustParseAddr("10.70.0.10")
+	bad2.Range.High.Secrecy.Sens = 3
+	h.links.ch <- LinkEvent{Name: "vif9.0", Index: 11}
+	h.links.ch <- LinkEvent{Name: "vif9.1", Index: 12}
+	if err := h.a.SetGuest(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.a.SetGuest(bad2); err != nil {
+		t.Fatalf("a guest the planner refuses failed the declaration: %v", err)
+	}
+	eventually(t, func() bool { v, ok := entry(12); return ok && v.Deny == uint8(verdict.DenyUnplanned) }, "vif9.1 not denied as unplanned: %v", k.events())
+	if v, _ := entry(11); v.Deny != uint8(verdict.DenyUnplanned) {
+		t.Errorf("vif9.0 entry %+v, want deny_unplanned", v)
+	}
+	// The others keep being planned and declared.
+	g10 := guest7(t)
+	g10.Interface, g10.VM, g10.Addr4 = "vif10.0", 10, netip.MustParseAddr("10.70.0.20")
+	h.links.ch <- LinkEvent{Name: "vif10.0", Index: 13}
+	if err := h.a.SetGuest(g10); err != nil {
+		t.Fatalf("declaring a good guest after a bad one: %v", err)
+	}
+	eventually(t, func() bool { v, ok := entry(13); return ok && v.Deny == 0 && v.VmId == 10 }, "vif10.0 never planned: %v", k.events())
+	v, ok := entry(70_000)
+	if !ok || v.Deny != 0 || v.VmId != 7 || v.Mac != [6]byte{2, 0x6d, 0x6c, 0, 0, 7} || v.Host4 != [4]byte{10, 70, 0, 1} {
+		t.Errorf("vif7.0 on ifindex 70000: %+v present %v; want planned with its MAC and host address", v, ok)
+	}
+	eventually(t, func() bool { return strings.Contains(strings.Join(k.events(), ","), "attach 70000") }, "vif7.0 never attached: %v", k.events())
+	st = h.a.Status()
+	if st.Error != "" {
+		t.Errorf("status error %q: an unplanned guest is not an agent error", st.Error)
+	}
+	for _, g := range st.Guests {
+		want := g.Interface == "vif9.0" || g.Interface == "vif9.1"
+		if (g.Unplanned != "") != want {
+			t.Errorf("status of %s: unplanned %q", g.Interface, g.Unplanned)
+		}
+		if want && !strings.Contains(g.Unplanned, "different ranges") {
+			t.Errorf("status of %s: unplanned %q does not say why", g.Interface, g.Unplanned)
+		}
+	}
+}
+
+// A guest declaration with a bad MAC or host address is refused with an
+// error naming the field.
+func TestAgentRefusesBadLinkModel(t *testing.T) {
+	for _, c := range []struct {
+		name, want string
+		tweak      func(*GuestSpec)
+	}{
+		{"short mac", "mac", func(g *GuestSpec) { g.MAC = "02:00:00:00:07" }},
+		{"multicast mac", "multicast", func(g *GuestSpec) { g.MAC = "03:00:00:00:00:07" }},
+		{"ipv4 host_addr6", "host_addr6", func(g *GuestSpec) { g.HostAddr6 = netip.MustParseAddr("10.0.0.1") }},
+		{"global host_addr6", "link-local", func(g *GuestSpec) { g.HostAddr6 = netip.MustParseAddr("fd00::1") }},
+		{"ipv6 host_addr4", "host_addr4", func(g *GuestSpec) { g.HostAddr4 = netip.MustParseAddr("fe80::1") }},
+	} {
+		g := guest7(t)
+		c.tweak(&g)
+		d := Desired{Guests: []GuestSpec{g}}
+		if err := d.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error naming %q", c.name, err, c.want)
+		}
+	}
+}
+
 func TestAgentAttachesAfterEntryAndDetachesBeforeClearing(t *testing.T) {
 	k := &fakeKernel{}
-	h := start(t, testConfig(t), k, &fakeLinks{initial: []LinkEvent{{Name: "eth0", Index: 2}}}, &fakeSAs{})
+	cfg := testConfig(t)
+	cfg.Undeclared = UndeclaredPass // undeclared interfaces left alone (TestAgentDeniesUndeclared: the default)
+	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "eth0", Index: 2}}}, &fakeSAs{})
 	eventually(t, h.a.Ready, "agent never became ready")
 	if err := h.a.SetGuest(guest7(t)); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,11 @@ type Config struct {
 	// the agent may manage, e.g. "vif*". An interface is managed only when
 	// it matches and a guest is declared on it: the agent never guesses.
 	Interfaces []string `mapstructure:"interfaces"`
+	// Undeclared says what happens on an interface that matches Interfaces
+	// but has no declared guest: "deny" (the default; also "") attaches the
+	// programs with a deny-all entry, reason deny_undeclared; "pass" leaves
+	// it alone (unfiltered), as before, for a migration.
+	Undeclared string `mapstructure:"undeclared"`
 	// Enforce drops denied packets; false only counts and reports them.
 	Enforce bool `mapstructure:"enforce"`
 	// SPIBase and SPISlots: the host's SPI range, kept in a dense array.
@@ -55,6 +60,7 @@ func DefaultConfig() Config {
 		Listen:         "127.0.0.1:9471",
 		Socket:         "/run/mlsgate/agent.sock",
 		Interfaces:     []string{"vif*"},
+		Undeclared:     UndeclaredDeny,
 		Enforce:        true,
 		SPIBase:        o.SPIBase,
 		SPISlots:       o.SPISlots,
@@ -80,6 +86,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("interfaces: bad pattern %q: %v", p, err)
 		}
 	}
+	switch c.Undeclared {
+	case "", UndeclaredDeny, UndeclaredPass:
+	default:
+		return fmt.Errorf("undeclared %q: want deny (the default: interfaces without a declared guest drop everything) or pass", c.Undeclared)
+	}
 	if uint64(c.SPIBase)+uint64(c.SPISlots) > 1<<32 {
 		return fmt.Errorf("spi_base %#x + spi_slots %d passes 0xffffffff", c.SPIBase, c.SPISlots)
 	}
@@ -102,6 +113,20 @@ func (c *Config) Validate() error {
 
 func (c *Config) bpfOptions() bpf.Options {
 	return bpf.Options{SPIBase: c.SPIBase, SPISlots: c.SPISlots, APIPort: c.APIPort, Enforce: c.Enforce, EventSample: c.EventSample}
+}
+
+// Values of Config.Undeclared.
+const (
+	UndeclaredDeny = "deny"
+	UndeclaredPass = "pass"
+)
+
+// undeclaredMode is Undeclared with the default filled in.
+func (c *Config) undeclaredMode() string {
+	if c.Undeclared == "" {
+		return UndeclaredDeny
+	}
+	return c.Undeclared
 }
 
 // manages reports whether an interface name matches the patterns.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -32,6 +33,24 @@ type GuestSpec struct {
 	MAC            string `json:"mac,omitempty"`
 	AllowUnlabeled bool   `json:"allow_unlabeled,omitempty"`
 	Audit          bool   `json:"audit,omitempty"`
+}
+
+// mac parses MAC: the zero value when unset (no frame source check).
+func (g *GuestSpec) mac() ([6]byte, error) {
+	if g.MAC == "" {
+		return [6]byte{}, nil
+	}
+	hw, err := net.ParseMAC(g.MAC)
+	if err != nil || len(hw) != 6 {
+		return [6]byte{}, fmt.Errorf("mac %q: want the guest's Ethernet address, six bytes like 02:6d:6c:00:00:07", g.MAC)
+	}
+	if hw[0]&1 != 0 {
+		return [6]byte{}, fmt.Errorf("mac %s is a multicast address: want the guest's unicast Ethernet address", g.MAC)
+	}
+	if [6]byte(hw) == ([6]byte{}) {
+		return [6]byte{}, fmt.Errorf("mac %s is all zero: leave it out to turn the check off, or give the guest's address", g.MAC)
+	}
+	return [6]byte(hw), nil
 }
 
 // PeerSpec is a remote party guests may talk to.
@@ -82,6 +101,15 @@ func (d *Desired) Validate() error {
 		}
 		if g.Addr6.IsValid() && (!g.Addr6.Is6() || g.Addr6.Is4In6()) {
 			return fmt.Errorf("guests[%d] (%s): addr6 %s is not IPv6", i, g.Interface, g.Addr6)
+		}
+		if g.HostAddr4.IsValid() && (!g.HostAddr4.Is4() || g.HostAddr4.IsUnspecified() || g.HostAddr4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+			return fmt.Errorf("guests[%d] (%s): host_addr4 %s: want the host's unicast IPv4 address on the guest's link", i, g.Interface, g.HostAddr4)
+		}
+		if g.HostAddr6.IsValid() && (!g.HostAddr6.Is6() || !g.HostAddr6.IsLinkLocalUnicast()) {
+			return fmt.Errorf("guests[%d] (%s): host_addr6 %s: want the host-side interface's IPv6 link-local address (fe80::/10)", i, g.Interface, g.HostAddr6)
+		}
+		if _, err := g.mac(); err != nil {
+			return fmt.Errorf("guests[%d] (%s): %w", i, g.Interface, err)
 		}
 	}
 	for i, p := range d.Peers {

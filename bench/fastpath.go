@@ -226,9 +226,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 	maps := &objs.Maps
 	// The test programs share the vif programs' maps, so that the probe
 	// decides on the same SAs; empty and parse_only use none.
-	shared := map[string]*ebpf.Map{"vifs": maps.Vifs, "labels": maps.Labels, "sa_slots": maps.SASlots, "sas": maps.SAs,
-		"peers": maps.Peers, "verdicts": maps.Verdicts, "events_lost": maps.EventsLost, "events": maps.Events}
-	test, err := bpf.LoadTest(opts, &ebpf.CollectionOptions{MapReplacements: shared})
+	test, err := bpf.LoadTest(opts, &ebpf.CollectionOptions{MapReplacements: maps.ByName()})
 	if err != nil {
 		return nil, nil, err
 	}

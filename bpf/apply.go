@@ -22,6 +22,11 @@ func (m *Maps) Apply(prev, next *State) error {
 			return fmt.Errorf("sa slot %d beyond the %d slots loaded: load with a larger SPISlots", k, n)
 		}
 	}
+	prevSmall, prevBig := splitVifs(prev.Vifs)
+	nextSmall, nextBig := splitVifs(next.Vifs)
+	if n := len(nextBig); n > VifsBigMax {
+		return fmt.Errorf("%d vifs on ifindexes >= %d: the fast path holds %d (VIFS_BIG_MAX)", n, VifsMax, VifsBigMax)
+	}
 	steps := []struct {
 		name string
 		err  func() error
@@ -30,8 +35,10 @@ func (m *Maps) Apply(prev, next *State) error {
 		{"sa_slots", func() error { return putChanged(m.SASlots, prev.Slots, next.Slots) }},
 		{"sas", func() error { return putChanged(m.SAs, prev.SAs, next.SAs) }},
 		{"peers", func() error { return putChanged(m.Peers, prev.Peers, next.Peers) }},
-		{"vifs", func() error { return putChanged(m.Vifs, prev.Vifs, next.Vifs) }},
-		{"vifs", func() error { return clearGone(m.Vifs, prev.Vifs, next.Vifs, true) }},
+		{"vifs", func() error { return putChanged(m.Vifs, prevSmall, nextSmall) }},
+		{"vifs_big", func() error { return putChanged(m.VifsBig, prevBig, nextBig) }},
+		{"vifs", func() error { return clearGone(m.Vifs, prevSmall, nextSmall, true) }},
+		{"vifs_big", func() error { return clearGone(m.VifsBig, prevBig, nextBig, false) }},
 		{"peers", func() error { return clearGone(m.Peers, prev.Peers, next.Peers, false) }},
 		{"sas", func() error { return clearGone(m.SAs, prev.SAs, next.SAs, false) }},
 		{"sa_slots", func() error { return clearGone(m.SASlots, prev.Slots, next.Slots, true) }},
@@ -42,6 +49,20 @@ func (m *Maps) Apply(prev, next *State) error {
 		}
 	}
 	return nil
+}
+
+// splitVifs separates the entries of the dense array (ifindex < VifsMax)
+// from those of the hash.
+func splitVifs(all map[uint32]FastpathVif) (small, big map[uint32]FastpathVif) {
+	small, big = map[uint32]FastpathVif{}, map[uint32]FastpathVif{}
+	for k, v := range all {
+		if k < VifsMax {
+			small[k] = v
+		} else {
+			big[k] = v
+		}
+	}
+	return small, big
 }
 
 func maxKey[V any](m map[uint32]V) uint32 {

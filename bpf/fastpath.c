@@ -11,6 +11,11 @@ static __always_inline int fp_secpath(struct __sk_buff *skb, struct bpf_xfrm_sta
 	return bpf_skb_get_xfrm_state(skb, 0, xs, sizeof(*xs), 0);
 }
 
+static __always_inline int fp_root_socket(struct __sk_buff *skb)
+{
+	return bpf_get_socket_uid(skb) == 0; /* no socket: overflowuid */
+}
+
 #include "lib/fastpath.h"
 
 /* Types that Go needs (bpf2go -type) but no map or program names. */

@@ -38,19 +38,23 @@ const (
 )
 
 type FastpathEvent struct {
-	_       structs.HostLayout
-	TsNs    uint64
-	Ifindex uint32
-	VmId    uint32
-	Spi     uint32
-	LabelId uint32
-	Reason  uint8
-	Dir     uint8
-	Family  uint8
-	Proto   uint8
-	Saddr   [16]uint8
-	Daddr   [16]uint8
-	_       [4]byte
+	_         structs.HostLayout
+	TsNs      uint64
+	Ifindex   uint32
+	VmId      uint32
+	Spi       uint32
+	LabelId   uint32
+	Reason    uint8
+	Dir       uint8
+	Family    uint8
+	Proto     uint8
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Sport     uint16
+	Dport     uint16
+	Ethertype uint16
+	Pad       [2]uint8
+	_         [4]byte
 }
 
 type FastpathMlsLabel struct {
@@ -101,7 +105,10 @@ const (
 	FastpathReasonREASON_DENY_UNLABELED    FastpathReason = 9
 	FastpathReasonREASON_DENY_MALFORMED    FastpathReason = 10
 	FastpathReasonREASON_DENY_SPOOFED      FastpathReason = 11
-	FastpathReasonREASON_MAX               FastpathReason = 12
+	FastpathReasonREASON_DENY_UNDECLARED   FastpathReason = 12
+	FastpathReasonREASON_DENY_UNPLANNED    FastpathReason = 13
+	FastpathReasonREASON_DENY_CONTROL      FastpathReason = 14
+	FastpathReasonREASON_MAX               FastpathReason = 15
 )
 
 type FastpathSa struct {
@@ -139,6 +146,12 @@ type FastpathVif struct {
 	RangeHi uint32
 	Addr4   [4]uint8
 	Addr6   [16]uint8
+	Ll6     [16]uint8
+	Host4   [4]uint8
+	Host6   [16]uint8
+	Mac     [6]uint8
+	Deny    uint8
+	Pad     uint8
 }
 
 type FastpathVifFlag uint32
@@ -161,6 +174,7 @@ const (
 	FastpathMapSas         = "sas"
 	FastpathMapVerdicts    = "verdicts"
 	FastpathMapVifs        = "vifs"
+	FastpathMapVifsBig     = "vifs_big"
 	FastpathProgVifEgress  = "vif_egress"
 	FastpathProgVifIngress = "vif_ingress"
 	FastpathVarBtfAnchor   = "_btf_anchor"
@@ -225,6 +239,7 @@ type FastpathMapSpecs struct {
 	Sas        *ebpf.MapSpec `ebpf:"sas"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
 	Vifs       *ebpf.MapSpec `ebpf:"vifs"`
+	VifsBig    *ebpf.MapSpec `ebpf:"vifs_big"`
 }
 
 // FastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -263,6 +278,7 @@ type FastpathMaps struct {
 	Sas        *ebpf.Map `ebpf:"sas"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
 	Vifs       *ebpf.Map `ebpf:"vifs"`
+	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
 }
 
 func (m *FastpathMaps) Close() error {
@@ -275,6 +291,7 @@ func (m *FastpathMaps) Close() error {
 		m.Sas,
 		m.Verdicts,
 		m.Vifs,
+		m.VifsBig,
 	)
 }
 

@@ -82,6 +82,12 @@ type FastpathTestVif struct {
 	RangeHi uint32
 	Addr4   [4]uint8
 	Addr6   [16]uint8
+	Ll6     [16]uint8
+	Host4   [4]uint8
+	Host6   [16]uint8
+	Mac     [6]uint8
+	Deny    uint8
+	Pad     uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -96,6 +102,7 @@ const (
 	FastpathTestMapSas        = "sas"
 	FastpathTestMapVerdicts   = "verdicts"
 	FastpathTestMapVifs       = "vifs"
+	FastpathTestMapVifsBig    = "vifs_big"
 	FastpathTestProgEmpty     = "empty"
 	FastpathTestProgParseOnly = "parse_only"
 	FastpathTestProgProbe     = "probe"
@@ -161,6 +168,7 @@ type FastpathTestMapSpecs struct {
 	Sas        *ebpf.MapSpec `ebpf:"sas"`
 	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
 	Vifs       *ebpf.MapSpec `ebpf:"vifs"`
+	VifsBig    *ebpf.MapSpec `ebpf:"vifs_big"`
 }
 
 // FastpathTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -198,6 +206,7 @@ type FastpathTestMaps struct {
 	Sas        *ebpf.Map `ebpf:"sas"`
 	Verdicts   *ebpf.Map `ebpf:"verdicts"`
 	Vifs       *ebpf.Map `ebpf:"vifs"`
+	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
 }
 
 func (m *FastpathTestMaps) Close() error {
@@ -210,6 +219,7 @@ func (m *FastpathTestMaps) Close() error {
 		m.Sas,
 		m.Verdicts,
 		m.Vifs,
+		m.VifsBig,
 	)
 }
 

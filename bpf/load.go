@@ -36,6 +36,7 @@ func (o Options) Config() FastpathConfig {
 // both objects declare the same maps, so one set of tags serves both.
 type Maps struct {
 	Vifs       *ebpf.Map `ebpf:"vifs"`
+	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
 	Labels     *ebpf.Map `ebpf:"labels"`
 	SASlots    *ebpf.Map `ebpf:"sa_slots"`
 	SAs        *ebpf.Map `ebpf:"sas"`
@@ -48,12 +49,19 @@ type Maps struct {
 // Close closes every map.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Vifs, m.Labels, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
+	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ByName lists every map by its name in the objects, for
+// CollectionOptions.MapReplacements: programs loaded with it share these maps.
+func (m *Maps) ByName() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{"vifs": m.Vifs, "vifs_big": m.VifsBig, "labels": m.Labels, "sa_slots": m.SASlots,
+		"sas": m.SAs, "peers": m.Peers, "verdicts": m.Verdicts, "events_lost": m.EventsLost, "events": m.Events}
 }
 
 // Configure sets the load-time options into a fastpath or fastpath-test

@@ -218,6 +218,17 @@ func (m *Maps) ReadState() (*State, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("read vifs: %w", err)
 	}
+	var (
+		vk uint32
+		vv FastpathVif
+	)
+	vit := m.VifsBig.Iterate()
+	for vit.Next(&vk, &vv) {
+		s.Vifs[vk] = vv
+	}
+	if err := vit.Err(); err != nil {
+		return nil, fmt.Errorf("read vifs_big: %w", err)
+	}
 	if err := readArray(m.SASlots, func(k uint32, v FastpathSa) {
 		if v.Flags&uint8(FastpathSaFlagSA_F_VALID) != 0 {
 			s.Slots[k] = v

@@ -11,10 +11,11 @@ import (
 
 // Sizes of the maps as compiled (bpf/lib/types.h).
 const (
-	VifsMax   = 65536
-	LabelsMax = 16384
-	SAsMax    = 65536
-	PeersMax  = 16384
+	VifsMax    = 65536 // the dense array; larger ifindexes go to the hash
+	VifsBigMax = 4096
+	LabelsMax  = 16384
+	SAsMax     = 65536
+	PeersMax   = 16384
 )
 
 // DefaultLabelID is the id of label.Default in the labels map.
@@ -33,6 +34,9 @@ type State struct {
 	Peers  map[FastpathPeerKey]FastpathPeer
 	// LabelIDs maps a label back to its id, for events and tests.
 	LabelIDs map[label.Label]uint32
+	// Unplanned: guests the planner refused, by ifindex, and why. Each has
+	// a deny-all entry in Vifs (reason deny_unplanned).
+	Unplanned map[uint32]error
 }
 
 func planErr(format string, args ...any) error {
@@ -57,12 +61,13 @@ func Plan(p *verdict.Policy) (*State, error) {
 // under it: an agent can re-plan and apply while traffic flows.
 func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 	s := &State{
-		Vifs:     make(map[uint32]FastpathVif, len(p.Guests)),
-		Labels:   map[uint32]FastpathMlsLabel{DefaultLabelID: KernelLabel(label.Default)},
-		Slots:    make(map[uint32]FastpathSa),
-		SAs:      make(map[FastpathSaKey]FastpathSa),
-		Peers:    make(map[FastpathPeerKey]FastpathPeer, len(p.Peers)),
-		LabelIDs: map[label.Label]uint32{label.Default: DefaultLabelID},
+		Vifs:      make(map[uint32]FastpathVif, len(p.Guests)),
+		Labels:    map[uint32]FastpathMlsLabel{DefaultLabelID: KernelLabel(label.Default)},
+		Slots:     make(map[uint32]FastpathSa),
+		SAs:       make(map[FastpathSaKey]FastpathSa),
+		Peers:     make(map[FastpathPeerKey]FastpathPeer, len(p.Peers)),
+		LabelIDs:  map[label.Label]uint32{label.Default: DefaultLabelID},
+		Unplanned: map[uint32]error{},
 	}
 	// Ids of prev's labels, which a new label must not take over.
 	prevIDs := map[uint32]bool{}
@@ -109,39 +114,39 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		return lo, hi, err
 	}
 
-	// A VM may sit behind several vifs; its SAs are checked against one range.
+	// A guest the planner cannot take is denied everything; the others
+	// are planned as if it were not there.
+	problems := p.GuestProblems()
 	owners := make(map[uint32]verdict.Guest)
+	deny := func(ifindex uint32, g verdict.Guest, r verdict.Reason) {
+		s.Vifs[ifindex] = FastpathVif{VmId: g.VM, Flags: uint32(FastpathVifFlagVIF_F_MANAGED), Deny: uint8(r)}
+	}
 	for ifindex, g := range p.Guests {
-		if ifindex == 0 || ifindex >= VifsMax {
-			return nil, planErr("ifindex %d of vm %d: want 1..%d", ifindex, g.VM, VifsMax-1)
+		if g.Deny != 0 {
+			if g.Deny != verdict.DenyUndeclared && g.Deny != verdict.DenyUnplanned {
+				return nil, planErr("ifindex %d: deny-all reason %s; want deny_undeclared or deny_unplanned", ifindex, g.Deny)
+			}
+			deny(ifindex, g, g.Deny)
+			continue
 		}
-		if o, ok := owners[g.VM]; ok && (o.Range != g.Range || o.App != g.App) {
-			return nil, planErr("vm %d has vifs with different ranges or applications (%s app %d, %s app %d); give every vif of a VM the same policy",
-				g.VM, o.Range, o.App, g.Range, g.App)
+		if err := problems[ifindex]; err != nil {
+			s.Unplanned[ifindex] = err
+			deny(ifindex, g, verdict.DenyUnplanned)
+			continue
 		}
 		owners[g.VM] = g
 		lo, hi, err := bounds(g.Range)
 		if err != nil {
 			return nil, fmt.Errorf("%w: vm %d on ifindex %d: %w", ErrPlan, g.VM, ifindex, err)
 		}
-		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED)}
+		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED),
+			Addr4: addr4(g.Addr4), Addr6: addr16(g.Addr6), Host4: addr4(g.HostAddr4), Host6: addr16(g.HostAddr6),
+			Ll6: addr16(verdict.LinkLocal(g.MAC)), Mac: g.MAC}
 		if g.Audit {
 			v.Flags |= uint32(FastpathVifFlagVIF_F_AUDIT)
 		}
 		if g.AllowUnlabeled {
 			v.Flags |= uint32(FastpathVifFlagVIF_F_ALLOW_UNLABELED)
-		}
-		if g.Addr4.IsValid() {
-			if !g.Addr4.Is4() {
-				return nil, planErr("vm %d: Addr4 %s is not an IPv4 address", g.VM, g.Addr4)
-			}
-			v.Addr4 = g.Addr4.As4()
-		}
-		if g.Addr6.IsValid() {
-			if !g.Addr6.Is6() || g.Addr6.Is4In6() {
-				return nil, planErr("vm %d: Addr6 %s is not an IPv6 address", g.VM, g.Addr6)
-			}
-			v.Addr6 = g.Addr6.As16()
 		}
 		s.Vifs[ifindex] = v
 	}
@@ -221,9 +226,20 @@ func PeerKey(pfx netip.Prefix) FastpathPeerKey {
 	return FastpathPeerKey{Prefixlen: 8 + uint32(pfx.Bits()), Family: uint8(verdict.FamilyOf(a)), Addr: addr16(a)}
 }
 
+// addr4 is an IPv4 address as the vif entry holds it; zero when unset.
+func addr4(a netip.Addr) (out [4]uint8) {
+	if a.Is4() {
+		return a.As4()
+	}
+	return out
+}
+
 // addr16 lays an address out as the fast path stores it: IPv4 in the first
 // four bytes, the rest zero.
 func addr16(a netip.Addr) (out [16]uint8) {
+	if !a.IsValid() {
+		return out
+	}
 	if a.Is4() {
 		b := a.As4()
 		copy(out[:], b[:])

@@ -22,6 +22,8 @@ var (
 	secretV4 = netip.MustParseAddr("10.0.3.5") // app 1, secret (s6-s15)
 	nowhere  = netip.MustParseAddr("192.0.2.1")
 	hostV6   = netip.MustParseAddr("fd00::1")
+	hostLL   = netip.MustParseAddr("fe80::1")
+	guestLL  = netip.MustParseAddr("fe80::ff:fe00:7") // EUI-64 of macGuest
 	guestV6  = netip.MustParseAddr("fd00::7")
 	openV6   = netip.MustParseAddr("fd00:1::5")
 )
@@ -50,6 +52,7 @@ func tablePolicy() *verdict.Policy {
 		Guests: map[uint32]verdict.Guest{probeIfindex: {
 			VM: 7, App: 1, Range: mustBounds("s0-s5:c0.c3/i0-i5"),
 			Addr4: guestV4, Addr6: guestV6, AllowUnlabeled: true,
+			HostAddr4: hostV4, HostAddr6: hostLL, MAC: [6]byte(macGuest),
 		}},
 		Peers: []verdict.Peer{
 			{Prefix: pfx("10.0.0.1/32"), Kind: verdict.PeerHost, Range: mustBounds("s0-s15:c0.c1023/i0-i15")},
@@ -88,6 +91,12 @@ func udp(src, dst netip.Addr, sport, dport uint16, payload []byte, vlans ...uint
 func tcp(src, dst netip.Addr, sport, dport uint16) []byte {
 	ls := ipLayers(src, dst, layers.IPProtocolTCP)
 	return serialize(append(ls, &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: true, Window: 1024})...)
+}
+
+// tcpAck is a TCP segment with ACK set (SYN too when syn): not a bare SYN.
+func tcpAck(src, dst netip.Addr, sport, dport uint16, syn bool) []byte {
+	ls := ipLayers(src, dst, layers.IPProtocolTCP)
+	return serialize(append(ls, &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: syn, ACK: true, Window: 1024})...)
 }
 
 func esp(src, dst netip.Addr, spi uint32, vlans ...uint16) []byte {
@@ -136,6 +145,12 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		pol.Guests[probeIfindex] = g
 	}
 	noGuest := func(pol *verdict.Policy) { delete(pol.Guests, probeIfindex) }
+	undeclared := func(pol *verdict.Policy) { pol.Guests[probeIfindex] = verdict.Guest{Deny: verdict.DenyUndeclared} }
+	unplanned := func(pol *verdict.Policy) {
+		g := pol.Guests[probeIfindex]
+		g.MAC[0] |= 1 // a multicast MAC: the planner refuses the guest
+		pol.Guests[probeIfindex] = g
+	}
 	ipv4Head := udp(guestV4, openV4, 1000, 9000, nil)[:14+10]
 
 	cases := []struct {
@@ -144,23 +159,75 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		dir     verdict.Direction
 		secpath *verdict.Secpath
 		tweak   func(*verdict.Policy)
+		root    bool // sent by a local socket owned by root
 		want    verdict.Reason
 		allow   bool // the tc verdict, where it differs from want.Allowed()
 	}{
 		{name: "unmanaged vif", frame: udp(guestV4, openV4, 1000, 9000, nil), tweak: noGuest, want: verdict.PassUnmanaged},
+		{name: "undeclared vif", frame: esp(guestV4, hostV4, 0xc0000001), tweak: undeclared, want: verdict.DenyUndeclared},
+		{name: "undeclared vif, arp", frame: arp(), tweak: undeclared, want: verdict.DenyUndeclared},
+		{name: "unplanned guest", frame: esp(guestV4, hostV4, 0xc0000001), tweak: unplanned, want: verdict.DenyUnplanned},
+		{name: "unplanned guest, toward it", frame: udp(openV4, guestV4, 9000, 1000, nil), dir: verdict.Egress, tweak: unplanned, want: verdict.DenyUnplanned},
 		{name: "arp", frame: arp(), want: verdict.AllowControl},
+		{name: "arp probe from 0.0.0.0", frame: arpFrame(netip.IPv4Unspecified(), hostV4, 0), want: verdict.AllowControl},
+		{name: "arp unpadded (42 bytes, as Linux sends it on veth)", frame: arp()[:42], want: verdict.AllowControl},
+		{name: "arp padded to the minimum frame", frame: arpFrame(guestV4, hostV4, 0), want: verdict.AllowControl},
+		{name: "arp one byte past the minimum frame", frame: arpFrame(guestV4, hostV4, 1), want: verdict.DenyControl},
+		{name: "arp from a spoofed mac", frame: func() []byte {
+			f := arp()
+			f[6+5] = 0x99
+			return f
+		}(), want: verdict.DenySpoofed},
+		{name: "arp whose sender hardware address is not the frame's", frame: func() []byte {
+			f := arp()
+			f[14+8+5] = 0x99
+			return f
+		}(), want: verdict.DenyControl},
+		{name: "arp reply toward the guest", frame: arpReply(hostV4, guestV4), dir: verdict.Egress, want: verdict.AllowControl},
+		{name: "arp toward the guest from another address", frame: arpReply(otherHost4, guestV4), dir: verdict.Egress, want: verdict.DenyControl},
+		{name: "esp from a spoofed mac", frame: func() []byte {
+			f := esp(guestV4, hostV4, 0xc0000001)
+			f[6] = 0x04
+			return f
+		}(), want: verdict.DenySpoofed},
+		{name: "mac check is off without a mac", frame: func() []byte {
+			f := esp(guestV4, hostV4, 0xc0000001)
+			f[6] = 0x04
+			return f
+		}(), tweak: func(pol *verdict.Policy) {
+			g := pol.Guests[probeIfindex]
+			g.MAC = [6]byte{}
+			pol.Guests[probeIfindex] = g
+		}, want: verdict.AllowLabeled},
 		{name: "lldp is not ip", frame: append(append(append([]byte{}, macHost...), macGuest...), 0x88, 0xcc, 1, 2, 3, 4), want: verdict.DenyUnlabeled},
 		{name: "dhcp discover", frame: udp(netip.IPv4Unspecified(), netip.MustParseAddr("255.255.255.255"), 68, 67, make([]byte, 240)), want: verdict.AllowControl},
 		{name: "dhcp offer toward guest", frame: udp(hostV4, guestV4, 67, 68, make([]byte, 240)), dir: verdict.Egress, want: verdict.AllowControl},
-		{name: "ipv6 neighbour solicitation", frame: icmp6(guestV6, hostV6, 135), want: verdict.AllowControl},
+		{name: "dhcp request to the host", frame: udp(guestV4, hostV4, 68, 67, make([]byte, 300)), want: verdict.AllowControl},
+		{name: "dhcp offer broadcast toward guest", frame: udp(hostV4, bcast4, 67, 68, make([]byte, 300)), dir: verdict.Egress, want: verdict.AllowControl},
+		{name: "dhcp from 0.0.0.0 to the host is spoofed", frame: udp(netip.IPv4Unspecified(), hostV4, 68, 67, make([]byte, 240)), want: verdict.DenySpoofed},
+		{name: "dhcpv6 solicit", frame: udp(guestLL, netip.MustParseAddr("ff02::1:2"), 546, 547, make([]byte, 60)), want: verdict.AllowControl},
+		{name: "dhcpv6 advertise toward the guest", frame: udp(hostLL, guestLL, 547, 546, make([]byte, 60)), dir: verdict.Egress, want: verdict.AllowControl},
+		{name: "ipv6 neighbour solicitation", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::1:ff00:1"), 135, 255, 20), want: verdict.AllowControl},
+		{name: "ipv6 neighbour solicitation from the global address", frame: icmp6Hop(guestV6, hostLL, 135, 255, 20), want: verdict.AllowControl},
+		{name: "ipv6 router solicitation from ::", frame: icmp6Hop(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::2"), 133, 255, 8), want: verdict.AllowControl},
+		{name: "mldv2 report", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::16"), 143, 1, 28), want: verdict.AllowControl},
+		{name: "mld report with hop limit 255", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::16"), 143, 255, 28), want: verdict.DenyControl},
+		{name: "neighbour solicitation for another address", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::1:ff00:9"), 135, 255, 20), want: verdict.DenyControl},
+		{name: "neighbour solicitation 577 bytes", frame: icmp6Hop(guestLL, hostLL, 135, 255, 573), want: verdict.DenyControl},
+		{name: "neighbour advertisement from a spoofed source", frame: icmp6Hop(netip.MustParseAddr("fe80::99"), hostLL, 136, 255, 20), want: verdict.DenySpoofed},
+		{name: "router advertisement toward the guest", frame: icmp6Hop(hostLL, netip.MustParseAddr("ff02::1"), 134, 255, 48), dir: verdict.Egress, want: verdict.AllowControl},
+		{name: "router advertisement toward the guest from elsewhere", frame: icmp6Hop(netip.MustParseAddr("fe80::99"), netip.MustParseAddr("ff02::1"), 134, 255, 48), dir: verdict.Egress, want: verdict.DenyControl},
 		{name: "ipv6 echo is not control", frame: icmp6(guestV6, openV6, 128), want: verdict.AllowDefault},
 		{name: "ike to the host", frame: udp(guestV4, hostV4, 500, 500, make([]byte, 28)), want: verdict.AllowControl},
 		{name: "ike nat-t with non-esp marker to the host", frame: udp(guestV4, hostV4, 4500, 4500, make([]byte, 28)), want: verdict.AllowControl},
 		{name: "ike to a web server is plain", frame: udp(guestV4, openV4, 500, 500, make([]byte, 28)), want: verdict.AllowDefault},
 		{name: "agent api on the host", frame: tcp(guestV4, hostV4, 40000, apiPort), want: verdict.AllowControl},
 		{name: "agent port elsewhere is plain", frame: tcp(guestV4, secretV4, 40000, apiPort), want: verdict.DenyPeerRange},
-		{name: "host to the guest's update daemon", frame: tcp(hostV4, guestV4, 40000, apiPort), dir: verdict.Egress, want: verdict.AllowControl},
-		{name: "update daemon answers the host", frame: tcp(guestV4, hostV4, apiPort, 40000), want: verdict.AllowControl},
+		{name: "ike toward the guest from root", frame: udp(hostV4, guestV4, 4500, 4500, make([]byte, 28)), dir: verdict.Egress, root: true, want: verdict.AllowControl},
+		{name: "host to the guest's update daemon", frame: tcp(hostV4, guestV4, 40000, apiPort), dir: verdict.Egress, root: true, want: verdict.AllowControl},
+		{name: "host api answers the guest", frame: tcpAck(hostV4, guestV4, apiPort, 40000, true), dir: verdict.Egress, root: true, want: verdict.AllowControl},
+		{name: "update daemon answers the host", frame: tcpAck(guestV4, hostV4, apiPort, 40000, true), want: verdict.AllowControl},
+		{name: "bare syn from the update daemon port is plain", frame: tcp(guestV4, hostV4, apiPort, 40000), want: verdict.AllowDefault},
 		{name: "update daemon port from a web server is plain", frame: tcp(openV4, guestV4, 40000, apiPort), dir: verdict.Egress, want: verdict.AllowDefault},
 		{name: "esp in range", frame: esp(guestV4, hostV4, 0xc0000001), want: verdict.AllowLabeled},
 		{name: "esp at the top of the range", frame: esp(guestV4, hostV4, 0xc0000010), want: verdict.AllowLabeled},
@@ -243,7 +310,7 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		if err := p.install(pol); err != nil {
 			t.Fatalf("%s: install: %v", c.name, err)
 		}
-		pkt := verdict.Packet{Ifindex: probeIfindex, Dir: c.dir, Frame: c.frame, Secpath: c.secpath}
+		pkt := verdict.Packet{Ifindex: probeIfindex, Dir: c.dir, Frame: c.frame, Secpath: c.secpath, RootSocket: c.root}
 		if ref := verdict.Decide(pol, pkt); ref != c.want {
 			t.Errorf("%s: reference says %s, want %s", c.name, ref, c.want)
 		}
@@ -285,6 +352,9 @@ func TestPrivilegedReasonCodes(t *testing.T) {
 		verdict.DenyUnlabeled:   bpf.FastpathReasonREASON_DENY_UNLABELED,
 		verdict.DenyMalformed:   bpf.FastpathReasonREASON_DENY_MALFORMED,
 		verdict.DenySpoofed:     bpf.FastpathReasonREASON_DENY_SPOOFED,
+		verdict.DenyUndeclared:  bpf.FastpathReasonREASON_DENY_UNDECLARED,
+		verdict.DenyUnplanned:   bpf.FastpathReasonREASON_DENY_UNPLANNED,
+		verdict.DenyControl:     bpf.FastpathReasonREASON_DENY_CONTROL,
 		verdict.NumReasons:      bpf.FastpathReasonREASON_MAX,
 	}
 	for g, c := range want {

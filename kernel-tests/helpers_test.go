@@ -47,8 +47,9 @@ func enterNetNS(t testing.TB) netns.NsHandle {
 }
 
 // skbCtx is struct __sk_buff (192 bytes) as BPF_PROG_TEST_RUN takes and
-// returns it: everything before mark must be zero on the way in; cb carries
-// the probe's inputs and its reason. The kernel refuses a shorter context out.
+// returns it: everything before mark must be zero on the way in; ifindex
+// names an interface of the namespace (0 or 1: loopback); cb carries the
+// probe's inputs and its reason. The kernel refuses a shorter context out.
 type skbCtx struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
 	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32

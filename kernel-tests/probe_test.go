@@ -47,10 +47,13 @@ func (p *prober) install(pol *verdict.Policy) error {
 
 // run gives one packet to the probe and returns the tc verdict and reason.
 func (p *prober) run(pkt verdict.Packet) (uint32, verdict.Reason, error) {
-	in := skbCtx{}
+	in := skbCtx{Ifindex: pkt.Ifindex}
 	in.CB[0] = uint32(pkt.Dir)
 	if sp := pkt.Secpath; sp != nil {
 		in.CB[1], in.CB[2], in.CB[3] = 1, sp.SPI, uint32(sp.Family)
+	}
+	if pkt.RootSocket {
+		in.CB[1] |= 2
 	}
 	var out skbCtx
 	ret, err := p.objs.Probe.Run(&ebpf.RunOptions{Data: pkt.Frame, Context: in, ContextOut: &out})

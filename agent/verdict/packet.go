@@ -36,7 +36,12 @@ type headers struct {
 	proto        uint8
 	sport, dport uint16
 	icmpType     uint8
-	ike          bool
+	ike          bool // UDP, both ports in {500, 4500}, the non-ESP marker on 4500
+	hop          uint8
+	tcpFlags     uint8
+	l3off        int // where the IP (or ARP) header starts
+	l4len        int
+	smac         [6]byte
 	spi          uint32
 	saddr, daddr netip.Addr
 }
@@ -53,6 +58,7 @@ func parse(f []byte) (h headers, ok bool) {
 		return h, false
 	}
 	proto := binary.BigEndian.Uint16(f[12:])
+	h.smac = [6]byte(f[6:12])
 	off := 14
 	for i := 0; i < vlanMax; i++ {
 		if proto != etherVLAN && proto != etherQinQ {
@@ -68,6 +74,7 @@ func parse(f []byte) (h headers, ok bool) {
 		return h, false
 	}
 	h.ethertype = proto
+	h.l3off = off
 	h.proto = protoNone
 
 	var l4len int
@@ -83,6 +90,7 @@ func parse(f []byte) (h headers, ok bool) {
 			return h, false
 		}
 		h.family = AFInet
+		h.hop = ip[8]
 		h.saddr = netip.AddrFrom4([4]byte(ip[12:16]))
 		h.daddr = netip.AddrFrom4([4]byte(ip[16:20]))
 		if binary.BigEndian.Uint16(ip[6:])&0x1fff != 0 {
@@ -101,6 +109,7 @@ func parse(f []byte) (h headers, ok bool) {
 			return h, false
 		}
 		h.family = AFInet6
+		h.hop = ip[7]
 		h.saddr = netip.AddrFrom16([16]byte(ip[8:24]))
 		h.daddr = netip.AddrFrom16([16]byte(ip[24:40]))
 		l3 := off
@@ -146,6 +155,7 @@ func parse(f []byte) (h headers, ok bool) {
 	if off > parseMax {
 		return h, false
 	}
+	h.l4len = l4len
 
 	switch h.proto {
 	case protoUDP:
@@ -154,12 +164,13 @@ func parse(f []byte) (h headers, ok bool) {
 		}
 		h.sport = binary.BigEndian.Uint16(f[off:])
 		h.dport = binary.BigEndian.Uint16(f[off+2:])
+		ikePort := func(p uint16) bool { return p == 500 || p == 4500 }
 		switch {
-		case h.sport == 500 || h.dport == 500:
+		case !ikePort(h.sport) || !ikePort(h.dport):
+		case h.sport == 500 && h.dport == 500:
 			h.ike = true
-		case (h.sport == 4500 || h.dport == 4500) && l4len >= 12 && off+12 <= n &&
-			binary.BigEndian.Uint32(f[off+8:]) == 0:
-			h.ike = true // the non-ESP marker
+		case l4len >= 12 && off+12 <= n && binary.BigEndian.Uint32(f[off+8:]) == 0:
+			h.ike = true // the non-ESP marker: IKE, not ESP in UDP
 		}
 	case protoTCP:
 		if l4len < 20 || off+20 > n {
@@ -167,6 +178,7 @@ func parse(f []byte) (h headers, ok bool) {
 		}
 		h.sport = binary.BigEndian.Uint16(f[off:])
 		h.dport = binary.BigEndian.Uint16(f[off+2:])
+		h.tcpFlags = f[off+13]
 	case protoICMPv6:
 		if h.family != AFInet6 {
 			break

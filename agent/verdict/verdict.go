@@ -1,6 +1,7 @@
 package verdict
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"github.com/mlsgate/mlsgate/label"
@@ -23,6 +24,9 @@ const (
 	DenyUnlabeled
 	DenyMalformed
 	DenySpoofed
+	DenyUndeclared // a vif of the agent's patterns with no declared guest
+	DenyUnplanned  // a declared guest the planner refused
+	DenyControl    // ARP or ND/MLD outside the link-control rules
 	NumReasons
 )
 
@@ -39,6 +43,9 @@ var reasonNames = [NumReasons]string{
 	DenyUnlabeled:   "deny_unlabeled",
 	DenyMalformed:   "deny_malformed",
 	DenySpoofed:     "deny_spoofed",
+	DenyUndeclared:  "deny_undeclared",
+	DenyUnplanned:   "deny_unplanned",
+	DenyControl:     "deny_control",
 }
 
 // Reasons lists every reason in order, for metrics that must exist from start-up.
@@ -98,9 +105,31 @@ type Guest struct {
 	Range label.Bounds
 	// Addr4 and Addr6 are the only sources the guest may use; an invalid
 	// (zero) address turns the check off for that family.
-	Addr4, Addr6   netip.Addr
+	Addr4, Addr6 netip.Addr
+	// HostAddr4 and HostAddr6 (the host-side interface's link-local
+	// address) are the host's end of the guest's link: the only address
+	// link control (ARP, ND, DHCP, IKE, the API port) may reach. Unset:
+	// no control of that family reaches the host.
+	HostAddr4, HostAddr6 netip.Addr
+	// MAC is the guest's Ethernet address, the source of every frame it
+	// sends; all zero turns the check off. The guest's link-local address
+	// is LinkLocal(MAC).
+	MAC            [6]byte
 	AllowUnlabeled bool // plain traffic travels at label.Default
 	Audit          bool // count and report denials, drop nothing
+	// Deny, when set (DenyUndeclared, DenyUnplanned), is the reason
+	// every packet on the vif gets.
+	Deny Reason
+}
+
+// LinkLocal is the IPv6 link-local address a guest derives from its MAC
+// (modified EUI-64, RFC 4291 appendix A); the zero Addr for a zero MAC.
+func LinkLocal(mac [6]byte) netip.Addr {
+	if mac == ([6]byte{}) {
+		return netip.Addr{}
+	}
+	a := [16]byte{0xfe, 0x80, 8: mac[0] ^ 0x02, 9: mac[1], 10: mac[2], 11: 0xff, 12: 0xfe, 13: mac[3], 14: mac[4], 15: mac[5]}
+	return netip.AddrFrom16(a)
 }
 
 // SA is an IPsec security association as the fast path needs it.
@@ -169,6 +198,10 @@ type Packet struct {
 	Dir     Direction
 	Frame   []byte
 	Secpath *Secpath
+	// RootSocket: a local socket owned by uid 0 sent the packet (the
+	// kernel asks bpf_get_socket_uid). Only IKE and the API port toward
+	// the guest need it; a forwarded packet has no local socket.
+	RootSocket bool
 }
 
 // Drops reports whether the fast path drops a packet it gave reason r.
@@ -189,27 +222,56 @@ func Decide(p *Policy, pkt Packet) Reason {
 	if !ok {
 		return PassUnmanaged
 	}
+	if g.Deny != 0 {
+		if g.Deny <= AllowControl || g.Deny >= NumReasons {
+			return DenyUnplanned
+		}
+		return g.Deny
+	}
+	if p.GuestProblems()[pkt.Ifindex] != nil {
+		return DenyUnplanned
+	}
 	h, ok := parse(pkt.Frame)
 	if !ok {
 		return DenyMalformed
 	}
+	// Anti-spoof first: every frame from the guest carries its MAC.
+	if pkt.Dir == Ingress && g.MAC != ([6]byte{}) && h.smac != g.MAC {
+		return DenySpoofed
+	}
 	if h.family == 0 {
 		if h.ethertype == etherARP {
-			return AllowControl
+			return arpVerdict(pkt.Frame, &h, &g, pkt.Dir)
 		}
 		return DenyUnlabeled
 	}
-	if p.isControl(&h, pkt.Dir) {
-		return AllowControl
+	ll := LinkLocal(g.MAC)
+	guest, side := g.Addr4, h.saddr
+	if h.family == AFInet6 {
+		guest = g.Addr6
+	}
+	if pkt.Dir == Egress {
+		side = h.daddr
+	}
+	own := !isSet(guest) || guest == side
+	r := p.control(&h, &g, pkt.Dir, own, ll, pkt.RootSocket)
+	if r == AllowControl {
+		return r
 	}
 	if pkt.Dir == Ingress {
-		own := g.Addr4
-		if h.family == AFInet6 {
-			own = g.Addr6
-		}
-		if own.IsValid() && !own.IsUnspecified() && own != h.saddr {
+		// ND and MLD may come from the guest's link-local address or ::;
+		// everything else only from the guest's address.
+		if r == DenyControl {
+			if own || setAndEq(ll, h.saddr) || h.saddr.IsUnspecified() {
+				return DenyControl
+			}
 			return DenySpoofed
 		}
+		if !own {
+			return DenySpoofed
+		}
+	} else if r != 0 {
+		return r
 	}
 	if h.proto == protoESP {
 		return checkSA(p.saOfESP(&h), &g)
@@ -233,35 +295,166 @@ func Decide(p *Policy, pkt Packet) Reason {
 	return AllowDefault
 }
 
-func (p *Policy) isControl(h *headers, dir Direction) bool {
-	local, remote := h.sport, h.dport
-	if dir == Egress {
-		local, remote = remote, local
+// Link-control limits, as bpf/lib/fastpath.h has them.
+const (
+	arpFrameMax = 60  // a 28-byte ARP body padded to the minimum frame
+	ctrlL4Max   = 576 // DHCP, DHCPv6, ND and MLD: UDP or ICMPv6 bytes
+)
+
+var (
+	bcast4    = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	dhcp6All  = netip.MustParseAddr("ff02::1:2")
+	allNodes  = netip.MustParseAddr("ff02::1")
+	allRouter = netip.MustParseAddr("ff02::2")
+	mldv2     = netip.MustParseAddr("ff02::16")
+)
+
+// isSet: a valid address that is not all zero.
+func isSet(a netip.Addr) bool { return a.IsValid() && !a.IsUnspecified() }
+
+// setAndEq: a is set and equal to b (b read from a packet: same family).
+func setAndEq(a, b netip.Addr) bool { return isSet(a) && a == b }
+
+// linkGroup: ff02::1, ff02::2, ff02::16, or the solicited-node group
+// ff02::1:ffXX:XXXX of a or b (when set).
+func linkGroup(d, a, b netip.Addr) bool {
+	if d == allNodes || d == allRouter || d == mldv2 {
+		return true
+	}
+	x := d.As16()
+	if [13]byte(x[:13]) != [13]byte{0xff, 0x02, 11: 1, 12: 0xff} {
+		return false
+	}
+	for _, h := range []netip.Addr{a, b} {
+		if y := h.As16(); isSet(h) && h.Is6() && x[13] == y[13] && x[14] == y[14] && x[15] == y[15] {
+			return true
+		}
+	}
+	return false
+}
+
+// arpVerdict: Ethernet/IPv4 ARP in a minimum-size frame, the sender's
+// hardware address the frame's source; from the guest, sender its address
+// (0.0.0.0 for a probe) and target the host; toward it, the mirror.
+func arpVerdict(f []byte, h *headers, g *Guest, dir Direction) Reason {
+	off := h.l3off
+	if len(f) > arpFrameMax || off+28 > len(f) {
+		return DenyControl
+	}
+	a := f[off:]
+	if binary.BigEndian.Uint16(a) != 1 || binary.BigEndian.Uint16(a[2:]) != etherIPv4 || a[4] != 6 || a[5] != 4 {
+		return DenyControl
+	}
+	if op := binary.BigEndian.Uint16(a[6:]); op != 1 && op != 2 {
+		return DenyControl
+	}
+	if [6]byte(a[8:14]) != h.smac {
+		return DenyControl
+	}
+	spa, tpa := netip.AddrFrom4([4]byte(a[14:18])), netip.AddrFrom4([4]byte(a[24:28]))
+	if dir == Ingress {
+		if isSet(g.Addr4) && spa != g.Addr4 && !spa.IsUnspecified() {
+			return DenyControl
+		}
+		if !setAndEq(g.HostAddr4, tpa) {
+			return DenyControl
+		}
+	} else {
+		if !setAndEq(g.HostAddr4, spa) {
+			return DenyControl
+		}
+		if isSet(g.Addr4) && tpa != g.Addr4 {
+			return DenyControl
+		}
+	}
+	return AllowControl
+}
+
+// control decides link control between the guest and its own host-side
+// address: AllowControl, DenyControl (ND/MLD outside the rules: never
+// data), or 0 (not control: decide as data). own: the packet's guest-side
+// address (source from the guest, destination toward it) is the guest's.
+func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip.Addr, root bool) Reason {
+	host := g.HostAddr4
+	if h.family == AFInet6 {
+		host = g.HostAddr6
 	}
 	switch {
 	case h.proto == protoICMPv6 && h.family == AFInet6:
-		return (h.icmpType >= 130 && h.icmpType <= 137) || h.icmpType == 143
+		t := h.icmpType
+		if !(t >= 130 && t <= 137 || t == 143) {
+			return 0
+		}
+		hop := uint8(1)
+		if t >= 133 && t <= 137 {
+			hop = 255
+		}
+		if h.hop != hop || h.l4len > ctrlL4Max {
+			return DenyControl
+		}
+		if dir == Ingress {
+			if !own && !setAndEq(ll, h.saddr) && !h.saddr.IsUnspecified() {
+				return DenyControl
+			}
+			if !setAndEq(g.HostAddr6, h.daddr) && !linkGroup(h.daddr, g.HostAddr6, g.HostAddr6) {
+				return DenyControl
+			}
+		} else {
+			if !setAndEq(g.HostAddr6, h.saddr) && !h.saddr.IsUnspecified() {
+				return DenyControl
+			}
+			if !own && !setAndEq(ll, h.daddr) && !linkGroup(h.daddr, ll, g.Addr6) {
+				return DenyControl
+			}
+		}
+		return AllowControl
 	case h.proto == protoUDP:
-		if h.family == AFInet && local == 68 && remote == 67 {
-			return true
+		small := h.l4len <= ctrlL4Max
+		if h.family == AFInet {
+			if dir == Ingress && h.sport == 68 && h.dport == 67 && small {
+				// DHCPDISCOVER/REQUEST from 0.0.0.0 only to broadcast
+				if h.daddr == bcast4 && (own || h.saddr.IsUnspecified()) {
+					return AllowControl
+				}
+				if own && setAndEq(g.HostAddr4, h.daddr) {
+					return AllowControl
+				}
+			}
+			if dir == Egress && h.sport == 67 && h.dport == 68 && small && setAndEq(g.HostAddr4, h.saddr) &&
+				(h.daddr == bcast4 || setAndEq(g.Addr4, h.daddr)) {
+				return AllowControl
+			}
+		} else {
+			if dir == Ingress && h.sport == 546 && h.dport == 547 && small && (own || setAndEq(ll, h.saddr)) &&
+				(h.daddr == dhcp6All || setAndEq(g.HostAddr6, h.daddr)) {
+				return AllowControl
+			}
+			if dir == Egress && h.sport == 547 && h.dport == 546 && small && setAndEq(g.HostAddr6, h.saddr) &&
+				(setAndEq(ll, h.daddr) || setAndEq(g.Addr6, h.daddr)) {
+				return AllowControl
+			}
 		}
-		if h.family == AFInet6 && local == 546 && remote == 547 {
-			return true
+		if !h.ike || !own {
+			return 0
 		}
-		if !h.ike {
-			return false
+		if dir == Ingress && setAndEq(host, h.daddr) || dir == Egress && setAndEq(host, h.saddr) && root {
+			return AllowControl
 		}
-	case h.proto == protoTCP:
-		// The host's API port, and the guest's update daemon on the same
-		// port number, so the loader reaches a guest that has no policy yet.
-		if p.APIPort == 0 || (remote != p.APIPort && local != p.APIPort) {
-			return false
+	case h.proto == protoTCP && p.APIPort != 0 && own:
+		if dir == Ingress {
+			// To the host's API; or the guest's update daemon answering the
+			// loader, which never opens with a bare SYN.
+			bareSYN := h.tcpFlags&0x12 == 0x02
+			if (h.dport == p.APIPort || h.sport == p.APIPort && !bareSYN) && setAndEq(host, h.daddr) {
+				return AllowControl
+			}
+			return 0
 		}
-	default:
-		return false
+		if (h.sport == p.APIPort || h.dport == p.APIPort) && setAndEq(host, h.saddr) && root {
+			return AllowControl
+		}
 	}
-	peer := p.peerOf(h, dir)
-	return peer != nil && peer.Kind == PeerHost
+	return 0
 }
 
 func (p *Policy) peerOf(h *headers, dir Direction) *Peer {

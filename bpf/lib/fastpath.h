@@ -7,7 +7,9 @@
  * The includer defines, before including this file:
  *   static __always_inline int fp_secpath(struct __sk_buff *skb,
  *                                         struct bpf_xfrm_state *xs);
- * returning 0 when the packet carries an XFRM state.
+ * returning 0 when the packet carries an XFRM state, and
+ *   static __always_inline int fp_root_socket(struct __sk_buff *skb);
+ * returning 1 when a local socket owned by uid 0 sent the packet.
  *
  * The same decision is written in Go in agent/verdict; the differential test
  * in kernel-tests holds the two equal. Change both or neither.
@@ -29,11 +31,14 @@
 #define AF_INET 2
 #define AF_INET6 10
 
+#define ETH_P_ARP_ 0x0806
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
 #define VLAN_MAX 2       /* stacked VLAN tags we look through */
 #define IPV6_EXT_MAX 8   /* IPv6 extension headers we walk before giving up */
 #define PARSE_MAX 512    /* headers must lie in the first PARSE_MAX bytes */
+#define ARP_FRAME_MAX 60 /* a 28-byte ARP body padded to the minimum frame */
+#define CTRL_L4_MAX 576  /* DHCP, DHCPv6, ND and MLD: UDP or ICMPv6 bytes */
 
 #define IPPROTO_HOPOPTS_ 0
 #define IPPROTO_ROUTING_ 43
@@ -52,13 +57,21 @@ volatile const struct config cfg = {
 	.event_sample = 1,
 };
 
-/* ifindex -> guest */
+/* ifindex -> guest, for ifindex < VIFS_MAX */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, VIFS_MAX);
 	__type(key, __u32);
 	__type(value, struct vif);
 } vifs SEC(".maps");
+
+/* ifindex -> guest, for ifindex >= VIFS_MAX */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VIFS_BIG_MAX);
+	__type(key, __u32);
+	__type(value, struct vif);
+} vifs_big SEC(".maps");
 
 /* label id -> label; id 0 is the default label (s0, i0) */
 struct {
@@ -122,7 +135,13 @@ struct pkt {
 	__u8 proto;  /* L4 protocol, IPPROTO_NONE_ when not reachable */
 	__u16 sport, dport;
 	__u8 icmp_type;
-	__u8 ike; /* UDP 500, or 4500 with the non-ESP marker */
+	__u8 ike;  /* UDP, both ports in {500, 4500}, the non-ESP marker on 4500 */
+	__u8 hop;  /* IPv4 TTL, IPv6 hop limit */
+	__u8 tcp_flags;
+	__u16 l3off; /* where the IP (or ARP) header starts */
+	__u16 l4len; /* bytes from the L4 header to the end of the IP payload */
+	__u32 smac_hi; /* the frame's source MAC, as loaded */
+	__u16 smac_lo;
 	__u32 spi;
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -197,6 +216,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if ((void *)(eth + 1) > data_end)
 		return -1;
 	proto = *(__u16 *)(data + 12); /* ethhdr is packed: one load, not two */
+	p->smac_hi = *(__u32 *)(data + 6);
+	p->smac_lo = *(__u16 *)(data + 10);
 	off = sizeof(*eth);
 
 #pragma unroll
@@ -212,6 +233,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if (proto == bpf_htons(ETH_P_8021Q_) || proto == bpf_htons(ETH_P_8021AD_))
 		return -1; /* more tags than we look through */
 	p->ethertype = proto;
+	p->l3off = off;
 
 	p->proto = IPPROTO_NONE_;
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -227,6 +249,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (data + off + hl > data_end)
 			return -1;
 		p->family = AF_INET;
+		p->hop = ip->ttl;
 		addr_copy(p->saddr, &ip->saddr, AF_INET);
 		addr_copy(p->daddr, &ip->daddr, AF_INET);
 		if (ip->frag_off & bpf_htons(0x1fff))
@@ -244,6 +267,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (ip6->version != 6 || bpf_ntohs(ip6->payload_len) > skb->len - off - sizeof(*ip6))
 			return -1;
 		p->family = AF_INET6;
+		p->hop = ip6->hop_limit;
 		addr_copy(p->saddr, &ip6->saddr, AF_INET6);
 		addr_copy(p->daddr, &ip6->daddr, AF_INET6);
 		l3 = off;
@@ -290,6 +314,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 
 	if (off > PARSE_MAX)
 		return -1;
+	p->l4len = l4len;
 
 	switch (p->proto) {
 	case IPPROTO_UDP: {
@@ -299,11 +324,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->sport = bpf_ntohs(*(__u16 *)u);
 		p->dport = bpf_ntohs(*(__u16 *)(u + 2));
-		if (p->sport == 500 || p->dport == 500)
-			p->ike = 1;
-		else if ((p->sport == 4500 || p->dport == 4500) && l4len >= 12 &&
-			 (void *)(u + 12) <= data_end && *(__u32 *)(u + 8) == 0)
-			p->ike = 1;
+		if ((p->sport == 500 || p->sport == 4500) && (p->dport == 500 || p->dport == 4500)) {
+			if (p->sport == 500 && p->dport == 500)
+				p->ike = 1;
+			else if (l4len >= 12 && (void *)(u + 12) <= data_end && *(__u32 *)(u + 8) == 0)
+				p->ike = 1; /* the non-ESP marker: IKE, not ESP in UDP */
+		}
 		break;
 	}
 	case IPPROTO_TCP: {
@@ -313,6 +339,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			return -1;
 		p->sport = bpf_ntohs(*(__u16 *)t);
 		p->dport = bpf_ntohs(*(__u16 *)(t + 2));
+		p->tcp_flags = t[13];
 		break;
 	}
 	case IPPROTO_ICMPV6_: {
@@ -347,35 +374,161 @@ static __always_inline struct peer *peer_of(const struct pkt *p, int dir)
 	return bpf_map_lookup_elem(&peers, &k);
 }
 
-/* Host control traffic passes so that a guest can always boot and talk to
- * the host's own services: ARP, IPv6 ND/MLD, DHCP, and IKE or the agent's
- * API when the other end is the host. */
-static __always_inline int is_control(const struct pkt *p, int dir)
+static __always_inline int v4_is(const __u8 *a, const __u8 *b)
 {
-	__u16 local = dir == DIR_INGRESS ? p->sport : p->dport;
-	__u16 remote = dir == DIR_INGRESS ? p->dport : p->sport;
-	struct peer *peer;
+	return *(const __u32 *)a == *(const __u32 *)b;
+}
 
-	if (p->proto == IPPROTO_ICMPV6_ && p->family == AF_INET6)
-		return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
-	if (p->proto == IPPROTO_UDP) {
-		if (p->family == AF_INET && local == 68 && remote == 67)
-			return 1;
-		if (p->family == AF_INET6 && local == 546 && remote == 547)
-			return 1;
-		if (!p->ike)
-			return 0;
-	} else if (p->proto == IPPROTO_TCP) {
-		/* The host's API port, and the guest's update daemon, which
-		 * listens on the same port number so that the loader can
-		 * reach a guest that has no policy yet. */
-		if (!cfg.api_port || (remote != cfg.api_port && local != cfg.api_port))
-			return 0;
-	} else {
+/* a is a set (nonzero) address equal to b, of the family. */
+static __always_inline int set_and_eq(const __u8 *a, const __u8 *b, int family)
+{
+	return !addr_zero(a, family) && addr_eq(a, b, family);
+}
+
+static __always_inline int mac_zero(const __u8 *m)
+{
+	return *(const __u32 *)m == 0 && *(const __u16 *)(m + 4) == 0;
+}
+
+/* ff02::1 (all nodes), ff02::2 (all routers), ff02::16 (MLDv2 reports),
+ * or the solicited-node group ff02::1:ffXX:XXXX of a or b (when set). */
+static __always_inline int link_group(const __u8 *d, const __u8 *a, const __u8 *b)
+{
+	const __u32 *w = (const __u32 *)d;
+
+	if (w[0] != bpf_htonl(0xff020000) || w[1] != 0)
 		return 0;
+	if (w[2] == 0)
+		return w[3] == bpf_htonl(1) || w[3] == bpf_htonl(2) || w[3] == bpf_htonl(0x16);
+	if (w[2] != bpf_htonl(1) || d[12] != 0xff)
+		return 0;
+	if (!addr_zero(a, AF_INET6) && d[13] == a[13] && d[14] == a[14] && d[15] == a[15])
+		return 1;
+	return !addr_zero(b, AF_INET6) && d[13] == b[13] && d[14] == b[14] && d[15] == b[15];
+}
+
+/* ARP between the guest and its host-side address, and nothing else:
+ * Ethernet/IPv4 ARP in a minimum-size frame, the sender's hardware address
+ * the frame's source. From the guest: sender its address (0.0.0.0 for a
+ * probe), target the host. Toward it: the mirror. */
+static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *p,
+				       const struct vif *vif, int dir)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 off = p->l3off;
+	__u8 *a;
+
+	if (skb->len > ARP_FRAME_MAX || off > 14 + 4 * VLAN_MAX)
+		return REASON_DENY_CONTROL;
+	a = data + off;
+	if ((void *)(a + 28) > data_end)
+		return REASON_DENY_CONTROL;
+	if (*(__u16 *)a != bpf_htons(1) || *(__u16 *)(a + 2) != bpf_htons(ETH_P_IP) || a[4] != 6 ||
+	    a[5] != 4)
+		return REASON_DENY_CONTROL;
+	if (*(__u16 *)(a + 6) != bpf_htons(1) && *(__u16 *)(a + 6) != bpf_htons(2))
+		return REASON_DENY_CONTROL;
+	if (*(__u32 *)(a + 8) != p->smac_hi || *(__u16 *)(a + 12) != p->smac_lo)
+		return REASON_DENY_CONTROL;
+	if (dir == DIR_INGRESS) {
+		if (!addr_zero(vif->addr4, AF_INET) && !v4_is(a + 14, vif->addr4) &&
+		    *(__u32 *)(a + 14) != 0)
+			return REASON_DENY_CONTROL;
+		if (!set_and_eq(vif->host4, a + 24, AF_INET))
+			return REASON_DENY_CONTROL;
+	} else {
+		if (!set_and_eq(vif->host4, a + 14, AF_INET))
+			return REASON_DENY_CONTROL;
+		if (!addr_zero(vif->addr4, AF_INET) && !v4_is(a + 24, vif->addr4))
+			return REASON_DENY_CONTROL;
 	}
-	peer = peer_of(p, dir);
-	return peer && peer->kind == PEER_HOST;
+	return REASON_ALLOW_CONTROL;
+}
+
+/* Link control between the guest and its own host-side address: DHCP,
+ * DHCPv6, ND/MLD, IKE and the API port. own: the packet's guest-side
+ * address (source from the guest, destination toward it) is the guest's.
+ * Returns REASON_ALLOW_CONTROL, REASON_DENY_CONTROL (an ND/MLD message
+ * outside the rules: never data), or 0 (not control: decide as data). */
+static __always_inline int control(struct __sk_buff *skb, const struct pkt *p,
+				   const struct vif *vif, int dir, int own)
+{
+	const __u8 *host = p->family == AF_INET ? vif->host4 : vif->host6;
+
+	if (p->proto == IPPROTO_ICMPV6_ && p->family == AF_INET6) {
+		__u8 t = p->icmp_type;
+
+		if (!((t >= 130 && t <= 137) || t == 143))
+			return 0;
+		if (p->hop != (t >= 133 && t <= 137 ? 255 : 1) || p->l4len > CTRL_L4_MAX)
+			return REASON_DENY_CONTROL;
+		if (dir == DIR_INGRESS) {
+			if (!own && !set_and_eq(vif->ll6, p->saddr, AF_INET6) &&
+			    !addr_zero(p->saddr, AF_INET6))
+				return REASON_DENY_CONTROL;
+			if (!set_and_eq(vif->host6, p->daddr, AF_INET6) &&
+			    !link_group(p->daddr, vif->host6, vif->host6))
+				return REASON_DENY_CONTROL;
+		} else {
+			if (!set_and_eq(vif->host6, p->saddr, AF_INET6) &&
+			    !addr_zero(p->saddr, AF_INET6))
+				return REASON_DENY_CONTROL;
+			if (!own && !set_and_eq(vif->ll6, p->daddr, AF_INET6) &&
+			    !link_group(p->daddr, vif->ll6, vif->addr6))
+				return REASON_DENY_CONTROL;
+		}
+		return REASON_ALLOW_CONTROL;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		if (p->family == AF_INET) {
+			if (dir == DIR_INGRESS && p->sport == 68 && p->dport == 67 && p->l4len <= CTRL_L4_MAX) {
+				/* DHCPDISCOVER/REQUEST from 0.0.0.0 only to broadcast */
+				if (*(__u32 *)p->daddr == 0xffffffff &&
+				    (own || *(__u32 *)p->saddr == 0))
+					return REASON_ALLOW_CONTROL;
+				if (own && set_and_eq(vif->host4, p->daddr, AF_INET))
+					return REASON_ALLOW_CONTROL;
+			}
+			if (dir == DIR_EGRESS && p->sport == 67 && p->dport == 68 && p->l4len <= CTRL_L4_MAX &&
+			    set_and_eq(vif->host4, p->saddr, AF_INET) &&
+			    (*(__u32 *)p->daddr == 0xffffffff || set_and_eq(vif->addr4, p->daddr, AF_INET)))
+				return REASON_ALLOW_CONTROL;
+		} else {
+			if (dir == DIR_INGRESS && p->sport == 546 && p->dport == 547 && p->l4len <= CTRL_L4_MAX &&
+			    (own || set_and_eq(vif->ll6, p->saddr, AF_INET6))) {
+				const __u32 *d = (const __u32 *)p->daddr;
+
+				if ((d[0] == bpf_htonl(0xff020000) && d[1] == 0 && d[2] == 0 &&
+				     d[3] == bpf_htonl(0x00010002)) ||
+				    set_and_eq(vif->host6, p->daddr, AF_INET6))
+					return REASON_ALLOW_CONTROL;
+			}
+			if (dir == DIR_EGRESS && p->sport == 547 && p->dport == 546 && p->l4len <= CTRL_L4_MAX &&
+			    set_and_eq(vif->host6, p->saddr, AF_INET6) &&
+			    (set_and_eq(vif->ll6, p->daddr, AF_INET6) || set_and_eq(vif->addr6, p->daddr, AF_INET6)))
+				return REASON_ALLOW_CONTROL;
+		}
+		if (!p->ike || !own)
+			return 0;
+		if (dir == DIR_INGRESS)
+			return set_and_eq(host, p->daddr, p->family) ? REASON_ALLOW_CONTROL : 0;
+		return set_and_eq(host, p->saddr, p->family) && fp_root_socket(skb) ? REASON_ALLOW_CONTROL : 0;
+	}
+	if (p->proto == IPPROTO_TCP && cfg.api_port && own) {
+		if (dir == DIR_INGRESS) {
+			/* to the host's API; or the guest's update daemon answering
+			 * the loader, which never opens with a bare SYN */
+			if (p->dport != cfg.api_port &&
+			    (p->sport != cfg.api_port || (p->tcp_flags & 0x12) == 0x02))
+				return 0;
+			return set_and_eq(host, p->daddr, p->family) ? REASON_ALLOW_CONTROL : 0;
+		}
+		if (p->sport != cfg.api_port && p->dport != cfg.api_port)
+			return 0;
+		return set_and_eq(host, p->saddr, p->family) && fp_root_socket(skb) ? REASON_ALLOW_CONTROL : 0;
+	}
+	return 0;
 }
 
 static __always_inline struct sa *sa_by_slot(__u32 spi, int family)
@@ -465,19 +618,38 @@ static __always_inline int decide(struct __sk_buff *skb, int dir, const struct v
 	struct sa *sa;
 	int r;
 
+	const __u8 *guest;
+	int own;
+
 	if (parse(skb, p))
 		return REASON_DENY_MALFORMED;
+	/* Anti-spoof first: every frame from the guest carries its MAC. */
+	if (dir == DIR_INGRESS && !mac_zero(vif->mac) &&
+	    (p->smac_hi != *(const __u32 *)vif->mac || p->smac_lo != *(const __u16 *)(vif->mac + 4)))
+		return REASON_DENY_SPOOFED;
 	if (p->family == 0)
-		return p->ethertype == bpf_htons(ETH_P_ARP) ? REASON_ALLOW_CONTROL
-							      : REASON_DENY_UNLABELED;
-	if (is_control(p, dir))
-		return REASON_ALLOW_CONTROL;
+		return p->ethertype == bpf_htons(ETH_P_ARP_) ? arp_verdict(skb, p, vif, dir)
+							       : REASON_DENY_UNLABELED;
 
+	/* The guest's side of the packet: its source from the guest, its
+	 * destination toward it. A zero guest address turns the check off. */
+	guest = p->family == AF_INET ? vif->addr4 : vif->addr6;
+	own = addr_zero(guest, p->family) ||
+	      addr_eq(guest, dir == DIR_INGRESS ? p->saddr : p->daddr, p->family);
+	r = control(skb, p, vif, dir, own);
+	if (r == REASON_ALLOW_CONTROL)
+		return r;
 	if (dir == DIR_INGRESS) {
-		const __u8 *own = p->family == AF_INET ? vif->addr4 : vif->addr6;
-
-		if (!addr_zero(own, p->family) && !addr_eq(own, p->saddr, p->family))
+		/* ND and MLD may come from the guest's link-local address or
+		 * ::; everything else only from the guest's address. */
+		if (r == REASON_DENY_CONTROL)
+			return own || set_and_eq(vif->ll6, p->saddr, AF_INET6) || addr_zero(p->saddr, AF_INET6)
+				       ? REASON_DENY_CONTROL
+				       : REASON_DENY_SPOOFED;
+		if (!own)
 			return REASON_DENY_SPOOFED;
+	} else if (r) {
+		return r;
 	}
 
 	if (p->proto == IPPROTO_ESP_) {
@@ -548,6 +720,11 @@ static __always_inline void report(struct __sk_buff *skb, int dir, const struct 
 	e->proto = p->proto;
 	__builtin_memcpy(e->saddr, p->saddr, 16);
 	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->proto == IPPROTO_ICMPV6_ ? p->icmp_type : p->sport;
+	e->dport = p->proto == IPPROTO_ICMPV6_ ? 0 : p->dport;
+	e->ethertype = bpf_ntohs(p->ethertype);
+	e->_pad[0] = 0;
+	e->_pad[1] = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -565,13 +742,24 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u
 	struct vif *vif;
 	int reason;
 
-	vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	if (ifindex < VIFS_MAX)
+		vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	else
+		vif = bpf_map_lookup_elem(&vifs_big, &ifindex);
 	if (!vif || !(vif->flags & VIF_F_MANAGED)) {
 		*why = REASON_PASS_UNMANAGED;
 		count(dir, REASON_PASS_UNMANAGED, skb->len);
 		return VERDICT_ALLOW;
 	}
-	reason = decide(skb, dir, vif, &p, &label_id);
+	if (vif->deny) {
+		/* deny-all: an undeclared vif or an unplanned guest; never an
+		 * allow, whatever the byte says */
+		reason = vif->deny;
+		if (reason <= REASON_ALLOW_CONTROL || reason >= REASON_MAX)
+			reason = REASON_DENY_UNPLANNED;
+	} else {
+		reason = decide(skb, dir, vif, &p, &label_id);
+	}
 	*why = reason;
 	count(dir, reason, skb->len);
 	if (is_allow(reason))

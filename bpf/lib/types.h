@@ -13,6 +13,7 @@
 /* Map sizes. Those marked "set by the loader" are overridden from Go before
  * load; the numbers here are the defaults. */
 #define VIFS_MAX 65536     /* vifs: dense array indexed by ifindex */
+#define VIFS_BIG_MAX 4096  /* vifs_big: guests on ifindexes >= VIFS_MAX */
 #define LABELS_MAX 16384   /* labels: interned labels; id 0 is the default label */
 #define SA_SLOTS_MAX 65536 /* sa_slots: SPIs the host allocated (set by the loader) */
 #define SAS_MAX 65536      /* sas: SPIs chosen by foreign peers */
@@ -37,8 +38,12 @@ enum vif_flag {
 	VIF_F_ALLOW_UNLABELED = 1 << 2, /* plain traffic travels at the default label */
 };
 
-/* vifs[ifindex]: the guest behind a host-side interface. The ranges are
- * label ids (labels map). A zero address disables the source check. */
+/* vifs[ifindex] (vifs_big for ifindex >= VIFS_MAX): the guest behind a
+ * host-side interface. The ranges are label ids (labels map). A zero guest
+ * address disables the source check of its family, a zero MAC the frame
+ * source check; a zero host address matches nothing, so no control traffic
+ * of that family reaches the host. deny: a reason (REASON_DENY_UNDECLARED,
+ * REASON_DENY_UNPLANNED) every packet gets, 0 for a planned guest. */
 struct vif {
 	__u32 vm_id;
 	__u32 app_id;
@@ -47,6 +52,12 @@ struct vif {
 	__u32 range_hi;
 	__u8 addr4[4];
 	__u8 addr6[16];
+	__u8 ll6[16];   /* the guest's link-local address (EUI-64 of mac) */
+	__u8 host4[4];  /* the host's end of the link */
+	__u8 host6[16]; /* the host-side interface's link-local address */
+	__u8 mac[6];    /* the guest's Ethernet address */
+	__u8 deny;
+	__u8 _pad;
 };
 
 enum sa_flag {
@@ -124,7 +135,10 @@ enum reason {
 	REASON_DENY_UNLABELED = 9,
 	REASON_DENY_MALFORMED = 10,
 	REASON_DENY_SPOOFED = 11,
-	REASON_MAX = 12,
+	REASON_DENY_UNDECLARED = 12, /* a vif of the agent's patterns with no guest */
+	REASON_DENY_UNPLANNED = 13,  /* a guest the planner refused */
+	REASON_DENY_CONTROL = 14,    /* ARP or ND/MLD outside the link-control rules */
+	REASON_MAX = 15,
 };
 
 /* verdicts[dir * REASON_MAX + reason], per CPU. */
@@ -146,6 +160,10 @@ struct event {
 	__u8 proto;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u16 sport; /* UDP/TCP ports, host byte order; ICMPv6: type, 0 */
+	__u16 dport;
+	__u16 ethertype; /* innermost, host byte order */
+	__u8 _pad[2];
 };
 
 /* Load-time settings (volatile const: the verifier prunes on them). */

@@ -1,0 +1,118 @@
+package kerneltests
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/mlsgate/mlsgate/agent/verdict"
+)
+
+// The guest-side trust boundary (issue 11), tried as a guest with root
+// would: frames that today pass as "control" but reach, or come from,
+// something other than the guest's own host-side address. The guest is
+// strict (no unlabeled traffic), so anything that is not control must be
+// refused; each case must be refused by the kernel and by the reference.
+
+var (
+	bcast4     = netip.MustParseAddr("255.255.255.255")
+	otherHost4 = netip.MustParseAddr("10.0.0.2") // another guest's host-side address
+)
+
+// arpFrame is an Ethernet/IPv4 ARP request from the guest, padded to the
+// 60-byte minimum frame (gopacket pads), with extra bytes after that.
+func arpFrame(senderIP, targetIP netip.Addr, extra int) []byte {
+	f := serialize(&layers.Ethernet{SrcMAC: macGuest, DstMAC: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPRequest, SourceHwAddress: macGuest, SourceProtAddress: senderIP.AsSlice(),
+			DstHwAddress: make([]byte, 6), DstProtAddress: targetIP.AsSlice()})
+	return append(f, make([]byte, extra)...)
+}
+
+// arpReply is an ARP reply toward the guest (from the host's MAC).
+func arpReply(senderIP, targetIP netip.Addr) []byte {
+	return serialize(&layers.Ethernet{SrcMAC: macHost, DstMAC: macGuest, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPReply, SourceHwAddress: macHost, SourceProtAddress: senderIP.AsSlice(),
+			DstHwAddress: macGuest, DstProtAddress: targetIP.AsSlice()})
+}
+
+// icmp6Hop is an ICMPv6 message of type typ with a hop limit and n bytes of body.
+func icmp6Hop(src, dst netip.Addr, typ, hop uint8, n int) []byte {
+	ls := ipLayers(src, dst, layers.IPProtocolICMPv6)
+	ls[len(ls)-1].(*layers.IPv6).HopLimit = hop
+	return serialize(append(ls, &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, 0)}, gopacket.Payload(make([]byte, n)))...)
+}
+
+func TestPrivilegedFastpathBoundary(t *testing.T) {
+	requirePrivileged(t)
+	enterNetNS(t)
+	p := newProber(t, tableOptions())
+
+	strict := func() *verdict.Policy {
+		pol := tablePolicy()
+		g := pol.Guests[probeIfindex]
+		g.AllowUnlabeled = false
+		pol.Guests[probeIfindex] = g
+		// Another guest's host-side address is a host address too.
+		pol.Peers = append(pol.Peers, verdict.Peer{Prefix: netip.PrefixFrom(otherHost4, 32), Kind: verdict.PeerHost, Range: mustBounds("s0-s15/i0-i15")})
+		return pol
+	}
+	kb := make([]byte, 1024)
+	cases := []struct {
+		name  string
+		frame []byte
+		dir   verdict.Direction
+	}{
+		// 1. DHCP is a channel to anywhere.
+		{name: "dhcp 68->67 with 1 KB to a server on the untrusted network", frame: udp(guestV4, nowhere, 68, 67, kb)},
+		{name: "dhcp 67->68 from the untrusted network toward the guest", frame: udp(nowhere, guestV4, 67, 68, kb), dir: verdict.Egress},
+		{name: "dhcp from 0.0.0.0 to a server on the untrusted network", frame: udp(netip.IPv4Unspecified(), nowhere, 68, 67, make([]byte, 240))},
+		{name: "dhcpv6 546->547 to a global address", frame: udp(guestV6, netip.MustParseAddr("2001:db8::1"), 546, 547, kb)},
+		{name: "dhcp to broadcast carrying 1 KB", frame: udp(netip.IPv4Unspecified(), bcast4, 68, 67, kb)},
+		// 2. ND/MLD and ARP are channels.
+		{name: "neighbour solicitation with 1 KB to a web server", frame: icmp6Hop(guestV6, openV6, 135, 255, 1024)},
+		{name: "neighbour solicitation with hop limit 64", frame: icmp6Hop(guestV6, hostV6, 135, 64, 20)},
+		{name: "mld report to a web server", frame: icmp6Hop(guestV6, openV6, 143, 1, 20)},
+		{name: "router advertisement from a spoofed source", frame: icmp6Hop(netip.MustParseAddr("fd00::99"), netip.MustParseAddr("ff02::1"), 134, 255, 20)},
+		{name: "1,114-byte arp frame", frame: arpFrame(guestV4, hostV4, 1114-60)},
+		{name: "arp from another guest's address", frame: arpFrame(netip.MustParseAddr("10.0.0.8"), hostV4, 0)},
+		{name: "arp for another guest's host-side address", frame: arpFrame(guestV4, otherHost4, 0)},
+		{name: "arp that is not ethernet/ipv4", frame: func() []byte {
+			f := arpFrame(guestV4, hostV4, 0)
+			f[14+4] = 16 // hlen 16
+			return f
+		}()},
+		// 3. Port rules match either port.
+		{name: "source port = api port to host tcp 22", frame: tcp(guestV4, hostV4, apiPort, 22)},
+		{name: "source port = api port to another guest's host-side address", frame: tcp(guestV4, otherHost4, apiPort, 22)},
+		{name: "api port on another guest's host-side address", frame: tcp(guestV4, otherHost4, 40000, apiPort)},
+		{name: "source port 500 to host udp 53", frame: udp(guestV4, hostV4, 500, 53, make([]byte, 28))},
+		{name: "source port 4500 to host udp 53", frame: udp(guestV4, hostV4, 4500, 53, make([]byte, 28))},
+		{name: "ike to another guest's host-side address", frame: udp(guestV4, otherHost4, 500, 500, make([]byte, 28))},
+		// Toward the guest: a packet that no root socket on the host sent
+		// (an unprivileged process, or one forwarded from elsewhere).
+		{name: "host port 4500 to a guest port, not from root", frame: udp(hostV4, guestV4, 4500, 9999, make([]byte, 28)), dir: verdict.Egress},
+		{name: "ike from the host, not from root", frame: udp(hostV4, guestV4, 4500, 4500, make([]byte, 28)), dir: verdict.Egress},
+		{name: "api port from the host, not from root", frame: tcp(hostV4, guestV4, apiPort, 40000), dir: verdict.Egress},
+	}
+	for _, c := range cases {
+		pol := strict()
+		if err := p.install(pol); err != nil {
+			t.Fatalf("%s: install: %v", c.name, err)
+		}
+		pkt := verdict.Packet{Ifindex: probeIfindex, Dir: c.dir, Frame: c.frame}
+		if ref := verdict.Decide(pol, pkt); ref.Allowed() {
+			t.Errorf("%s: reference allows it (%s)", c.name, ref)
+		}
+		ret, got, err := p.run(pkt)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got.Allowed() || ret != retDrop {
+			t.Errorf("%s: kernel allows it (%s, tc %#x)", c.name, got, ret)
+		}
+	}
+}
