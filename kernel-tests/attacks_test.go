@@ -589,8 +589,8 @@ func times(n int, f []byte) [][]byte {
 	return out
 }
 
-// arpFrame is an Ethernet/IPv4 ARP frame padded to the 60-byte minimum.
-func arpFrame(ethSrc, ethDst net.HardwareAddr, op uint16, sha net.HardwareAddr, spa netip.Addr, tha net.HardwareAddr, tpa netip.Addr) []byte {
+// attackARP is an Ethernet/IPv4 ARP frame padded to the 60-byte minimum.
+func attackARP(ethSrc, ethDst net.HardwareAddr, op uint16, sha net.HardwareAddr, spa netip.Addr, tha net.HardwareAddr, tpa netip.Addr) []byte {
 	f := serialize(&layers.Ethernet{SrcMAC: ethSrc, DstMAC: ethDst, EthernetType: layers.EthernetTypeARP},
 		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
 			Operation: op, SourceHwAddress: sha, SourceProtAddress: spa.AsSlice(), DstHwAddress: tha, DstProtAddress: tpa.AsSlice()})
@@ -796,7 +796,7 @@ func TestPrivilegedAttackARPChannel(t *testing.T) {
 	if len(f) != 1114 {
 		t.Fatalf("frame is %d bytes, want 1114", len(f))
 	}
-	whoHas := arpFrame(a.mac, attackBcast, layers.ARPRequest, a.mac, a.addr4, make(net.HardwareAddr, 6), b.addr4)
+	whoHas := attackARP(a.mac, attackBcast, layers.ARPRequest, a.mac, a.addr4, make(net.HardwareAddr, 6), b.addr4)
 	before := l.counters()
 	a.send(t, times(attackN, f)...)
 	a.send(t, times(attackN, whoHas)...)
@@ -852,7 +852,7 @@ func bridgedPair(t *testing.T) (*lab, *labGuest, *labGuest) {
 	l.declare(l.spec(a, true), l.spec(b, true))
 	run(t, "ip", "-n", l.hostNS, "neigh", "replace", b.addr4.String(), "lladdr", b.mac.String(), "dev", "br0", "nud", "reachable")
 	// b speaks once, legitimately, so the bridge learns where it is.
-	b.send(t, arpFrame(b.mac, attackBcast, layers.ARPRequest, b.mac, b.addr4, make(net.HardwareAddr, 6), b.host4))
+	b.send(t, attackARP(b.mac, attackBcast, layers.ARPRequest, b.mac, b.addr4, make(net.HardwareAddr, 6), b.host4))
 	for range 100 {
 		if l.fdbPort(b.mac) == b.vif {
 			break
@@ -875,8 +875,8 @@ func TestPrivilegedAttackARPImpersonation(t *testing.T) {
 	}
 	before := l.counters()
 	// A reply to the host, and a gratuitous request, both "b.addr4 is at a.mac".
-	a.send(t, times(attackN, arpFrame(a.mac, attackBrMAC, layers.ARPReply, a.mac, b.addr4, attackBrMAC, a.host4))...)
-	a.send(t, times(attackN, arpFrame(a.mac, attackBcast, layers.ARPRequest, a.mac, b.addr4, make(net.HardwareAddr, 6), b.addr4))...)
+	a.send(t, times(attackN, attackARP(a.mac, attackBrMAC, layers.ARPReply, a.mac, b.addr4, attackBrMAC, a.host4))...)
+	a.send(t, times(attackN, attackARP(a.mac, attackBcast, layers.ARPRequest, a.mac, b.addr4, make(net.HardwareAddr, 6), b.addr4))...)
 	time.Sleep(100 * time.Millisecond)
 	if got := l.hostNeigh(b.addr4); got != b.mac.String() {
 		t.Errorf("after %s's ARP the host sends %s's traffic to %s (want %s)", a.vif, b.addr4, got, b.mac)
@@ -897,7 +897,7 @@ func TestPrivilegedAttackForgedSourceMAC(t *testing.T) {
 			sport: 9001, dport: 9000, payload: m}.frame()
 	}
 	before := l.counters()
-	a.send(t, times(attackN, arpFrame(b.mac, attackBrMAC, layers.ARPReply, b.mac, b.addr4, attackBrMAC, a.host4))...)
+	a.send(t, times(attackN, attackARP(b.mac, attackBrMAC, layers.ARPReply, b.mac, b.addr4, attackBrMAC, a.host4))...)
 	a.send(t, times(attackN, udp(b.mac, forged))...)
 	// The same datagram with a's own MAC: allowed (the guest is permissive).
 	a.send(t, times(attackN, udp(a.mac, own))...)
@@ -1244,7 +1244,7 @@ func TestPrivilegedAttackLegitimateControl(t *testing.T) {
 	g.send(t, times(attackN, udp4(g.addr4, g.host4, g.hostMAC, 4500, 4500, append(make([]byte, 4), mNATT...)))...)
 	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: mcastMAC(dhcp6), src: g.ll6, dst: dhcp6, hop: 1,
 		proto: layers.IPProtocolUDP, sport: 546, dport: 547, payload: pad(mDHCP6, 100)}.frame())...)
-	g.send(t, times(attackN, arpFrame(g.mac, attackBcast, layers.ARPRequest, g.mac, g.addr4, make(net.HardwareAddr, 6), g.host4))...)
+	g.send(t, times(attackN, attackARP(g.mac, attackBcast, layers.ARPRequest, g.mac, g.addr4, make(net.HardwareAddr, 6), g.host4))...)
 	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: hostSolMAC, src: g.ll6, dst: hostSol, hop: 255,
 		proto: layers.IPProtocolICMPv6, icmpType: 135, payload: ndNS(attackHostLL, g.mac, nil)}.frame())...)
 	rsBody := append(make([]byte, 4), 1, 1)
