@@ -140,7 +140,9 @@ func (e *agentEnv) start() {
 	e.exited = make(chan struct{})
 	go func(c *exec.Cmd, done chan struct{}) { c.Wait(); close(done) }(e.cmd, e.exited)
 	e.startedAt = time.Now()
-	for range 200 {
+	// Bounded, and generous: loading and verifying the programs on a
+	// loaded two-core machine has taken more than 5 s.
+	for range 1200 {
 		var st agent.Status
 		if e.get("/v1/status", &st) == nil && st.Ready {
 			return
@@ -151,7 +153,7 @@ func (e *agentEnv) start() {
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-	t.Fatalf("agent not ready within 5 s:\n%s", e.log)
+	t.Fatalf("agent not ready within 30 s:\n%s", e.log)
 }
 
 // kill sends SIGKILL, as a crash would; nothing runs in the agent after it.

@@ -122,8 +122,12 @@ func newLab(t *testing.T, bridged bool) *lab {
 	ip(l.netNS, "neigh", "replace", attackNetHost.String(), "lladdr", attackUpMAC.String(), "dev", "eth0", "nud", "permanent")
 	ip(l.netNS, "neigh", "replace", attackNet6Hst.String(), "lladdr", attackUpMAC.String(), "dev", "eth0", "nud", "permanent")
 	if bridged {
-		ip(e.hostNS, "link", "add", "br0", "address", attackBrMAC.String(), "type", "bridge")
+		// Without multicast snooping the bridge floods every group, as
+		// many bridges do.
+		ip(e.hostNS, "link", "add", "br0", "address", attackBrMAC.String(), "type", "bridge", "mcast_snooping", "0")
 		ip(e.hostNS, "addr", "add", "10.70.0.1/24", "dev", "br0")
+		ip(e.hostNS, "addr", "add", "fd00:70::1/64", "dev", "br0", "nodad")
+		ip(e.hostNS, "addr", "add", attackHostLL.String()+"/64", "dev", "br0", "nodad")
 		ip(e.hostNS, "link", "set", "br0", "up")
 		// ARP may move a neighbour entry at once (the default waits 1 s).
 		sysctls(t, e.hostNS, map[string]string{"net/ipv4/neigh/br0/locktime": "0"})
@@ -223,6 +227,8 @@ func (l *lab) addGuest(vm uint32, index int) *labGuest {
 	if l.bridged {
 		g.addr4 = netip.AddrFrom4([4]byte{10, 70, 0, byte(vm)})
 		g.host4 = netip.MustParseAddr("10.70.0.1")
+		g.addr6 = netip.MustParseAddr(fmt.Sprintf("fd00:70::%x", vm))
+		g.host6 = netip.MustParseAddr("fd00:70::1")
 		g.hostMAC = attackBrMAC
 		ip(l.hostNS, "link", "set", g.vif, "master", "br0")
 		ip(g.ns, "addr", "add", g.addr4.String()+"/24", "dev", "eth0")
@@ -235,10 +241,10 @@ func (l *lab) addGuest(vm uint32, index int) *labGuest {
 		ip(l.hostNS, "addr", "add", g.host4.String()+"/24", "dev", g.vif)
 		ip(l.hostNS, "addr", "add", g.host6.String()+"/64", "dev", g.vif, "nodad")
 		ip(l.hostNS, "addr", "add", attackHostLL.String()+"/64", "dev", g.vif, "nodad")
-		for _, a := range []netip.Addr{g.addr6, g.ll6} {
-			ip(l.hostNS, "neigh", "replace", a.String(), "lladdr", mac.String(), "dev", g.vif, "nud", "permanent")
-		}
 		ip(g.ns, "addr", "add", g.addr4.String()+"/24", "dev", "eth0")
+	}
+	for _, a := range []netip.Addr{g.addr6, g.ll6} {
+		ip(l.hostNS, "neigh", "replace", a.String(), "lladdr", mac.String(), "dev", l.l3dev(g), "nud", "permanent")
 	}
 	ip(l.hostNS, "neigh", "replace", g.addr4.String(), "lladdr", mac.String(), "dev", l.l3dev(g), "nud", "permanent")
 	ip(l.hostNS, "link", "set", g.vif, "up")
@@ -277,12 +283,8 @@ func (l *lab) spec(g *labGuest, permissive bool) agent.GuestSpec {
 	if err != nil {
 		l.t.Fatal(err)
 	}
-	s := agent.GuestSpec{Interface: g.vif, VM: g.vm, App: 1, Range: r, Addr4: g.addr4, Addr6: g.addr6,
-		HostAddr4: g.host4, MAC: g.mac.String(), AllowUnlabeled: permissive}
-	if !l.bridged {
-		s.HostAddr6 = attackHostLL
-	}
-	return s
+	return agent.GuestSpec{Interface: g.vif, VM: g.vm, App: 1, Range: r, Addr4: g.addr4, Addr6: g.addr6,
+		HostAddr4: g.host4, HostAddr6: attackHostLL, MAC: g.mac.String(), AllowUnlabeled: permissive}
 }
 
 // declare sends the guests' declarations and the host's own addresses as
@@ -850,7 +852,9 @@ func bridgedPair(t *testing.T) (*lab, *labGuest, *labGuest) {
 	a, b := l.addGuest(7, 0), l.addGuest(8, 0)
 	l.start()
 	l.declare(l.spec(a, true), l.spec(b, true))
-	run(t, "ip", "-n", l.hostNS, "neigh", "replace", b.addr4.String(), "lladdr", b.mac.String(), "dev", "br0", "nud", "reachable")
+	for _, a := range []netip.Addr{b.addr4, b.addr6} {
+		run(t, "ip", "-n", l.hostNS, "neigh", "replace", a.String(), "lladdr", b.mac.String(), "dev", "br0", "nud", "reachable")
+	}
 	// b speaks once, legitimately, so the bridge learns where it is.
 	b.send(t, attackARP(b.mac, attackBcast, layers.ARPRequest, b.mac, b.addr4, make(net.HardwareAddr, 6), b.host4))
 	for range 100 {
@@ -980,6 +984,106 @@ func TestPrivilegedAttackIKEPortAsSource(t *testing.T) {
 		}
 	}
 	l.expectCounted(before, map[string]uint64{"ingress/deny_unlabeled": uint64(len(kinds)) * attackN})
+}
+
+// TestPrivilegedAttackNDImpersonation: ARP's impersonation in IPv6. On a
+// bridge shared by guests, a neighbour advertisement from the guest's own
+// link-local address to the host, well formed, whose target is another
+// guest's address and whose link-layer option is the sender's MAC, moves
+// the host's neighbour entry for the other guest to the sender.
+func TestPrivilegedAttackNDImpersonation(t *testing.T) {
+	l, a, b := bridgedPair(t)
+	if got := l.hostNeigh(b.addr6); got != b.mac.String() {
+		t.Fatalf("host's neighbour for %s is %q before the attack, want %s", b.addr6, got, b.mac)
+	}
+	na := func(target netip.Addr, tll net.HardwareAddr) []byte {
+		body := []byte{0x20, 0, 0, 0} // override
+		t16 := target.As16()
+		body = append(body, t16[:]...)
+		body = append(body, 2, 1) // target link-layer address option
+		body = append(body, tll...)
+		return ipPkt{srcMAC: a.mac, dstMAC: attackBrMAC, src: a.ll6, dst: attackHostLL, hop: 255,
+			proto: layers.IPProtocolICMPv6, icmpType: 136, payload: body}.frame()
+	}
+	before := l.counters()
+	a.send(t, times(attackN, na(b.addr6, a.mac))...)
+	time.Sleep(100 * time.Millisecond)
+	if got := l.hostNeigh(b.addr6); got != b.mac.String() {
+		t.Errorf("after %s's neighbour advertisement the host sends %s's traffic to %s (want %s)", a.vif, b.addr6, got, b.mac)
+	}
+	l.expectCounted(before, map[string]uint64{"ingress/deny_control": attackN})
+}
+
+// TestPrivilegedAttackBridgeUnspecifiedSource: ND and MLD from :: (which a
+// guest may send, for duplicate address detection) to the link's groups
+// are flooded by a shared bridge to the other guests: toward a guest,
+// control comes from the host-side address only.
+func TestPrivilegedAttackBridgeUnspecifiedSource(t *testing.T) {
+	l := newLab(t, true)
+	a, b := l.addGuest(7, 0), l.addGuest(8, 0)
+	l.start()
+	l.declare(l.spec(a, false), l.spec(b, false))
+	bCap := capture(t, b.ns, "eth0")
+	allNodes, mldv2 := netip.MustParseAddr("ff02::1"), netip.MustParseAddr("ff02::16")
+	kinds := []struct {
+		what string
+		typ  uint8
+		hop  uint8
+		dst  netip.Addr
+	}{
+		{"MLDv2 reports to ff02::16", 143, 1, mldv2},
+		{"MLD reports to ff02::1", 131, 1, allNodes},
+		{"neighbour solicitations to ff02::1", 135, 255, allNodes},
+	}
+	ms := make([][]byte, len(kinds))
+	before := l.counters()
+	for i, k := range kinds {
+		ms[i] = marker(t, fmt.Sprint(i))
+		a.send(t, times(attackN, ipPkt{srcMAC: a.mac, dstMAC: mcastMAC(k.dst), src: netip.IPv6Unspecified(), dst: k.dst, hop: k.hop,
+			proto: layers.IPProtocolICMPv6, icmpType: k.typ, payload: pad(append(make([]byte, 20), ms[i]...), 500)}.frame())...)
+	}
+	for i, k := range kinds {
+		if n := bCap.count(t, ms[i], 0, 300*time.Millisecond); n != 0 {
+			t.Errorf("%d of %d %s from :: (500 bytes) went from %s to %s", n, attackN, k.what, a.vif, b.vif)
+		}
+	}
+	// Refused where the rules say: at a's ingress or at b's egress, once.
+	after := l.counters()
+	denied := after["ingress/deny_control"] - before["ingress/deny_control"] + after["egress/deny_control"] - before["egress/deny_control"]
+	if want := uint64(len(kinds)) * attackN; denied != want {
+		t.Errorf("deny_control rose by %d in all, want %d", denied, want)
+	}
+	l.expectCounted(before, map[string]uint64{})
+}
+
+// TestPrivilegedAttackSpoofUndeclaredFamily: a guest declared with an
+// IPv4 address only, as the loader declares its guests, sends IPv6 from an
+// address that is not its own (another guest's), as data and as ND.
+func TestPrivilegedAttackSpoofUndeclaredFamily(t *testing.T) {
+	l := newLab(t, false)
+	g := l.addGuest(7, 0)
+	l.start()
+	spec := l.spec(g, true)
+	spec.Addr6 = netip.Addr{}
+	l.declare(spec)
+	hostUDP6 := rawRx(t, l.hostNS, unix.AF_INET6, unix.IPPROTO_UDP)
+	hostICMP := rawRx(t, l.hostNS, unix.AF_INET6, unix.IPPROTO_ICMPV6)
+	sink(t, l.hostNS, netip.AddrPortFrom(g.host6, 9000))
+	foreign := netip.MustParseAddr("fd00:70:8::7")
+	mUDP, mNS := marker(t, "udp6-foreign-source"), marker(t, "ns-foreign-source")
+	hostSol, hostSolMAC := solicited(attackHostLL)
+	before := l.counters()
+	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: foreign, dst: g.host6, proto: layers.IPProtocolUDP,
+		sport: 9001, dport: 9000, payload: mUDP}.frame())...)
+	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: hostSolMAC, src: foreign, dst: hostSol, hop: 255,
+		proto: layers.IPProtocolICMPv6, icmpType: 135, payload: ndNS(attackHostLL, g.mac, mNS)}.frame())...)
+	if n := hostUDP6.count(t, mUDP, 0, attackQuiet); n != 0 {
+		t.Errorf("%d of %d IPv6 datagrams from %s (not the guest's) reached the host", n, attackN, foreign)
+	}
+	if n := hostICMP.count(t, mNS, 0, 100*time.Millisecond); n != 0 {
+		t.Errorf("%d of %d neighbour solicitations from %s (not the guest's) reached the host", n, attackN, foreign)
+	}
+	l.expectCounted(before, map[string]uint64{"ingress/deny_spoofed": 2 * attackN})
 }
 
 // attackHelperEnv, when set in the environment, makes the test binary a
