@@ -211,7 +211,7 @@ func (e *agentEnv) status() agent.Status {
 // guest's, addressed 10.70.0.1 and 10.70.0.7 (plus 10.70.0.99, a source
 // the guest does not own).
 func (e *agentEnv) vif() {
-	run(e.t, "ip", "-n", e.hostNS, "link", "add", "vif7.0", "type", "veth", "peer", "name", "eth0", "netns", e.guestNS)
+	run(e.t, "ip", "-n", e.hostNS, "link", "add", "vif7.0", "type", "veth", "peer", "name", "eth0", "address", agentGuestMAC, "netns", e.guestNS)
 	run(e.t, "ip", "-n", e.hostNS, "addr", "add", "10.70.0.1/24", "dev", "vif7.0")
 	run(e.t, "ip", "-n", e.hostNS, "link", "set", "vif7.0", "up")
 	run(e.t, "ip", "-n", e.guestNS, "addr", "add", "10.70.0.7/24", "dev", "eth0")
@@ -224,8 +224,13 @@ func guestSpec(t *testing.T) agent.GuestSpec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.70.0.7"), AllowUnlabeled: true}
+	return agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.70.0.7"), AllowUnlabeled: true,
+		HostAddr4: netip.MustParseAddr("10.70.0.1"), MAC: agentGuestMAC}
 }
+
+// agentGuestMAC is the guest's eth0 address, declared to the agent: ARP
+// from the guest for 10.70.0.1 is control only with it.
+const agentGuestMAC = "02:6d:6c:00:00:07"
 
 func TestPrivilegedAgentAttachDetach(t *testing.T) {
 	e := newAgentEnv(t)

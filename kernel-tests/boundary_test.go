@@ -65,38 +65,39 @@ func TestPrivilegedFastpathBoundary(t *testing.T) {
 		name  string
 		frame []byte
 		dir   verdict.Direction
+		want  verdict.Reason
 	}{
 		// 1. DHCP is a channel to anywhere.
-		{name: "dhcp 68->67 with 1 KB to a server on the untrusted network", frame: udp(guestV4, nowhere, 68, 67, kb)},
-		{name: "dhcp 67->68 from the untrusted network toward the guest", frame: udp(nowhere, guestV4, 67, 68, kb), dir: verdict.Egress},
-		{name: "dhcp from 0.0.0.0 to a server on the untrusted network", frame: udp(netip.IPv4Unspecified(), nowhere, 68, 67, make([]byte, 240))},
-		{name: "dhcpv6 546->547 to a global address", frame: udp(guestV6, netip.MustParseAddr("2001:db8::1"), 546, 547, kb)},
-		{name: "dhcp to broadcast carrying 1 KB", frame: udp(netip.IPv4Unspecified(), bcast4, 68, 67, kb)},
+		{name: "dhcp 68->67 with 1 KB to a server on the untrusted network", frame: udp(guestV4, nowhere, 68, 67, kb), want: verdict.DenyUnlabeled},
+		{name: "dhcp 67->68 from the untrusted network toward the guest", frame: udp(nowhere, guestV4, 67, 68, kb), dir: verdict.Egress, want: verdict.DenyUnlabeled},
+		{name: "dhcp from 0.0.0.0 to a server on the untrusted network", frame: udp(netip.IPv4Unspecified(), nowhere, 68, 67, make([]byte, 240)), want: verdict.DenySpoofed},
+		{name: "dhcpv6 546->547 to a global address", frame: udp(guestV6, netip.MustParseAddr("2001:db8::1"), 546, 547, kb), want: verdict.DenyUnlabeled},
+		{name: "dhcp to broadcast carrying 1 KB", frame: udp(netip.IPv4Unspecified(), bcast4, 68, 67, kb), want: verdict.DenySpoofed},
 		// 2. ND/MLD and ARP are channels.
-		{name: "neighbour solicitation with 1 KB to a web server", frame: icmp6Hop(guestV6, openV6, 135, 255, 1024)},
-		{name: "neighbour solicitation with hop limit 64", frame: icmp6Hop(guestV6, hostV6, 135, 64, 20)},
-		{name: "mld report to a web server", frame: icmp6Hop(guestV6, openV6, 143, 1, 20)},
-		{name: "router advertisement from a spoofed source", frame: icmp6Hop(netip.MustParseAddr("fd00::99"), netip.MustParseAddr("ff02::1"), 134, 255, 20)},
-		{name: "1,114-byte arp frame", frame: arpFrame(guestV4, hostV4, 1114-60)},
-		{name: "arp from another guest's address", frame: arpFrame(netip.MustParseAddr("10.0.0.8"), hostV4, 0)},
-		{name: "arp for another guest's host-side address", frame: arpFrame(guestV4, otherHost4, 0)},
+		{name: "neighbour solicitation with 1 KB to a web server", frame: icmp6Hop(guestV6, openV6, 135, 255, 1024), want: verdict.DenyControl},
+		{name: "neighbour solicitation with hop limit 64", frame: icmp6Hop(guestV6, hostV6, 135, 64, 20), want: verdict.DenyControl},
+		{name: "mld report to a web server", frame: icmp6Hop(guestV6, openV6, 143, 1, 20), want: verdict.DenyControl},
+		{name: "router advertisement from a spoofed source", frame: icmp6Hop(netip.MustParseAddr("fd00::99"), netip.MustParseAddr("ff02::1"), 134, 255, 20), want: verdict.DenySpoofed},
+		{name: "1,114-byte arp frame", frame: arpFrame(guestV4, hostV4, 1114-60), want: verdict.DenyControl},
+		{name: "arp from another guest's address", frame: arpFrame(netip.MustParseAddr("10.0.0.8"), hostV4, 0), want: verdict.DenyControl},
+		{name: "arp for another guest's host-side address", frame: arpFrame(guestV4, otherHost4, 0), want: verdict.DenyControl},
 		{name: "arp that is not ethernet/ipv4", frame: func() []byte {
 			f := arpFrame(guestV4, hostV4, 0)
 			f[14+4] = 16 // hlen 16
 			return f
-		}()},
+		}(), want: verdict.DenyControl},
 		// 3. Port rules match either port.
-		{name: "source port = api port to host tcp 22", frame: tcp(guestV4, hostV4, apiPort, 22)},
-		{name: "source port = api port to another guest's host-side address", frame: tcp(guestV4, otherHost4, apiPort, 22)},
-		{name: "api port on another guest's host-side address", frame: tcp(guestV4, otherHost4, 40000, apiPort)},
-		{name: "source port 500 to host udp 53", frame: udp(guestV4, hostV4, 500, 53, make([]byte, 28))},
-		{name: "source port 4500 to host udp 53", frame: udp(guestV4, hostV4, 4500, 53, make([]byte, 28))},
-		{name: "ike to another guest's host-side address", frame: udp(guestV4, otherHost4, 500, 500, make([]byte, 28))},
+		{name: "source port = api port to host tcp 22", frame: tcp(guestV4, hostV4, apiPort, 22), want: verdict.DenyUnlabeled},
+		{name: "source port = api port to another guest's host-side address", frame: tcp(guestV4, otherHost4, apiPort, 22), want: verdict.DenyUnlabeled},
+		{name: "api port on another guest's host-side address", frame: tcp(guestV4, otherHost4, 40000, apiPort), want: verdict.DenyUnlabeled},
+		{name: "source port 500 to host udp 53", frame: udp(guestV4, hostV4, 500, 53, make([]byte, 28)), want: verdict.DenyUnlabeled},
+		{name: "source port 4500 to host udp 53", frame: udp(guestV4, hostV4, 4500, 53, make([]byte, 28)), want: verdict.DenyUnlabeled},
+		{name: "ike to another guest's host-side address", frame: udp(guestV4, otherHost4, 500, 500, make([]byte, 28)), want: verdict.DenyUnlabeled},
 		// Toward the guest: a packet that no root socket on the host sent
 		// (an unprivileged process, or one forwarded from elsewhere).
-		{name: "host port 4500 to a guest port, not from root", frame: udp(hostV4, guestV4, 4500, 9999, make([]byte, 28)), dir: verdict.Egress},
-		{name: "ike from the host, not from root", frame: udp(hostV4, guestV4, 4500, 4500, make([]byte, 28)), dir: verdict.Egress},
-		{name: "api port from the host, not from root", frame: tcp(hostV4, guestV4, apiPort, 40000), dir: verdict.Egress},
+		{name: "host port 4500 to a guest port, not from root", frame: udp(hostV4, guestV4, 4500, 9999, make([]byte, 28)), dir: verdict.Egress, want: verdict.DenyUnlabeled},
+		{name: "ike from the host, not from root", frame: udp(hostV4, guestV4, 4500, 4500, make([]byte, 28)), dir: verdict.Egress, want: verdict.DenyUnlabeled},
+		{name: "api port from the host, not from root", frame: tcp(hostV4, guestV4, apiPort, 40000), dir: verdict.Egress, want: verdict.DenyUnlabeled},
 	}
 	for _, c := range cases {
 		pol := strict()
@@ -104,15 +105,15 @@ func TestPrivilegedFastpathBoundary(t *testing.T) {
 			t.Fatalf("%s: install: %v", c.name, err)
 		}
 		pkt := verdict.Packet{Ifindex: probeIfindex, Dir: c.dir, Frame: c.frame}
-		if ref := verdict.Decide(pol, pkt); ref.Allowed() {
-			t.Errorf("%s: reference allows it (%s)", c.name, ref)
+		if ref := verdict.Decide(pol, pkt); ref != c.want {
+			t.Errorf("%s: reference %s, want %s", c.name, ref, c.want)
 		}
 		ret, got, err := p.run(pkt)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if got.Allowed() || ret != retDrop {
-			t.Errorf("%s: kernel allows it (%s, tc %#x)", c.name, got, ret)
+		if got != c.want || ret != retDrop {
+			t.Errorf("%s: kernel %s (tc %#x), want %s, dropped", c.name, got, ret, c.want)
 		}
 	}
 }

@@ -88,11 +88,21 @@ type rawFrame struct {
 	l4        []byte
 	// lenDelta is added to the IPv4 total length / IPv6 payload length.
 	lenDelta int
+	smac     []byte // the source MAC; nil: macGuest
+	hop      uint8  // IPv4 TTL / IPv6 hop limit; 0: 64
 }
 
 func (r rawFrame) bytes() []byte {
 	b := append([]byte{}, macHost...)
-	b = append(b, macGuest...)
+	if r.smac != nil {
+		b = append(b, r.smac...)
+	} else {
+		b = append(b, macGuest...)
+	}
+	hop := r.hop
+	if hop == 0 {
+		hop = 64
+	}
 	et := r.ethertype
 	if r.src.IsValid() {
 		et = 0x0800
@@ -117,7 +127,7 @@ func (r rawFrame) bytes() []byte {
 		if r.laterFrag {
 			binary.BigEndian.PutUint16(h[6:], 0x2000|185)
 		}
-		h[8] = 64
+		h[8] = hop
 		h[9] = r.proto
 		s, d := r.src.As4(), r.dst.As4()
 		copy(h[12:], s[:])
@@ -159,7 +169,7 @@ func (r rawFrame) bytes() []byte {
 	h[0] = 0x60
 	binary.BigEndian.PutUint16(h[4:], uint16(len(exts)+len(r.l4)+r.lenDelta))
 	h[6] = first
-	h[7] = 64
+	h[7] = hop
 	s, d := r.src.As16(), r.dst.As16()
 	copy(h[8:], s[:])
 	copy(h[24:], d[:])
@@ -176,12 +186,27 @@ func udpBytes(sport, dport uint16, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-func tcpBytes(sport, dport uint16) []byte {
+func tcpBytes(sport, dport uint16) []byte { return tcpFlagBytes(sport, dport, 0) }
+
+// tcpFlagBytes is a 20-byte TCP header with the given flags byte (0x02
+// SYN, 0x10 ACK).
+func tcpFlagBytes(sport, dport uint16, flags uint8) []byte {
 	b := binary.BigEndian.AppendUint16(nil, sport)
 	b = binary.BigEndian.AppendUint16(b, dport)
 	b = append(b, make([]byte, 16)...)
 	b[12] = 5 << 4
+	b[13] = flags
 	return b
+}
+
+// arpBody is a 28-byte Ethernet/IPv4 ARP body.
+func arpBody(op uint16, sha []byte, spa netip.Addr, tha []byte, tpa netip.Addr) []byte {
+	b := []byte{0, 1, 0x08, 0x00, 6, 4}
+	b = binary.BigEndian.AppendUint16(b, op)
+	b = append(b, sha...)
+	b = append(b, spa.AsSlice()...)
+	b = append(b, tha...)
+	return append(b, tpa.AsSlice()...)
 }
 
 func espBytes(spi, seq uint32, body int) []byte {

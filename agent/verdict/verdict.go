@@ -209,6 +209,11 @@ func (p *Policy) Drops(ifindex uint32, r Reason) bool {
 	if r.Allowed() || !p.Enforce {
 		return false
 	}
+	// A deny-all entry has no audit flag: an undeclared vif or a guest
+	// the planner refused drops, whatever its declaration asked.
+	if r == DenyUndeclared || r == DenyUnplanned {
+		return true
+	}
 	return !p.Guests[ifindex].Audit
 }
 
