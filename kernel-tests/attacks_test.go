@@ -1086,6 +1086,44 @@ func TestPrivilegedAttackSpoofUndeclaredFamily(t *testing.T) {
 	l.expectCounted(before, map[string]uint64{"ingress/deny_spoofed": 2 * attackN})
 }
 
+// TestPrivilegedAttackConflictingGuest: a guest declared with another
+// guest's address (a declaration the planner must refuse) is denied
+// everything, even from the address it claims; a guest not involved keeps
+// working, and one more guest can still be declared (issue 11, item 5).
+func TestPrivilegedAttackConflictingGuest(t *testing.T) {
+	l := newLab(t, false)
+	g7, g8, g9, g10 := l.addGuest(7, 0), l.addGuest(8, 0), l.addGuest(9, 0), l.addGuest(10, 0)
+	l.start()
+	l.declare(l.spec(g7, true), l.spec(g8, true))
+	bad := l.spec(g9, true)
+	bad.Addr4 = g8.addr4
+	l.put("/v1/guests/"+bad.Interface, bad)
+	l.declare(l.spec(g7, true), l.spec(g8, true), bad, l.spec(g10, true))
+	for _, gs := range l.status().Guests {
+		t.Logf("%+v", gs)
+	}
+	hostUDP := rawRx(t, l.hostNS, unix.AF_INET, unix.IPPROTO_UDP)
+	sink(t, l.hostNS, netip.AddrPortFrom(netip.IPv4Unspecified(), 9000))
+	udp := func(g *labGuest, src netip.Addr, m []byte) []byte {
+		return ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: src, dst: g.host4, proto: layers.IPProtocolUDP, sport: 9001, dport: 9000, payload: m}.frame()
+	}
+	m7, m9, m10 := marker(t, "vif7"), marker(t, "vif9-claimed-address"), marker(t, "vif10")
+	before := l.counters()
+	g7.send(t, times(attackN, udp(g7, g7.addr4, m7))...)
+	g9.send(t, times(attackN, udp(g9, g8.addr4, m9))...)
+	g10.send(t, times(attackN, udp(g10, g10.addr4, m10))...)
+	if n := hostUDP.count(t, m7, attackN, 2*time.Second); n != attackN {
+		t.Errorf("%d of %d datagrams from %s (not involved in the conflict) arrived", n, attackN, g7.vif)
+	}
+	if n := hostUDP.count(t, m10, attackN, 2*time.Second); n != attackN {
+		t.Errorf("%d of %d datagrams from %s (declared after the conflict) arrived", n, attackN, g10.vif)
+	}
+	if n := hostUDP.count(t, m9, 0, 200*time.Millisecond); n != 0 {
+		t.Errorf("%d of %d datagrams from %s, declared with %s's address, arrived", n, attackN, g9.vif, g8.vif)
+	}
+	l.expectCounted(before, map[string]uint64{"ingress/allow_default": 2 * attackN, "ingress/deny_unplanned": attackN})
+}
+
 // attackHelperEnv, when set in the environment, makes the test binary a
 // helper instead of a test run (see attackHelper).
 const attackHelperEnv = "MLSGATE_ATTACK_HELPER"
