@@ -2,6 +2,7 @@ package kerneltests
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -28,6 +29,7 @@ import (
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/backend"
 )
 
 // The attacker's suite (issue 11): a guest with root inside it sends
@@ -1122,6 +1124,109 @@ func TestPrivilegedAttackConflictingGuest(t *testing.T) {
 		t.Errorf("%d of %d datagrams from %s, declared with %s's address, arrived", n, attackN, g9.vif, g8.vif)
 	}
 	l.expectCounted(before, map[string]uint64{"ingress/allow_default": 2 * attackN, "ingress/deny_unplanned": attackN})
+}
+
+// TestPrivilegedAttackLegitimateNetnsGuest: a guest as the loader makes
+// and declares it (the netns backend's link, Host.Quarantine's
+// declaration) with its own kernel doing what kernels do on a new link:
+// IPv6 duplicate address detection, MLD reports and a router solicitation
+// from its EUI-64 link-local address, ARP for its gateway; and a TCP
+// exchange with the API port. None of it may be denied, either way.
+func TestPrivilegedAttackLegitimateNetnsGuest(t *testing.T) {
+	l := newLab(t, false)
+	l.start()
+	n := &backend.Netns{HostNS: l.hostNS, StateDir: t.TempDir()}
+	spec := loader.BootSpec{VM: 60107, Name: "attack-legit", Addr: netip.MustParseAddr("10.77.0.7"),
+		HostAddr: netip.MustParseAddr("10.77.0.1"), PrefixLen: 24, Template: "attack", UpdatedPort: 7444}
+	g, err := n.Boot(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Destroy(context.Background(), g) })
+	h := &loader.Host{Agent: loader.NewAgentClient("unix:" + l.sock)}
+	if err := h.Quarantine(g); err != nil {
+		t.Fatalf("quarantine %s: %v", g.Interface, err)
+	}
+	var declared agent.GuestSpec
+	for _, gs := range l.status().Guests {
+		if gs.Interface == g.Interface {
+			declared = gs.GuestSpec
+		}
+	}
+	l.waitAttached(1, declared)
+	t.Logf("declared as %+v", declared)
+	if declared.MAC != g.MAC || declared.HostAddr4 != g.HostAddr || declared.HostAddr6 != g.HostLL || !g.HostLL.IsValid() || g.MAC == "" {
+		t.Fatalf("the loader declared %+v for guest %+v", declared, g)
+	}
+
+	// The guest's link comes up again inside the measured window.
+	before := l.counters()
+	run(t, "ip", "-n", g.Handle, "link", "set", "eth0", "down")
+	run(t, "ip", "-n", g.Handle, "link", "set", "eth0", "up")
+	run(t, "ip", "-n", g.Handle, "route", "replace", "default", "via", spec.HostAddr.String())
+	mac, err := net.ParseMAC(g.MAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ll := eui64(mac)
+	settled := false
+	for range 100 {
+		out, _ := exec.Command("ip", "-n", g.Handle, "-6", "addr", "show", "dev", "eth0").CombinedOutput()
+		if strings.Contains(string(out), ll.String()) && !strings.Contains(string(out), "tentative") {
+			settled = true
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !settled {
+		out, _ := exec.Command("ip", "-n", g.Handle, "-6", "addr", "show", "dev", "eth0").CombinedOutput()
+		t.Fatalf("the guest's link-local address is not %s, or still tentative:\n%s", ll, out)
+	}
+
+	var ln net.Listener
+	inNS(t, l.hostNS, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(g.HostAddr, attackAPIPort).String())
+		return err
+	})
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		c.Write(append([]byte("echo:"), buf[:n]...))
+	}()
+	var conn net.Conn
+	inNS(t, g.Handle, func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(g.HostAddr, attackAPIPort).String(), 5*time.Second)
+		return err
+	})
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatalf("write to the API port: %v", err)
+	}
+	if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "echo:hello" {
+		t.Errorf("API port exchange: read %q, %v", buf[:n], err)
+	}
+	// Router solicitations go out up to a second after the address
+	// settles, MLD reports at random within a second: wait them out.
+	time.Sleep(2500 * time.Millisecond)
+	after := l.counters()
+	if d := after["ingress/allow_control"] - before["ingress/allow_control"]; d < 5 {
+		t.Errorf("ingress allow_control rose by %d: the guest's own control traffic (ARP, DAD, MLD, RS, TCP) was not seen", d)
+	}
+	l.expectCounted(before, map[string]uint64{})
+	if t.Failed() {
+		t.Logf("agent log:\n%s", l.log)
+	}
 }
 
 // attackHelperEnv, when set in the environment, makes the test binary a
