@@ -72,7 +72,9 @@ func benchPolicy(n int) *verdict.Policy {
 	guestRange, _ := label.ParseBounds("s0-s9:c0.c511/i0-i9")
 	l, _ := label.ParseLabel("s5:c1.c200,c400/i4")
 	p := &verdict.Policy{
-		Guests: map[uint32]verdict.Guest{ifindex: {VM: 7, App: 1, Range: guestRange, Addr4: benchGuest, Addr6: benchGuest6, AllowUnlabeled: true}},
+		Guests: map[uint32]verdict.Guest{ifindex: {VM: 7, App: 1, Range: guestRange, Addr4: benchGuest, Addr6: benchGuest6, AllowUnlabeled: true,
+			// The link model: the frame source check runs on every packet.
+			HostAddr4: benchHost, HostAddr6: netip.MustParseAddr("fe80::1"), MAC: [6]byte{2, 0, 0, 0, 0, 7}}},
 		Peers: []verdict.Peer{
 			{Prefix: netip.MustParsePrefix("10.0.0.1/32"), Kind: verdict.PeerHost, Range: rng},
 			{Prefix: netip.MustParsePrefix("10.0.1.0/24"), App: 1, Kind: verdict.PeerWeb, Range: rng},

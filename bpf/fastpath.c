@@ -29,20 +29,29 @@ struct btf_anchor {
 };
 const struct btf_anchor *_btf_anchor __attribute__((unused));
 
+/* Hide the direction from the optimiser. With it constant, clang
+ * specialises handle() into code that runs ~25 ns slower per ESP packet
+ * (measured with BPF_PROG_TEST_RUN: 81 ns against 54 ns with this, on an
+ * EPYC VM; the probe, whose direction comes from skb->cb, ran 51 ns); the
+ * verdict is the same either way. */
+#define opaque(x) asm volatile("" : "+r"(x))
+
 SEC("tc")
 int vif_ingress(struct __sk_buff *skb)
 {
-	__u32 why;
+	__u32 why, dir = DIR_INGRESS;
 
-	return handle(skb, DIR_INGRESS, &why);
+	opaque(dir);
+	return handle(skb, dir, &why);
 }
 
 SEC("tc")
 int vif_egress(struct __sk_buff *skb)
 {
-	__u32 why;
+	__u32 why, dir = DIR_EGRESS;
 
-	return handle(skb, DIR_EGRESS, &why);
+	opaque(dir);
+	return handle(skb, dir, &why);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

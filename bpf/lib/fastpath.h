@@ -742,9 +742,11 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u
 	struct vif *vif;
 	int reason;
 
-	if (ifindex < VIFS_MAX)
-		vif = bpf_map_lookup_elem(&vifs, &ifindex);
-	else
+	/* The array answers NULL past VIFS_MAX; only then look in the hash.
+	 * Two call sites, each with one map, so that the verifier inlines the
+	 * array lookup (one call site over two maps would not be). */
+	vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	if (!vif)
 		vif = bpf_map_lookup_elem(&vifs_big, &ifindex);
 	if (!vif || !(vif->flags & VIF_F_MANAGED)) {
 		*why = REASON_PASS_UNMANAGED;
