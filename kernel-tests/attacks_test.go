@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1424,6 +1425,9 @@ func TestPrivilegedAttackUndeclaredVif(t *testing.T) {
 	if n != 0 {
 		t.Errorf("%d of %d datagrams from the undeclared vif9.0 reached the host", n, attackN)
 	}
+	if st := l.status(); st.Undeclared != "deny" || !slices.Contains(st.UndeclaredInterfaces, "vif9.0") {
+		t.Errorf("status says undeclared %q on %v; want deny, with vif9.0 listed", st.Undeclared, st.UndeclaredInterfaces)
+	}
 	l.expectCounted(before, map[string]uint64{"ingress/deny_undeclared": attackN})
 }
 
@@ -1439,6 +1443,9 @@ func TestPrivilegedAttackUndeclaredVifPass(t *testing.T) {
 	n, before := undeclaredVif(t, l)
 	if n != attackN {
 		t.Errorf("%d of %d datagrams from the undeclared vif9.0 arrived with undeclared: pass", n, attackN)
+	}
+	if st := l.status(); st.Undeclared != "pass" || !slices.Contains(st.UndeclaredInterfaces, "vif9.0") {
+		t.Errorf("status says undeclared %q on %v; want pass, with vif9.0 listed", st.Undeclared, st.UndeclaredInterfaces)
 	}
 	l.expectCounted(before, map[string]uint64{"ingress/deny_undeclared": 0})
 }
