@@ -642,17 +642,22 @@ func mcastMAC(a netip.Addr) net.HardwareAddr {
 // channel to the untrusted network, both ways (issue 11, item 1).
 func TestPrivilegedAttackDHCPv4Channel(t *testing.T) {
 	l := newLab(t, false)
-	g := l.addGuest(7, 0)
+	g, other := l.addGuest(7, 0), l.addGuest(8, 0)
 	l.start()
-	l.declare(l.spec(g, false))
+	l.declare(l.spec(g, false), l.spec(other, false))
+	hostUDP := rawRx(t, l.hostNS, unix.AF_INET, unix.IPPROTO_UDP)
+	sink(t, l.hostNS, netip.AddrPortFrom(netip.IPv4Unspecified(), 67))
 	netCap := capture(t, l.netNS, "eth0")
 	guestCap := capture(t, g.ns, "eth0")
 	// Both ends listen, so that neither answers with a port unreachable.
 	server := sink(t, l.netNS, netip.AddrPortFrom(attackNet4, 67))
 	sink(t, g.ns, netip.AddrPortFrom(netip.IPv4Unspecified(), 68))
 
-	out, back, zero := marker(t, "out"), marker(t, "back"), marker(t, "from-zero")
+	out, back, zero, foreign := marker(t, "out"), marker(t, "back"), marker(t, "from-zero"), marker(t, "other-host-address")
 	before := l.counters()
+	// To the host-side address of another guest's link.
+	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: g.addr4, dst: other.host4,
+		proto: layers.IPProtocolUDP, sport: 68, dport: 67, payload: pad(foreign, 300)}.frame())...)
 	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: g.addr4, dst: attackNet4,
 		proto: layers.IPProtocolUDP, sport: 68, dport: 67, payload: pad(out, 1024)}.frame())...)
 	// The DHCP exemption's source, 0.0.0.0, toward anything but broadcast.
@@ -670,12 +675,15 @@ func TestPrivilegedAttackDHCPv4Channel(t *testing.T) {
 	if n := netCap.count(t, zero, 0, 50*time.Millisecond); n != 0 {
 		t.Errorf("%d datagrams from 0.0.0.0:68 reached %s", n, attackNet4)
 	}
+	if n := hostUDP.count(t, foreign, 0, 100*time.Millisecond); n != 0 {
+		t.Errorf("%d of %d DHCP datagrams to another guest's host-side address %s reached the host", n, attackN, other.host4)
+	}
 	if n := guestCap.count(t, back, 0, attackQuiet); n != 0 {
 		t.Errorf("%d of %d datagrams 67->68 from %s reached the strict guest", n, attackN, attackNet4)
 	}
 	l.expectCounted(before, map[string]uint64{
-		"ingress/deny_unlabeled": attackN, // not DHCP: not to broadcast or the host
-		"ingress/deny_spoofed":   attackN, // 0.0.0.0 only to 255.255.255.255:67
+		"ingress/deny_unlabeled": 2 * attackN, // not DHCP: not to broadcast or the guest's host
+		"ingress/deny_spoofed":   attackN,     // 0.0.0.0 only to 255.255.255.255:67
 		"egress/deny_unlabeled":  attackN,
 	})
 }
@@ -1235,39 +1243,62 @@ func TestPrivilegedAttackLegitimateNetnsGuest(t *testing.T) {
 const attackHelperEnv = "MLSGATE_ATTACK_HELPER"
 
 // attackHelper is the test binary re-executed as an unprivileged host
-// process: "udp <src addr:port> <dst addr:port> <count> <hex payload>"
-// sends count datagrams and exits; it fails if it runs as root.
+// process; it fails if it runs as root. "udp <src addr:port> <dst
+// addr:port> <count> <hex payload>" sends count datagrams; "tcp <src addr>
+// <dst addr:port> <count>" tries count connections, each given 300 ms (less
+// than the first SYN retransmission, so each sends one SYN), and prints how
+// many were established.
 func attackHelper(args []string) int {
 	if os.Geteuid() == 0 {
 		fmt.Fprintln(os.Stderr, "attack helper: must not run as root")
 		return 2
 	}
-	if len(args) != 5 || args[0] != "udp" {
-		fmt.Fprintf(os.Stderr, "attack helper: bad arguments %q\n", args)
-		return 2
-	}
-	src, err1 := netip.ParseAddrPort(args[1])
-	dst, err2 := netip.ParseAddrPort(args[2])
-	n, err3 := strconv.Atoi(args[3])
-	payload, err4 := hex.DecodeString(args[4])
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	fail := func(err error) int {
 		fmt.Fprintln(os.Stderr, "attack helper:", err)
 		return 2
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err == nil {
-		err = unix.Bind(fd, &unix.SockaddrInet4{Addr: src.Addr().As4(), Port: int(src.Port())})
+	switch {
+	case len(args) == 5 && args[0] == "udp":
+		src, err1 := netip.ParseAddrPort(args[1])
+		dst, err2 := netip.ParseAddrPort(args[2])
+		n, err3 := strconv.Atoi(args[3])
+		payload, err4 := hex.DecodeString(args[4])
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
+			return fail(err)
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err == nil {
+			err = unix.Bind(fd, &unix.SockaddrInet4{Addr: src.Addr().As4(), Port: int(src.Port())})
+		}
+		if err != nil {
+			return fail(err)
+		}
+		for range n {
+			// A drop at the vif's egress may come back as ENOBUFS: keep going.
+			unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+		}
+		fmt.Printf("sent %d datagrams %s -> %s as uid %d\n", n, src, dst, os.Geteuid())
+		return 0
+	case len(args) == 4 && args[0] == "tcp":
+		src, err1 := netip.ParseAddr(args[1])
+		dst, err2 := netip.ParseAddrPort(args[2])
+		n, err3 := strconv.Atoi(args[3])
+		if err := errors.Join(err1, err2, err3); err != nil {
+			return fail(err)
+		}
+		established := 0
+		for range n {
+			d := net.Dialer{Timeout: 300 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+			if c, err := d.Dial("tcp4", dst.String()); err == nil {
+				established++
+				c.Close()
+			}
+		}
+		fmt.Printf("established %d of %d connections %s -> %s as uid %d\n", established, n, src, dst, os.Geteuid())
+		return 0
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "attack helper:", err)
-		return 1
-	}
-	for range n {
-		// A drop at the vif's egress may come back as ENOBUFS: keep going.
-		unix.Sendto(fd, payload, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
-	}
-	fmt.Printf("sent %d datagrams %s -> %s as uid %d\n", n, src, dst, os.Geteuid())
-	return 0
+	fmt.Fprintf(os.Stderr, "attack helper: bad arguments %q\n", args)
+	return 2
 }
 
 // runUnprivileged runs the test binary as a helper with uid/gid 65534
@@ -1343,6 +1374,43 @@ func TestPrivilegedAttackUnprivilegedHostIKE(t *testing.T) {
 		strconv.Itoa(attackN), hex.EncodeToString(append(make([]byte, 4), m...)))
 	if n := guestCap.count(t, m, 0, attackQuiet); n != 0 {
 		t.Errorf("%d of %d IKE datagrams (4500->4500) from an unprivileged host process reached the guest", n, attackN)
+	}
+	l.expectCounted(before, map[string]uint64{"egress/deny_unlabeled": attackN})
+}
+
+// TestPrivilegedAttackUnprivilegedHostAPIPort: a host process that is not
+// root connects to the API port (the update daemon's) of a guest.
+func TestPrivilegedAttackUnprivilegedHostAPIPort(t *testing.T) {
+	l := newLab(t, false)
+	g := l.addGuest(7, 0)
+	l.start()
+	l.declare(l.spec(g, false))
+	var ln net.Listener
+	inNS(t, g.ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(g.addr4, attackAPIPort).String())
+		return err
+	})
+	defer ln.Close()
+	accepted := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- n
+				return
+			}
+			n++
+			c.Close()
+		}
+	}()
+	before := l.counters()
+	runUnprivileged(t, l.hostNS, "tcp", g.host4.String(), netip.AddrPortFrom(g.addr4, attackAPIPort).String(), strconv.Itoa(attackN))
+	time.Sleep(100 * time.Millisecond)
+	ln.Close()
+	if n := <-accepted; n != 0 {
+		t.Errorf("the guest accepted %d of %d connections to its API port from an unprivileged host process", n, attackN)
 	}
 	l.expectCounted(before, map[string]uint64{"egress/deny_unlabeled": attackN})
 }
