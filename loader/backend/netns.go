@@ -141,7 +141,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 	undo = append(undo, func() error { return n.delNetns(ns) })
 	progress(n.Progress, "vm%d: namespace %s at %v", spec.VM, ns, time.Since(start))
 
-	mac := loader.GuestMAC(spec.VM)
+	mac, hostLL := n.Link(spec.VM)
 	if err := n.ip(ctx, n.HostNS, "link", "add", vif, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns); err != nil {
 		return nil, fmt.Errorf("netns backend: create veth %s: %w (an interface of that name may already exist%s)", vif, err, inNS(n.HostNS))
 	}
@@ -156,7 +156,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 		// One IPv6 link-local address on the host's end, known in
 		// advance: the fast path lets ND, MLD and DHCPv6 reach it alone.
 		{n.HostNS, []string{"link", "set", vif, "addrgenmode", "none"}},
-		{n.HostNS, []string{"addr", "add", prefixArg(HostLinkLocal, 64), "dev", vif, "nodad"}},
+		{n.HostNS, []string{"addr", "add", prefixArg(hostLL, 64), "dev", vif, "nodad"}},
 		{n.HostNS, []string{"link", "set", vif, "up"}},
 		{ns, []string{"link", "set", "lo", "up"}},
 		{ns, append([]string{"addr", "add", guestPfx, "dev", "eth0"}, nodad(spec)...)},
@@ -172,7 +172,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 
 	g := &loader.Guest{
 		VM: spec.VM, Name: guestName(spec), Backend: n.Name(), Interface: vif,
-		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: HostLinkLocal, MAC: mac, UpdatedAddr: UpdatedAddr(spec),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: hostLL, MAC: mac, UpdatedAddr: UpdatedAddr(spec),
 		Handle: ns, Template: spec.Template,
 	}
 	if n.Binary == "" {
@@ -341,6 +341,22 @@ func writeCredDir(dir string, spec loader.BootSpec) error {
 func prefixArg(a interface{ String() string }, bits int) string {
 	return a.String() + "/" + strconv.Itoa(bits)
 }
+
+// Linker is a backend that knows, before it boots guest vm, the link it will
+// give it: the guest's MAC and the host side's IPv6 link-local address. The
+// loader declares a guest with them before its interface exists, so the fast
+// path checks the source MAC of its very first frame.
+type Linker interface {
+	Link(vm uint32) (mac string, hostLL netip.Addr)
+}
+
+var (
+	_ Linker = (*Netns)(nil)
+	_ Linker = (*QEMU)(nil)
+)
+
+// Link is the link Boot gives guest vm: loader.GuestMAC(vm), HostLinkLocal.
+func (n *Netns) Link(vm uint32) (string, netip.Addr) { return loader.GuestMAC(vm), HostLinkLocal }
 
 // HostLinkLocal is the IPv6 link-local address the netns and QEMU backends
 // give the host's end of every guest's link (each link is its own

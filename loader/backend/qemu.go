@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,9 +248,10 @@ func (q *QEMU) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest,
 	}
 	progress(q.Progress, "vm%d: tap %s up with %s at %v", spec.VM, vif, hostPfx, time.Since(start))
 
+	mac, hostLL := q.Link(spec.VM)
 	g := &loader.Guest{
 		VM: spec.VM, Name: guestName(spec), Backend: q.Name(), Interface: vif,
-		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: HostLinkLocal, MAC: MAC(spec.VM).String(), UpdatedAddr: UpdatedAddr(spec),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: hostLL, MAC: mac, UpdatedAddr: UpdatedAddr(spec),
 		Handle: filepath.Join(dir, "qemu.pid"), Template: spec.Template,
 	}
 	if err := waitTCP(ctx, g.UpdatedAddr, gone); err != nil {
@@ -258,6 +260,10 @@ func (q *QEMU) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest,
 	progress(q.Progress, "vm%d: daemon answers on %s at %v", spec.VM, g.UpdatedAddr, time.Since(start))
 	return g, nil
 }
+
+// Link is the link Boot gives guest vm: the virtio NIC's MAC(vm) and
+// HostLinkLocal on the tap.
+func (q *QEMU) Link(vm uint32) (string, netip.Addr) { return MAC(vm).String(), HostLinkLocal }
 
 // Destroy stops the guest's QEMU (SIGTERM, SIGKILL after a bound), waits
 // for its tap to go and removes its directory. A guest that is already gone
