@@ -39,6 +39,26 @@ func arpReply(senderIP, targetIP netip.Addr) []byte {
 			DstHwAddress: macGuest, DstProtAddress: targetIP.AsSlice()})
 }
 
+// nd is an RS (133: no target), NS (135) or NA (136) with the hop limit RFC
+// 4861 wants, and a link-layer address option carrying mac when mac is set
+// (source for RS/NS, target for NA).
+func nd(src, dst netip.Addr, typ uint8, target netip.Addr, mac []byte) []byte {
+	body := make([]byte, 4) // reserved (NA: flags)
+	if typ != 133 {
+		body = append(body, target.AsSlice()...)
+	}
+	if mac != nil {
+		opt := byte(1)
+		if typ == 136 {
+			opt = 2
+		}
+		body = append(append(body, opt, 1), mac...)
+	}
+	ls := ipLayers(src, dst, layers.IPProtocolICMPv6)
+	ls[len(ls)-1].(*layers.IPv6).HopLimit = 255
+	return serialize(append(ls, &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, 0)}, gopacket.Payload(body))...)
+}
+
 // icmp6Hop is an ICMPv6 message of type typ with a hop limit and n bytes of body.
 func icmp6Hop(src, dst netip.Addr, typ, hop uint8, n int) []byte {
 	ls := ipLayers(src, dst, layers.IPProtocolICMPv6)

@@ -359,6 +359,19 @@ func (g *gen) control(dir verdict.Direction) rawFrame {
 			f.src, f.dst = pick(g, diffHostLL, netip.IPv6Unspecified()), pick(g, diffGuestLL, diffGuest6, group)
 		}
 		f.l4 = append([]byte{t}, make([]byte, pick(g, 7, 23, 560, 600))...)
+		if (t == 133 || t == 135 || t == 136) && g.chance(0.7) {
+			// RS, NS, NA as a guest or host sends them: a target, and
+			// perhaps a link-layer address option
+			f.l4 = make([]byte, 8)
+			f.l4[0] = t
+			if t != 133 {
+				f.l4 = append(f.l4, pick(g, diffHostLL, diffGuestLL, diffGuest6, netip.MustParseAddr("fd00::8")).AsSlice()...)
+			}
+			if mac := pick(g, []byte(nil), macGuest, macGuest, macOther); mac != nil {
+				opt := pick(g, byte(1), 2)
+				f.l4 = append(append(f.l4, opt, 1), mac...)
+			}
+		}
 	case 4, 5: // IKE, over IPv4 or IPv6
 		f.proto = 17
 		f.src, f.dst = ends(diffGuest4, diffHost4)

@@ -207,9 +207,21 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		{name: "dhcp from 0.0.0.0 to the host is spoofed", frame: udp(netip.IPv4Unspecified(), hostV4, 68, 67, make([]byte, 240)), want: verdict.DenySpoofed},
 		{name: "dhcpv6 solicit", frame: udp(guestLL, netip.MustParseAddr("ff02::1:2"), 546, 547, make([]byte, 60)), want: verdict.AllowControl},
 		{name: "dhcpv6 advertise toward the guest", frame: udp(hostLL, guestLL, 547, 546, make([]byte, 60)), dir: verdict.Egress, want: verdict.AllowControl},
-		{name: "ipv6 neighbour solicitation", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::1:ff00:1"), 135, 255, 20), want: verdict.AllowControl},
-		{name: "ipv6 neighbour solicitation from the global address", frame: icmp6Hop(guestV6, hostLL, 135, 255, 20), want: verdict.AllowControl},
-		{name: "ipv6 router solicitation from ::", frame: icmp6Hop(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::2"), 133, 255, 8), want: verdict.AllowControl},
+		{name: "ipv6 neighbour solicitation", frame: nd(guestLL, netip.MustParseAddr("ff02::1:ff00:1"), 135, hostLL, macGuest), want: verdict.AllowControl},
+		{name: "ipv6 neighbour solicitation from the global address", frame: nd(guestV6, hostLL, 135, hostLL, nil), want: verdict.AllowControl},
+		{name: "ipv6 router solicitation from ::", frame: nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::2"), 133, netip.Addr{}, nil), want: verdict.AllowControl},
+		{name: "ipv6 router solicitation with its mac", frame: nd(guestLL, netip.MustParseAddr("ff02::2"), 133, netip.Addr{}, macGuest), want: verdict.AllowControl},
+		{name: "ipv6 neighbour advertisement for itself", frame: nd(guestLL, hostLL, 136, guestLL, macGuest), want: verdict.AllowControl},
+		{name: "neighbour advertisement for another address", frame: nd(guestLL, hostLL, 136, netip.MustParseAddr("fd00::8"), macGuest), want: verdict.DenyControl},
+		{name: "neighbour solicitation with another mac", frame: nd(guestLL, hostLL, 135, hostLL, macOther), want: verdict.DenyControl},
+		{name: "neighbour solicitation for another address", frame: nd(guestLL, netip.MustParseAddr("ff02::1:ff00:1"), 135, netip.MustParseAddr("fd00::8"), macGuest), want: verdict.DenyControl},
+		{name: "router advertisement from the guest", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::1"), 134, 255, 12), want: verdict.DenyControl},
+		{name: "neighbour solicitation toward the guest from ::", frame: nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:7"), 135, guestLL, nil), dir: verdict.Egress, want: verdict.DenyControl},
+		{name: "ipv6 from a guest with no ipv6 address", frame: udp(guestV6, openV6, 1000, 9000, nil), tweak: func(pol *verdict.Policy) {
+			g := pol.Guests[probeIfindex]
+			g.Addr6 = netip.Addr{}
+			pol.Guests[probeIfindex] = g
+		}, want: verdict.DenySpoofed},
 		{name: "mldv2 report", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::16"), 143, 1, 28), want: verdict.AllowControl},
 		{name: "mld report with hop limit 255", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::16"), 143, 255, 28), want: verdict.DenyControl},
 		{name: "neighbour solicitation for another address", frame: icmp6Hop(guestLL, netip.MustParseAddr("ff02::1:ff00:9"), 135, 255, 20), want: verdict.DenyControl},

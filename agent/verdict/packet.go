@@ -36,6 +36,11 @@ type headers struct {
 	proto        uint8
 	sport, dport uint16
 	icmpType     uint8
+	// ndOK: an RS, NS or NA of the fixed length, or with one link-layer
+	// address option (source for RS/NS, target for NA) that is the
+	// frame's source MAC. ndTarget: an NS's or NA's target address.
+	ndOK         bool
+	ndTarget     netip.Addr
 	ike          bool // UDP, both ports in {500, 4500}, the non-ESP marker on 4500
 	hop          uint8
 	tcpFlags     uint8
@@ -187,6 +192,27 @@ func parse(f []byte) (h headers, ok bool) {
 			return h, false
 		}
 		h.icmpType = f[off]
+		h.ndTarget = netip.IPv6Unspecified()
+		if t := h.icmpType; t == 133 || t == 135 || t == 136 {
+			base := 24
+			if t == 133 {
+				base = 8
+			}
+			if t != 133 && l4len >= 24 && off+24 <= n {
+				h.ndTarget = netip.AddrFrom16([16]byte(f[off+8 : off+24]))
+			}
+			opt := byte(1)
+			if t == 136 {
+				opt = 2
+			}
+			o := off + base
+			switch {
+			case l4len == base && o <= n:
+				h.ndOK = true
+			case l4len == base+8 && o+8 <= n && f[o] == opt && f[o+1] == 1 && [6]byte(f[o+2:o+8]) == h.smac:
+				h.ndOK = true
+			}
+		}
 	case protoESP:
 		if l4len < 8 || off+8 > n {
 			return h, false

@@ -103,8 +103,9 @@ type Guest struct {
 	VM, App uint32
 	// Range bounds every label the guest may send or receive.
 	Range label.Bounds
-	// Addr4 and Addr6 are the only sources the guest may use; an invalid
-	// (zero) address turns the check off for that family.
+	// Addr4 and Addr6 are the only sources the guest may use; a family
+	// without one has only the link-control sources (::, the guest's
+	// link-local address, 0.0.0.0 for DHCP).
 	Addr4, Addr6 netip.Addr
 	// HostAddr4 and HostAddr6 (the host-side interface's link-local
 	// address) are the host's end of the guest's link: the only address
@@ -258,7 +259,9 @@ func Decide(p *Policy, pkt Packet) Reason {
 	if pkt.Dir == Egress {
 		side = h.daddr
 	}
-	own := !isSet(guest) || guest == side
+	// A family without a declared address has no source the guest may use
+	// but the link-control ones.
+	own := setAndEq(guest, side)
 	r := p.control(&h, &g, pkt.Dir, own, ll, pkt.RootSocket)
 	if r == AllowControl {
 		return r
@@ -358,7 +361,7 @@ func arpVerdict(f []byte, h *headers, g *Guest, dir Direction) Reason {
 	}
 	spa, tpa := netip.AddrFrom4([4]byte(a[14:18])), netip.AddrFrom4([4]byte(a[24:28]))
 	if dir == Ingress {
-		if isSet(g.Addr4) && spa != g.Addr4 && !spa.IsUnspecified() {
+		if !setAndEq(g.Addr4, spa) && !spa.IsUnspecified() {
 			return DenyControl
 		}
 		if !setAndEq(g.HostAddr4, tpa) {
@@ -368,7 +371,7 @@ func arpVerdict(f []byte, h *headers, g *Guest, dir Direction) Reason {
 		if !setAndEq(g.HostAddr4, spa) {
 			return DenyControl
 		}
-		if isSet(g.Addr4) && tpa != g.Addr4 {
+		if !setAndEq(g.Addr4, tpa) {
 			return DenyControl
 		}
 	}
@@ -398,6 +401,22 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 			return DenyControl
 		}
 		if dir == Ingress {
+			// A guest is no router (no RA, no redirect); its RS, NS and NA
+			// speak only for itself: the fixed length, or one link-layer
+			// option with its own MAC; an NA only for its own addresses,
+			// an NS only for the host's or its own.
+			if t == 134 || t == 137 {
+				return DenyControl
+			}
+			if (t == 133 || t == 135 || t == 136) && !h.ndOK {
+				return DenyControl
+			}
+			if t == 135 && !setAndEq(g.HostAddr6, h.ndTarget) && !setAndEq(ll, h.ndTarget) && !setAndEq(g.Addr6, h.ndTarget) {
+				return DenyControl
+			}
+			if t == 136 && !setAndEq(ll, h.ndTarget) && !setAndEq(g.Addr6, h.ndTarget) {
+				return DenyControl
+			}
 			if !own && !setAndEq(ll, h.saddr) && !h.saddr.IsUnspecified() {
 				return DenyControl
 			}
@@ -405,7 +424,7 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 				return DenyControl
 			}
 		} else {
-			if !setAndEq(g.HostAddr6, h.saddr) && !h.saddr.IsUnspecified() {
+			if !setAndEq(g.HostAddr6, h.saddr) { // only from the host's end of the link
 				return DenyControl
 			}
 			if !own && !setAndEq(ll, h.daddr) && !linkGroup(h.daddr, ll, g.Addr6) {

@@ -135,6 +135,9 @@ struct pkt {
 	__u8 proto;  /* L4 protocol, IPPROTO_NONE_ when not reachable */
 	__u16 sport, dport;
 	__u8 icmp_type;
+	__u8 nd_ok; /* RS/NS/NA: the fixed length, or one link-layer address
+		     * option (source for RS/NS, target for NA) that is the
+		     * frame's source MAC */
 	__u8 ike;  /* UDP, both ports in {500, 4500}, the non-ESP marker on 4500 */
 	__u8 hop;  /* IPv4 TTL, IPv6 hop limit */
 	__u8 tcp_flags;
@@ -145,6 +148,7 @@ struct pkt {
 	__u32 spi;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u8 nd_target[16]; /* NS/NA: the target address */
 };
 
 static __always_inline int dominates(const struct mls_label *a, const struct mls_label *b)
@@ -350,6 +354,19 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		if (l4len < 4 || (void *)(c + 4) > data_end)
 			return -1;
 		p->icmp_type = c[0];
+		if (c[0] == 133 || c[0] == 135 || c[0] == 136) {
+			__u32 base = c[0] == 133 ? 8 : 24;
+			__u8 *o = c + base;
+
+			if (c[0] != 133 && l4len >= 24 && (void *)(c + 24) <= data_end)
+				__builtin_memcpy(p->nd_target, c + 8, 16);
+			if (l4len == base && (void *)o <= data_end)
+				p->nd_ok = 1;
+			else if (l4len == base + 8 && (void *)(o + 8) <= data_end &&
+				 o[0] == (c[0] == 136 ? 2 : 1) && o[1] == 1 &&
+				 *(__u32 *)(o + 2) == p->smac_hi && *(__u16 *)(o + 6) == p->smac_lo)
+				p->nd_ok = 1;
+		}
 		break;
 	}
 	case IPPROTO_ESP_: {
@@ -372,11 +389,6 @@ static __always_inline struct peer *peer_of(const struct pkt *p, int dir)
 	k.prefixlen = 8 + (p->family == AF_INET ? 32 : 128);
 	addr_copy(k.addr, dir == DIR_INGRESS ? p->daddr : p->saddr, p->family);
 	return bpf_map_lookup_elem(&peers, &k);
-}
-
-static __always_inline int v4_is(const __u8 *a, const __u8 *b)
-{
-	return *(const __u32 *)a == *(const __u32 *)b;
 }
 
 /* a is a set (nonzero) address equal to b, of the family. */
@@ -432,15 +444,14 @@ static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *
 	if (*(__u32 *)(a + 8) != p->smac_hi || *(__u16 *)(a + 12) != p->smac_lo)
 		return REASON_DENY_CONTROL;
 	if (dir == DIR_INGRESS) {
-		if (!addr_zero(vif->addr4, AF_INET) && !v4_is(a + 14, vif->addr4) &&
-		    *(__u32 *)(a + 14) != 0)
+		if (!set_and_eq(vif->addr4, a + 14, AF_INET) && *(__u32 *)(a + 14) != 0)
 			return REASON_DENY_CONTROL;
 		if (!set_and_eq(vif->host4, a + 24, AF_INET))
 			return REASON_DENY_CONTROL;
 	} else {
 		if (!set_and_eq(vif->host4, a + 14, AF_INET))
 			return REASON_DENY_CONTROL;
-		if (!addr_zero(vif->addr4, AF_INET) && !v4_is(a + 24, vif->addr4))
+		if (!set_and_eq(vif->addr4, a + 24, AF_INET))
 			return REASON_DENY_CONTROL;
 	}
 	return REASON_ALLOW_CONTROL;
@@ -464,6 +475,21 @@ static __always_inline int control(struct __sk_buff *skb, const struct pkt *p,
 		if (p->hop != (t >= 133 && t <= 137 ? 255 : 1) || p->l4len > CTRL_L4_MAX)
 			return REASON_DENY_CONTROL;
 		if (dir == DIR_INGRESS) {
+			/* A guest is no router (no RA, no redirect); its RS, NS and
+			 * NA speak only for itself: the fixed length, or one
+			 * link-layer option with its own MAC; an NA only for its
+			 * own addresses, an NS only for the host's or its own. */
+			if (t == 134 || t == 137)
+				return REASON_DENY_CONTROL;
+			if ((t == 133 || t == 135 || t == 136) && !p->nd_ok)
+				return REASON_DENY_CONTROL;
+			if (t == 135 && !set_and_eq(vif->host6, p->nd_target, AF_INET6) &&
+			    !set_and_eq(vif->ll6, p->nd_target, AF_INET6) &&
+			    !set_and_eq(vif->addr6, p->nd_target, AF_INET6))
+				return REASON_DENY_CONTROL;
+			if (t == 136 && !set_and_eq(vif->ll6, p->nd_target, AF_INET6) &&
+			    !set_and_eq(vif->addr6, p->nd_target, AF_INET6))
+				return REASON_DENY_CONTROL;
 			if (!own && !set_and_eq(vif->ll6, p->saddr, AF_INET6) &&
 			    !addr_zero(p->saddr, AF_INET6))
 				return REASON_DENY_CONTROL;
@@ -471,8 +497,8 @@ static __always_inline int control(struct __sk_buff *skb, const struct pkt *p,
 			    !link_group(p->daddr, vif->host6, vif->host6))
 				return REASON_DENY_CONTROL;
 		} else {
-			if (!set_and_eq(vif->host6, p->saddr, AF_INET6) &&
-			    !addr_zero(p->saddr, AF_INET6))
+			/* only from the host's end of the link */
+			if (!set_and_eq(vif->host6, p->saddr, AF_INET6))
 				return REASON_DENY_CONTROL;
 			if (!own && !set_and_eq(vif->ll6, p->daddr, AF_INET6) &&
 			    !link_group(p->daddr, vif->ll6, vif->addr6))
@@ -632,10 +658,11 @@ static __always_inline int decide(struct __sk_buff *skb, int dir, const struct v
 							       : REASON_DENY_UNLABELED;
 
 	/* The guest's side of the packet: its source from the guest, its
-	 * destination toward it. A zero guest address turns the check off. */
+	 * destination toward it. A family without a declared address has no
+	 * source the guest may use but the link-control ones (:: and its
+	 * link-local address for ND/MLD/DHCPv6, 0.0.0.0 for DHCP). */
 	guest = p->family == AF_INET ? vif->addr4 : vif->addr6;
-	own = addr_zero(guest, p->family) ||
-	      addr_eq(guest, dir == DIR_INGRESS ? p->saddr : p->daddr, p->family);
+	own = set_and_eq(guest, dir == DIR_INGRESS ? p->saddr : p->daddr, p->family);
 	r = control(skb, p, vif, dir, own);
 	if (r == REASON_ALLOW_CONTROL)
 		return r;

@@ -39,10 +39,11 @@ enum vif_flag {
 };
 
 /* vifs[ifindex] (vifs_big for ifindex >= VIFS_MAX): the guest behind a
- * host-side interface. The ranges are label ids (labels map). A zero guest
- * address disables the source check of its family, a zero MAC the frame
- * source check; a zero host address matches nothing, so no control traffic
- * of that family reaches the host. deny: a reason (REASON_DENY_UNDECLARED,
+ * host-side interface. The ranges are label ids (labels map). A family
+ * with a zero guest address has no source the guest may use (but the
+ * link-control ones: ::, its link-local address, 0.0.0.0 for DHCP); a zero
+ * MAC turns the frame source check off; a zero host address matches
+ * nothing, so no control traffic of that family reaches the host. deny: a reason (REASON_DENY_UNDECLARED,
  * REASON_DENY_UNPLANNED) every packet gets, 0 for a planned guest. */
 struct vif {
 	__u32 vm_id;

@@ -298,17 +298,17 @@ func newEventsCmd() *cobra.Command {
 }
 
 func newGuestCmd() *cobra.Command {
-	var addr, rng, addr4, addr6 string
+	var addr, rng, addr4, addr6, hostAddr4, hostAddr6, mac string
 	var vm, app uint32
 	var unlabeled, audit bool
 	cmd := &cobra.Command{Use: "guest", Short: "declare or forget guests on the agent (the loader does this for its guests)"}
 	set := &cobra.Command{
 		Use:     "set INTERFACE",
 		Short:   "declare the guest on a host-side interface",
-		Example: "  mlsgate guest set vif7.0 --vm 7 --app 1 --range s0-s15/i5-i10 --addr4 10.70.0.7",
+		Example: "  mlsgate guest set vif7.0 --vm 7 --app 1 --range s0-s15/i5-i10 --addr4 10.70.0.7 --host-addr4 10.70.0.1 --mac 02:6d:6c:00:00:07",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			g := agent.GuestSpec{Interface: args[0], VM: vm, App: app, AllowUnlabeled: unlabeled, Audit: audit}
+			g := agent.GuestSpec{Interface: args[0], VM: vm, App: app, AllowUnlabeled: unlabeled, Audit: audit, MAC: mac}
 			var err error
 			if g.Range, err = label.ParseBounds(rng); err != nil {
 				return fmt.Errorf("--range: %w", err)
@@ -316,7 +316,7 @@ func newGuestCmd() *cobra.Command {
 			for _, p := range []struct {
 				s   string
 				dst *netip.Addr
-			}{{addr4, &g.Addr4}, {addr6, &g.Addr6}} {
+			}{{addr4, &g.Addr4}, {addr6, &g.Addr6}, {hostAddr4, &g.HostAddr4}, {hostAddr6, &g.HostAddr6}} {
 				if p.s != "" {
 					if *p.dst, err = netip.ParseAddr(p.s); err != nil {
 						return err
@@ -331,6 +331,9 @@ func newGuestCmd() *cobra.Command {
 	set.Flags().StringVar(&rng, "range", "", "secrecy/integrity range, e.g. s0-s15/i5-i10")
 	set.Flags().StringVar(&addr4, "addr4", "", "the guest's IPv4 address")
 	set.Flags().StringVar(&addr6, "addr6", "", "the guest's IPv6 address")
+	set.Flags().StringVar(&hostAddr4, "host-addr4", "", "the host's IPv4 address on the guest's link: the only one ARP, DHCP, IKE and the API port may reach")
+	set.Flags().StringVar(&hostAddr6, "host-addr6", "", "the host-side interface's IPv6 link-local address (ND, MLD, DHCPv6)")
+	set.Flags().StringVar(&mac, "mac", "", "the guest's Ethernet address: the source of every frame it may send")
 	set.Flags().BoolVar(&unlabeled, "allow-unlabeled", false, "let plain traffic through at the default label")
 	set.Flags().BoolVar(&audit, "audit", false, "count and report this guest's denials without dropping")
 	rm := &cobra.Command{

@@ -349,7 +349,8 @@ func TestGuestAgent(t *testing.T) {
 	}
 
 	ag := startAgent(t, "ah")
-	ag.put("/v1/guests/vif7.0", agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: mustBounds(t, "s0-s9/i5-i10"), Addr4: addr(agGuest)})
+	ag.put("/v1/guests/vif7.0", agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: mustBounds(t, "s0-s9/i5-i10"), Addr4: addr(agGuest),
+		HostAddr4: addr(agHost)}) // ARP between the guest and the host is control only with it
 	ag.put("/v1/peers", []agent.PeerSpec{
 		{Prefix: netip.MustParsePrefix(agHost + "/32"), App: 1, Range: mustBounds(t, "s0-s15/i0-i15"), Kind: 3},
 		{Prefix: netip.MustParsePrefix(agWeb + "/32"), App: 1, Range: mustBounds(t, "s0-s9/i0-i15"), Kind: 1},
