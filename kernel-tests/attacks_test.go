@@ -1060,11 +1060,13 @@ func TestPrivilegedAttackBridgeUnspecifiedSource(t *testing.T) {
 	}
 	// Refused where the rules say: at a's ingress or at b's egress, once.
 	after := l.counters()
-	denied := after["ingress/deny_control"] - before["ingress/deny_control"] + after["egress/deny_control"] - before["egress/deny_control"]
-	if want := uint64(len(kinds)) * attackN; denied != want {
-		t.Errorf("deny_control rose by %d in all, want %d", denied, want)
+	in, eg := after["ingress/deny_control"]-before["ingress/deny_control"], after["egress/deny_control"]-before["egress/deny_control"]
+	if want := uint64(len(kinds)) * attackN; in+eg != want {
+		t.Errorf("deny_control rose by %d in all (ingress %d, egress %d), want %d", in+eg, in, eg, want)
 	}
-	l.expectCounted(before, map[string]uint64{})
+	// The split between the two ends is the fast path's choice; nothing
+	// else may be denied.
+	l.expectCounted(before, map[string]uint64{"ingress/deny_control": in, "egress/deny_control": eg})
 }
 
 // TestPrivilegedAttackSpoofUndeclaredFamily: a guest declared with an
