@@ -92,6 +92,8 @@ type lab struct {
 	netNS   string
 	bridged bool
 	guests  map[uint32]*labGuest
+	// peers are declared besides the host-side addresses.
+	peers []agent.PeerSpec
 }
 
 // newLab builds the host and the untrusted network; guests come with
@@ -309,6 +311,7 @@ func (l *lab) declare(specs ...agent.GuestSpec) {
 			}
 		}
 	}
+	peers = append(peers, l.peers...)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Prefix.String() < peers[j].Prefix.String() })
 	l.put("/v1/peers", peers)
 	for _, s := range specs {
@@ -1067,6 +1070,60 @@ func TestPrivilegedAttackBridgeUnspecifiedSource(t *testing.T) {
 	// The split between the two ends is the fast path's choice; nothing
 	// else may be denied.
 	l.expectCounted(before, map[string]uint64{"ingress/deny_control": in, "egress/deny_control": eg})
+}
+
+// TestPrivilegedAttackBridgeControlRedirect: on a bridge shared by
+// guests, a strict guest sends control traffic to its host-side address
+// (DHCP, IKE, the API port: allowed where it leaves) in frames addressed to
+// another guest's MAC. The bridge delivers them to that guest, which is
+// permissive and accepts the first guest's address as a peer: toward a
+// guest, a packet that is not addressed to it (at the IP layer) is no data
+// for it.
+func TestPrivilegedAttackBridgeControlRedirect(t *testing.T) {
+	l := newLab(t, true)
+	a, b := l.addGuest(7, 0), l.addGuest(8, 0)
+	all, err := label.ParseBounds("s0-s15/i0-i15")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.peers = []agent.PeerSpec{{Prefix: netip.PrefixFrom(a.addr4, 32), Range: all, Kind: verdict.PeerGuest}}
+	l.start()
+	l.declare(l.spec(a, false), l.spec(b, true))
+	bCap := capture(t, b.ns, "eth0")
+	kinds := []struct {
+		what         string
+		proto        layers.IPProtocol
+		sport, dport uint16
+	}{
+		{"DHCP 68->67", layers.IPProtocolUDP, 68, 67},
+		{"IKE 500->500", layers.IPProtocolUDP, 500, 500},
+		{"TCP to the API port", layers.IPProtocolTCP, 40000, attackAPIPort},
+	}
+	ms := make([][]byte, len(kinds))
+	before := l.counters()
+	for i, k := range kinds {
+		ms[i] = marker(t, fmt.Sprint(i))
+		a.send(t, times(attackN, ipPkt{srcMAC: a.mac, dstMAC: b.mac, src: a.addr4, dst: a.host4, proto: k.proto,
+			sport: k.sport, dport: k.dport, syn: true, payload: pad(ms[i], 500)}.frame())...)
+	}
+	for i, k := range kinds {
+		if n := bCap.count(t, ms[i], 0, 300*time.Millisecond); n != 0 {
+			t.Errorf("%d of %d %s to %s, in frames for %s's MAC, reached %s", n, attackN, k.what, a.host4, b.vif, b.vif)
+		}
+	}
+	after := l.counters()
+	var denied uint64
+	want := map[string]uint64{"ingress/allow_control": uint64(len(kinds)) * attackN}
+	for k := range after {
+		if strings.HasPrefix(k, "egress/deny_") {
+			denied += after[k] - before[k]
+			want[k] = after[k] - before[k]
+		}
+	}
+	if denied != uint64(len(kinds))*attackN {
+		t.Errorf("%s's egress denied %d, want %d", b.vif, denied, uint64(len(kinds))*attackN)
+	}
+	l.expectCounted(before, want)
 }
 
 // TestPrivilegedAttackSpoofUndeclaredFamily: a guest declared with an
