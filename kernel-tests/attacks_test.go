@@ -1086,29 +1086,35 @@ func TestPrivilegedAttackBridgeControlRedirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.peers = []agent.PeerSpec{{Prefix: netip.PrefixFrom(a.addr4, 32), Range: all, Kind: verdict.PeerGuest}}
+	l.peers = []agent.PeerSpec{{Prefix: netip.PrefixFrom(a.addr4, 32), Range: all, Kind: verdict.PeerGuest},
+		{Prefix: netip.PrefixFrom(a.addr6, 128), Range: all, Kind: verdict.PeerGuest}}
 	l.start()
 	l.declare(l.spec(a, false), l.spec(b, true))
 	bCap := capture(t, b.ns, "eth0")
+	dhcp6 := netip.MustParseAddr("ff02::1:2")
 	kinds := []struct {
 		what         string
+		src, dst     netip.Addr
+		dstMAC       net.HardwareAddr
 		proto        layers.IPProtocol
 		sport, dport uint16
 	}{
-		{"DHCP 68->67", layers.IPProtocolUDP, 68, 67},
-		{"IKE 500->500", layers.IPProtocolUDP, 500, 500},
-		{"TCP to the API port", layers.IPProtocolTCP, 40000, attackAPIPort},
+		{"DHCP 68->67 to the host, in frames for b's MAC,", a.addr4, a.host4, b.mac, layers.IPProtocolUDP, 68, 67},
+		{"IKE 500->500 to the host, in frames for b's MAC,", a.addr4, a.host4, b.mac, layers.IPProtocolUDP, 500, 500},
+		{"TCP SYNs to the host's API port, in frames for b's MAC,", a.addr4, a.host4, b.mac, layers.IPProtocolTCP, 40000, attackAPIPort},
+		{"DHCP 68->67 to 255.255.255.255", a.addr4, netip.MustParseAddr("255.255.255.255"), attackBcast, layers.IPProtocolUDP, 68, 67},
+		{"DHCPv6 546->547 to ff02::1:2", a.addr6, dhcp6, mcastMAC(dhcp6), layers.IPProtocolUDP, 546, 547},
 	}
 	ms := make([][]byte, len(kinds))
 	before := l.counters()
 	for i, k := range kinds {
 		ms[i] = marker(t, fmt.Sprint(i))
-		a.send(t, times(attackN, ipPkt{srcMAC: a.mac, dstMAC: b.mac, src: a.addr4, dst: a.host4, proto: k.proto,
+		a.send(t, times(attackN, ipPkt{srcMAC: a.mac, dstMAC: k.dstMAC, src: k.src, dst: k.dst, proto: k.proto,
 			sport: k.sport, dport: k.dport, syn: true, payload: pad(ms[i], 500)}.frame())...)
 	}
 	for i, k := range kinds {
 		if n := bCap.count(t, ms[i], 0, 300*time.Millisecond); n != 0 {
-			t.Errorf("%d of %d %s to %s, in frames for %s's MAC, reached %s", n, attackN, k.what, a.host4, b.vif, b.vif)
+			t.Errorf("%d of %d %s (500 bytes, from strict %s) reached permissive %s", n, attackN, k.what, a.vif, b.vif)
 		}
 	}
 	after := l.counters()
