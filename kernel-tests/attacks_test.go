@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -1581,6 +1582,50 @@ func TestPrivilegedAttackUndeclaredVifPass(t *testing.T) {
 		t.Errorf("status says undeclared %q on %v; want pass, with vif9.0 listed", st.Undeclared, st.UndeclaredInterfaces)
 	}
 	l.expectCounted(before, map[string]uint64{"ingress/deny_undeclared": 0})
+}
+
+// TestPrivilegedAttackRemovedGuest: a guest whose declaration is removed
+// (the loader forgot it, or destroyed it and the domain lives on) keeps
+// running on its vif: it must be denied like an undeclared one, not left
+// unfiltered.
+func TestPrivilegedAttackRemovedGuest(t *testing.T) {
+	l := newLab(t, false)
+	g := l.addGuest(8, 0)
+	l.start()
+	l.declare(l.spec(g, true))
+	hostUDP := rawRx(t, l.hostNS, unix.AF_INET, unix.IPPROTO_UDP)
+	sink(t, l.hostNS, netip.AddrPortFrom(g.host4, 9000))
+	udp := func(m []byte) []byte {
+		return ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: g.addr4, dst: g.host4, proto: layers.IPProtocolUDP, sport: 9001, dport: 9000, payload: m}.frame()
+	}
+	declared, removed := marker(t, "declared"), marker(t, "removed")
+	g.send(t, times(attackN, udp(declared))...)
+	if n := hostUDP.count(t, declared, attackN, 2*time.Second); n != attackN {
+		t.Fatalf("%d of %d datagrams from the declared guest arrived: the lab is broken", n, attackN)
+	}
+	req, _ := http.NewRequest("DELETE", "http://agent/v1/guests/"+g.vif, nil)
+	resp, err := l.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("DELETE /v1/guests/%s: %s", g.vif, resp.Status)
+	}
+	// Bounded wait for the agent to act on the removal.
+	probe := marker(t, "probe")
+	for range 100 {
+		g.send(t, udp(probe))
+		if hostUDP.count(t, probe, 1, 20*time.Millisecond) == 0 {
+			break
+		}
+	}
+	before := l.counters()
+	g.send(t, times(attackN, udp(removed))...)
+	if n := hostUDP.count(t, removed, 0, attackQuiet); n != 0 {
+		t.Errorf("%d of %d datagrams from %s arrived after its guest was removed", n, attackN, g.vif)
+	}
+	l.expectCounted(before, map[string]uint64{"ingress/deny_undeclared": attackN})
 }
 
 // TestPrivilegedAttackLegitimateControl: what a strict guest needs keeps
