@@ -798,6 +798,42 @@ func TestPrivilegedAttackNDChannel(t *testing.T) {
 	})
 }
 
+// TestPrivilegedAttackRogueRouterAdvertisement: a guest announces itself
+// as a router to a host that takes router advertisements on its vif
+// (accept_ra 2: a host that is not a router, or one set so), and sends a
+// redirect: the host must not get a default route through the guest.
+func TestPrivilegedAttackRogueRouterAdvertisement(t *testing.T) {
+	l := newLab(t, false)
+	g := l.addGuest(7, 0)
+	sysctls(t, l.hostNS, map[string]string{"net/ipv6/conf/" + g.vif + "/accept_ra": "2"})
+	l.start()
+	l.declare(l.spec(g, false))
+	allNodes := netip.MustParseAddr("ff02::1")
+	// RFC 4861 4.2: hop limit 64, flags 0, router lifetime 1800 s, then a
+	// source link-layer address option.
+	ra := []byte{64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1}
+	ra = append(ra, g.mac...)
+	// RFC 4861 4.5: a redirect of traffic for the untrusted server to the
+	// guest itself.
+	rd := make([]byte, 4, 36)
+	ll, dst := g.ll6.As16(), attackNet6.As16()
+	rd = append(append(rd, ll[:]...), dst[:]...)
+	before := l.counters()
+	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: mcastMAC(allNodes), src: g.ll6, dst: allNodes, hop: 255,
+		proto: layers.IPProtocolICMPv6, icmpType: 134, payload: ra}.frame())...)
+	g.send(t, times(attackN, ipPkt{srcMAC: g.mac, dstMAC: g.hostMAC, src: g.ll6, dst: attackHostLL, hop: 255,
+		proto: layers.IPProtocolICMPv6, icmpType: 137, payload: rd}.frame())...)
+	time.Sleep(200 * time.Millisecond)
+	out, err := exec.Command("ip", "-n", l.hostNS, "-6", "route", "show", "default").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -6 route show default: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), g.ll6.String()) {
+		t.Errorf("the host routes through the guest after its router advertisement:\n%s", out)
+	}
+	l.expectCounted(before, map[string]uint64{"ingress/deny_control": 2 * attackN})
+}
+
 // TestPrivilegedAttackARPChannel: on a bridge shared by guests (xenbr0), a
 // 1,114-byte frame with the ARP ethertype, and an ARP request for another
 // guest, go from one guest to the other (issue 11, item 2).
