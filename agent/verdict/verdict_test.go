@@ -63,3 +63,33 @@ func TestDecide(t *testing.T) {
 		t.Error("reason names")
 	}
 }
+
+func TestLinkLocalIsEUI64OfTheMAC(t *testing.T) {
+	if got := LinkLocal([6]byte{0x02, 0x6d, 0x6c, 0, 0, 7}); got != netip.MustParseAddr("fe80::6d:6cff:fe00:7") {
+		t.Errorf("LinkLocal(02:6d:6c:00:00:07) = %s, want fe80::6d:6cff:fe00:7", got)
+	}
+	if got := LinkLocal([6]byte{}); got.IsValid() {
+		t.Errorf("LinkLocal of no MAC = %s, want none", got)
+	}
+}
+
+// A guest the planner refuses is denied everything by the reference too,
+// and only that guest; a deny-all entry drops even for an audit guest.
+func TestDecideUnplannedAndUndeclared(t *testing.T) {
+	r, _ := label.ParseBounds("s0-s5/i0-i5")
+	frame := ipv4Frame("10.0.0.7", "10.0.0.1", 50, make([]byte, 16))
+	p := &Policy{Enforce: true, Guests: map[uint32]Guest{
+		4: {VM: 7, App: 1, Range: r, Addr4: netip.MustParseAddr("10.0.0.7"), MAC: [6]byte{3}, Audit: true}, // multicast MAC
+		5: {VM: 8, App: 1, Range: r, Addr4: netip.MustParseAddr("10.0.0.8")},
+		6: {Deny: DenyUndeclared},
+	}}
+	if got := Decide(p, Packet{Ifindex: 4, Frame: frame}); got != DenyUnplanned || !p.Drops(4, got) {
+		t.Errorf("guest with a multicast MAC: %s (drops %v), want deny_unplanned, dropped", got, p.Drops(4, got))
+	}
+	if got := Decide(p, Packet{Ifindex: 5, Frame: frame}); got != DenySpoofed {
+		t.Errorf("the other guest: %s, want its own decision (deny_spoofed: 10.0.0.7 is not its address)", got)
+	}
+	if got := Decide(p, Packet{Ifindex: 6, Dir: Egress, Frame: frame}); got != DenyUndeclared {
+		t.Errorf("undeclared vif: %s, want deny_undeclared", got)
+	}
+}
