@@ -420,8 +420,8 @@ static __always_inline int link_group(const __u8 *d, const __u8 *a, const __u8 *
 }
 
 /* ARP between the guest and its host-side address, and nothing else:
- * Ethernet/IPv4 ARP in a minimum-size frame, the sender's hardware address
- * the frame's source. From the guest: sender its address (0.0.0.0 for a
+ * untagged Ethernet/IPv4 ARP in a minimum-size frame, the sender's hardware
+ * address the frame's source. From the guest: sender its address (0.0.0.0 for a
  * probe), target the host. Toward it: the mirror. */
 static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *p,
 				       const struct vif *vif, int dir)
@@ -431,7 +431,7 @@ static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *
 	__u32 off = p->l3off;
 	__u8 *a;
 
-	if (skb->len > ARP_FRAME_MAX || off > 14 + 4 * VLAN_MAX)
+	if (skb->len > ARP_FRAME_MAX || off != ETH_HLEN)
 		return REASON_DENY_CONTROL;
 	a = data + off;
 	if ((void *)(a + 28) > data_end)
@@ -458,7 +458,8 @@ static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *
 }
 
 /* Link control between the guest and its own host-side address: DHCP,
- * DHCPv6, ND/MLD, IKE and the API port. own: the packet's guest-side
+ * DHCPv6, ND/MLD, IKE and the API port, in untagged frames only (a tag
+ * could steer a broadcast onto a VLAN of the host's). own: the packet's guest-side
  * address (source from the guest, destination toward it) is the guest's.
  * Returns REASON_ALLOW_CONTROL, REASON_DENY_CONTROL (an ND/MLD message
  * outside the rules: never data), or 0 (not control: decide as data). */
@@ -472,6 +473,8 @@ static __always_inline int control(struct __sk_buff *skb, const struct pkt *p,
 
 		if (!((t >= 130 && t <= 137) || t == 143))
 			return 0;
+		if (p->l3off != ETH_HLEN)
+			return REASON_DENY_CONTROL;
 		if (p->hop != (t >= 133 && t <= 137 ? 255 : 1) || p->l4len > CTRL_L4_MAX)
 			return REASON_DENY_CONTROL;
 		if (dir == DIR_INGRESS) {
@@ -506,6 +509,8 @@ static __always_inline int control(struct __sk_buff *skb, const struct pkt *p,
 		}
 		return REASON_ALLOW_CONTROL;
 	}
+	if (p->l3off != ETH_HLEN)
+		return 0;
 	if (p->proto == IPPROTO_UDP) {
 		if (p->family == AF_INET) {
 			if (dir == DIR_INGRESS && p->sport == 68 && p->dport == 67 && p->l4len <= CTRL_L4_MAX) {
