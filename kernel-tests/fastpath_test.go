@@ -174,6 +174,16 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		{name: "arp padded to the minimum frame", frame: arpFrame(guestV4, hostV4, 0), want: verdict.AllowControl},
 		{name: "arp one byte past the minimum frame", frame: arpFrame(guestV4, hostV4, 1), want: verdict.DenyControl},
 		{name: "duplicate address detection for its link-local address", frame: nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:7"), 135, guestLL, nil), want: verdict.AllowControl},
+		{name: "duplicate address detection with a nonce option (RFC 7527, as Linux sends it)", frame: func() []byte {
+			f := nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:7"), 135, guestLL, []byte{1, 2, 3, 4, 5, 6})
+			f[len(f)-8] = 14 // the nonce option, not a link-layer address (no checksum is checked)
+			return f
+		}(), want: verdict.AllowControl},
+		{name: "a nonce option from a source that is not ::", frame: func() []byte {
+			f := nd(guestLL, hostLL, 135, hostLL, []byte{1, 2, 3, 4, 5, 6})
+			f[len(f)-8] = 14
+			return f
+		}(), want: verdict.DenyControl},
 		{name: "another guest's dhcp toward the guest (bridge)", frame: udp(otherHost4, bcast4, 68, 67, make([]byte, 300)), dir: verdict.Egress, want: verdict.DenySpoofed},
 		{name: "another guest's ike to its host address toward the guest (bridge)", frame: udp(openV4, hostV4, 500, 500, make([]byte, 300)), dir: verdict.Egress, want: verdict.DenySpoofed},
 		{name: "multicast data toward the guest", frame: udp(openV6, netip.MustParseAddr("ff02::fb"), 5353, 5353, make([]byte, 30)), dir: verdict.Egress, want: verdict.DenySpoofed},

@@ -6,7 +6,10 @@ import (
 )
 
 // The parser mirrors parse() in bpf/lib/fastpath.h step for step, limits
-// included: a frame the kernel calls malformed is malformed here.
+// included: a frame the kernel calls malformed is malformed here. It also
+// reads what the C code reads only when the control rules need it (the
+// IKE marker, TCP flags, the ND body: is_ike, bare_syn, nd_own), with the
+// same bounds, so that the verifier does not walk them on every parser path.
 const (
 	vlanMax    = 2
 	ipv6ExtMax = 8

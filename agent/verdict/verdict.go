@@ -280,6 +280,11 @@ func Decide(p *Policy, pkt Packet) Reason {
 		}
 	} else if r != 0 {
 		return r
+	} else if !own {
+		// Toward the guest, data is addressed to the guest: on a shared
+		// bridge another guest's frames (to the host, to broadcast or
+		// multicast) would otherwise reach it.
+		return DenySpoofed
 	}
 	if h.proto == protoESP {
 		return checkSA(p.saOfESP(&h), &g)
@@ -423,7 +428,10 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 			if !own && !setAndEq(ll, h.saddr) && !h.saddr.IsUnspecified() {
 				return DenyControl
 			}
-			if !setAndEq(g.HostAddr6, h.daddr) && !linkGroup(h.daddr, g.HostAddr6, g.HostAddr6) {
+			// to the host, or a group of the link: the host's or, for
+			// duplicate address detection, the guest's own solicited-node
+			// groups
+			if !setAndEq(g.HostAddr6, h.daddr) && !linkGroup(h.daddr, g.HostAddr6, ll) && !linkGroup(h.daddr, g.Addr6, g.Addr6) {
 				return DenyControl
 			}
 		} else {
