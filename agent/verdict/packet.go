@@ -214,6 +214,8 @@ func parse(f []byte) (h headers, ok bool) {
 				h.ndOK = true
 			case l4len == base+8 && o+8 <= n && f[o] == opt && f[o+1] == 1 && [6]byte(f[o+2:o+8]) == h.smac:
 				h.ndOK = true
+			case l4len == base+8 && o+8 <= n && t == 135 && f[o] == 14 && f[o+1] == 1 && h.saddr.IsUnspecified():
+				h.ndOK = true // duplicate address detection with the RFC 7527 nonce
 			}
 		}
 	case protoESP:

@@ -435,7 +435,8 @@ static __always_inline int arp_verdict(struct __sk_buff *skb, const struct pkt *
 
 /* An RS, NS or NA from the guest speaks only for the guest: the fixed
  * length, or one link-layer address option (source for RS/NS, target for
- * NA) carrying the frame's source MAC; an NS's target is the host's or the
+ * NA) carrying the frame's source MAC (or, in an NS from ::, the RFC 7527
+ * nonce); an NS's target is the host's or the
  * guest's address, an NA's the guest's. Read here, not in parse(), so that
  * the verifier walks it once (in fp_control), not on every parser path. */
 /* IKE: UDP with both ports in {500, 4500}, and the non-ESP marker (four
@@ -487,8 +488,14 @@ static __always_inline int nd_own(struct __sk_buff *skb, const struct pkt *p, co
 	if ((void *)o > data_end)
 		return 0;
 	if (p->l4len == base + 8) {
-		if ((void *)(o + 8) > data_end || o[0] != (p->icmp_type == 136 ? 2 : 1) || o[1] != 1 ||
-		    *(__u32 *)(o + 2) != p->smac_hi || *(__u16 *)(o + 6) != p->smac_lo)
+		if ((void *)(o + 8) > data_end || o[1] != 1)
+			return 0;
+		/* duplicate address detection (from ::) may carry the nonce
+		 * option of RFC 7527 instead */
+		int nonce = p->icmp_type == 135 && o[0] == 14 && addr_zero(p->saddr, AF_INET6);
+
+		if (!nonce && (o[0] != (p->icmp_type == 136 ? 2 : 1) || *(__u32 *)(o + 2) != p->smac_hi ||
+			       *(__u16 *)(o + 6) != p->smac_lo))
 			return 0;
 	} else if (p->l4len != base) {
 		return 0;
