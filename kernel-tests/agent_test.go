@@ -50,6 +50,9 @@ type agentEnv struct {
 	listen    string
 	extraArgs []string
 	env       []string
+	// args are added to the agent's command line (they win over the
+	// defaults start passes).
+	args []string
 }
 
 var (
@@ -134,6 +137,7 @@ func (e *agentEnv) start() {
 		"--state-dir", filepath.Join(e.dir, "state"), "--pin-dir", e.pins, "--listen", e.listen, "--socket", e.sock,
 		"--interfaces", "vif*", "--spi-slots", "1024", "--event-rate", "5", "--log-format", "json"}, e.extraArgs...)...)
 	e.cmd.Env = append(os.Environ(), e.env...)
+	e.cmd.Args = append(e.cmd.Args, e.args...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := e.cmd.Start(); err != nil {
@@ -142,7 +146,9 @@ func (e *agentEnv) start() {
 	e.exited = make(chan struct{})
 	go func(c *exec.Cmd, done chan struct{}) { c.Wait(); close(done) }(e.cmd, e.exited)
 	e.startedAt = time.Now()
-	for range 200 {
+	// Bounded, and generous: loading and verifying the programs on a
+	// loaded two-core machine has taken more than 5 s.
+	for range 1200 {
 		var st agent.Status
 		if e.get("/v1/status", &st) == nil && st.Ready {
 			return
@@ -153,7 +159,7 @@ func (e *agentEnv) start() {
 		case <-time.After(25 * time.Millisecond):
 		}
 	}
-	t.Fatalf("agent not ready within 5 s:\n%s", e.log)
+	t.Fatalf("agent not ready within 30 s:\n%s", e.log)
 }
 
 // kill sends SIGKILL, as a crash would; nothing runs in the agent after it.
@@ -428,10 +434,14 @@ func TestPrivilegedAgentKill(t *testing.T) {
 	}
 }
 
-// TestMain removes the binary buildAgent built.
+// TestMain removes the binary buildAgent built. With attackHelperEnv set,
+// the binary is the attack suite's unprivileged helper instead.
 func TestMain(m *testing.M) {
 	if os.Getenv(clientEnv) != "" {
 		os.Exit(httpClientMain())
+	}
+	if os.Getenv(attackHelperEnv) != "" {
+		os.Exit(attackHelper(os.Args[1:]))
 	}
 	code := m.Run()
 	if agentBin != "" {

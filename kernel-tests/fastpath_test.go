@@ -173,6 +173,25 @@ func TestPrivilegedFastpathTable(t *testing.T) {
 		{name: "arp unpadded (42 bytes, as Linux sends it on veth)", frame: arp()[:42], want: verdict.AllowControl},
 		{name: "arp padded to the minimum frame", frame: arpFrame(guestV4, hostV4, 0), want: verdict.AllowControl},
 		{name: "arp one byte past the minimum frame", frame: arpFrame(guestV4, hostV4, 1), want: verdict.DenyControl},
+		{name: "duplicate address detection for its link-local address", frame: nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:7"), 135, guestLL, nil), want: verdict.AllowControl},
+		{name: "duplicate address detection with a nonce option (RFC 7527, as Linux sends it)", frame: func() []byte {
+			f := nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:7"), 135, guestLL, []byte{1, 2, 3, 4, 5, 6})
+			f[len(f)-8] = 14 // the nonce option, not a link-layer address (no checksum is checked)
+			return f
+		}(), want: verdict.AllowControl},
+		{name: "a nonce option from a source that is not ::", frame: func() []byte {
+			f := nd(guestLL, hostLL, 135, hostLL, []byte{1, 2, 3, 4, 5, 6})
+			f[len(f)-8] = 14
+			return f
+		}(), want: verdict.DenyControl},
+		{name: "another guest's dhcp toward the guest (bridge)", frame: udp(otherHost4, bcast4, 68, 67, make([]byte, 300)), dir: verdict.Egress, want: verdict.DenySpoofed},
+		{name: "another guest's ike to its host address toward the guest (bridge)", frame: udp(openV4, hostV4, 500, 500, make([]byte, 300)), dir: verdict.Egress, want: verdict.DenySpoofed},
+		{name: "multicast data toward the guest", frame: udp(openV6, netip.MustParseAddr("ff02::fb"), 5353, 5353, make([]byte, 30)), dir: verdict.Egress, want: verdict.DenySpoofed},
+		{name: "esp toward another address", frame: esp(openV4, openV4, 0x2000), dir: verdict.Egress, want: verdict.DenySpoofed},
+		{name: "arp behind a vlan tag", frame: vlanTagged(arp()[:42]), want: verdict.DenyControl},
+		{name: "dhcp discover behind a vlan tag is not control", frame: vlanTagged(udp(netip.IPv4Unspecified(), bcast4, 68, 67, make([]byte, 240))), want: verdict.DenySpoofed},
+		{name: "neighbour solicitation behind a vlan tag", frame: vlanTagged(nd(guestLL, hostLL, 135, hostLL, macGuest)), want: verdict.DenyControl},
+		{name: "ike behind a vlan tag is plain", frame: vlanTagged(udp(guestV4, hostV4, 500, 500, make([]byte, 28))), want: verdict.AllowDefault},
 		{name: "arp from a spoofed mac", frame: func() []byte {
 			f := arp()
 			f[6+5] = 0x99

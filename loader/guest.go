@@ -48,6 +48,10 @@ type Guest struct {
 	Interface string     `json:"interface"` // host side: vif<VM>.0
 	Addr      netip.Addr `json:"addr"`
 	HostAddr  netip.Addr `json:"host_addr"`
+	// HostLL is the host-side interface's IPv6 link-local address, the
+	// host's end of ND, MLD and DHCPv6 on the link; invalid when the
+	// backend gives the link none.
+	HostLL netip.Addr `json:"host_ll,omitzero"`
 	// MAC is the guest's Ethernet address on its link (GuestMAC(VM)
 	// unless the backend says otherwise).
 	MAC string `json:"mac,omitempty"`

@@ -72,9 +72,8 @@ func (h *Host) Quarantine(g *Guest) error {
 	if err := h.addHostPeer(g.HostAddr); err != nil {
 		return err
 	}
-	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: 0, Range: label.Bounds{}}
-	setAddr(&spec, g.Addr)
-	setLink(&spec, g)
+	spec := linkSpec(g)
+	spec.App, spec.Range = 0, label.Bounds{}
 	return h.Agent.SetGuest(spec)
 }
 
@@ -125,25 +124,20 @@ func (h *Host) Forget(g *Guest) error {
 	return errors.Join(errs...)
 }
 
-func setAddr(spec *agent.GuestSpec, a netip.Addr) {
-	if a.Is4() {
-		spec.Addr4 = a
+// linkSpec is the guest's declaration as far as its link goes: interface,
+// VM, its address, the host's end of the link (the only address control
+// traffic may reach) and its MAC (the only Ethernet source it may use).
+func linkSpec(g *Guest) agent.GuestSpec {
+	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, HostAddr6: g.HostLL, MAC: g.MAC}
+	if g.Addr.Is4() {
+		spec.Addr4 = g.Addr
 	} else {
-		spec.Addr6 = a
+		spec.Addr6 = g.Addr
 	}
-}
-
-// setLink puts what the fast path checks a guest's link traffic against
-// into its declaration: the host's address on the link (the only one its
-// control traffic may reach) and the guest's MAC where the backend set it.
-func setLink(spec *agent.GuestSpec, g *Guest) {
-	switch {
-	case g.HostAddr.Is4():
+	if g.HostAddr.Is4() {
 		spec.HostAddr4 = g.HostAddr
-	case g.HostAddr.IsValid():
-		spec.HostAddr6 = g.HostAddr
 	}
-	spec.MAC = g.MAC
+	return spec
 }
 
 func (h *Host) addHostPeer(a netip.Addr) error {
@@ -342,9 +336,8 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	if err := h.addHostPeer(g.HostAddr); err != nil {
 		return rollback, err
 	}
-	spec := agent.GuestSpec{Interface: g.Interface, VM: g.VM, App: appID, Range: b.Range}
-	setAddr(&spec, g.Addr)
-	setLink(&spec, g)
+	spec := linkSpec(g)
+	spec.App, spec.Range = appID, b.Range
 	if err := h.Agent.SetGuest(spec); err != nil {
 		return rollback, fmt.Errorf("declare %s to the agent: %w", g.Interface, err)
 	}

@@ -78,7 +78,8 @@ func (p *fakePool) Acquire(ctx context.Context, app string, _ label.Bounds, _ st
 	p.boots++
 	p.loads[vm] = 1
 	g := &Guest{VM: vm, Name: fmt.Sprintf("vm%d", vm), Backend: "fake", Interface: fmt.Sprintf("vif%d.0", vm),
-		Addr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 1})}
+		Addr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 71, byte(vm), 1}),
+		HostLL: netip.MustParseAddr("fe80::1"), MAC: GuestMAC(vm)}
 	p.guests[app] = g
 	p.pending[g.Addr] = app
 	return &fakeLease{g: g, how: "boot", pool: p}, nil
@@ -225,6 +226,12 @@ func TestLoadConfiguresGuestAndHost(t *testing.T) {
 	g := r.agent.guests[res.Guest.Interface]
 	if g.App != AppID("analyst") || g.Range.String() != "s0-s15/i5-i10" || g.Addr4 != res.Guest.Addr {
 		t.Fatalf("agent told %+v", g)
+	}
+	// The guest's link: the only addresses control traffic may reach, and
+	// the only Ethernet source the guest may use.
+	if g.HostAddr4 != res.Guest.HostAddr || g.HostAddr6 != res.Guest.HostLL || g.MAC != res.Guest.MAC || g.MAC == "" {
+		t.Fatalf("agent told link host %s/%s mac %q; the guest's is %s/%s mac %q", g.HostAddr4, g.HostAddr6, g.MAC,
+			res.Guest.HostAddr, res.Guest.HostLL, res.Guest.MAC)
 	}
 	if len(r.xfrm.states) != 10 || len(r.xfrm.policies) != 6 {
 		t.Fatalf("host XFRM: %d SAs, %d policies; want the bundle's 10 SAs and a mirror of its 6 labeled policies", len(r.xfrm.states), len(r.xfrm.policies))

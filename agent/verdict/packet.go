@@ -6,7 +6,10 @@ import (
 )
 
 // The parser mirrors parse() in bpf/lib/fastpath.h step for step, limits
-// included: a frame the kernel calls malformed is malformed here.
+// included: a frame the kernel calls malformed is malformed here. It also
+// reads what the C code reads only when the control rules need it (the
+// IKE marker, TCP flags, the ND body: is_ike, bare_syn, nd_own), with the
+// same bounds, so that the verifier does not walk them on every parser path.
 const (
 	vlanMax    = 2
 	ipv6ExtMax = 8
@@ -211,6 +214,8 @@ func parse(f []byte) (h headers, ok bool) {
 				h.ndOK = true
 			case l4len == base+8 && o+8 <= n && f[o] == opt && f[o+1] == 1 && [6]byte(f[o+2:o+8]) == h.smac:
 				h.ndOK = true
+			case l4len == base+8 && o+8 <= n && t == 135 && f[o] == 14 && f[o+1] == 1 && h.saddr.IsUnspecified():
+				h.ndOK = true // duplicate address detection with the RFC 7527 nonce
 			}
 		}
 	case protoESP:

@@ -280,6 +280,11 @@ func Decide(p *Policy, pkt Packet) Reason {
 		}
 	} else if r != 0 {
 		return r
+	} else if !own {
+		// Toward the guest, data is addressed to the guest: on a shared
+		// bridge another guest's frames (to the host, to broadcast or
+		// multicast) would otherwise reach it.
+		return DenySpoofed
 	}
 	if h.proto == protoESP {
 		return checkSA(p.saOfESP(&h), &g)
@@ -341,12 +346,12 @@ func linkGroup(d, a, b netip.Addr) bool {
 	return false
 }
 
-// arpVerdict: Ethernet/IPv4 ARP in a minimum-size frame, the sender's
+// arpVerdict: untagged Ethernet/IPv4 ARP in a minimum-size frame, the sender's
 // hardware address the frame's source; from the guest, sender its address
 // (0.0.0.0 for a probe) and target the host; toward it, the mirror.
 func arpVerdict(f []byte, h *headers, g *Guest, dir Direction) Reason {
 	off := h.l3off
-	if len(f) > arpFrameMax || off+28 > len(f) {
+	if len(f) > arpFrameMax || off != 14 || off+28 > len(f) {
 		return DenyControl
 	}
 	a := f[off:]
@@ -378,8 +383,8 @@ func arpVerdict(f []byte, h *headers, g *Guest, dir Direction) Reason {
 	return AllowControl
 }
 
-// control decides link control between the guest and its own host-side
-// address: AllowControl, DenyControl (ND/MLD outside the rules: never
+// control decides link control (untagged frames only) between the guest
+// and its own host-side address: AllowControl, DenyControl (ND/MLD outside the rules: never
 // data), or 0 (not control: decide as data). own: the packet's guest-side
 // address (source from the guest, destination toward it) is the guest's.
 func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip.Addr, root bool) Reason {
@@ -392,6 +397,9 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 		t := h.icmpType
 		if !(t >= 130 && t <= 137 || t == 143) {
 			return 0
+		}
+		if h.l3off != 14 {
+			return DenyControl
 		}
 		hop := uint8(1)
 		if t >= 133 && t <= 137 {
@@ -420,7 +428,10 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 			if !own && !setAndEq(ll, h.saddr) && !h.saddr.IsUnspecified() {
 				return DenyControl
 			}
-			if !setAndEq(g.HostAddr6, h.daddr) && !linkGroup(h.daddr, g.HostAddr6, g.HostAddr6) {
+			// to the host, or a group of the link: the host's or, for
+			// duplicate address detection, the guest's own solicited-node
+			// groups
+			if !setAndEq(g.HostAddr6, h.daddr) && !linkGroup(h.daddr, g.HostAddr6, ll) && !linkGroup(h.daddr, g.Addr6, g.Addr6) {
 				return DenyControl
 			}
 		} else {
@@ -432,6 +443,10 @@ func (p *Policy) control(h *headers, g *Guest, dir Direction, own bool, ll netip
 			}
 		}
 		return AllowControl
+	case h.l3off != 14:
+		// Link control travels in untagged frames only: a tag could steer a
+		// broadcast onto a VLAN of the host's.
+		return 0
 	case h.proto == protoUDP:
 		small := h.l4len <= ctrlL4Max
 		if h.family == AFInet {

@@ -217,3 +217,30 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// linkLocals returns the IPv6 link-local addresses among addrs.
+func linkLocals(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		if strings.HasPrefix(a, "fe80:") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// linkMAC returns dev's Ethernet address in the named namespace.
+func linkMAC(t *testing.T, ns, dev string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-j", "link", "show", "dev", dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -n %s link show dev %s: %v: %s", ns, dev, err, out)
+	}
+	var links []struct {
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link show dev %s: %q: %v", dev, out, err)
+	}
+	return links[0].Address
+}

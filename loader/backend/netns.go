@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,8 +25,9 @@ const DefaultNetnsStateDir = "/run/mlsgate/netns"
 // daemon as a real guest, and no kernel of their own.
 //
 // Boot creates the namespace mlsg-vm<VM> and a veth pair whose host end is
-// vif<VM>.0 (in HostNS) with HostAddr/PrefixLen and whose guest end is eth0
-// with Addr/PrefixLen and a default route via HostAddr; it writes the update
+// vif<VM>.0 (in HostNS) with HostAddr/PrefixLen and HostLinkLocal and whose
+// guest end is eth0 with loader.GuestMAC(VM), Addr/PrefixLen and a default
+// route via HostAddr (Guest.MAC and Guest.HostLL say so); it writes the update
 // daemon's credentials under StateDir/vm<VM>/creds (0700, key 0600) and
 // starts `ip netns exec mlsg-vm<VM> <Binary> updated ...` as a child process
 // logging to StateDir/vm<VM>/updated.log, then waits until the daemon
@@ -142,7 +144,8 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 	undo = append(undo, func() error { return n.delNetns(ns) })
 	progress(n.Progress, "vm%d: namespace %s at %v", spec.VM, ns, time.Since(start))
 
-	if err := n.ip(ctx, n.HostNS, "link", "add", vif, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+	mac, hostLL := n.Link(spec.VM)
+	if err := n.ip(ctx, n.HostNS, "link", "add", vif, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns); err != nil {
 		return nil, fmt.Errorf("netns backend: create veth %s: %w (an interface of that name may already exist%s)", vif, err, inNS(n.HostNS))
 	}
 	undo = append(undo, func() error { return n.delLink(vif) })
@@ -153,6 +156,10 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 		args []string
 	}{
 		{n.HostNS, append([]string{"addr", "add", hostPfx, "dev", vif}, nodad(spec)...)},
+		// One IPv6 link-local address on the host's end, known in
+		// advance: the fast path lets ND, MLD and DHCPv6 reach it alone.
+		{n.HostNS, []string{"link", "set", vif, "addrgenmode", "none"}},
+		{n.HostNS, []string{"addr", "add", prefixArg(hostLL, 64), "dev", vif, "nodad"}},
 		{n.HostNS, []string{"link", "set", vif, "up"}},
 		{ns, []string{"link", "set", "lo", "up"}},
 		{ns, append([]string{"addr", "add", guestPfx, "dev", "eth0"}, nodad(spec)...)},
@@ -168,7 +175,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 
 	g := &loader.Guest{
 		VM: spec.VM, Name: guestName(spec), Backend: n.Name(), Interface: vif,
-		Addr: spec.Addr, HostAddr: spec.HostAddr, UpdatedAddr: UpdatedAddr(spec),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: hostLL, MAC: mac, UpdatedAddr: UpdatedAddr(spec),
 		Handle: ns, Template: spec.Template,
 	}
 	if n.Binary == "" {
@@ -335,6 +342,28 @@ func writeCredDir(dir string, spec loader.BootSpec) error {
 func prefixArg(a interface{ String() string }, bits int) string {
 	return a.String() + "/" + strconv.Itoa(bits)
 }
+
+// Linker is a backend that knows, before it boots guest vm, the link it will
+// give it: the guest's MAC and the host side's IPv6 link-local address. The
+// loader declares a guest with them before its interface exists, so the fast
+// path checks the source MAC of its very first frame.
+type Linker interface {
+	Link(vm uint32) (mac string, hostLL netip.Addr)
+}
+
+var (
+	_ Linker = (*Netns)(nil)
+	_ Linker = (*QEMU)(nil)
+)
+
+// Link is the link Boot gives guest vm: loader.GuestMAC(vm), HostLinkLocal.
+func (n *Netns) Link(vm uint32) (string, netip.Addr) { return loader.GuestMAC(vm), HostLinkLocal }
+
+// HostLinkLocal is the IPv6 link-local address the netns and QEMU backends
+// give the host's end of every guest's link (each link is its own
+// point-to-point segment, so one address serves them all, as routers'
+// fe80::1 does); the kernel's own EUI-64 address is turned off there.
+var HostLinkLocal = netip.MustParseAddr("fe80::1")
 
 // nodad asks ip to skip IPv6 duplicate address detection, which would keep
 // a fresh address unusable for a second or more; IPv4 needs nothing.

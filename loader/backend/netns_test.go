@@ -62,6 +62,7 @@ func TestPrivilegedNetnsBoot(t *testing.T) {
 		sp := c.spec
 		want := loader.Guest{
 			VM: sp.VM, Name: sp.Name, Backend: "netns", Interface: IfName(sp.VM), Addr: sp.Addr, HostAddr: sp.HostAddr,
+			HostLL: HostLinkLocal, MAC: loader.GuestMAC(sp.VM),
 			UpdatedAddr: UpdatedAddr(sp), Handle: NetnsName(sp.VM), Template: "analyst",
 		}
 		if *g != want {
@@ -73,6 +74,12 @@ func TestPrivilegedNetnsBoot(t *testing.T) {
 		}
 		if hp := prefixArg(sp.HostAddr, sp.PrefixLen); !contains(addrs, hp) || !contains(flags, "UP") {
 			t.Errorf("%s in %s: flags %v addresses %v, want UP with %s", g.Interface, hostNS, flags, addrs, hp)
+		}
+		if lls := linkLocals(addrs); len(lls) != 1 || lls[0] != "fe80::1/64" {
+			t.Errorf("%s in %s: link-local addresses %v, want fe80::1/64 alone", g.Interface, hostNS, lls)
+		}
+		if mac := linkMAC(t, g.Handle, "eth0"); mac != g.MAC {
+			t.Errorf("eth0 in %s has MAC %s, Guest.MAC says %s", g.Handle, mac, g.MAC)
 		}
 		flags, addrs, err = ipAddrs(t, g.Handle, "eth0")
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,7 +36,9 @@ const (
 // overlay appended to Initrd (CredentialFiles, removed once the guest
 // answers). QEMU writes its pid file and the serial console under
 // StateDir/vm<VM>/ (qemu.pid, serial.log; its own messages to qemu.log).
-// Once the tap exists, it gets HostAddr/PrefixLen and is set up; Boot then
+// Once the tap exists, it gets HostAddr/PrefixLen and HostLinkLocal (in place
+// of the kernel's own link-local address) and is set up; Guest.MAC is the
+// NIC's MAC and Guest.HostLL HostLinkLocal. Boot then
 // waits until the guest's update daemon answers. Initrd's init must keep the
 // contract InitScript describes. Guest.Handle is the pid file.
 //
@@ -234,14 +237,21 @@ func (q *QEMU) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest,
 	if err := q.ip(ctx, append([]string{"addr", "add", hostPfx, "dev", vif}, nodad(spec)...)...); err != nil {
 		return nil, fail(err)
 	}
+	if err := q.ip(ctx, "link", "set", vif, "addrgenmode", "none"); err != nil {
+		return nil, fail(err)
+	}
+	if err := q.ip(ctx, "addr", "add", prefixArg(HostLinkLocal, 64), "dev", vif, "nodad"); err != nil {
+		return nil, fail(err)
+	}
 	if err := q.ip(ctx, "link", "set", vif, "up"); err != nil {
 		return nil, fail(err)
 	}
 	progress(q.Progress, "vm%d: tap %s up with %s at %v", spec.VM, vif, hostPfx, time.Since(start))
 
+	mac, hostLL := q.Link(spec.VM)
 	g := &loader.Guest{
 		VM: spec.VM, Name: guestName(spec), Backend: q.Name(), Interface: vif,
-		Addr: spec.Addr, HostAddr: spec.HostAddr, UpdatedAddr: UpdatedAddr(spec),
+		Addr: spec.Addr, HostAddr: spec.HostAddr, HostLL: hostLL, MAC: mac, UpdatedAddr: UpdatedAddr(spec),
 		Handle: filepath.Join(dir, "qemu.pid"), Template: spec.Template,
 	}
 	if err := waitTCP(ctx, g.UpdatedAddr, gone); err != nil {
@@ -250,6 +260,10 @@ func (q *QEMU) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest,
 	progress(q.Progress, "vm%d: daemon answers on %s at %v", spec.VM, g.UpdatedAddr, time.Since(start))
 	return g, nil
 }
+
+// Link is the link Boot gives guest vm: the virtio NIC's MAC(vm) and
+// HostLinkLocal on the tap.
+func (q *QEMU) Link(vm uint32) (string, netip.Addr) { return MAC(vm).String(), HostLinkLocal }
 
 // Destroy stops the guest's QEMU (SIGTERM, SIGKILL after a bound), waits
 // for its tap to go and removes its directory. A guest that is already gone

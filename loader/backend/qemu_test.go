@@ -106,7 +106,8 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 		t.Logf("qemu boot (%s): %v from QEMU start to the daemon answering", q.Accel, time.Since(start))
 		defer q.Destroy(context.Background(), g)
 		want := loader.Guest{VM: qemuVM, Name: sp.Name, Backend: "qemu", Interface: IfName(qemuVM), Addr: sp.Addr,
-			HostAddr: sp.HostAddr, UpdatedAddr: "10.70.0.7:7444", Handle: filepath.Join(state, "vm60020", "qemu.pid"), Template: "analyst"}
+			HostAddr: sp.HostAddr, HostLL: HostLinkLocal, MAC: "00:16:3e:00:ea:74",
+			UpdatedAddr: "10.70.0.7:7444", Handle: filepath.Join(state, "vm60020", "qemu.pid"), Template: "analyst"}
 		if *g != want {
 			t.Errorf("Boot = %+v, want %+v", *g, want)
 		}
@@ -116,6 +117,9 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 		}
 		if !contains(addrs, "10.70.0.1/24") || !contains(flags, "UP") {
 			t.Errorf("%s: flags %v addresses %v, want UP with 10.70.0.1/24", g.Interface, flags, addrs)
+		}
+		if lls := linkLocals(addrs); len(lls) != 1 || lls[0] != "fe80::1/64" {
+			t.Errorf("%s: link-local addresses %v, want fe80::1/64 alone", g.Interface, lls)
 		}
 		serial, _ := os.ReadFile(filepath.Join(state, "vm60020", "serial.log"))
 		if !strings.Contains(string(serial), "mlsgate-init: eth0 10.70.0.7/24 via 10.70.0.1") || strings.Contains(string(serial), "failed to load") {

@@ -256,6 +256,9 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return nil, err
 		}
 		g := loader.Guest{VM: vm, Name: name, Backend: s.Backend.Name(), Interface: backend.IfName(vm), Addr: addr, HostAddr: hostAddr, Template: template}
+		if l, ok := s.Backend.(backend.Linker); ok {
+			g.MAC, g.HostLL = l.Link(vm)
+		}
 		if err := pool.Announce(ctx, g); err != nil {
 			// Nothing runs with this certificate: revoke it at once.
 			return nil, errors.Join(err, certs.revokeGuest(&g))
@@ -275,6 +278,15 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		if err != nil {
 			undeclare(name, &g)
 			return nil, err
+		}
+		if !hypervisorIDs && (out.MAC != g.MAC || out.HostLL != g.HostLL || out.HostAddr != g.HostAddr) {
+			// The backend gave the link more (or other) than it said
+			// beforehand: declare what the guest really has.
+			if err := v.Host.Quarantine(out); err != nil {
+				s.Backend.Destroy(ctx, out)
+				undeclare(name, &g)
+				return nil, fmt.Errorf("declare %s's link: %w", out.Name, err)
+			}
 		}
 		declMu.Lock()
 		delete(declared, name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -107,4 +108,65 @@ func TestPauseIdleNeedsAPausingBackend(t *testing.T) {
 // make no links.
 func loopbackListen(loader.Guest, uint16) (net.Listener, error) {
 	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// linkingBackend knows each guest's link before it boots it (as Netns and
+// QEMU do); bootMAC, when set, is what Boot really gives the guest.
+type linkingBackend struct {
+	plainBackend
+	bootMAC string
+}
+
+func (b *linkingBackend) Link(vm uint32) (string, netip.Addr) {
+	return loader.GuestMAC(vm), netip.MustParseAddr("fe80::1")
+}
+
+func (b *linkingBackend) Boot(ctx context.Context, s loader.BootSpec) (*loader.Guest, error) {
+	g, err := b.plainBackend.Boot(ctx, s)
+	if err == nil {
+		g.MAC, g.HostLL = b.Link(s.VM)
+		if b.bootMAC != "" {
+			g.MAC = b.bootMAC
+		}
+	}
+	return g, err
+}
+
+// loggingAgent writes each declaration into the backend's call log.
+type loggingAgent struct {
+	nullAgent
+	b *plainBackend
+}
+
+func (a loggingAgent) SetGuest(g agent.GuestSpec) error {
+	a.b.log(fmt.Sprintf("declare %s mac=%s host4=%s host6=%s", g.Interface, g.MAC, g.HostAddr4, g.HostAddr6))
+	return nil
+}
+
+// TestQuarantineDeclaresTheLink: a guest is declared with its whole link
+// (MAC, host-side addresses) before it boots, so its first frame is
+// checked; when the backend gives it another MAC, the declaration follows.
+func TestQuarantineDeclaresTheLink(t *testing.T) {
+	for _, c := range []struct {
+		bootMAC, want string
+	}{
+		{"", "declare vif2.0 mac=02:6d:6c:00:00:02 host4=10.71.2.1 host6=fe80::1,boot vm2"},
+		{"02:aa:00:00:00:02", "declare vif2.0 mac=02:6d:6c:00:00:02 host4=10.71.2.1 host6=fe80::1,boot vm2," +
+			"declare vif2.0 mac=02:aa:00:00:00:02 host4=10.71.2.1 host6=fe80::1"},
+	} {
+		b := &linkingBackend{bootMAC: c.bootMAC}
+		s := setup(t, b, false)
+		s.Agent = loggingAgent{b: &b.plainBackend}
+		r, err := Start(context.Background(), s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Pool.Refill(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := b.history(); got != c.want {
+			t.Errorf("boot MAC %q: calls\n%s\nwant\n%s", c.bootMAC, got, c.want)
+		}
+		r.Close()
+	}
 }
