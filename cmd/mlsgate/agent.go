@@ -35,9 +35,10 @@ func newAgentCmd() *cobra.Command {
 		Use:   "agent",
 		Short: "run the host agent: fast path on the guests' vifs, maps in sync",
 		Long: `Run the privileged host agent (root). It loads the fast path, pins its maps and
-links under --pin-dir, attaches the programs to every declared guest's
-interface as it appears (names matching --interfaces; an undeclared interface
-is never touched), keeps the maps equal to the declared guests, peers and SAs,
+links under --pin-dir, attaches the programs to every interface matching
+--interfaces as it appears (a declared guest's gets its policy, any other is
+denied everything unless --undeclared pass), keeps the maps equal to the
+declared guests, peers and SAs,
 and serves /metrics, /healthz and /readyz on --listen (TCP) and its API
 (status, guests, peers, SAs, events) on --socket, to root and members of
 --socket-group only. Both are bound before anything else: a bad address ends
@@ -106,6 +107,7 @@ flags. deploy/agent.yaml documents every key.`,
 	f.String("listen", d.Listen, "TCP address for /metrics, /healthz and /readyz only; \"\" for none")
 	f.String("socket", d.Socket, "Unix socket for the API (root and --socket-group only); \"\" for none")
 	f.String("socket-group", d.SocketGroup, "group allowed on --socket besides root (a missing group: root only)")
+	f.String("undeclared", d.Undeclared, "what an interface matching --interfaces without a declared guest gets: deny (reason deny_undeclared) or pass (unfiltered, for a migration)")
 	f.StringSlice("interfaces", d.Interfaces, "interface name patterns the agent may manage")
 	f.Bool("enforce", d.Enforce, "drop denied packets (false: count and report only)")
 	f.Uint32("spi-base", d.SPIBase, "first SPI of the host's range")
@@ -125,7 +127,7 @@ func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Con
 	for k, val := range map[string]any{
 		"state_dir": d.StateDir, "pin_dir": d.PinDir, "listen": d.Listen, "socket": d.Socket, "socket_group": d.SocketGroup, "interfaces": d.Interfaces,
 		"enforce": d.Enforce, "spi_base": d.SPIBase, "spi_slots": d.SPISlots, "api_port": d.APIPort,
-		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval, "drift_interval": d.DriftInterval,
+		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval, "drift_interval": d.DriftInterval, "undeclared": d.Undeclared,
 		"default_integrity": "i0",
 	} {
 		v.SetDefault(k, val)

@@ -249,7 +249,8 @@ func TestGuestSARotation(t *testing.T) {
 	hostNS, guestNS := vethPair(t, "rh", "rg", "vif7.0", "eth0", rtHost, rtGuest)
 
 	ag := startAgent(t, "rh")
-	ag.put("/v1/guests/vif7.0", agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: mustBounds(t, "s0-s9/i5-i10"), Addr4: addr(rtGuest)})
+	ag.put("/v1/guests/vif7.0", agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: mustBounds(t, "s0-s9/i5-i10"), Addr4: addr(rtGuest),
+		HostAddr4: addr(rtHost)}) // ARP between the guest and the host is control only with it
 	ag.put("/v1/peers", []agent.PeerSpec{{Prefix: netip.MustParsePrefix(rtHost + "/32"), App: 1, Range: mustBounds(t, "s0-s15/i0-i15"), Kind: 3}})
 	ag.waitStatus("vif7.0 attached", func(s agent.Status) bool { return len(s.Guests) == 1 && s.Guests[0].Attached })
 
