@@ -155,13 +155,14 @@ func TestPrivilegedQEMUBoot(t *testing.T) {
 			t.Errorf("second Destroy: %v", err)
 		}
 
-		// A guest whose daemon never answers (it listens on another port)
-		// fails within its context and leaves nothing.
-		mute := sp
-		mute.UpdatedPort = 7445
+		// A guest whose daemon never answers (standin.mute on the kernel
+		// command line: it never listens) fails within its context and
+		// leaves nothing.
+		mq := &QEMU{Kernel: q.Kernel, Initrd: q.Initrd, Accel: q.Accel, StateDir: q.StateDir, Progress: q.Progress,
+			ExtraAppend: strings.TrimSpace(q.ExtraAppend + " standin.mute")}
 		mctx, mcancel := context.WithTimeout(ctx, 3*time.Second)
 		defer mcancel()
-		_, err = q.Boot(mctx, mute)
+		_, err = mq.Boot(mctx, sp)
 		if err == nil || !strings.Contains(err.Error(), "did not accept a connection") || !strings.Contains(err.Error(), "serial console ends") {
 			return fmt.Errorf("Boot with no daemon on its port: %v, want a timeout quoting the console", err)
 		}

@@ -6,7 +6,9 @@
 //	standin <listen> key-mode=<octal mode of the key file>
 //
 // Test-only flags: --mute never listens (a daemon that never answers), and
-// --ignore-term ignores SIGTERM (a daemon only SIGKILL stops).
+// --ignore-term ignores SIGTERM (a daemon only SIGKILL stops). In a guest,
+// whose init passes fixed flags, the word standin.mute on the kernel
+// command line does what --mute does.
 package main
 
 import (
@@ -18,6 +20,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -47,6 +51,9 @@ func run() error {
 	}
 	if _, err := os.ReadFile(*crlF); err != nil {
 		return fmt.Errorf("--crl: %w", err)
+	}
+	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil && slices.Contains(strings.Fields(string(cmdline)), "standin.mute") {
+		*mute = true
 	}
 	if *ignoreTerm {
 		signal.Ignore(syscall.SIGTERM)
