@@ -28,6 +28,13 @@ type SELinux struct {
 	FS string
 	// Run runs a command and returns its combined output; nil means exec.
 	Run func(ctx context.Context, name string, args ...string) ([]byte, error)
+	// Semodule says that the running policy was loaded from this host's
+	// semodule store, so modules are installed with semodule. semodule
+	// loads the store's policy whole: on a kernel that runs a policy the
+	// store did not make (a test policy loaded at boot), installing one
+	// module would replace everything else the kernel knew. Without it,
+	// modules are compiled and the report says why they were not loaded.
+	Semodule bool
 }
 
 // ModuleReport says what happened to a bundle's modules.
@@ -139,6 +146,11 @@ func (s SELinux) Update(ctx context.Context, mods []policystore.Module, remove [
 	if !s.Active() {
 		rep.Removed = nil
 		rep.Note = fmt.Sprintf("SELinux is not active on this host (%s): the modules compile with checkmodule but were not loaded", s.where())
+		return rep, nil
+	}
+	if !s.Semodule {
+		rep.Removed = nil
+		rep.Note = "SELinux is active, but the running policy is not declared to come from this host's semodule store (--semodule): the modules compile with checkmodule but were not installed, since semodule would replace the running policy with the store's"
 		return rep, nil
 	}
 	if err := s.semodule(ctx, append(removeArgs, args...)); err != nil {

@@ -37,7 +37,7 @@ func TestSELinuxInstall(t *testing.T) {
 	}
 	fs := t.TempDir()
 	var calls []string
-	s := SELinux{FS: fs, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}
@@ -52,6 +52,14 @@ func TestSELinuxInstall(t *testing.T) {
 	// Active: one semodule transaction with every package.
 	if err := os.WriteFile(filepath.Join(fs, "enforce"), []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	// Active, but the running policy is not declared to come from the
+	// store: semodule would replace it whole, so nothing is installed.
+	notStore := s
+	notStore.Semodule = false
+	rep, err = notStore.Install(context.Background(), mods, t.TempDir())
+	if err != nil || rep.Loaded || !strings.Contains(rep.Note, "--semodule") || len(calls) != 0 {
+		t.Fatalf("active, policy not from the store: %+v %v, calls %v", rep, err, calls)
 	}
 	rep, err = s.Install(context.Background(), mods, t.TempDir())
 	if err != nil || !rep.Loaded || len(calls) != 1 || strings.Count(calls[0], " -i ") != len(mods) || !strings.HasPrefix(calls[0], "semodule -i ") {
@@ -84,7 +92,7 @@ func TestSELinuxRefusesModuleNamedOtherwise(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls []string
-	s := SELinux{FS: fs, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}
@@ -116,7 +124,7 @@ func TestSELinuxUpdateOneTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls []string
-	s := SELinux{FS: fs, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}

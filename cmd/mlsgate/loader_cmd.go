@@ -25,7 +25,7 @@ func newLoaderCmd() *cobra.Command {
 		apiPort                                                      uint16
 		poolSize, maxLoads                                           int
 		spiBase, spiSlots                                            uint32
-		noHostXFRM, pauseIdle                                        bool
+		noHostXFRM, pauseIdle, hostSemodule                          bool
 		limits                                                       = loader.DefaultLimits()
 		rotation                                                     = loader.DefaultRotationConfig()
 		noRotation                                                   bool
@@ -109,7 +109,7 @@ without a policy yet is reached.`,
 			v, err := startLoader(cmd.Context(), withRotation(loaderSetup{
 				StateDir: stateDir, AppsDir: apps, APIPort: apiPort, PoolSize: poolSize, MaxLoads: maxLoads,
 				Backend: be, Agent: loader.NewAgentClient(agentAddr), HostXFRM: hx, SPIBase: spiBase, SPISlots: spiSlots,
-				PauseIdle: pauseIdle, Limits: limits,
+				PauseIdle: pauseIdle, Limits: limits, HostSemodule: hostSemodule,
 			}, rotation, noRotation))
 			if err != nil {
 				return err
@@ -175,6 +175,7 @@ without a policy yet is reached.`,
 	f.Uint32Var(&spiSlots, "spi-slots", 65536, "size of the host's SPI range (= the agent's spi_slots)")
 	f.BoolVar(&noHostXFRM, "no-host-xfrm", false, "do not install the host's end of the tunnels (a host without ESP)")
 	f.BoolVar(&pauseIdle, "pause-idle", false, "keep pre-loaded guests paused until handed out (xen)")
+	f.BoolVar(&hostSemodule, "semodule", false, "install the host's SELinux modules with semodule: only where the host's running policy was loaded from its semodule store (else they are compiled, not installed)")
 	f.StringVar(&mapperPolicy, "mapper-policy", "", "the host's label-mapper policy, served to guests on the API port")
 	f.Float64Var(&limits.Rate, "load-rate", limits.Rate, "loads per second each guest may ask for, after its burst")
 	f.IntVar(&limits.Burst, "load-burst", limits.Burst, "loads a guest may ask for at once (its token bucket)")

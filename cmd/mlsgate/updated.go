@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/loader/updated"
 	"github.com/mlsgate/mlsgate/mapper"
@@ -27,6 +28,7 @@ type updatedOptions struct {
 	guest                  string
 	guestAddrs             []string
 	applyTimeout, shutdown time.Duration
+	semodule               bool
 }
 
 func newUpdatedCmd() *cobra.Command {
@@ -74,6 +76,7 @@ SIGTERM stops the daemon.`,
 	f.StringVar(&o.crl, "crl", "", "the CA's revocation list (PEM); read again whenever the file changes")
 	f.StringVar(&o.loaderName, "loader-name", updated.DefaultLoaderName, "common name the loader's client certificate must carry")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/mlsgate/updated", "where the applied version and bundle are recorded")
+	f.BoolVar(&o.semodule, "semodule", false, "install bundles' SELinux modules with semodule: only where the running policy was loaded from this guest's semodule store (the init does so with loader/backend.InitOptions.SELinux); else they are compiled, not installed")
 	f.StringVar(&o.mapperListen, "mapper-listen", defaultMapperAddr, "address:port of the guest's label mapper; \"\" for none")
 	f.StringVar(&o.guest, "guest", "", "the guest's name (default: from the certificate)")
 	f.StringSliceVar(&o.guestAddrs, "guest-addr", nil, "the guest's addresses (default: the certificate's IP addresses)")
@@ -117,7 +120,7 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ap := &updated.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work")}
+	ap := &updated.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work"), SELinux: agent.SELinux{Semodule: o.semodule}}
 	if h, err := xfrm.NewHandle(); err != nil {
 		log.Warn("no XFRM handle: bundles with SAs or policies will be refused", "error", err)
 	} else {

@@ -247,6 +247,21 @@ func TestGuestSARotation(t *testing.T) {
 	t.Cleanup(func() { os.WriteFile("/sys/fs/selinux/enforce", []byte(orig), 0) })
 	setEnforce(t, false) // the vif programs decide here, not SELinux
 	hostNS, guestNS := vethPair(t, "rh", "rg", "vif7.0", "eth0", rtHost, rtGuest)
+	// The flow is IPv4; the link declares no MAC or IPv6 link-local, so
+	// the kernel's own IPv6 autoconfiguration (MLD reports, router
+	// solicitations) would be denied as link control of an undeclared
+	// link and spoil the zero-denial count. Turn IPv6 off on the link
+	// before the agent attaches.
+	for _, s := range []struct {
+		ns  netns.NsHandle
+		dev string
+	}{{hostNS, "vif7.0"}, {guestNS, "eth0"}} {
+		if err := inNetNS(s.ns, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/"+s.dev+"/disable_ipv6", []byte("1"), 0)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	ag := startAgent(t, "rh")
 	ag.put("/v1/guests/vif7.0", agent.GuestSpec{Interface: "vif7.0", VM: 7, App: 1, Range: mustBounds(t, "s0-s9/i5-i10"), Addr4: addr(rtGuest),

@@ -96,7 +96,7 @@ func TestGuestSemoduleBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var semoduleTimes []time.Duration
-	sel := agent.SELinux{Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
+	sel := agent.SELinux{Semodule: true, Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
 		start := time.Now()
 		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 		semoduleTimes = append(semoduleTimes, time.Since(start))

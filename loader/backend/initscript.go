@@ -52,6 +52,11 @@ func InitScript(opts InitOptions) string {
 		iface = "eth0"
 	}
 	args := DaemonArgs("LISTEN", GuestCredDir, GuestStateDir)
+	if opts.SELinux {
+		// The init loads the store's policy, so semodule may install
+		// modules into it (agent.SELinux.Semodule).
+		args = append(args, "--semodule")
+	}
 	for i, a := range args {
 		if a == "LISTEN" {
 			args[i] = `"$LISTEN"`

@@ -28,7 +28,7 @@ func (r *semoduleRecorder) selinux(t *testing.T) agent.SELinux {
 	if err := os.WriteFile(filepath.Join(fs, "enforce"), []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return agent.SELinux{FS: fs, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	return agent.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		// Module packages are named by their file, in a fresh directory.

@@ -34,15 +34,12 @@ func TestPushReportsItsParts(t *testing.T) {
 	if rep.Wire[1].Duration <= 0 {
 		t.Errorf("the first push on a new connection shows no TLS handshake: %+v", rep.Wire)
 	}
-	var inDaemon int64
+	// No comparison of the daemon's clock with the client's: the two
+	// measure overlapping spans, and tests assert on no wall-clock time.
 	for _, d := range rep.Parts {
 		if d.Duration < 0 {
 			t.Errorf("part %s took %v", d.Name, d.Duration)
 		}
-		inDaemon += int64(d.Duration)
-	}
-	if inDaemon > int64(rep.Wire[3].Duration) {
-		t.Errorf("the daemon's parts (%d ns) exceed the client's wait for it (%v)", inDaemon, rep.Wire[3].Duration)
 	}
 
 	rep2, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 2, 0x4000))

@@ -26,6 +26,10 @@ import (
 
 // Setup is everything VMLoad runs with.
 type Setup struct {
+	// HostSemodule installs the host's modules with semodule: set it
+	// where the host's running policy was loaded from its semodule store
+	// (agent.SELinux.Semodule).
+	HostSemodule bool
 	// StateDir holds the policy store, the CA and the pool's table.
 	StateDir string
 	// AppsDir, when set, is synced into the policy store at start.
@@ -172,7 +176,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		return agent.SELinux{}.Install(ctx, mods, dir)
+		return agent.SELinux{Semodule: s.HostSemodule}.Install(ctx, mods, dir)
 	}}
 
 	// VM numbers: the lowest not used by a guest in the table and not

@@ -46,6 +46,7 @@ func run() error {
 	state := fs.String("state-dir", "", "state directory")
 	mute := fs.Bool("mute", false, "never listen")
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
+	fs.Bool("semodule", false, "accepted as the real daemon does; the stand-in installs nothing")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
 	}
