@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
@@ -276,32 +274,20 @@ func TestPrivilegedAgentAttachDetach(t *testing.T) {
 	t.Fatalf("not detached cleanly after the interface went: %+v, links %v\n%s", e.status(), links, e.log)
 }
 
-// udpIn creates a UDP socket inside a named namespace.
+// udpIn creates a UDP socket inside a named namespace. It goes through
+// inNS, which brings its thread back home: a thread left locked in the
+// namespace would be discarded by the runtime, and a child the test
+// started from that thread with Pdeathsig (the agent) would die with it.
 func udpIn(t *testing.T, nsName string, laddr netip.AddrPort) int {
 	t.Helper()
 	var fd int
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // the thread is left in the namespace and discarded
-		ns, err := netns.GetFromName(nsName)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
+	inNS(t, nsName, func() (err error) {
 		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err == nil {
 			err = unix.Bind(fd, &unix.SockaddrInet4{Addr: laddr.Addr().As4(), Port: int(laddr.Port())})
 		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("socket in %s: %v", nsName, err)
-	}
+		return err
+	})
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
