@@ -18,6 +18,7 @@ import (
 
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/image"
+	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // imageKinds are what `mlsgate image build --kind` makes.
@@ -74,9 +75,14 @@ a fixed place.`,
 			}
 			kernel, initrd := img.Kernel, img.Initrd
 			if out != "" {
-				if err := os.MkdirAll(out, 0o755); err != nil {
+				// The images are not secret, but the qemu and xen
+				// backends boot what is here as root: a directory another
+				// user could write (and swap the initrd in) is refused.
+				d, err := secretfile.Open(out)
+				if err != nil {
 					return fmt.Errorf("--out %s: %w", out, err)
 				}
+				d.Close()
 				kernel = filepath.Join(out, filepath.Base(img.Kernel))
 				if err := image.CopyFile(img.Kernel, kernel, 0o644); err != nil {
 					return fmt.Errorf("--out %s: %w", out, err)
