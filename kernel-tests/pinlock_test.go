@@ -172,7 +172,7 @@ func TestPrivilegedAgentCleanupRefuses(t *testing.T) {
 // before the pin lock): the agent notices at its drift check, re-attaches,
 // rewrites the entry and counts both repairs.
 func TestPrivilegedAgentDriftRepaired(t *testing.T) {
-	t.Setenv("MLSGATE_DRIFT_INTERVAL", "100ms")
+	t.Setenv("MLSGATE_AGENT_DRIFT_INTERVAL", "100ms")
 	e := newAgentEnv(t)
 	e.start()
 	e.vif()

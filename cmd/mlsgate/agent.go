@@ -10,27 +10,19 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"os"
 	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/go-viper/mapstructure/v2"
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 )
 
-const defaultAgentConfig = "/etc/mlsgate/agent.yaml"
-
 func newAgentCmd() *cobra.Command {
-	var cfgFile string
-	v := viper.New()
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "run the host agent: fast path on the guests' vifs, maps in sync",
@@ -49,12 +41,12 @@ Killing the agent leaves the pinned programs enforcing the last state; a new
 agent adopts the pins and swaps its programs in atomically. 'mlsgate agent
 cleanup' removes the pins (and so the enforcement).
 
-Configuration: --config (default /etc/mlsgate/agent.yaml, optional), then
-MLSGATE_* environment variables (MLSGATE_PIN_DIR, MLSGATE_ENFORCE, ...), then
-flags. deploy/agent.yaml documents every key.`,
+Keys without a flag: integrity (SELinux type: integrity level, for SA
+contexts) and default_integrity (i0), in the file or as
+MLSGATE_AGENT_DEFAULT_INTEGRITY.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadAgentConfig(v, cfgFile, cmd)
+			cfg, lc, err := loadAgentConfig(cmd)
 			if err != nil {
 				return err
 			}
@@ -62,7 +54,7 @@ flags. deploy/agent.yaml documents every key.`,
 			if err != nil {
 				return err
 			}
-			logStart(log, cmd, v.AllSettings())
+			lc.logStart(log, cmd)
 			// Listeners first: a bad address ends the agent before it
 			// touches the pins, not after it runs "ready" without an API.
 			lns, err := bindListeners(cfg.Listen, "listen (config key listen, flag --listen)", cfg.Socket, "socket (config key socket, flag --socket)", cfg.SocketGroup)
@@ -101,7 +93,7 @@ flags. deploy/agent.yaml documents every key.`,
 	}
 	d := agent.DefaultConfig()
 	f := cmd.Flags()
-	f.StringVar(&cfgFile, "config", defaultAgentConfig, "configuration file (YAML); a missing default file is fine")
+	agentConfig.register(cmd)
 	f.String("state-dir", d.StateDir, "where the desired state is kept")
 	f.String("pin-dir", d.PinDir, "bpffs directory for the pinned maps and links")
 	f.String("listen", d.Listen, "TCP address for /metrics, /healthz and /readyz only; \"\" for none")
@@ -121,41 +113,22 @@ flags. deploy/agent.yaml documents every key.`,
 	return cmd
 }
 
-// loadAgentConfig merges defaults, the file, MLSGATE_* and flags.
-func loadAgentConfig(v *viper.Viper, file string, cmd *cobra.Command) (agent.Config, error) {
-	d := agent.DefaultConfig()
-	for k, val := range map[string]any{
-		"state_dir": d.StateDir, "pin_dir": d.PinDir, "listen": d.Listen, "socket": d.Socket, "socket_group": d.SocketGroup, "interfaces": d.Interfaces,
-		"enforce": d.Enforce, "spi_base": d.SPIBase, "spi_slots": d.SPISlots, "api_port": d.APIPort,
-		"event_sample": d.EventSample, "event_rate": d.EventRate, "resync_interval": d.ResyncInterval, "drift_interval": d.DriftInterval, "undeclared": d.Undeclared,
-		"default_integrity": "i0",
-	} {
-		v.SetDefault(k, val)
-	}
-	v.SetEnvPrefix("MLSGATE")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
-		if fl.Name != "config" && fl.Name != "help" && fl.Name != flagLogLevel && fl.Name != flagLogFormat {
-			_ = v.BindPFlag(strings.ReplaceAll(fl.Name, "-", "_"), fl)
-		}
-	})
-	if file != "" {
-		v.SetConfigFile(file)
-		if err := v.ReadInConfig(); err != nil {
-			var nf viper.ConfigFileNotFoundError
-			missing := errors.As(err, &nf) || errors.Is(err, os.ErrNotExist)
-			if !missing || cmd.Flags().Changed("config") {
-				return agent.Config{}, fmt.Errorf("config %s: %w", file, err)
-			}
-		}
-	}
+// loadAgentConfig merges the defaults, the file, MLSGATE_AGENT_* and the
+// flags into the agent's Config.
+func loadAgentConfig(cmd *cobra.Command) (agent.Config, *loadedConfig, error) {
 	var cfg agent.Config
-	hook := mapstructure.ComposeDecodeHookFunc(mapstructure.StringToTimeDurationHookFunc(), mapstructure.StringToSliceHookFunc(","), textHook)
-	if err := v.UnmarshalExact(&cfg, viper.DecodeHook(hook)); err != nil {
-		return cfg, fmt.Errorf("configuration: %w (see deploy/agent.yaml for the keys)", err)
+	lc, err := agentConfig.load(cmd)
+	if err != nil {
+		return cfg, nil, err
 	}
-	return cfg, cfg.Validate()
+	// The logging settings are the command's, not the agent package's.
+	if err := lc.decodeExact(&cfg, configKey(flagLogLevel), configKey(flagLogFormat)); err != nil {
+		return cfg, nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, nil, fmt.Errorf("configuration (%s): %w", lc.source, err)
+	}
+	return cfg, lc, nil
 }
 
 // textHook decodes strings into types with UnmarshalText (integrity levels).

@@ -6,16 +6,13 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/spf13/viper"
 )
 
 // TestDeployedAgentConfig: the documented example parses, every key in
 // it is known, and the environment overrides it.
 func TestDeployedAgentConfig(t *testing.T) {
-	t.Setenv("MLSGATE_EVENT_RATE", "3")
-	cmd := newAgentCmd()
-	cfg, err := loadAgentConfig(viper.New(), "../../deploy/agent.yaml", cmd)
+	t.Setenv("MLSGATE_AGENT_EVENT_RATE", "3")
+	cfg, _, err := loadAgentConfig(daemonCmd(t, []string{"agent"}, "--config", exampleCopy(t, "agent")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,15 +20,24 @@ func TestDeployedAgentConfig(t *testing.T) {
 		t.Errorf("example config read as %+v", cfg)
 	}
 	if cfg.EventRate != 3 {
-		t.Errorf("MLSGATE_EVENT_RATE not applied: %v", cfg.EventRate)
+		t.Errorf("MLSGATE_AGENT_EVENT_RATE not applied: %v", cfg.EventRate)
 	}
 	bad := filepath.Join(t.TempDir(), "agent.yaml")
-	os.WriteFile(bad, []byte("pin_dri: /x\n"), 0o644)
-	if _, err := loadAgentConfig(viper.New(), bad, newAgentCmd()); err == nil || !strings.Contains(err.Error(), "pin_dri") {
+	load := func(body string) error {
+		t.Helper()
+		if err := os.WriteFile(bad, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := loadAgentConfig(daemonCmd(t, []string{"agent"}, "--config", bad))
+		return err
+	}
+	if err := load("enforce: true\npin_dri: /x\n"); err == nil || !strings.Contains(err.Error(), `line 2: unknown key "pin_dri" (did you mean "pin_dir"?)`) || !strings.Contains(err.Error(), bad) {
 		t.Errorf("misspelt key: %v", err)
 	}
-	os.WriteFile(bad, []byte("default_integrity: i99\n"), 0o644)
-	if _, err := loadAgentConfig(viper.New(), bad, newAgentCmd()); err == nil {
+	if err := load("default_integrity: i99\n"); err == nil {
 		t.Errorf("integrity i99 accepted")
+	}
+	if err := load("integrity:\n  analyst_t: i99\n"); err == nil || !strings.Contains(err.Error(), "analyst_t") {
+		t.Errorf("integrity.analyst_t i99: %v", err)
 	}
 }

@@ -56,11 +56,15 @@ port between a guest and the host as control traffic, which is how a guest
 without a policy yet is reached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			lc, err := loaderConfig.load(cmd)
+			if err != nil {
+				return err
+			}
 			log, err := newLogger(cmd)
 			if err != nil {
 				return err
 			}
-			logStart(log, cmd, nil)
+			lc.logStart(log, cmd)
 			if _, err := localapi.SocketPath(agentAddr, "--agent", "/run/mlsgate/agent.sock"); err != nil {
 				return err
 			}
@@ -196,6 +200,7 @@ without a policy yet is reached.`,
 	f.StringVar(&qemuAccel, "qemu-accel", "", "kvm, tcg or empty (auto)")
 	f.StringVar(&xenKernel, "xen-kernel", "", "guest kernel for --backend xen")
 	f.StringVar(&xenRamdisk, "xen-ramdisk", "", "guest ramdisk for --backend xen")
+	loaderConfig.register(cmd)
 	return cmd
 }
 

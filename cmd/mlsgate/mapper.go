@@ -171,6 +171,10 @@ line and the mapper keeps the policy it had.`,
 		Example: "  mlsgate mapper serve --policy host.policy --listen 127.0.0.1:7070 --socket /run/mlsgate/mapper.sock",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			lc, err := mapperConfig.load(cmd)
+			if err != nil {
+				return err
+			}
 			if listen == "" && socket == "" {
 				return fmt.Errorf("nothing to serve on: give --listen ADDR and/or --socket PATH")
 			}
@@ -178,7 +182,7 @@ line and the mapper keeps the policy it had.`,
 			if err != nil {
 				return err
 			}
-			logStart(log, cmd, nil)
+			lc.logStart(log, cmd)
 			lns, err := bindListeners(listen, "--listen", socket, "--socket", group)
 			if err != nil {
 				return err
@@ -258,5 +262,6 @@ line and the mapper keeps the policy it had.`,
 	f.DurationVar(&defaultTTL, "default-ttl", 0, "cache lifetime of default answers (0: default)")
 	f.DurationVar(&fwd, "forward-timeout", 0, "timeout per upstream request (0: default 2s)")
 	f.IntVar(&hops, "hop-limit", 0, "refuse requests that passed this many mappers (0: default 8)")
+	mapperConfig.register(cmd)
 	return cmd
 }

@@ -200,6 +200,10 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 		Example: "  mlsgate store serve --apps examples/analyst --db /tmp/ps.db --socket /tmp/ps.sock --listen \"\"",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			lc, err := storeConfig.load(cmd)
+			if err != nil {
+				return err
+			}
 			if listen == "" && socket == "" {
 				return errors.New("nothing to serve on: give --socket PATH and/or --listen ADDR")
 			}
@@ -207,7 +211,7 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			if err != nil {
 				return err
 			}
-			logStart(log, cmd, nil)
+			lc.logStart(log, cmd)
 			lns, err := bindListeners(listen, "--listen", socket, "--socket", group)
 			if err != nil {
 				return err
@@ -307,6 +311,7 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 	f.DurationVar(&ttl, "ttl", 10*time.Minute, "how long clients may cache the answers")
 	f.DurationVar(&cacheTTL, "cache-ttl", 10*time.Minute, "how long to cache the authority's answers when it says nothing")
 	f.DurationVar(&staleGrace, "stale-grace", 0, "serve an expired cached application this long while the authority is unreachable")
+	storeConfig.register(cmd)
 	return cmd
 }
 

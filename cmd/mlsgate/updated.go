@@ -60,11 +60,15 @@ SIGTERM stops the daemon.`,
 		Example: "  mlsgate updated --cert /etc/mlsgate/guest.pem --key /etc/mlsgate/guest-key.pem --ca /etc/mlsgate/ca.pem --crl /etc/mlsgate/crl.pem",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			lc, err := updatedConfig.load(cmd)
+			if err != nil {
+				return err
+			}
 			log, err := newLogger(cmd)
 			if err != nil {
 				return err
 			}
-			logStart(log, cmd, nil)
+			lc.logStart(log, cmd)
 			return runUpdated(cmd.Context(), o, log)
 		},
 	}
@@ -82,6 +86,7 @@ SIGTERM stops the daemon.`,
 	f.StringSliceVar(&o.guestAddrs, "guest-addr", nil, "the guest's addresses (default: the certificate's IP addresses)")
 	f.DurationVar(&o.applyTimeout, "apply-timeout", updated.DefaultApplyTimeout, "longest time one bundle may take to apply")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a push in progress may finish at SIGTERM")
+	updatedConfig.register(cmd)
 	return cmd
 }
 

@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/spf13/viper"
 )
 
 func TestVersion(t *testing.T) {
@@ -120,19 +120,31 @@ func TestLoggerLevelAndStartLine(t *testing.T) {
 	}
 }
 
-// TestAgentConfigIgnoresLogFlags: the logging flags, inherited from the
-// root, are not agent configuration keys (UnmarshalExact would refuse them).
-func TestAgentConfigIgnoresLogFlags(t *testing.T) {
+// TestAgentConfigLogKeys: the logging settings, inherited from the root,
+// are keys of every daemon (log_level in the file, MLSGATE_AGENT_LOG_LEVEL),
+// yet not fields of agent.Config (its exact decoding would refuse them).
+func TestAgentConfigLogKeys(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("log_level: warn\nlog_format: json\npin_dir: /sys/fs/bpf/x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	root := newRoot()
-	root.SetArgs([]string{"agent", "--log-level", "debug", "--config", "../../deploy/agent.yaml"})
 	agentCmd, _, err := root.Find([]string{"agent"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := agentCmd.ParseFlags([]string{"--log-level", "debug"}); err != nil {
+	if err := agentCmd.ParseFlags([]string{"--log-level", "debug", "--config", file}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := loadAgentConfig(viper.New(), "../../deploy/agent.yaml", agentCmd); err != nil {
-		t.Fatalf("agent config with --log-level: %v", err)
+	cfg, _, err := loadAgentConfig(agentCmd)
+	if err != nil {
+		t.Fatalf("agent config with log keys: %v", err)
+	}
+	if cfg.PinDir != "/sys/fs/bpf/x" {
+		t.Errorf("pin_dir from the file: %q", cfg.PinDir)
+	}
+	lv, format, err := logOptions(agentCmd.Flags(), func(string) string { return "" })
+	if err != nil || lv != slog.LevelDebug || format != "json" {
+		t.Errorf("--log-level debug over the file's warn, the file's json: got %v %q %v", lv, format, err)
 	}
 }
