@@ -385,9 +385,12 @@ func flagTypeHint(fl *pflag.Flag) string {
 	}
 }
 
-// readTrustedConfig reads a configuration file: opened once, checked to be
-// a regular file on its descriptor and read from it. A missing file is an
-// error wrapping os.ErrNotExist.
+// readTrustedConfig reads a configuration file only root or the daemon's
+// own user can have written: a daemon runs as root, so a file, or a
+// directory above it, another user owns or its group or others may write
+// would hand that user the daemon's settings (socket group, pin directory,
+// enforce). The file is opened once, checked on its descriptor and read
+// from it. A missing file is an error wrapping os.ErrNotExist.
 func readTrustedConfig(path string) ([]byte, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -406,6 +409,30 @@ func readTrustedConfig(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("config %s is not a regular file (%s); fix: give --config a YAML file", path, fi.Mode().Type())
 	}
+	euid := uint32(os.Geteuid())
+	if err := checkOwner(path, path, fi, euid, false); err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if rfi, err := os.Stat(real); err != nil || !os.SameFile(fi, rfi) {
+		return nil, fmt.Errorf("config %s changed while it was read (%v); fix: retry, and find who replaces it", path, err)
+	}
+	seen := map[string]bool{}
+	for _, p := range []string{abs, real} {
+		for dir := filepath.Dir(p); !seen[dir]; dir = filepath.Dir(dir) {
+			seen[dir] = true
+			dfi, err := os.Stat(dir)
+			if err != nil {
+				return nil, fmt.Errorf("config %s: %w", path, err)
+			}
+			if err := checkOwner(path, dir, dfi, euid, true); err != nil {
+				return nil, err
+			}
+		}
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -414,6 +441,40 @@ func readTrustedConfig(path string) ([]byte, error) {
 		return nil, fmt.Errorf("config %s is larger than %d bytes; fix: give --config the daemon's YAML settings (see deploy/)", path, maxConfigSize)
 	}
 	return data, nil
+}
+
+// checkOwner refuses name (the file, or a directory above it) when a user
+// other than root or euid owns it or its group or others may write it (a
+// directory with the sticky bit excepted: there only its owner may replace
+// the file).
+func checkOwner(file, name string, fi os.FileInfo, euid uint32, dir bool) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("config %s: cannot read the owner of %s", file, name)
+	}
+	who := "root"
+	if euid != 0 {
+		who = fmt.Sprintf("root or uid %d (this daemon's user)", euid)
+	}
+	what := "it"
+	if dir {
+		what = "directory " + name
+	}
+	if st.Uid != 0 && st.Uid != euid {
+		fix := "chown root " + name
+		if dir {
+			fix = fmt.Sprintf("move the file under a directory only root may write (%s), or chown root %s", configDir, name)
+		}
+		return fmt.Errorf("config %s: %s is owned by uid %d, not %s: that user could change what this daemon does; fix: %s", file, what, st.Uid, who, fix)
+	}
+	perm := fi.Mode().Perm()
+	if perm&0o022 != 0 && !(dir && fi.Mode()&os.ModeSticky != 0) {
+		if dir {
+			return fmt.Errorf("config %s: directory %s is writable by its group or others (mode %04o): another user could replace the file; fix: chmod go-w %s, or move the file to %s", file, name, perm, name, configDir)
+		}
+		return fmt.Errorf("config %s is writable by its group or others (mode %04o): another user could change what this daemon does; fix: chmod go-w %s", file, perm, name)
+	}
+	return nil
 }
 
 // decodeExact decodes the settings into out (mapstructure tags), every key

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -257,6 +260,112 @@ func TestConfigEnvironment(t *testing.T) {
 			t.Errorf("%s=%s for %s: %v, want an error naming it and %q", tc.env, tc.val, tc.d.name, err, tc.want)
 		}
 		os.Unsetenv(tc.env)
+	}
+}
+
+// TestConfigFileTrust: a daemon runs as root, so its file, and every
+// directory above it, must be owned by root (or the daemon's user) and
+// writable by no one else; the error names the file and the fix.
+func TestConfigFileTrust(t *testing.T) {
+	const body = "ttl: 1m\n"
+	load := func(file string) error {
+		_, err := storeConfig.load(daemonCmd(t, []string{"store", "serve"}, "--config", file))
+		return err
+	}
+	dirWith := func(mode os.FileMode) (string, string) {
+		dir := filepath.Join(t.TempDir(), "d")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(dir, "store.yaml")
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		return dir, file
+	}
+
+	ok := writeConfig(t, "store.yaml", body)
+	if err := load(ok); err != nil {
+		t.Fatalf("0644 file of ours: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o664, 0o646, 0o666, 0o620} {
+		f := writeConfig(t, "store.yaml", body)
+		os.Chmod(f, mode)
+		if err := load(f); err == nil || !strings.Contains(err.Error(), f) || !strings.Contains(err.Error(), "fix: chmod go-w "+f) {
+			t.Errorf("file mode %04o: %v", mode, err)
+		}
+	}
+	dir, f := dirWith(0o777)
+	if err := load(f); err == nil || !strings.Contains(err.Error(), "directory "+dir) || !strings.Contains(err.Error(), "chmod go-w "+dir) {
+		t.Errorf("world-writable directory: %v", err)
+	}
+	_, f = dirWith(0o1777 | os.ModeSticky)
+	if err := load(f); err != nil {
+		t.Errorf("file of ours in a sticky directory (as /tmp): %v", err)
+	}
+	// A symlink from a good directory to a file in a writable one.
+	_, target := dirWith(0o777)
+	link := filepath.Join(t.TempDir(), "store.yaml")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(link); err == nil || !strings.Contains(err.Error(), "directory "+filepath.Dir(target)) {
+		t.Errorf("symlink into a writable directory: %v", err)
+	}
+	// A FIFO is refused at once instead of blocking the daemon.
+	fifo := filepath.Join(t.TempDir(), "store.yaml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- load(fifo) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("FIFO: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a FIFO as the config file blocked the daemon")
+	}
+	// Missing: the default is optional, a file given with --config is not.
+	missing := filepath.Join(t.TempDir(), "none.yaml")
+	if err := load(missing); err == nil || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), `--config ""`) {
+		t.Errorf("missing --config file: %v", err)
+	}
+	cmd := daemonCmd(t, []string{"store", "serve"})
+	cmd.Flags().Lookup(flagConfig).DefValue = missing
+	cmd.Flags().Lookup(flagConfig).Value.Set(missing)
+	if lc, err := storeConfig.load(cmd); err != nil || lc.file != "" || !strings.Contains(lc.source, "does not exist") {
+		t.Errorf("missing default file: %+v %v", lc, err)
+	}
+	// Through the command line, as an operator meets it.
+	bad := writeConfig(t, "store.yaml", body)
+	os.Chmod(bad, 0o666)
+	err := runContext(context.Background(), []string{"store", "serve", "--config", bad, "--socket", "", "--listen", ""}, &strings.Builder{}, &strings.Builder{})
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "chmod go-w") {
+		t.Errorf("mlsgate store serve --config (mode 0666): %v", err)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Log("not root: the cases of files owned by another user need chown")
+		return
+	}
+	other := writeConfig(t, "store.yaml", body)
+	if err := os.Chown(other, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(other); err == nil || !strings.Contains(err.Error(), "owned by uid 65534, not root") || !strings.Contains(err.Error(), "chown root "+other) {
+		t.Errorf("file owned by nobody, read by root: %v", err)
+	}
+	dir, f = dirWith(0o755)
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(f); err == nil || !strings.Contains(err.Error(), "directory "+dir+" is owned by uid 65534") {
+		t.Errorf("directory owned by nobody, read by root: %v", err)
 	}
 }
 
