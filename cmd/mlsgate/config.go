@@ -104,6 +104,9 @@ type loadedConfig struct {
 	v      *viper.Viper
 	file   string // the file read; "" none
 	source string // where the file came from, or why none was read
+	// fromEnv are the flags set from the environment (their viper value is
+	// the raw string; the flag holds the parsed one).
+	fromEnv map[string]*pflag.Flag
 }
 
 // configKey is a flag's configuration key.
@@ -140,7 +143,7 @@ func (d daemonConfig) load(cmd *cobra.Command) (*loadedConfig, error) {
 		return nil, err
 	}
 
-	l := &loadedConfig{d: d, v: viper.New()}
+	l := &loadedConfig{d: d, v: viper.New(), fromEnv: map[string]*pflag.Flag{}}
 	var data []byte
 	var lines map[string]int
 	if fl := cmd.Flags().Lookup(flagConfig); fl != nil {
@@ -199,6 +202,7 @@ func (d daemonConfig) load(cmd *cobra.Command) (*loadedConfig, error) {
 		src := ""
 		if _, ok := os.LookupEnv(d.envPrefix() + strings.ToUpper(k)); ok {
 			src = "environment " + d.envPrefix() + strings.ToUpper(k)
+			l.fromEnv[k] = fl
 		} else if line, ok := lines[k]; ok {
 			src = fmt.Sprintf("config %s line %d: key %s", l.file, line, k)
 		} else {
@@ -505,6 +509,9 @@ func (l *loadedConfig) decodeExact(out any, skip ...string) error {
 func (l *loadedConfig) logStart(log *slog.Logger, cmd *cobra.Command) {
 	settings := l.v.AllSettings()
 	settings[flagConfig] = l.source
+	for k, fl := range l.fromEnv {
+		settings[k] = fl.Value.String() // 1m0s, not the variable's 1m
+	}
 	if _, format, err := logOptions(cmd.Flags(), os.Getenv); err == nil {
 		settings[configKey(flagLogFormat)] = format // the format in effect, not ""
 	}

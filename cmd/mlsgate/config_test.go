@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -382,5 +385,38 @@ func TestDaemonHelpNamesConfig(t *testing.T) {
 				t.Errorf("mlsgate %s --help lacks %q", strings.Join(dm.args, " "), want)
 			}
 		}
+	}
+}
+
+// TestConfigStartLine: the first log line carries the effective settings,
+// where the file came from, and no secret.
+func TestConfigStartLine(t *testing.T) {
+	file := writeConfig(t, "store.yaml", "authority: https://ops:s3cret@authority.example/\ncache_ttl: 2m\n")
+	t.Setenv("MLSGATE_STORE_TTL", "1m")
+	t.Setenv("INVOCATION_ID", "") // text outside systemd
+	t.Setenv("JOURNAL_STREAM", "")
+	cmd := daemonCmd(t, []string{"store", "serve"}, "--config", file, "--listen", "")
+	lc, err := storeConfig.load(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	lc.logStart(slog.New(slog.NewJSONHandler(&buf, nil)), cmd)
+	var line struct{ Config map[string]any }
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("%q: %v", buf.String(), err)
+	}
+	for k, want := range map[string]any{"config": file, "ttl": "1m0s", "cache_ttl": "2m", "listen": "", "log_format": "text", "socket_group": "mlsgate"} {
+		if line.Config[k] != want {
+			t.Errorf("start line %s = %v, want %v", k, line.Config[k], want)
+		}
+	}
+	if strings.Contains(buf.String(), "s3cret") {
+		t.Errorf("start line logs the authority's password: %s", buf.String())
+	}
+	// Without a file, it says why.
+	cmd = daemonCmd(t, []string{"store", "serve"}, "--config", "")
+	if lc, err = storeConfig.load(cmd); err != nil || lc.source != `none (--config "")` {
+		t.Errorf("no file: %q %v", lc.source, err)
 	}
 }
