@@ -198,6 +198,7 @@ func TestEventsFilterAndCompact(t *testing.T) {
 // waits (bounded) for its socket.
 func startDaemon(t *testing.T, sock string, args ...string) *strings.Builder {
 	t.Helper()
+	args = append(args, "--config", "") // not the host's /etc/mlsgate
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var log syncBuilder

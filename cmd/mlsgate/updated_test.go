@@ -73,7 +73,7 @@ func TestUpdatedCommand(t *testing.T) {
 	stderr := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- runContext(ctx, []string{"updated",
+		done <- runContext(ctx, []string{"updated", "--config", "",
 			"--listen", "127.0.0.1:0", "--mapper-listen", "127.0.0.1:0",
 			"--cert", filepath.Join(dir, "guest.pem"), "--key", filepath.Join(dir, "guest-key.pem"),
 			"--ca", filepath.Join(dir, "ca.pem"), "--crl", filepath.Join(dir, "crl.pem"),
@@ -111,13 +111,13 @@ func TestUpdatedCommand(t *testing.T) {
 	// The first line names the binary and the effective settings.
 	first, _, _ := strings.Cut(stderr.String(), "\n")
 	var start struct {
-		Msg      string            `json:"msg"`
-		Revision string            `json:"revision"`
-		Go       string            `json:"go_version"`
-		Config   map[string]string `json:"config"`
+		Msg      string         `json:"msg"`
+		Revision string         `json:"revision"`
+		Go       string         `json:"go_version"`
+		Config   map[string]any `json:"config"`
 	}
 	if err := json.Unmarshal([]byte(first), &start); err != nil || start.Msg != "starting" || start.Revision == "" || start.Go == "" ||
-		start.Config["loader-name"] != "mlsgate-loader" || start.Config["log-format"] != "json" {
+		start.Config["loader_name"] != "mlsgate-loader" || start.Config["log_format"] != "json" || start.Config["config"] != `none (--config "")` {
 		t.Errorf("first log line %q (%v): want msg starting with the revision, Go version and settings", first, err)
 	}
 
