@@ -10,7 +10,7 @@ import (
 	"github.com/mlsgate/mlsgate/label"
 )
 
-// Config is the agent's configuration: /etc/mlsgate/agent.yaml, MLSGATE_*
+// Config is the agent's configuration: /etc/mlsgate/agent.yaml, MLSGATE_AGENT_*
 // environment variables and flags, merged by the command (see
 // deploy/agent.yaml for the documented example).
 type Config struct {

@@ -131,6 +131,24 @@ func loadAgentConfig(cmd *cobra.Command) (agent.Config, *loadedConfig, error) {
 	return cfg, lc, nil
 }
 
+// agentConfigOf is the agent's configuration as the agent would read it
+// (the file named by cmd's --config, MLSGATE_AGENT_*, no flags), for a
+// command that acts on the agent's state without being the agent: pin_dir
+// is then set in one place.
+func agentConfigOf(cmd *cobra.Command) (agent.Config, error) {
+	ac, _, err := newRoot().Find([]string{"agent"})
+	if err != nil {
+		return agent.Config{}, err
+	}
+	if fl := cmd.Flags().Lookup(flagConfig); fl != nil && fl.Changed {
+		if err := ac.ParseFlags([]string{"--" + flagConfig, fl.Value.String()}); err != nil {
+			return agent.Config{}, err
+		}
+	}
+	cfg, _, err := loadAgentConfig(ac)
+	return cfg, err
+}
+
 // textHook decodes strings into types with UnmarshalText (integrity levels).
 func textHook(from, to reflect.Type, data any) (any, error) {
 	s, ok := data.(string)

@@ -426,3 +426,29 @@ func TestConfigStartLine(t *testing.T) {
 		t.Errorf("no file: %q %v", lc.source, err)
 	}
 }
+
+// TestAgentCleanupReadsPinDir: 'agent cleanup' without --pin-dir acts on
+// the pin_dir the agent is configured with (its file, then
+// MLSGATE_AGENT_PIN_DIR), not on the default. The directories are not on a
+// bpffs, so cleanup refuses them, naming each: nothing is removed.
+func TestAgentCleanupReadsPinDir(t *testing.T) {
+	fromFile, fromEnv, fromFlag := t.TempDir(), t.TempDir(), t.TempDir()
+	file := writeConfig(t, "agent.yaml", "pin_dir: "+fromFile+"\nlog_level: warn\n")
+	cleanup := func(args ...string) error {
+		return run(append([]string{"agent", "cleanup"}, args...), &strings.Builder{})
+	}
+	if err := cleanup("--config", file); err == nil || !strings.Contains(err.Error(), fromFile) {
+		t.Errorf("pin_dir from the file: %v", err)
+	}
+	t.Setenv("MLSGATE_AGENT_PIN_DIR", fromEnv)
+	if err := cleanup("--config", file); err == nil || !strings.Contains(err.Error(), fromEnv) {
+		t.Errorf("pin_dir from MLSGATE_AGENT_PIN_DIR: %v", err)
+	}
+	if err := cleanup("--config", file, "--pin-dir", fromFlag); err == nil || !strings.Contains(err.Error(), fromFlag) {
+		t.Errorf("--pin-dir: %v", err)
+	}
+	bad := writeConfig(t, "agent.yaml", "pin_dri: /x\n")
+	if err := cleanup("--config", bad); err == nil || !strings.Contains(err.Error(), "pin_dri") || !strings.Contains(err.Error(), "--pin-dir") {
+		t.Errorf("a bad agent file: %v", err)
+	}
+}
