@@ -57,6 +57,10 @@ type Host struct {
 	peers     map[string][]agent.PeerSpec // by guest interface
 	base      []agent.PeerSpec            // the hosts' own addresses
 	installed map[string]hostXFRM         // the host's end of each guest's tunnel
+	// undeleted holds the SPIs of host states whose delete failed: they
+	// may still be installed, so the loader never hands them out again
+	// (until a restart finds them gone from the kernel).
+	undeleted map[uint32]bool
 }
 
 type hostXFRM struct {
@@ -101,7 +105,16 @@ func (h *Host) deleteXFRM(inst hostXFRM) []error {
 			errs = append(errs, ignoreGone(h.XFRM.DeletePolicy(p)))
 		}
 		for _, s := range inst.states {
-			errs = append(errs, ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto)))
+			err := ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto))
+			if err != nil {
+				h.mu.Lock()
+				if h.undeleted == nil {
+					h.undeleted = map[uint32]bool{}
+				}
+				h.undeleted[s.SPI] = true
+				h.mu.Unlock()
+			}
+			errs = append(errs, err)
 		}
 	}
 	return errs

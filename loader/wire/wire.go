@@ -423,6 +423,18 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return fail(err)
 	}
 	v.Loader = l
+	// The SPIs of the guests that outlived a restart stay theirs: every
+	// SPI the kernel holds is reserved, and the SAs on a known guest's
+	// link are its own again (deleted, then freed, at its teardown).
+	var known []loader.Guest
+	for _, e := range p.List() {
+		if e.Guest.VM != 0 {
+			known = append(known, e.Guest)
+		}
+	}
+	if _, err := l.ReserveInstalled(known); err != nil {
+		return fail(err)
+	}
 	l.Registry().MustRegister(p.Collectors()...)
 	v.API = &loader.API{Loader: l, Pool: pa}
 	if s.Rotation != nil {
