@@ -101,6 +101,7 @@ type Loader struct {
 	fresh     map[string]map[uint32]bool
 	metrics   *loadMetrics
 	rot       *rotations // rotation_run.go; nil: rotation off
+	modules   moduleChecks
 }
 
 // New builds a loader from its parts.
@@ -361,8 +362,11 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 	}); err != nil {
 		return nil, err
 	}
-	if err := step("compliance", func(context.Context) error {
-		return policystore.CheckBundle(app, b, l.cfg.System)
+	if err := step("compliance", func(ctx context.Context) error {
+		if err := policystore.CheckBundle(app, b, l.cfg.System); err != nil {
+			return err
+		}
+		return l.modules.check(ctx, b) // modules.go
 	}); err != nil {
 		return b, err
 	}

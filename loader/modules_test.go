@@ -1,0 +1,40 @@
+package loader
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/mlsgate/mlsgate/policystore"
+)
+
+// TestGuestModulesCompiledOnTheHost: the loader refuses a bundle whose
+// guest module does not compile (guests without SELinux no longer compile
+// them), and compiles a module text once.
+func TestGuestModulesCompiledOnTheHost(t *testing.T) {
+	if _, err := exec.LookPath("checkmodule"); err != nil {
+		t.Skip("needs checkmodule and semodule_package: run 'make deps-selinux'")
+	}
+	good := policystore.Module{Name: "mlsgate_probe", Target: policystore.TargetGuest, TE: "module mlsgate_probe 1.0;\nrequire { type unlabeled_t; }\n"}
+	bad := good
+	bad.TE = "module mlsgate_probe 1.0;\nthis is not a policy\n"
+	var c moduleChecks
+	ctx := context.Background()
+	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{good}}); err != nil {
+		t.Fatalf("a module that compiles: %v", err)
+	}
+	err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{good, bad}})
+	if err == nil || !strings.Contains(err.Error(), "does not compile") || !strings.Contains(err.Error(), "checkmodule") {
+		t.Fatalf("a module that does not compile: %v", err)
+	}
+	if len(c.done) != 2 {
+		t.Fatalf("%d module texts remembered, want 2", len(c.done))
+	}
+	// Host modules are the host side's business.
+	host := bad
+	host.Target = policystore.TargetHost
+	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{host}}); err != nil {
+		t.Fatalf("a host module: %v", err)
+	}
+}
