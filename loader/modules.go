@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 
 	"github.com/mlsgate/mlsgate/policystore"
@@ -15,21 +17,43 @@ import (
 // (checkmodule, semodule_package), once per module text: a guest whose
 // SELinux is not active loads nothing and no longer compiles them (package
 // updated), so the loader is where a module that does not compile is
-// caught. Every guest of an application gets the same module text, so the
-// compile is paid by the application's first configuration only.
+// caught. Every guest of an application gets the same module text but for
+// the version stamp (see moduleDigest), so the compile is paid by the
+// application's first configuration only.
 type moduleChecks struct {
 	mu   sync.Mutex
 	done map[[32]byte]error // by module digest: nil compiled, else why not
 }
 
+// moduleDigest names what a module's compile depends on. The policy store
+// stamps each bundle's modules with its version (in the module statement
+// and a comment), so two bundles of an application differ only there: a
+// numeric module version and full-line comments do not change whether a
+// module compiles, and are left out.
 func moduleDigest(m policystore.Module) [32]byte {
 	h := sha256.New()
-	for _, s := range []string{m.Name, m.Target, m.TE, m.IF, m.FC} {
+	for _, s := range []string{m.Name, m.Target, compileText(m.TE), m.IF, compileText(m.FC)} {
 		fmt.Fprintf(h, "%d:%s", len(s), s)
 	}
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
+}
+
+var moduleStmt = regexp.MustCompile(`^(\s*module\s+\S+\s+)[0-9]+(\.[0-9]+)*(\s*;\s*)$`)
+
+// compileText is text without its full-line comments, and with a numeric
+// module version replaced by 0.
+func compileText(text string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		b.WriteString(moduleStmt.ReplaceAllString(line, "${1}0${3}"))
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 // check compiles b's guest modules not compiled before. Without the

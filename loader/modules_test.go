@@ -31,6 +31,17 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	if len(c.done) != 2 {
 		t.Fatalf("%d module texts remembered, want 2", len(c.done))
 	}
+	// The next bundle's module: another version stamp, the same module.
+	next := good
+	next.TE = "# bundle version 7\nmodule mlsgate_probe 1.7;\nrequire { type unlabeled_t; }\n"
+	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{next}}); err != nil || len(c.done) != 2 {
+		t.Fatalf("the next version of a module: %v, %d texts remembered (want it found, 2)", err, len(c.done))
+	}
+	other := good
+	other.TE = "module mlsgate_probe 1.0;\nrequire { type unlabeled_t; type nosuch_t; }\n"
+	if moduleDigest(other) == moduleDigest(good) {
+		t.Fatal("a module with other statements has the same digest")
+	}
 	// Host modules are the host side's business.
 	host := bad
 	host.Target = policystore.TargetHost
