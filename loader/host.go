@@ -285,8 +285,16 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 		}
 		return errors.Join(errs...)
 	}
-	// 1. The host's end of the labeled tunnel.
-	if h.XFRM != nil {
+	// 1. The host's end of the labeled tunnel: one netlink batch where the
+	// handle takes batches (hostxfrm.go), else one request each.
+	if bw, ok := h.XFRM.(xfrm.BatchWriter); ok {
+		states, pols := HostXFRM(b)
+		u, err := h.applyBatch(bw, states, pols)
+		undo = append(undo, u...)
+		if err != nil {
+			return rollback, err
+		}
+	} else if h.XFRM != nil {
 		states, pols := HostXFRM(b)
 		for _, s := range states {
 			s.Lifetime = h.Lifetime
