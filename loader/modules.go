@@ -32,7 +32,7 @@ type moduleChecks struct {
 // module compiles, and are left out.
 func moduleDigest(m policystore.Module) [32]byte {
 	h := sha256.New()
-	for _, s := range []string{m.Name, m.Target, compileText(m.TE), m.IF, compileText(m.FC)} {
+	for _, s := range []string{m.Name, m.Target, compileText(m.TE), compileText(m.IF), compileText(m.FC)} {
 		fmt.Fprintf(h, "%d:%s", len(s), s)
 	}
 	var d [32]byte

@@ -2,9 +2,11 @@ package loader
 
 import (
 	"context"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mlsgate/mlsgate/policystore"
 )
@@ -47,5 +49,32 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	host.Target = policystore.TargetHost
 	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{host}}); err != nil {
 		t.Fatalf("a host module: %v", err)
+	}
+}
+
+// TestModuleDigestAcrossBundles: two bundles of an application, for two
+// guests at two versions, have modules of one digest, so the second
+// configuration compiles nothing.
+func TestModuleDigestAcrossBundles(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	e, _ := r.l.catalog.Store.Get("analyst")
+	var ds [][32]byte
+	for i, g := range []string{"vm5", "vm6"} {
+		req := policystore.BundleRequest{Guest: g, GuestAddr: netip.AddrFrom4([4]byte{10, 71, byte(5 + i), 2}), HostAddr: netip.AddrFrom4([4]byte{10, 71, byte(5 + i), 1}),
+			MapperUpstream: "http://10.71.5.1:7443", Version: uint64(3 + i), Now: time.Now()}
+		n := uint32(0x1000 + 100*i)
+		req.SPI = func() (uint32, error) { n++; return n, nil }
+		b, err := policystore.GenerateBundle(e.App, req, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range b.Modules {
+			if m.Target == policystore.TargetGuest {
+				ds = append(ds, moduleDigest(m))
+			}
+		}
+	}
+	if len(ds) != 2 || ds[0] != ds[1] {
+		t.Fatalf("guest module digests %x: want one module per bundle, equal", ds)
 	}
 }
