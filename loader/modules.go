@@ -25,6 +25,10 @@ type moduleChecks struct {
 	done map[[32]byte]error // by module digest: nil compiled, else why not
 }
 
+// ModuleDigest names what a module's compile depends on (moduleDigest), for
+// callers that remember compiles (the wiring's host modules).
+func ModuleDigest(m policystore.Module) [32]byte { return moduleDigest(m) }
+
 // moduleDigest names what a module's compile depends on. The policy store
 // stamps each bundle's modules with its version (in the module statement
 // and a comment), so two bundles of an application differ only there: a
