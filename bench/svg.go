@@ -236,12 +236,16 @@ func VMStartSVG(r *VMStartResult) string {
 	addPart(&paperP, "paper: loading browser and page", sec(PaperPreloadedLoad))
 	bars = append(bars, paperS, paperP)
 	for _, be := range r.Backends {
-		for _, sc := range []string{Scratch, Preloaded} {
+		for _, sc := range []string{Scratch, Preloaded, ReadyPool} {
 			m, ok := be.Median(sc)
 			if !ok || m.Runs == 0 {
 				continue
 			}
-			b := bar{label: be.Backend + " " + sc}
+			label := be.Backend + " " + sc
+			if sc == ReadyPool {
+				label = be.Backend + " ready pool"
+			}
+			b := bar{label: label}
 			for _, s := range m.Steps {
 				if s.Name != "ready" && s.Duration > 0 {
 					addPart(&b, s.Name, s.Duration)
@@ -282,7 +286,11 @@ func VMStartSVG(r *VMStartResult) string {
 			acc += p.d.Seconds()
 		}
 		d.text(x+w/2, svgH-svgBott+14, "middle", 10, b.label)
-		d.text(x+w/2, yOf(acc)-4, "middle", 10, fmt.Sprintf("%.2f s", acc))
+		total := fmt.Sprintf("%.2f s", acc)
+		if acc < 1 {
+			total = fmt.Sprintf("%.0f ms", acc*1000) // a ready-pool hit: its bar is a sliver
+		}
+		d.text(x+w/2, yOf(acc)-4, "middle", 10, total)
 	}
 	for i, n := range names {
 		ly := float64(svgTop + 10 + 18*i)

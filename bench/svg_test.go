@@ -73,14 +73,16 @@ func TestPerPacketSVG(t *testing.T) {
 func TestVMStartSVG(t *testing.T) {
 	steps := []loader.Step{{Name: "acquire", Duration: 3 * time.Second}, {Name: "bundle", Duration: 200 * time.Millisecond}, {Name: "ready"}, {Name: StepFirstAnswer, Duration: time.Second}}
 	r := &VMStartResult{Backends: []*BackendStart{{Backend: "qemu", Hardware: "TCG",
-		Medians: []LoadSummary{{Scenario: Scratch, Runs: 1, Steps: steps}, {Scenario: Preloaded, Runs: 1, Steps: steps[1:]}}}}}
+		Medians: []LoadSummary{{Scenario: Scratch, Runs: 1, Steps: steps}, {Scenario: Preloaded, Runs: 1, Steps: steps[1:]},
+			{Scenario: ReadyPool, Runs: 1, Steps: []loader.Step{{Name: "acquire", Duration: 4 * time.Millisecond}, {Name: StepFirstAnswer, Duration: 60 * time.Millisecond}}}}}}}
 	doc := VMStartSVG(r)
 	n := parseSVG(t, doc)
-	// Bars: paper 2+2 parts, scratch 3, preloaded 2; legend: 2 paper + 3 steps; background 1.
-	if n["rect"] != 4+3+2+5+1 {
-		t.Errorf("%d rects, want 15\n%s", n["rect"], doc)
+	// Bars: paper 2+2 parts, scratch 3, preloaded 2, ready pool 2; legend:
+	// 2 paper + 3 steps; background 1.
+	if n["rect"] != 4+3+2+2+5+1 {
+		t.Errorf("%d rects, want 17\n%s", n["rect"], doc)
 	}
-	for _, want := range []string{"qemu scratch", "qemu preloaded", "4.20 s", "23.40 s", ">paper: configure/load policy<", "qemu: TCG"} {
+	for _, want := range []string{"qemu scratch", "qemu preloaded", "qemu ready pool", "4.20 s", "23.40 s", "64 ms", ">paper: configure/load policy<", "qemu: TCG"} {
 		if !strings.Contains(doc, want) {
 			t.Errorf("plot lacks %q", want)
 		}

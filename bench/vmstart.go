@@ -383,7 +383,7 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 	// The ready scenario's applications: the same files, the loaded one
 	// asking for one ready guest.
 	readyApps := filepath.Join(dir, "ready-apps")
-	if err := readyAppsDir(cfg.AppsDir, readyApps, cfg.URL, v.Store); err != nil {
+	if err := ReadyAppsDir(cfg.AppsDir, readyApps, cfg.URL, v.Store); err != nil {
 		return nil, err
 	}
 	one := func(scenario string, i int) error {
@@ -556,9 +556,10 @@ func targetMet(ok bool) string {
 	return "not met"
 }
 
-// readyAppsDir copies the applications of src into dst with the one that
-// serves url asking for one ready guest.
-func readyAppsDir(src, dst, url string, st *policystore.Store) error {
+// ReadyAppsDir copies the applications of src into dst with the one that
+// serves url asking for one ready guest (`pool: {ready: 1}`; `mlsgate demo`
+// shows a ready-pool hit with it).
+func ReadyAppsDir(src, dst, url string, st *policystore.Store) error {
 	r, _, err := st.Resolve(url)
 	if err != nil {
 		return fmt.Errorf("ready scenario: %s: %w", url, err)

@@ -57,6 +57,10 @@ type Host struct {
 	peers     map[string][]agent.PeerSpec // by guest interface
 	base      []agent.PeerSpec            // the hosts' own addresses
 	installed map[string]hostXFRM         // the host's end of each guest's tunnel
+	// undeleted holds the SPIs of host states whose delete failed: they
+	// may still be installed, so the loader never hands them out again
+	// (until a restart finds them gone from the kernel).
+	undeleted map[uint32]bool
 }
 
 type hostXFRM struct {
@@ -101,7 +105,16 @@ func (h *Host) deleteXFRM(inst hostXFRM) []error {
 			errs = append(errs, ignoreGone(h.XFRM.DeletePolicy(p)))
 		}
 		for _, s := range inst.states {
-			errs = append(errs, ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto)))
+			err := ignoreGone(h.XFRM.DeleteState(s.Dst, s.SPI, s.Proto))
+			if err != nil {
+				h.mu.Lock()
+				if h.undeleted == nil {
+					h.undeleted = map[uint32]bool{}
+				}
+				h.undeleted[s.SPI] = true
+				h.mu.Unlock()
+			}
+			errs = append(errs, err)
 		}
 	}
 	return errs
@@ -272,8 +285,16 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 		}
 		return errors.Join(errs...)
 	}
-	// 1. The host's end of the labeled tunnel.
-	if h.XFRM != nil {
+	// 1. The host's end of the labeled tunnel: one netlink batch where the
+	// handle takes batches (hostxfrm.go), else one request each.
+	if bw, ok := h.XFRM.(xfrm.BatchWriter); ok {
+		states, pols := HostXFRM(b)
+		u, err := h.applyBatch(bw, states, pols)
+		undo = append(undo, u...)
+		if err != nil {
+			return rollback, err
+		}
+	} else if h.XFRM != nil {
 		states, pols := HostXFRM(b)
 		for _, s := range states {
 			s.Lifetime = h.Lifetime

@@ -88,9 +88,11 @@ type Loader struct {
 	host      HostSide
 	now       func() time.Time
 
-	mu       sync.Mutex
-	spiNext  uint32
-	spiInUse map[uint32]bool
+	mu      sync.Mutex
+	spiNext uint32
+	// spiInUse holds the SPIs handed out, each with the interface of the
+	// guest holding it ("" when not known: see spis.go).
+	spiInUse map[uint32]string
 	held     map[string]HeldGuest // by interface
 	// Guests' loads in progress, by caller and by application, and the
 	// guests each guest caller took fresh that still run (by VM).
@@ -99,6 +101,7 @@ type Loader struct {
 	fresh     map[string]map[uint32]bool
 	metrics   *loadMetrics
 	rot       *rotations // rotation_run.go; nil: rotation off
+	modules   moduleChecks
 }
 
 // New builds a loader from its parts.
@@ -118,7 +121,7 @@ func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer 
 	}
 	cfg.Limits = lim
 	return &Loader{cfg: cfg, catalog: cat, templates: t, issuer: issuer, pool: pool, push: push, host: host,
-		now: time.Now, spiInUse: map[uint32]bool{}, held: map[string]HeldGuest{},
+		now: time.Now, spiInUse: map[uint32]string{}, held: map[string]HeldGuest{},
 		activeBy: map[string]int{}, activeApp: map[string]int{}, fresh: map[string]map[uint32]bool{}, metrics: newLoadMetrics()}, nil
 }
 
@@ -344,7 +347,7 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 		}
 		var spis []uint32
 		req.SPI = func() (uint32, error) {
-			s, err := l.allocSPI()
+			s, err := l.allocSPIFor(g.Interface)
 			if err == nil {
 				spis = append(spis, s)
 			}
@@ -359,8 +362,11 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 	}); err != nil {
 		return nil, err
 	}
-	if err := step("compliance", func(context.Context) error {
-		return policystore.CheckBundle(app, b, l.cfg.System)
+	if err := step("compliance", func(ctx context.Context) error {
+		if err := policystore.CheckBundle(app, b, l.cfg.System); err != nil {
+			return err
+		}
+		return l.modules.check(ctx, b) // modules.go
 	}); err != nil {
 		return b, err
 	}
@@ -390,15 +396,20 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 	return b, nil
 }
 
-// allocSPI hands out SPIs of the host's range, never one in use.
-func (l *Loader) allocSPI() (uint32, error) {
+// allocSPI hands out SPIs of the host's range, never one in use. Its
+// holder is not recorded (SA rotation's successors; see spis.go).
+func (l *Loader) allocSPI() (uint32, error) { return l.allocSPIFor("") }
+
+// allocSPIFor hands out an SPI of the host's range, never one in use, held
+// by the guest on interface iface (freed when it is torn down).
+func (l *Loader) allocSPIFor(iface string) (uint32, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for range l.cfg.SPISlots {
 		s := l.cfg.SPIBase + l.spiNext%l.cfg.SPISlots
 		l.spiNext++
-		if s >= 256 && !l.spiInUse[s] {
-			l.spiInUse[s] = true
+		if _, used := l.spiInUse[s]; s >= 256 && !used {
+			l.spiInUse[s] = iface
 			return s, nil
 		}
 	}
@@ -414,12 +425,15 @@ func (l *Loader) freeSPIs(spis []uint32) {
 }
 
 // MarkSPIsInUse records SPIs already installed (from the host's SAs at
-// start), so that the allocator never hands them out again.
+// start), so that the allocator never hands them out again. An SPI already
+// recorded keeps its holder.
 func (l *Loader) MarkSPIsInUse(spis []uint32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range spis {
-		l.spiInUse[s] = true
+		if _, ok := l.spiInUse[s]; !ok {
+			l.spiInUse[s] = ""
+		}
 	}
 }
 

@@ -35,14 +35,17 @@ func (l *Loader) TeardownFailed(g *Guest, err error) {
 	l.metrics.held.Set(float64(len(l.held)))
 }
 
-// TornDown records that g was destroyed and forgotten.
+// TornDown records that g was destroyed and forgotten (Host.Forget has
+// deleted the host's states of it), and frees its SPIs (spis.go).
 func (l *Loader) TornDown(g *Guest) {
 	l.mu.Lock()
 	delete(l.held, g.Interface)
 	l.metrics.held.Set(float64(len(l.held)))
 	l.forgetFresh(g)
 	l.mu.Unlock()
-	l.forgetRotation(g) // rotation_run.go
+	l.claimRotatedSPIs(g) // before the rotation service forgets them
+	l.forgetRotation(g)   // rotation_run.go
+	l.releaseSPIs(g)
 }
 
 // Held lists the guests whose destroy failed and that are held deny-all,

@@ -8,7 +8,8 @@
 // It exists because github.com/vishvananda/netlink neither sends nor parses
 // XFRMA_SEC_CTX, and a labeled SA without its label is worse than none. It
 // speaks the protocol itself on a raw netlink socket and keeps to the small
-// part of it this project needs.
+// part of it this project needs. [Handle.Apply] sends many changes in one
+// batch (one sendmsg, an ack and an error per change).
 //
 // # Kernel interface
 //

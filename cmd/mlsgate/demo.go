@@ -657,6 +657,9 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		s.record(f, observed{})
 	}
 
+	if err := demoReadyHit(ctx, out, v, appsDir, home.Name); err != nil { // demo_ready.go
+		return err
+	}
 	err = s.report(out)
 	fmt.Fprintf(out, "\nDemo finished in %v.\n", time.Since(start).Round(100*time.Millisecond))
 	return err

@@ -147,6 +147,12 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 			"mapper_rules", rep.Mapper.Rules, "xfrm_changes", rep.XFRM.Changes())
 	}
 
+	// Ready the kernel's cipher before the first push (off its path).
+	if took, err := ap.Warm(); err != nil {
+		log.Warn("cipher warm-up", "error", err, "took", took)
+	} else {
+		log.Info("cipher warm-up", "took", took)
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)

@@ -285,7 +285,25 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 			drop = append(drop, m.Name)
 		}
 	}
-	mods, err := ap.InstallModules(ctx, b.Modules, drop)
+	// Unchanged parts are not applied again (a rotation's pushes change
+	// only SAs): the same modules stay installed, the same mapper policy
+	// stays loaded.
+	var (
+		mods ModulesReport
+		err  error
+	)
+	if prev != nil && prev.Bundle != nil && sameModules(prev.Bundle.Modules, b.Modules) {
+		for _, m := range b.Modules {
+			mods.Modules = append(mods.Modules, m.Name)
+		}
+		mods.Note = fmt.Sprintf("unchanged since v%d: not installed again", prev.Version)
+		if prev.Report != nil && prev.Report.Modules.Loaded {
+			mods.Note = fmt.Sprintf("unchanged since v%d, which installed them: not installed again", prev.Version)
+		}
+		// Loaded stays false: nothing of this push to take back.
+	} else {
+		mods, err = ap.InstallModules(ctx, b.Modules, drop)
+	}
 	part("SELinux modules")
 	if err != nil {
 		return fail("SELinux modules", err)
@@ -322,20 +340,29 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		}
 	}
 
-	m, err := ap.LoadMapperPolicy(mapperName(b), []byte(b.MapperPolicy))
-	part("mapper policy")
-	if err != nil {
-		modulesStay()
-		return fail("label-mapper policy", err)
-	}
-	rep.Mapper = m
 	prevName, prevPolicy := "none", ""
 	var prevBundle *policystore.Bundle
 	if prev != nil {
 		prevBundle = prev.Bundle
 		prevName, prevPolicy = mapperName(prevBundle), prevBundle.MapperPolicy
 	}
+	var m MapperReport
+	mapperSame := prev != nil && prev.Report != nil && prevPolicy == b.MapperPolicy && prev.Report.Mapper.Name != ""
+	if mapperSame {
+		m = prev.Report.Mapper // in force under its name, unchanged
+	} else {
+		m, err = ap.LoadMapperPolicy(mapperName(b), []byte(b.MapperPolicy))
+	}
+	part("mapper policy")
+	if err != nil {
+		modulesStay()
+		return fail("label-mapper policy", err)
+	}
+	rep.Mapper = m
 	restoreMapper := func() {
+		if mapperSame {
+			return // never replaced
+		}
 		if _, err := ap.LoadMapperPolicy(prevName, []byte(prevPolicy)); err != nil {
 			rep.NotRolledBack = append(rep.NotRolledBack, fmt.Sprintf("label-mapper policy: %s stays loaded, %s could not be restored: %v", m.Name, prevName, err))
 			return
@@ -391,6 +418,12 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 	d.state = st
 	d.stateMu.Unlock()
 	return rep, nil
+}
+
+// sameModules reports whether two bundles carry the same modules, in the
+// same order.
+func sameModules(a, b []policystore.Module) bool {
+	return slices.Equal(a, b)
 }
 
 // current is the recorded state; nil before the first bundle.

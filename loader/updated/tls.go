@@ -62,6 +62,7 @@ type crlStamp struct {
 
 // crlInfo is what the verifier keeps of a CRL.
 type crlInfo struct {
+	raw        []byte // as given (PEM or DER)
 	number     *big.Int
 	nextUpdate time.Time
 	revoked    map[string]bool // serial, lower-case hex
@@ -212,6 +213,14 @@ func (v *Verifier) InstallCRL(data []byte) error {
 	if v.crlFile == "" {
 		return errors.New("the daemon runs without --crl, so it has nowhere to keep a CRL; start it with --crl")
 	}
+	// The CRL in use, byte for byte (most pushes carry it): nothing to
+	// check or change (its signature was checked when it was read).
+	v.mu.Lock()
+	same := v.refreshCRLLocked() == nil && v.crl != nil && bytes.Equal(v.crl.raw, data)
+	v.mu.Unlock()
+	if same {
+		return nil
+	}
 	info, err := v.parseCRL(data)
 	if err != nil {
 		return err
@@ -282,7 +291,7 @@ func (v *Verifier) parseCRL(data []byte) (*crlInfo, error) {
 	if err := rl.CheckSignatureFrom(signer); err != nil {
 		return nil, fmt.Errorf("signature does not verify against the CA: %w", err)
 	}
-	info := &crlInfo{number: rl.Number, nextUpdate: rl.NextUpdate, revoked: map[string]bool{}}
+	info := &crlInfo{raw: bytes.Clone(data), number: rl.Number, nextUpdate: rl.NextUpdate, revoked: map[string]bool{}}
 	if info.number == nil {
 		info.number = new(big.Int)
 	}

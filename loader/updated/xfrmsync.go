@@ -53,7 +53,13 @@ func policyKey(p xfrm.Policy, contexts bool) polKey {
 // xfrmStep is one kernel change and the change that takes it back.
 type xfrmStep struct {
 	desc, undoDesc string
-	do, undo       func() error
+	do, undo       xfrm.Op
+}
+
+// xfrmBatcher is a kernel that takes many changes in one request
+// (*xfrm.Handle's Apply: one sendmsg, an ack per change).
+type xfrmBatcher interface {
+	Apply(ops []xfrm.Op) ([]error, error)
 }
 
 // syncXFRM makes the kernel hold to in place of from. It reads the
@@ -71,10 +77,14 @@ type xfrmStep struct {
 //   - SAs and policies of from that to lacks are removed, policies before
 //     SAs, so no policy is left requiring a missing SA for longer than
 //     needed. Entries the kernel holds that neither set names are left
-//     alone.
+//     alone. What the kernel already holds as planned is not touched.
 //
-// On the first failure the steps already taken are undone in reverse order;
-// those that could not be undone are listed in the report's NotUndone.
+// A kernel that takes batches (xfrmBatcher) gets every change in one
+// batch, applied in order; the kernel goes on after a failed change, so
+// on a failure every change that was made is undone, in reverse order.
+// Otherwise the changes are made one by one and stop at the first failure,
+// and those before it are undone. Undos that fail are listed in the
+// report's NotUndone.
 func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet) (XFRMReport, error) {
 	var rep XFRMReport
 	kstates, err := k.States()
@@ -104,12 +114,12 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 		old, ok := curS[key]
 		switch {
 		case !ok:
-			saSteps = append(saSteps, addStateStep(k, s))
+			saSteps = append(saSteps, addStateStep(s))
 			rep.StatesAdded = append(rep.StatesAdded, s.String())
 		case sameState(old, s, contexts):
 			rep.StatesUnchanged++
 		default:
-			saSteps = append(saSteps, deleteStateStep(k, old), addStateStep(k, s))
+			saSteps = append(saSteps, deleteStateStep(old), addStateStep(s))
 			rep.StatesUpdated = append(rep.StatesUpdated, s.String())
 		}
 	}
@@ -119,7 +129,7 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 			continue
 		}
 		if old, ok := curS[key]; ok {
-			saDels = append(saDels, deleteStateStep(k, old))
+			saDels = append(saDels, deleteStateStep(old))
 			rep.StatesRemoved = append(rep.StatesRemoved, old.String())
 		}
 	}
@@ -132,16 +142,16 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 		switch {
 		case !ok:
 			polSteps = append(polSteps, xfrmStep{
-				desc: "add policy " + p.String(), do: func() error { return k.AddPolicy(p) },
-				undoDesc: "delete policy " + p.String(), undo: func() error { return k.DeletePolicy(p) },
+				desc: "add policy " + p.String(), do: xfrm.Op{Kind: xfrm.OpAddPolicy, Policy: p},
+				undoDesc: "delete policy " + p.String(), undo: xfrm.Op{Kind: xfrm.OpDeletePolicy, Policy: p},
 			})
 			rep.PoliciesAdded = append(rep.PoliciesAdded, p.String())
 		case samePolicy(old, p):
 			rep.PoliciesUnchanged++
 		default:
 			polSteps = append(polSteps, xfrmStep{
-				desc: "update policy " + p.String(), do: func() error { return k.UpdatePolicy(p) },
-				undoDesc: "restore policy " + old.String(), undo: func() error { return k.UpdatePolicy(old) },
+				desc: "update policy " + p.String(), do: xfrm.Op{Kind: xfrm.OpUpdatePolicy, Policy: p},
+				undoDesc: "restore policy " + old.String(), undo: xfrm.Op{Kind: xfrm.OpUpdatePolicy, Policy: old},
 			})
 			rep.PoliciesUpdated = append(rep.PoliciesUpdated, p.String())
 		}
@@ -153,46 +163,116 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 		}
 		if old, ok := curP[key]; ok {
 			polDels = append(polDels, xfrmStep{
-				desc: "delete policy " + old.String(), do: func() error { return k.DeletePolicy(old) },
-				undoDesc: "re-add policy " + old.String(), undo: func() error { return k.AddPolicy(old) },
+				desc: "delete policy " + old.String(), do: xfrm.Op{Kind: xfrm.OpDeletePolicy, Policy: old},
+				undoDesc: "re-add policy " + old.String(), undo: xfrm.Op{Kind: xfrm.OpAddPolicy, Policy: old},
 			})
 			rep.PoliciesRemoved = append(rep.PoliciesRemoved, old.String())
 		}
 	}
 
 	steps := append(append(append(saSteps, polSteps...), polDels...), saDels...)
+	if len(steps) == 0 {
+		return rep, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("%s: %w", steps[0].desc, err)
+	}
+	if b, ok := k.(xfrmBatcher); ok {
+		return syncBatch(b, steps, rep)
+	}
 	for i, st := range steps {
 		err := ctx.Err()
 		if err == nil {
-			err = st.do()
+			err = doOp(k, st.do)
 		}
 		if err != nil {
-			rep.NotUndone = undoSteps(steps[:i])
+			rep.NotUndone = undoSteps(k, steps[:i])
 			return rep, fmt.Errorf("%s: %w%s", st.desc, err, xfrmHint(err))
 		}
 	}
 	return rep, nil
 }
 
-func addStateStep(k xfrmKernel, s xfrm.State) xfrmStep {
+// syncBatch makes the changes of steps as one batch and, if one failed,
+// undoes the others that were made (as one batch too).
+func syncBatch(b xfrmBatcher, steps []xfrmStep, rep XFRMReport) (XFRMReport, error) {
+	ops := make([]xfrm.Op, len(steps))
+	for i, st := range steps {
+		ops[i] = st.do
+	}
+	errs, berr := b.Apply(ops)
+	first := -1
+	for i, e := range errs {
+		if e != nil {
+			first = i
+			break
+		}
+	}
+	if first < 0 && berr == nil {
+		return rep, nil
+	}
+	// Undo what was done, newest first.
+	var undo []xfrmStep
+	for i := len(steps) - 1; i >= 0; i-- {
+		if errs[i] == nil { // done (a change without an answer counts as not done)
+			undo = append(undo, steps[i])
+		}
+	}
+	if len(undo) > 0 {
+		uops := make([]xfrm.Op, len(undo))
+		for i, st := range undo {
+			uops[i] = st.undo
+		}
+		uerrs, _ := b.Apply(uops) // a failed batch marks its changes' errors
+		for i, e := range uerrs {
+			if e != nil {
+				rep.NotUndone = append(rep.NotUndone, fmt.Sprintf("%s: %v", undo[i].undoDesc, e))
+			}
+		}
+	}
+	if first < 0 {
+		return rep, fmt.Errorf("apply %d XFRM changes: %w", len(steps), berr)
+	}
+	err := errs[first]
+	return rep, fmt.Errorf("%s: %w%s", steps[first].desc, err, xfrmHint(err))
+}
+
+// doOp makes one change through the kernel's single requests.
+func doOp(k xfrmKernel, op xfrm.Op) error {
+	switch op.Kind {
+	case xfrm.OpAddState:
+		return k.AddState(op.State)
+	case xfrm.OpDeleteState:
+		return k.DeleteState(op.State.Dst, op.State.SPI, op.State.Proto)
+	case xfrm.OpAddPolicy:
+		return k.AddPolicy(op.Policy)
+	case xfrm.OpUpdatePolicy:
+		return k.UpdatePolicy(op.Policy)
+	case xfrm.OpDeletePolicy:
+		return k.DeletePolicy(op.Policy)
+	}
+	return fmt.Errorf("unknown XFRM operation %d", op.Kind)
+}
+
+func addStateStep(s xfrm.State) xfrmStep {
 	return xfrmStep{
-		desc: "add SA " + s.String(), do: func() error { return k.AddState(s) },
-		undoDesc: "delete SA " + s.String(), undo: func() error { return k.DeleteState(s.Dst, s.SPI, s.Proto) },
+		desc: "add SA " + s.String(), do: xfrm.Op{Kind: xfrm.OpAddState, State: s},
+		undoDesc: "delete SA " + s.String(), undo: xfrm.Op{Kind: xfrm.OpDeleteState, State: s},
 	}
 }
 
-func deleteStateStep(k xfrmKernel, old xfrm.State) xfrmStep {
+func deleteStateStep(old xfrm.State) xfrmStep {
 	return xfrmStep{
-		desc: "delete SA " + old.String(), do: func() error { return k.DeleteState(old.Dst, old.SPI, old.Proto) },
-		undoDesc: "re-add SA " + old.String(), undo: func() error { return k.AddState(old) },
+		desc: "delete SA " + old.String(), do: xfrm.Op{Kind: xfrm.OpDeleteState, State: old},
+		undoDesc: "re-add SA " + old.String(), undo: xfrm.Op{Kind: xfrm.OpAddState, State: old},
 	}
 }
 
 // undoSteps takes back steps in reverse order and lists those it could not.
-func undoSteps(steps []xfrmStep) []string {
+func undoSteps(k xfrmKernel, steps []xfrmStep) []string {
 	var failed []string
 	for i := len(steps) - 1; i >= 0; i-- {
-		if err := steps[i].undo(); err != nil {
+		if err := doOp(k, steps[i].undo); err != nil {
 			failed = append(failed, fmt.Sprintf("%s: %v", steps[i].undoDesc, err))
 		}
 	}

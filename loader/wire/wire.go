@@ -170,13 +170,27 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
 	v.closers = append(v.closers, v.Listeners.CloseAll)
+	hostSE := agent.SELinux{Semodule: s.HostSemodule}
+	checked := &compiledModules{seen: map[[32]byte]agent.ModuleReport{}}
 	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error) {
+		// Where nothing is installed the modules are only compiled (a
+		// check): a module text compiled before needs no second compile.
+		checkOnly := !hostSE.Active() || !hostSE.Semodule
+		if checkOnly {
+			if rep, ok := checked.get(mods); ok {
+				return &rep, nil
+			}
+		}
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		return agent.SELinux{Semodule: s.HostSemodule}.Install(ctx, mods, dir)
+		rep, err := hostSE.Install(ctx, mods, dir)
+		if err == nil && checkOnly && !rep.Loaded {
+			checked.put(mods, *rep)
+		}
+		return rep, err
 	}}
 
 	// VM numbers: the lowest not used by a guest in the table and not
@@ -423,6 +437,18 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return fail(err)
 	}
 	v.Loader = l
+	// The SPIs of the guests that outlived a restart stay theirs: every
+	// SPI the kernel holds is reserved, and the SAs on a known guest's
+	// link are its own again (deleted, then freed, at its teardown).
+	var known []loader.Guest
+	for _, e := range p.List() {
+		if e.Guest.VM != 0 {
+			known = append(known, e.Guest)
+		}
+	}
+	if _, err := l.ReserveInstalled(known); err != nil {
+		return fail(err)
+	}
 	l.Registry().MustRegister(p.Collectors()...)
 	v.API = &loader.API{Loader: l, Pool: pa}
 	if s.Rotation != nil {
@@ -591,4 +617,43 @@ func waitAttached(a loader.AgentAPI) func(ctx context.Context, g *loader.Guest) 
 			}
 		}
 	}
+}
+
+// compiledModules remembers the host module sets compiled (checked only,
+// not installed), by their texts without version stamps
+// (loader.ModuleDigest): an application's every bundle carries the same
+// host modules but for the stamp.
+type compiledModules struct {
+	mu   sync.Mutex
+	seen map[[32]byte]agent.ModuleReport
+}
+
+func modulesKey(mods []policystore.Module) [32]byte {
+	h := sha256.New()
+	for _, m := range mods {
+		d := loader.ModuleDigest(m)
+		h.Write(d[:])
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
+
+func (c *compiledModules) get(mods []policystore.Module) (agent.ModuleReport, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rep, ok := c.seen[modulesKey(mods)]
+	if ok {
+		rep.Modules = nil
+		for _, m := range mods {
+			rep.Modules = append(rep.Modules, m.Name)
+		}
+	}
+	return rep, ok
+}
+
+func (c *compiledModules) put(mods []policystore.Module, rep agent.ModuleReport) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[modulesKey(mods)] = rep
 }
