@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf/rlimit"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )

@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 
 	"github.com/mlsgate/mlsgate/agent/buildinfo"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

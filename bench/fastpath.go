@@ -12,9 +12,9 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // FastpathCase is one program and packet measured at one SA count.

@@ -20,9 +20,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Names of the traffic configurations.

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
-	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Options are the load-time settings of the fast path.

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Sizes of the maps as compiled (bpf/lib/types.h).

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 func bounds(t *testing.T, s string) label.Bounds {

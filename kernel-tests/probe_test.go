@@ -6,8 +6,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // probeIfindex is the device of every BPF_PROG_TEST_RUN packet: the

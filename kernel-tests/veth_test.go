@@ -15,9 +15,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // The two ends of the vif under test, as a Xen backend names them.

@@ -11,7 +11,7 @@
  *   static __always_inline int fp_root_socket(struct __sk_buff *skb);
  * returning 1 when a local socket owned by uid 0 sent the packet.
  *
- * The same decision is written in Go in agent/verdict; the differential test
+ * The same decision is written in Go in verdict/; the differential test
  * in kernel-tests holds the two equal. Change both or neither.
  */
 #ifndef MLSGATE_FASTPATH_H

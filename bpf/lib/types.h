@@ -122,7 +122,7 @@ enum direction {
 	DIR_MAX = 2,
 };
 
-/* Every verdict has exactly one reason. Keep agent/verdict in step. */
+/* Every verdict has exactly one reason. Keep verdict/ in step. */
 enum reason {
 	REASON_PASS_UNMANAGED = 0,
 	REASON_ALLOW_LABELED = 1,

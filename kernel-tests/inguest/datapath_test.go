@@ -13,8 +13,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // vethPair joins two new namespaces with a veth pair, hostIf in host and
