@@ -25,6 +25,7 @@ struct btf_anchor {
 	enum vif_flag vif_flag;
 	enum sa_flag sa_flag;
 	enum peer_kind peer_kind;
+	enum peer_flag peer_flag;
 	struct event event;
 };
 const struct btf_anchor *_btf_anchor __attribute__((unused));

@@ -57,6 +57,11 @@ type FastpathEvent struct {
 	_         [4]byte
 }
 
+type FastpathLabelAccepts struct {
+	_      structs.HostLayout
+	Ranges [16]uint64
+}
+
 type FastpathMlsLabel struct {
 	_     structs.HostLayout
 	Sens  uint8
@@ -70,9 +75,16 @@ type FastpathPeer struct {
 	AppId   uint32
 	RangeLo uint32
 	RangeHi uint32
+	RangeId uint16
 	Kind    uint8
-	Pad     [3]uint8
+	Flags   uint8
 }
+
+type FastpathPeerFlag uint32
+
+const (
+	FastpathPeerFlagPEER_F_ACCEPTS_DEFAULT FastpathPeerFlag = 1
+)
 
 type FastpathPeerKey struct {
 	_         structs.HostLayout
@@ -157,15 +169,17 @@ type FastpathVif struct {
 type FastpathVifFlag uint32
 
 const (
-	FastpathVifFlagVIF_F_MANAGED         FastpathVifFlag = 1
-	FastpathVifFlagVIF_F_AUDIT           FastpathVifFlag = 2
-	FastpathVifFlagVIF_F_ALLOW_UNLABELED FastpathVifFlag = 4
+	FastpathVifFlagVIF_F_MANAGED          FastpathVifFlag = 1
+	FastpathVifFlagVIF_F_AUDIT            FastpathVifFlag = 2
+	FastpathVifFlagVIF_F_ALLOW_UNLABELED  FastpathVifFlag = 4
+	FastpathVifFlagVIF_F_DEFAULT_IN_RANGE FastpathVifFlag = 8
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	FastpathMapAccepts     = "accepts"
 	FastpathMapEvents      = "events"
 	FastpathMapEventsLost  = "events_lost"
 	FastpathMapLabels      = "labels"
@@ -231,6 +245,7 @@ type FastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathMapSpecs struct {
+	Accepts    *ebpf.MapSpec `ebpf:"accepts"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	EventsLost *ebpf.MapSpec `ebpf:"events_lost"`
 	Labels     *ebpf.MapSpec `ebpf:"labels"`
@@ -270,6 +285,7 @@ func (o *FastpathObjects) Close() error {
 //
 // It can be passed to LoadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathMaps struct {
+	Accepts    *ebpf.Map `ebpf:"accepts"`
 	Events     *ebpf.Map `ebpf:"events"`
 	EventsLost *ebpf.Map `ebpf:"events_lost"`
 	Labels     *ebpf.Map `ebpf:"labels"`
@@ -283,6 +299,7 @@ type FastpathMaps struct {
 
 func (m *FastpathMaps) Close() error {
 	return _FastpathClose(
+		m.Accepts,
 		m.Events,
 		m.EventsLost,
 		m.Labels,

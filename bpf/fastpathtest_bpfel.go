@@ -29,6 +29,11 @@ type FastpathTestCounter struct {
 	Bytes   uint64
 }
 
+type FastpathTestLabelAccepts struct {
+	_      structs.HostLayout
+	Ranges [16]uint64
+}
+
 type FastpathTestMlsLabel struct {
 	_     structs.HostLayout
 	Sens  uint8
@@ -42,8 +47,9 @@ type FastpathTestPeer struct {
 	AppId   uint32
 	RangeLo uint32
 	RangeHi uint32
+	RangeId uint16
 	Kind    uint8
-	Pad     [3]uint8
+	Flags   uint8
 }
 
 type FastpathTestPeerKey struct {
@@ -94,6 +100,7 @@ type FastpathTestVif struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	FastpathTestMapAccepts    = "accepts"
 	FastpathTestMapEvents     = "events"
 	FastpathTestMapEventsLost = "events_lost"
 	FastpathTestMapLabels     = "labels"
@@ -160,6 +167,7 @@ type FastpathTestProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathTestMapSpecs struct {
+	Accepts    *ebpf.MapSpec `ebpf:"accepts"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	EventsLost *ebpf.MapSpec `ebpf:"events_lost"`
 	Labels     *ebpf.MapSpec `ebpf:"labels"`
@@ -198,6 +206,7 @@ func (o *FastpathTestObjects) Close() error {
 //
 // It can be passed to LoadFastpathTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathTestMaps struct {
+	Accepts    *ebpf.Map `ebpf:"accepts"`
 	Events     *ebpf.Map `ebpf:"events"`
 	EventsLost *ebpf.Map `ebpf:"events_lost"`
 	Labels     *ebpf.Map `ebpf:"labels"`
@@ -211,6 +220,7 @@ type FastpathTestMaps struct {
 
 func (m *FastpathTestMaps) Close() error {
 	return _FastpathTestClose(
+		m.Accepts,
 		m.Events,
 		m.EventsLost,
 		m.Labels,

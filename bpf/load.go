@@ -38,6 +38,7 @@ type Maps struct {
 	Vifs       *ebpf.Map `ebpf:"vifs"`
 	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
 	Labels     *ebpf.Map `ebpf:"labels"`
+	Accepts    *ebpf.Map `ebpf:"accepts"`
 	SASlots    *ebpf.Map `ebpf:"sa_slots"`
 	SAs        *ebpf.Map `ebpf:"sas"`
 	Peers      *ebpf.Map `ebpf:"peers"`
@@ -49,7 +50,7 @@ type Maps struct {
 // Close closes every map.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
+	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.Accepts, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
@@ -60,7 +61,7 @@ func (m *Maps) Close() error {
 // ByName lists every map by its name in the objects, for
 // CollectionOptions.MapReplacements: programs loaded with it share these maps.
 func (m *Maps) ByName() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{"vifs": m.Vifs, "vifs_big": m.VifsBig, "labels": m.Labels, "sa_slots": m.SASlots,
+	return map[string]*ebpf.Map{"vifs": m.Vifs, "vifs_big": m.VifsBig, "labels": m.Labels, "accepts": m.Accepts, "sa_slots": m.SASlots,
 		"sas": m.SAs, "peers": m.Peers, "verdicts": m.Verdicts, "events_lost": m.EventsLost, "events": m.Events}
 }
 

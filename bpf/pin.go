@@ -223,6 +223,7 @@ func (m *Maps) ReadState() (*State, error) {
 	s := &State{
 		Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{},
 		SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{},
+		Accepts: map[uint32]FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{},
 	}
 	if err := readArray(m.Vifs, func(k uint32, v FastpathVif) {
 		if v.Flags != 0 {
@@ -291,9 +292,21 @@ func (m *Maps) ReadState() (*State, error) {
 			return nil, fmt.Errorf("read label %d: %w", id, err)
 		}
 		s.Labels[id] = kl
-		l := label.Label{Secrecy: label.Level{Sens: kl.Sens, Cats: label.CategorySet(kl.Cats)}, Integrity: label.Integrity(kl.Integ)}
+		l := LabelOf(kl)
 		if prev, dup := s.LabelIDs[l]; !dup || id < prev {
 			s.LabelIDs[l] = id
+		}
+		var acc FastpathLabelAccepts
+		if err := m.Accepts.Lookup(id, &acc); err != nil {
+			return nil, fmt.Errorf("read accepts %d: %w", id, err)
+		}
+		s.Accepts[id] = acc
+	}
+	// Peer ranges: each peer's bounds, by the labels read above.
+	for _, v := range s.Peers {
+		b := label.Bounds{Low: LabelOf(s.Labels[v.RangeLo]), High: LabelOf(s.Labels[v.RangeHi])}
+		if id, dup := s.RangeIDs[b]; !dup || uint32(v.RangeId) < id {
+			s.RangeIDs[b] = uint32(v.RangeId)
 		}
 	}
 	return s, nil

@@ -97,6 +97,14 @@ struct {
 	__type(value, struct sa);
 } sas SEC(".maps");
 
+/* label id -> the peer ranges that contain the label */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LABELS_MAX);
+	__type(key, __u32);
+	__type(value, struct label_accepts);
+} accepts SEC(".maps");
+
 /* {family, address prefix} -> peer */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -145,27 +153,6 @@ struct pkt {
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
-
-static __always_inline int dominates(const struct mls_label *a, const struct mls_label *b)
-{
-	if (a->sens < b->sens || a->integ < b->integ)
-		return 0;
-#pragma unroll
-	for (int i = 0; i < CATEGORY_WORDS; i++)
-		if (b->cats[i] & ~a->cats[i])
-			return 0;
-	return 1;
-}
-
-static __always_inline int within(const struct mls_label *l, __u32 lo_id, __u32 hi_id)
-{
-	const struct mls_label *lo = bpf_map_lookup_elem(&labels, &lo_id);
-	const struct mls_label *hi = bpf_map_lookup_elem(&labels, &hi_id);
-
-	if (!lo || !hi)
-		return 0;
-	return dominates(hi, l) && dominates(l, lo);
-}
 
 static __always_inline int addr_eq(const __u8 *a, const __u8 *b, int family)
 {
@@ -712,10 +699,18 @@ static __always_inline int check_sa(const struct sa *sa, const struct vif *vif)
 	return REASON_ALLOW_LABELED;
 }
 
+/* The peer accepts the label: bit range_id of the label's accepts bitmap. */
+static __always_inline int range_accepts(__u32 label_id, __u16 range_id)
+{
+	const struct label_accepts *a = bpf_map_lookup_elem(&accepts, &label_id);
+	__u32 r = range_id & (RANGES_MAX - 1);
+
+	return a && (a->ranges[r / 64] >> (r % 64)) & 1;
+}
+
 /* The other end must accept this application and this label. */
 static __always_inline int check_peer(const struct pkt *p, int dir, __u32 app_id, __u32 label_id)
 {
-	const struct mls_label *l;
 	struct peer *peer;
 
 	peer = peer_of(p, dir);
@@ -723,10 +718,25 @@ static __always_inline int check_peer(const struct pkt *p, int dir, __u32 app_id
 		return REASON_DENY_PEER_RANGE;
 	if (peer->app_id && peer->app_id != app_id)
 		return REASON_DENY_APP_MISMATCH;
-	l = bpf_map_lookup_elem(&labels, &label_id);
-	if (!l || !within(l, peer->range_lo, peer->range_hi))
+	if (!range_accepts(label_id, peer->range_id))
 		return REASON_DENY_PEER_RANGE;
 	return REASON_ALLOW_LABELED;
+}
+
+/* Plain traffic travels at the default label: the peer must accept it
+ * and the guest's application. */
+static __always_inline int check_peer_default(const struct pkt *p, int dir, __u32 app_id)
+{
+	struct peer *peer;
+
+	peer = peer_of(p, dir);
+	if (!peer)
+		return REASON_DENY_PEER_RANGE;
+	if (peer->app_id && peer->app_id != app_id)
+		return REASON_DENY_APP_MISMATCH;
+	if (!(peer->flags & PEER_F_ACCEPTS_DEFAULT))
+		return REASON_DENY_PEER_RANGE;
+	return REASON_ALLOW_DEFAULT;
 }
 
 /* The verdict on a parsed packet. A global function: the verifier checks
@@ -737,8 +747,6 @@ static __always_inline int check_peer(const struct pkt *p, int dir, __u32 app_id
 static __always_inline int decide(struct __sk_buff *skb, struct pkt *p, const struct vif *vif,
 				  __u32 dir, __u32 *label_id)
 {
-	const struct mls_label *def;
-	__u32 zero = 0;
 	struct sa *sa;
 	int r;
 
@@ -806,11 +814,9 @@ static __always_inline int decide(struct __sk_buff *skb, struct pkt *p, const st
 
 	if (!(vif->flags & VIF_F_ALLOW_UNLABELED))
 		return REASON_DENY_UNLABELED;
-	def = bpf_map_lookup_elem(&labels, &zero);
-	if (!def || !within(def, vif->range_lo, vif->range_hi))
+	if (!(vif->flags & VIF_F_DEFAULT_IN_RANGE))
 		return REASON_DENY_LABEL_RANGE;
-	r = check_peer(p, dir, vif->app_id, 0);
-	return r == REASON_ALLOW_LABELED ? REASON_ALLOW_DEFAULT : r;
+	return check_peer_default(p, dir, vif->app_id);
 }
 
 static __always_inline void count(int dir, int reason, __u32 len)
