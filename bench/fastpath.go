@@ -23,7 +23,7 @@ type FastpathCase struct {
 	// Family is the packet's IP version, "ipv4" or "ipv6" (results from
 	// before IPv6 was measured leave it empty: they are IPv4).
 	Family      string         `json:",omitempty"`
-	Name        string         // "empty", "parse", "esp", "plain", "secpath"
+	Name        string         // "empty", "parse", "esp", "plain", "secpath", "step …"
 	Reason      verdict.Reason // what the packet got (empty and parse: none)
 	NsPerPacket float64
 	Ratio       float64 // to the empty program at the same SA count and family
@@ -269,6 +269,14 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 				fastpathRun{f.name, "esp", objs.VifIngress, esp, nil, verdict.AllowLabeled},
 				fastpathRun{f.name, "plain", objs.VifIngress, plain, nil, verdict.AllowDefault},
 				fastpathRun{f.name, "secpath", test.Probe, plain, &verdict.Secpath{SPI: benchSPI(n, f.fam), Family: f.fam}, verdict.AllowLabeled},
+				// The path cut after each step (bpf/fastpath_test.c): what
+				// the floor of each verdict is made of.
+				fastpathRun{f.name, "step vif+counter", test.StepVif, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +parse", test.StepParse, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +sa lookup", test.StepSa, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +xfrm helper", test.StepXfrm, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer lpm", test.StepPeer, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer+accepts", test.StepAccepts, plain, nil, verdict.NumReasons},
 			)
 		}
 		for _, r := range runs {
@@ -407,7 +415,7 @@ func checkKernelReason(maps *bpf.Maps, prog *ebpf.Program, frame []byte, want ve
 
 func memory(m *bpf.Maps) (MapMemory, error) {
 	mm := MapMemory{Bytes: map[string]uint64{}}
-	for name, mp := range map[string]*ebpf.Map{"vifs": m.Vifs, "labels": m.Labels, "sa_slots": m.SASlots,
+	for name, mp := range map[string]*ebpf.Map{"vifs": m.Vifs, "labels": m.Labels, "accepts": m.Accepts, "sa_slots": m.SASlots,
 		"sas": m.SAs, "peers": m.Peers, "verdicts": m.Verdicts, "events": m.Events} {
 		info, err := mp.Info()
 		if err != nil {

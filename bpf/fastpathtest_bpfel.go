@@ -100,20 +100,26 @@ type FastpathTestVif struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	FastpathTestMapAccepts    = "accepts"
-	FastpathTestMapEvents     = "events"
-	FastpathTestMapEventsLost = "events_lost"
-	FastpathTestMapLabels     = "labels"
-	FastpathTestMapPeers      = "peers"
-	FastpathTestMapSaSlots    = "sa_slots"
-	FastpathTestMapSas        = "sas"
-	FastpathTestMapVerdicts   = "verdicts"
-	FastpathTestMapVifs       = "vifs"
-	FastpathTestMapVifsBig    = "vifs_big"
-	FastpathTestProgEmpty     = "empty"
-	FastpathTestProgParseOnly = "parse_only"
-	FastpathTestProgProbe     = "probe"
-	FastpathTestVarCfg        = "cfg"
+	FastpathTestMapAccepts      = "accepts"
+	FastpathTestMapEvents       = "events"
+	FastpathTestMapEventsLost   = "events_lost"
+	FastpathTestMapLabels       = "labels"
+	FastpathTestMapPeers        = "peers"
+	FastpathTestMapSaSlots      = "sa_slots"
+	FastpathTestMapSas          = "sas"
+	FastpathTestMapVerdicts     = "verdicts"
+	FastpathTestMapVifs         = "vifs"
+	FastpathTestMapVifsBig      = "vifs_big"
+	FastpathTestProgEmpty       = "empty"
+	FastpathTestProgParseOnly   = "parse_only"
+	FastpathTestProgProbe       = "probe"
+	FastpathTestProgStepAccepts = "step_accepts"
+	FastpathTestProgStepParse   = "step_parse"
+	FastpathTestProgStepPeer    = "step_peer"
+	FastpathTestProgStepSa      = "step_sa"
+	FastpathTestProgStepVif     = "step_vif"
+	FastpathTestProgStepXfrm    = "step_xfrm"
+	FastpathTestVarCfg          = "cfg"
 )
 
 // LoadFastpathTest returns the embedded CollectionSpec for FastpathTest.
@@ -158,9 +164,15 @@ type FastpathTestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathTestProgramSpecs struct {
-	Empty     *ebpf.ProgramSpec `ebpf:"empty"`
-	ParseOnly *ebpf.ProgramSpec `ebpf:"parse_only"`
-	Probe     *ebpf.ProgramSpec `ebpf:"probe"`
+	Empty       *ebpf.ProgramSpec `ebpf:"empty"`
+	ParseOnly   *ebpf.ProgramSpec `ebpf:"parse_only"`
+	Probe       *ebpf.ProgramSpec `ebpf:"probe"`
+	StepAccepts *ebpf.ProgramSpec `ebpf:"step_accepts"`
+	StepParse   *ebpf.ProgramSpec `ebpf:"step_parse"`
+	StepPeer    *ebpf.ProgramSpec `ebpf:"step_peer"`
+	StepSa      *ebpf.ProgramSpec `ebpf:"step_sa"`
+	StepVif     *ebpf.ProgramSpec `ebpf:"step_vif"`
+	StepXfrm    *ebpf.ProgramSpec `ebpf:"step_xfrm"`
 }
 
 // FastpathTestMapSpecs contains maps before they are loaded into the kernel.
@@ -244,9 +256,15 @@ type FastpathTestVariables struct {
 //
 // It can be passed to LoadFastpathTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathTestPrograms struct {
-	Empty     *ebpf.Program `ebpf:"empty"`
-	ParseOnly *ebpf.Program `ebpf:"parse_only"`
-	Probe     *ebpf.Program `ebpf:"probe"`
+	Empty       *ebpf.Program `ebpf:"empty"`
+	ParseOnly   *ebpf.Program `ebpf:"parse_only"`
+	Probe       *ebpf.Program `ebpf:"probe"`
+	StepAccepts *ebpf.Program `ebpf:"step_accepts"`
+	StepParse   *ebpf.Program `ebpf:"step_parse"`
+	StepPeer    *ebpf.Program `ebpf:"step_peer"`
+	StepSa      *ebpf.Program `ebpf:"step_sa"`
+	StepVif     *ebpf.Program `ebpf:"step_vif"`
+	StepXfrm    *ebpf.Program `ebpf:"step_xfrm"`
 }
 
 func (p *FastpathTestPrograms) Close() error {
@@ -254,6 +272,12 @@ func (p *FastpathTestPrograms) Close() error {
 		p.Empty,
 		p.ParseOnly,
 		p.Probe,
+		p.StepAccepts,
+		p.StepParse,
+		p.StepPeer,
+		p.StepSa,
+		p.StepVif,
+		p.StepXfrm,
 	)
 }
 
