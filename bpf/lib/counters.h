@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The verdict counters: per CPU, by direction and reason. */
+#ifndef MLSGATE_COUNTERS_H
+#define MLSGATE_COUNTERS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "maps.h"
+
+static __always_inline void count(int dir, int reason, __u32 len)
+{
+	__u32 idx = dir * REASON_MAX + reason;
+	struct counter *c = bpf_map_lookup_elem(&verdicts, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+#endif
