@@ -55,7 +55,7 @@ func (k *Kernel) Counters() (c [2][verdict.NumReasons]bpf.Counter, err error) {
 	return k.Objs.Maps.Counters()
 }
 func (k *Kernel) Attach(ifindex int) (string, error) {
-	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.VifIngress, k.Objs.VifEgress)
+	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.MlsgIngress, k.Objs.MlsgEgress)
 }
 
 // NetlinkLinks watches interfaces through rtnetlink in the agent's
@@ -120,6 +120,10 @@ func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error)
 	k, err := LoadKernel(cfg)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(k.Objs.LegacyPinsRemoved) > 0 {
+		log.Info("unpinned the maps of an older agent; its programs keep them until the links get this agent's programs",
+			"maps", k.Objs.LegacyPinsRemoved)
 	}
 	if sas == nil {
 		sas = XFRMWatcher{}

@@ -264,19 +264,19 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 			esp := espFrame(f.fam, benchSPI(n, f.fam))
 			plain := udpFrame(f.fam)
 			runs = append(runs,
-				fastpathRun{f.name, "empty", test.Empty, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "parse", test.ParseOnly, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "esp", objs.VifIngress, esp, nil, verdict.AllowLabeled},
-				fastpathRun{f.name, "plain", objs.VifIngress, plain, nil, verdict.AllowDefault},
-				fastpathRun{f.name, "secpath", test.Probe, plain, &verdict.Secpath{SPI: benchSPI(n, f.fam), Family: f.fam}, verdict.AllowLabeled},
+				fastpathRun{f.name, "empty", test.MlsgEmpty, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "parse", test.MlsgParse, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "esp", objs.MlsgIngress, esp, nil, verdict.AllowLabeled},
+				fastpathRun{f.name, "plain", objs.MlsgIngress, plain, nil, verdict.AllowDefault},
+				fastpathRun{f.name, "secpath", test.MlsgProbe, plain, &verdict.Secpath{SPI: benchSPI(n, f.fam), Family: f.fam}, verdict.AllowLabeled},
 				// The path cut after each step (bpf/fastpath_test.c): what
 				// the floor of each verdict is made of.
-				fastpathRun{f.name, "step vif+counter", test.StepVif, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "step +parse", test.StepParse, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "step +sa lookup", test.StepSa, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "step +xfrm helper", test.StepXfrm, plain, nil, verdict.NumReasons},
-				fastpathRun{f.name, "step +peer lpm", test.StepPeer, plain, nil, verdict.NumReasons},
-				fastpathRun{f.name, "step +peer+accepts", test.StepAccepts, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step vif+counter", test.MlsgStVif, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +parse", test.MlsgStParse, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +sa lookup", test.MlsgStSa, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +xfrm helper", test.MlsgStXfrm, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer lpm", test.MlsgStPeer, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer+accepts", test.MlsgStAccepts, plain, nil, verdict.NumReasons},
 			)
 		}
 		for _, r := range runs {
@@ -289,7 +289,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 				return nil, nil, fmt.Errorf("fastpath bench: %s %s packet gets %s from the reference, want %s", r.family, r.name, got, r.want)
 			}
 			var err error
-			if r.prog == test.Probe {
+			if r.prog == test.MlsgProbe {
 				err = checkProbeReason(r.prog, r.frame, r.secpath, r.want)
 			} else {
 				err = checkKernelReason(maps, r.prog, r.frame, r.want)
@@ -305,7 +305,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 		for round := range cfg.Rounds {
 			for i, r := range runs {
 				var ctx *skbCtx
-				if r.prog == test.Probe {
+				if r.prog == test.MlsgProbe {
 					ctx = probeCtx(r.secpath)
 				}
 				ns, err := testRunNs(r.prog, r.frame, ctx, cfg.Repeat)

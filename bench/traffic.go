@@ -215,7 +215,7 @@ func measureTraffic(ctx context.Context, cfg TrafficConfig) (_ *TrafficResult, e
 				return "", nil, err
 			}
 			prev = next
-			att, err := bpf.Attach(bed.vif.Attrs().Index, objs.VifIngress, objs.VifEgress)
+			att, err := bpf.Attach(bed.vif.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 			if err != nil {
 				return "", nil, err
 			}

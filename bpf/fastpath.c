@@ -38,7 +38,7 @@ const struct btf_anchor *_btf_anchor __attribute__((unused));
 #define opaque(x) asm volatile("" : "+r"(x))
 
 SEC("tc")
-int vif_ingress(struct __sk_buff *skb)
+int mlsg_ingress(struct __sk_buff *skb)
 {
 	__u32 why, dir = DIR_INGRESS;
 
@@ -47,7 +47,7 @@ int vif_ingress(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int vif_egress(struct __sk_buff *skb)
+int mlsg_egress(struct __sk_buff *skb)
 {
 	__u32 why, dir = DIR_EGRESS;
 

@@ -4,21 +4,21 @@
 /*
  * Test and benchmark programs, never attached to an interface.
  *
- * probe: the fast-path decision of fastpath.c, with the direction and the
+ * mlsg_probe: the fast-path decision of fastpath.c, with the direction and the
  * secpath taken from skb->cb, because BPF_PROG_TEST_RUN cannot hand a
  * program a packet the host decrypted:
  *   cb[0] direction, cb[1] bit 0 when a secpath is present, bit 1 when a
  *   local socket owned by root sent the packet, cb[2] the secpath's SPI
  *   (host byte order), cb[3] its address family; the reason comes back in
  *   cb[4].
- * empty: the floor of a tc program, for benchmarks.
- * parse_only: the parser alone, for benchmarks.
- * step_*: the per-packet path cut after one step, for the per-step cost
+ * mlsg_empty: the floor of a tc program, for benchmarks.
+ * mlsg_parse: the parser alone, for benchmarks.
+ * mlsg_st_*: the per-packet path cut after one step, for the per-step cost
  *   of benchmarks (each stores what it found in cb[4] so that nothing is
- *   optimised away): step_vif the vif lookup and the counter; step_parse
- *   adds the parser; step_sa adds the SA lookup of an ESP packet; step_xfrm
+ *   optimised away): mlsg_st_vif the vif lookup and the counter; mlsg_st_parse
+ *   adds the parser; mlsg_st_sa adds the SA lookup of an ESP packet; mlsg_st_xfrm
  *   adds bpf_skb_get_xfrm_state (the secpath helper of the vif programs);
- *   step_peer adds the peer LPM lookup; step_accepts adds the accepts
+ *   mlsg_st_peer adds the peer LPM lookup; mlsg_st_accepts adds the accepts
  *   lookup of the default label.
  */
 
@@ -43,7 +43,7 @@ static __always_inline int fp_root_socket(struct __sk_buff *skb)
 #include "lib/fastpath.h"
 
 SEC("tc")
-int probe(struct __sk_buff *skb)
+int mlsg_probe(struct __sk_buff *skb)
 {
 	__u32 why = REASON_MAX;
 	int verdict;
@@ -54,13 +54,13 @@ int probe(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int empty(struct __sk_buff *skb)
+int mlsg_empty(struct __sk_buff *skb)
 {
 	return TC_ACT_UNSPEC;
 }
 
 SEC("tc")
-int parse_only(struct __sk_buff *skb)
+int mlsg_parse(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
@@ -70,15 +70,15 @@ int parse_only(struct __sk_buff *skb)
 static __always_inline struct vif *step_vif_of(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
-	struct vif *vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	struct vif *vif = bpf_map_lookup_elem(&mlsg_vifs, &ifindex);
 
 	if (!vif)
-		vif = bpf_map_lookup_elem(&vifs_big, &ifindex);
+		vif = bpf_map_lookup_elem(&mlsg_vifs_big, &ifindex);
 	return vif;
 }
 
 SEC("tc")
-int step_vif(struct __sk_buff *skb)
+int mlsg_st_vif(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 
@@ -88,7 +88,7 @@ int step_vif(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int step_parse(struct __sk_buff *skb)
+int mlsg_st_parse(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 	struct pkt p = {};
@@ -101,7 +101,7 @@ int step_parse(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int step_sa(struct __sk_buff *skb)
+int mlsg_st_sa(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 	struct pkt p = {};
@@ -116,7 +116,7 @@ int step_sa(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int step_xfrm(struct __sk_buff *skb)
+int mlsg_st_xfrm(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 	struct bpf_xfrm_state xs = {};
@@ -130,7 +130,7 @@ int step_xfrm(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int step_peer(struct __sk_buff *skb)
+int mlsg_st_peer(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 	struct pkt p = {};
@@ -145,7 +145,7 @@ int step_peer(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int step_accepts(struct __sk_buff *skb)
+int mlsg_st_accepts(struct __sk_buff *skb)
 {
 	struct vif *vif = step_vif_of(skb);
 	struct pkt p = {};

@@ -56,7 +56,7 @@ func (p *prober) run(pkt verdict.Packet) (uint32, verdict.Reason, error) {
 		in.CB[1] |= 2
 	}
 	var out skbCtx
-	ret, err := p.objs.Probe.Run(&ebpf.RunOptions{Data: pkt.Frame, Context: in, ContextOut: &out})
+	ret, err := p.objs.MlsgProbe.Run(&ebpf.RunOptions{Data: pkt.Frame, Context: in, ContextOut: &out})
 	if err != nil {
 		return 0, 0, fmt.Errorf("test run: %w", err)
 	}

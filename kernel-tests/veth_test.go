@@ -129,7 +129,7 @@ func TestPrivilegedVethVif(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objs.Close() })
-	att, err := bpf.Attach(vif.Attrs().Index, objs.VifIngress, objs.VifEgress)
+	att, err := bpf.Attach(vif.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 	if err != nil {
 		t.Fatal(err)
 	}

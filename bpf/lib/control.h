@@ -110,7 +110,7 @@ static __always_inline int bare_syn(struct __sk_buff *skb, const struct pkt *p)
  * NA) carrying the frame's source MAC (or, in an NS from ::, the RFC 7527
  * nonce); an NS's target is the host's or the
  * guest's address, an NA's the guest's. Read here, not in parse(), so that
- * the verifier walks it once (in fp_control), not on every parser path. */
+ * the verifier walks it once (in mlsg_control), not on every parser path. */
 static __always_inline int nd_own(struct __sk_buff *skb, const struct pkt *p, const struct vif *vif)
 {
 	void *data = (void *)(long)skb->data;
@@ -274,7 +274,7 @@ static __always_inline int maybe_control(const struct pkt *p)
 /* The link-control rules as global functions: the verifier checks each
  * once, instead of once for every way through the rest of the decision.
  * The pointers are never NULL; the checks are for the verifier. */
-__attribute__((noinline)) int fp_control(struct __sk_buff *skb, const struct pkt *p,
+__attribute__((noinline)) int mlsg_control(struct __sk_buff *skb, const struct pkt *p,
 					 const struct vif *vif, __u32 dir, __u32 own)
 {
 	if (!p || !vif)
@@ -282,7 +282,7 @@ __attribute__((noinline)) int fp_control(struct __sk_buff *skb, const struct pkt
 	return control(skb, p, vif, dir, own);
 }
 
-__attribute__((noinline)) int fp_arp(struct __sk_buff *skb, const struct pkt *p,
+__attribute__((noinline)) int mlsg_arp(struct __sk_buff *skb, const struct pkt *p,
 				     const struct vif *vif, __u32 dir)
 {
 	if (!p || !vif)

@@ -11,7 +11,7 @@
 static __always_inline void count(int dir, int reason, __u32 len)
 {
 	__u32 idx = dir * REASON_MAX + reason;
-	struct counter *c = bpf_map_lookup_elem(&verdicts, &idx);
+	struct counter *c = bpf_map_lookup_elem(&mlsg_verdicts, &idx);
 
 	if (c) {
 		c->packets++;

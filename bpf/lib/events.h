@@ -13,7 +13,7 @@
 /* A sampled denial to the events ring. A global function, checked once by
  * the verifier (inlined, it was walked again for every way the parser can
  * end); it runs only on denials. */
-__attribute__((noinline)) int fp_report(struct __sk_buff *skb, const struct vif *vif,
+__attribute__((noinline)) int mlsg_report(struct __sk_buff *skb, const struct vif *vif,
 					const struct pkt *p, __u32 dir_reason, __u32 label_id)
 {
 	__u32 dir = dir_reason >> 8, reason = dir_reason & 0xff; /* five arguments at most */
@@ -26,10 +26,10 @@ __attribute__((noinline)) int fp_report(struct __sk_buff *skb, const struct vif 
 		return 0;
 	if (cfg.event_sample > 1 && bpf_get_prandom_u32() % cfg.event_sample)
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = bpf_ringbuf_reserve(&mlsg_events, sizeof(*e), 0);
 	if (!e) {
 		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&events_lost, &zero);
+		__u64 *lost = bpf_map_lookup_elem(&mlsg_ev_lost, &zero);
 
 		if (lost)
 			(*lost)++;

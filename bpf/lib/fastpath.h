@@ -65,9 +65,9 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u
 	/* The array answers NULL past VIFS_MAX; only then look in the hash.
 	 * Two call sites, each with one map, so that the verifier inlines the
 	 * array lookup (one call site over two maps would not be). */
-	vif = bpf_map_lookup_elem(&vifs, &ifindex);
+	vif = bpf_map_lookup_elem(&mlsg_vifs, &ifindex);
 	if (!vif)
-		vif = bpf_map_lookup_elem(&vifs_big, &ifindex);
+		vif = bpf_map_lookup_elem(&mlsg_vifs_big, &ifindex);
 	if (!vif || !(vif->flags & VIF_F_MANAGED)) {
 		*why = REASON_PASS_UNMANAGED;
 		count(dir, REASON_PASS_UNMANAGED, skb->len);
@@ -86,7 +86,7 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u
 	count(dir, reason, skb->len);
 	if (is_allow(reason))
 		return VERDICT_ALLOW;
-	fp_report(skb, vif, &p, (__u32)dir << 8 | reason, label_id);
+	mlsg_report(skb, vif, &p, (__u32)dir << 8 | reason, label_id);
 	if (!cfg.enforce || (vif->flags & VIF_F_AUDIT))
 		return VERDICT_ALLOW;
 	return VERDICT_DROP;

@@ -22,7 +22,7 @@ struct {
 	__uint(max_entries, VIFS_MAX);
 	__type(key, __u32);
 	__type(value, struct vif);
-} vifs SEC(".maps");
+} mlsg_vifs SEC(".maps");
 
 /* ifindex -> guest, for ifindex >= VIFS_MAX */
 struct {
@@ -30,7 +30,7 @@ struct {
 	__uint(max_entries, VIFS_BIG_MAX);
 	__type(key, __u32);
 	__type(value, struct vif);
-} vifs_big SEC(".maps");
+} mlsg_vifs_big SEC(".maps");
 
 /* label id -> label; id 0 is the default label (s0, i0) */
 struct {
@@ -38,7 +38,7 @@ struct {
 	__uint(max_entries, LABELS_MAX);
 	__type(key, __u32);
 	__type(value, struct mls_label);
-} labels SEC(".maps");
+} mlsg_labels SEC(".maps");
 
 /* spi - cfg.spi_base -> SA, for SPIs the host allocated */
 struct {
@@ -46,7 +46,7 @@ struct {
 	__uint(max_entries, SA_SLOTS_MAX);
 	__type(key, __u32);
 	__type(value, struct sa);
-} sa_slots SEC(".maps");
+} mlsg_sa_slots SEC(".maps");
 
 /* {spi, family, daddr} -> SA, for SPIs outside the host's range */
 struct {
@@ -54,7 +54,7 @@ struct {
 	__uint(max_entries, SAS_MAX);
 	__type(key, struct sa_key);
 	__type(value, struct sa);
-} sas SEC(".maps");
+} mlsg_sas SEC(".maps");
 
 /* label id -> the peer ranges that contain the label */
 struct {
@@ -62,7 +62,7 @@ struct {
 	__uint(max_entries, LABELS_MAX);
 	__type(key, __u32);
 	__type(value, struct label_accepts);
-} accepts SEC(".maps");
+} mlsg_accepts SEC(".maps");
 
 /* {family, address prefix} -> peer */
 struct {
@@ -71,7 +71,7 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct peer_key);
 	__type(value, struct peer);
-} peers SEC(".maps");
+} mlsg_peers SEC(".maps");
 
 /* dir * REASON_MAX + reason -> packets and bytes */
 struct {
@@ -79,7 +79,7 @@ struct {
 	__uint(max_entries, DIR_MAX * REASON_MAX);
 	__type(key, __u32);
 	__type(value, struct counter);
-} verdicts SEC(".maps");
+} mlsg_verdicts SEC(".maps");
 
 /* [0]: denials that did not fit in the events ring buffer */
 struct {
@@ -87,11 +87,11 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
-} events_lost SEC(".maps");
+} mlsg_ev_lost SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, EVENTS_BYTES);
-} events SEC(".maps");
+} mlsg_events SEC(".maps");
 
 #endif

@@ -23,7 +23,7 @@ static __always_inline struct peer *peer_of(const struct pkt *p, int dir)
 	k.family = p->family;
 	k.prefixlen = 8 + (p->family == AF_INET ? 32 : 128);
 	addr_copy(k.addr, dir == DIR_INGRESS ? p->daddr : p->saddr, p->family);
-	return bpf_map_lookup_elem(&peers, &k);
+	return bpf_map_lookup_elem(&mlsg_peers, &k);
 }
 
 static __always_inline struct sa *sa_by_slot(__u32 spi, int family)
@@ -31,7 +31,7 @@ static __always_inline struct sa *sa_by_slot(__u32 spi, int family)
 	__u32 slot = spi - cfg.spi_base;
 	struct sa *sa;
 
-	sa = bpf_map_lookup_elem(&sa_slots, &slot);
+	sa = bpf_map_lookup_elem(&mlsg_sa_slots, &slot);
 	if (!sa || !(sa->flags & SA_F_VALID) || sa->family != family)
 		return 0;
 	return sa;
@@ -57,7 +57,7 @@ static __always_inline struct sa *sa_of_esp(const struct pkt *p)
 	k.spi = p->spi;
 	k.family = p->family;
 	addr_copy(k.daddr, p->daddr, p->family);
-	return bpf_map_lookup_elem(&sas, &k);
+	return bpf_map_lookup_elem(&mlsg_sas, &k);
 }
 
 /* The SA the host decrypted the packet with. Its destination is one of the
@@ -70,7 +70,7 @@ static __always_inline struct sa *sa_of_secpath(__u32 spi, int family)
 		return sa_by_slot(spi, family);
 	k.spi = spi;
 	k.family = family;
-	return bpf_map_lookup_elem(&sas, &k);
+	return bpf_map_lookup_elem(&mlsg_sas, &k);
 }
 
 /* An SA may carry only its owner's traffic, for its owner's application,
@@ -91,7 +91,7 @@ static __always_inline int check_sa(const struct sa *sa, const struct vif *vif)
 /* The peer accepts the label: bit range_id of the label's accepts bitmap. */
 static __always_inline int range_accepts(__u32 label_id, __u16 range_id)
 {
-	const struct label_accepts *a = bpf_map_lookup_elem(&accepts, &label_id);
+	const struct label_accepts *a = bpf_map_lookup_elem(&mlsg_accepts, &label_id);
 	__u32 r = range_id & (RANGES_MAX - 1);
 
 	return a && (a->ranges[r / 64] >> (r % 64)) & 1;
@@ -149,7 +149,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct pkt *p, const st
 	    (p->smac_hi != *(const __u32 *)vif->mac || p->smac_lo != *(const __u16 *)(vif->mac + 4)))
 		return REASON_DENY_SPOOFED;
 	if (p->family == 0)
-		return p->ethertype == bpf_htons(ETH_P_ARP) ? fp_arp(skb, p, vif, dir)
+		return p->ethertype == bpf_htons(ETH_P_ARP) ? mlsg_arp(skb, p, vif, dir)
 							       : REASON_DENY_UNLABELED;
 
 	/* The guest's side of the packet: its source from the guest, its
@@ -168,7 +168,7 @@ static __always_inline int decide(struct __sk_buff *skb, struct pkt *p, const st
 			*label_id = sa->label_id;
 		return check_sa(sa, vif);
 	}
-	r = maybe_control(p) ? fp_control(skb, p, vif, dir, own) : 0;
+	r = maybe_control(p) ? mlsg_control(skb, p, vif, dir, own) : 0;
 	if (r == REASON_ALLOW_CONTROL)
 		return r;
 	if (dir == DIR_INGRESS) {

@@ -129,7 +129,7 @@ func TestGuestFastpathAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	att, err := bpf.Attach(link.Attrs().Index, objs.VifIngress, objs.VifEgress)
+	att, err := bpf.Attach(link.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 	if err != nil {
 		t.Fatalf("attach to vif6.0: %v", err)
 	}
