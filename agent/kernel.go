@@ -54,6 +54,9 @@ func (k *Kernel) Pinned() ([]int, error)            { return bpf.PinnedIfindexes
 func (k *Kernel) Counters() (c [2][verdict.NumReasons]bpf.Counter, err error) {
 	return k.Objs.Maps.Counters()
 }
+func (k *Kernel) GuestCounters(slot uint16) ([2][verdict.NumReasons]bpf.Counter, error) {
+	return k.Objs.Maps.GuestCounters(slot)
+}
 func (k *Kernel) Attach(ifindex int) (string, error) {
 	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.MlsgIngress, k.Objs.MlsgEgress)
 }
@@ -134,6 +137,7 @@ func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error)
 		return nil, nil, err
 	}
 	a.metrics.counters = k
+	a.metrics.guestCounters = k
 	a.metrics.ringLost = k.EventsLost
 	return a, k, nil
 }

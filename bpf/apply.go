@@ -36,6 +36,7 @@ func (m *Maps) Apply(prev, next *State) error {
 		{"sa_slots", func() error { return putChanged(m.SASlots, prev.Slots, next.Slots) }},
 		{"sas", func() error { return putChanged(m.SAs, prev.SAs, next.SAs) }},
 		{"peers", func() error { return putChanged(m.Peers, prev.Peers, next.Peers) }},
+		{"guest counters", func() error { return m.zeroGuestSlots(newSlots(prev.Vifs, next.Vifs)) }},
 		{"vifs", func() error { return putChanged(m.Vifs, prevSmall, nextSmall) }},
 		{"vifs_big", func() error { return putChanged(m.VifsBig, prevBig, nextBig) }},
 		{"vifs", func() error { return clearGone(m.Vifs, prevSmall, nextSmall, true) }},

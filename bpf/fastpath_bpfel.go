@@ -164,6 +164,8 @@ type FastpathVif struct {
 	Mac     [6]uint8
 	Deny    uint8
 	Pad     uint8
+	Slot    uint16
+	Pad2    [2]uint8
 }
 
 type FastpathVifFlag uint32
@@ -182,6 +184,7 @@ const (
 	FastpathMapMlsgAccepts  = "mlsg_accepts"
 	FastpathMapMlsgEvLost   = "mlsg_ev_lost"
 	FastpathMapMlsgEvents   = "mlsg_events"
+	FastpathMapMlsgGuestCtr = "mlsg_guest_ctr"
 	FastpathMapMlsgLabels   = "mlsg_labels"
 	FastpathMapMlsgPeers    = "mlsg_peers"
 	FastpathMapMlsgSaSlots  = "mlsg_sa_slots"
@@ -248,6 +251,7 @@ type FastpathMapSpecs struct {
 	MlsgAccepts  *ebpf.MapSpec `ebpf:"mlsg_accepts"`
 	MlsgEvLost   *ebpf.MapSpec `ebpf:"mlsg_ev_lost"`
 	MlsgEvents   *ebpf.MapSpec `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.MapSpec `ebpf:"mlsg_guest_ctr"`
 	MlsgLabels   *ebpf.MapSpec `ebpf:"mlsg_labels"`
 	MlsgPeers    *ebpf.MapSpec `ebpf:"mlsg_peers"`
 	MlsgSaSlots  *ebpf.MapSpec `ebpf:"mlsg_sa_slots"`
@@ -288,6 +292,7 @@ type FastpathMaps struct {
 	MlsgAccepts  *ebpf.Map `ebpf:"mlsg_accepts"`
 	MlsgEvLost   *ebpf.Map `ebpf:"mlsg_ev_lost"`
 	MlsgEvents   *ebpf.Map `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.Map `ebpf:"mlsg_guest_ctr"`
 	MlsgLabels   *ebpf.Map `ebpf:"mlsg_labels"`
 	MlsgPeers    *ebpf.Map `ebpf:"mlsg_peers"`
 	MlsgSaSlots  *ebpf.Map `ebpf:"mlsg_sa_slots"`
@@ -302,6 +307,7 @@ func (m *FastpathMaps) Close() error {
 		m.MlsgAccepts,
 		m.MlsgEvLost,
 		m.MlsgEvents,
+		m.MlsgGuestCtr,
 		m.MlsgLabels,
 		m.MlsgPeers,
 		m.MlsgSaSlots,

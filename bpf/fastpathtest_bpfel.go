@@ -94,6 +94,8 @@ type FastpathTestVif struct {
 	Mac     [6]uint8
 	Deny    uint8
 	Pad     uint8
+	Slot    uint16
+	Pad2    [2]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -103,6 +105,7 @@ const (
 	FastpathTestMapMlsgAccepts    = "mlsg_accepts"
 	FastpathTestMapMlsgEvLost     = "mlsg_ev_lost"
 	FastpathTestMapMlsgEvents     = "mlsg_events"
+	FastpathTestMapMlsgGuestCtr   = "mlsg_guest_ctr"
 	FastpathTestMapMlsgLabels     = "mlsg_labels"
 	FastpathTestMapMlsgPeers      = "mlsg_peers"
 	FastpathTestMapMlsgSaSlots    = "mlsg_sa_slots"
@@ -182,6 +185,7 @@ type FastpathTestMapSpecs struct {
 	MlsgAccepts  *ebpf.MapSpec `ebpf:"mlsg_accepts"`
 	MlsgEvLost   *ebpf.MapSpec `ebpf:"mlsg_ev_lost"`
 	MlsgEvents   *ebpf.MapSpec `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.MapSpec `ebpf:"mlsg_guest_ctr"`
 	MlsgLabels   *ebpf.MapSpec `ebpf:"mlsg_labels"`
 	MlsgPeers    *ebpf.MapSpec `ebpf:"mlsg_peers"`
 	MlsgSaSlots  *ebpf.MapSpec `ebpf:"mlsg_sa_slots"`
@@ -221,6 +225,7 @@ type FastpathTestMaps struct {
 	MlsgAccepts  *ebpf.Map `ebpf:"mlsg_accepts"`
 	MlsgEvLost   *ebpf.Map `ebpf:"mlsg_ev_lost"`
 	MlsgEvents   *ebpf.Map `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.Map `ebpf:"mlsg_guest_ctr"`
 	MlsgLabels   *ebpf.Map `ebpf:"mlsg_labels"`
 	MlsgPeers    *ebpf.Map `ebpf:"mlsg_peers"`
 	MlsgSaSlots  *ebpf.Map `ebpf:"mlsg_sa_slots"`
@@ -235,6 +240,7 @@ func (m *FastpathTestMaps) Close() error {
 		m.MlsgAccepts,
 		m.MlsgEvLost,
 		m.MlsgEvents,
+		m.MlsgGuestCtr,
 		m.MlsgLabels,
 		m.MlsgPeers,
 		m.MlsgSaSlots,

@@ -43,6 +43,7 @@ type Maps struct {
 	SAs        *ebpf.Map `ebpf:"mlsg_sas"`
 	Peers      *ebpf.Map `ebpf:"mlsg_peers"`
 	Verdicts   *ebpf.Map `ebpf:"mlsg_verdicts"`
+	GuestCtr   *ebpf.Map `ebpf:"mlsg_guest_ctr"`
 	EventsLost *ebpf.Map `ebpf:"mlsg_ev_lost"`
 	Events     *ebpf.Map `ebpf:"mlsg_events"`
 }
@@ -50,7 +51,7 @@ type Maps struct {
 // Close closes every map.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.Accepts, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
+	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.Accepts, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.GuestCtr, m.EventsLost, m.Events} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
@@ -62,7 +63,7 @@ func (m *Maps) Close() error {
 // CollectionOptions.MapReplacements: programs loaded with it share these maps.
 func (m *Maps) ByName() map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{MapVifs: m.Vifs, MapVifsBig: m.VifsBig, MapLabels: m.Labels, MapAccepts: m.Accepts,
-		MapSASlots: m.SASlots, MapSAs: m.SAs, MapPeers: m.Peers, MapVerdicts: m.Verdicts, MapEventsLost: m.EventsLost, MapEvents: m.Events}
+		MapSASlots: m.SASlots, MapSAs: m.SAs, MapPeers: m.Peers, MapVerdicts: m.Verdicts, MapGuestCtr: m.GuestCtr, MapEventsLost: m.EventsLost, MapEvents: m.Events}
 }
 
 // The maps' names in the objects, in bpffs (<pin dir>/maps/<name>) and in
@@ -76,6 +77,7 @@ const (
 	MapSAs        = "mlsg_sas"
 	MapPeers      = "mlsg_peers"
 	MapVerdicts   = "mlsg_verdicts"
+	MapGuestCtr   = "mlsg_guest_ctr"
 	MapEventsLost = "mlsg_ev_lost"
 	MapEvents     = "mlsg_events"
 )

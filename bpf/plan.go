@@ -162,6 +162,12 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		s.Vifs[ifindex] = v
 	}
 
+	var prevVifs map[uint32]FastpathVif
+	if prev != nil {
+		prevVifs = prev.Vifs
+	}
+	AssignGuestSlots(s.Vifs, prevVifs)
+
 	if p.SPISlots > 0 && uint64(p.SPIBase)+uint64(p.SPISlots) > 1<<32 {
 		return nil, planErr("SPI range %#x+%d passes 0xffffffff", p.SPIBase, p.SPISlots)
 	}

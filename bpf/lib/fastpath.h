@@ -84,6 +84,7 @@ static __always_inline int handle(struct __sk_buff *skb, enum direction dir, __u
 	}
 	*why = reason;
 	count(dir, reason, skb->len);
+	count_guest(vif, dir, reason, skb->len);
 	if (is_allow(reason))
 		return VERDICT_ALLOW;
 	mlsg_report(skb, vif, &p, (__u32)dir << 8 | reason, label_id);

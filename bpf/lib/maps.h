@@ -81,6 +81,15 @@ struct {
 	__type(value, struct counter);
 } mlsg_verdicts SEC(".maps");
 
+/* (vif slot * DIR_MAX + dir) * REASON_MAX + reason -> packets and bytes:
+ * the verdicts of each guest, found from its vif entry (no hash lookup) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GUESTS_MAX * DIR_MAX * REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+} mlsg_guest_ctr SEC(".maps");
+
 /* [0]: denials that did not fit in the events ring buffer */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -21,6 +21,7 @@
 #define RANGES_MAX 1024    /* distinct peer ranges: bits of an accepts bitmap */
 #define RANGE_WORDS (RANGES_MAX / 64)
 #define EVENTS_BYTES (256 * 1024)
+#define GUESTS_MAX 1024    /* guest counter slots; slot 0 counts guests without one */
 
 /* The kernel encoding of a label: secrecy (sensitivity and category set) and
  * the integrity level that the policy store assigns to the label's type.
@@ -66,6 +67,8 @@ struct vif {
 	__u8 mac[6];    /* the guest's Ethernet address */
 	__u8 deny;
 	__u8 _pad;
+	__u16 slot; /* the guest's counters: mlsg_guest_ctr[slot][dir][reason] */
+	__u8 _pad2[2];
 };
 
 enum sa_flag {
@@ -165,7 +168,8 @@ enum reason {
 	REASON_MAX = 15,
 };
 
-/* verdicts[dir * REASON_MAX + reason], per CPU. */
+/* verdicts[dir * REASON_MAX + reason], and per guest
+ * guest_ctr[(slot * DIR_MAX + dir) * REASON_MAX + reason], per CPU. */
 struct counter {
 	__u64 packets;
 	__u64 bytes;
