@@ -1,9 +1,11 @@
 package kerneltests
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -94,5 +96,55 @@ func TestPrivilegedLegacyPinsUpgrade(t *testing.T) {
 		if err != nil || info.Name != name {
 			t.Errorf("program name %q (%v), want %s", info.Name, err, name)
 		}
+	}
+}
+
+// TestPrivilegedBPFDump: `mlsgate bpf dump` reads the pinned maps of a
+// loaded fast path read-only and decodes them.
+func TestPrivilegedBPFDump(t *testing.T) {
+	requirePrivileged(t)
+	dir := t.TempDir()
+	fs := filepath.Join(dir, "bpffs")
+	if err := os.Mkdir(fs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpffs", fs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(fs, unix.MNT_DETACH) })
+	pins := filepath.Join(fs, "mlsgate")
+	objs, err := bpf.LoadPinned(tableOptions(), pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	st, err := bpf.Plan(tablePolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.Maps.Apply(nil, st); err != nil {
+		t.Fatal(err)
+	}
+	m, err := bpf.OpenPinned(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	d, err := m.ReadDump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := d.Write(&out, nil, func(uint32) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	g := tablePolicy().Guests[probeIfindex]
+	for _, want := range []string{fmt.Sprintf("ifindex %d -: vm %d app %d range %s", probeIfindex, g.VM, g.App, g.Range), "flags valid,in_owner_range", "kind web"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dump lacks %q:\n%s", want, out.String())
+		}
+	}
+	if _, err := bpf.OpenPinned(filepath.Join(fs, "none")); err == nil || !strings.Contains(err.Error(), "--pin-dir") {
+		t.Errorf("dump of a directory with no pins: %v; want an error naming --pin-dir", err)
 	}
 }
