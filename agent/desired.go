@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore/secretfile"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // GuestSpec declares a guest on one host-side interface. The loader (or an

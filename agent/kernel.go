@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf/rlimit"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -54,8 +54,11 @@ func (k *Kernel) Pinned() ([]int, error)            { return bpf.PinnedIfindexes
 func (k *Kernel) Counters() (c [2][verdict.NumReasons]bpf.Counter, err error) {
 	return k.Objs.Maps.Counters()
 }
+func (k *Kernel) GuestCounters(slot uint16) ([2][verdict.NumReasons]bpf.Counter, error) {
+	return k.Objs.Maps.GuestCounters(slot)
+}
 func (k *Kernel) Attach(ifindex int) (string, error) {
-	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.VifIngress, k.Objs.VifEgress)
+	return bpf.AttachPinned(k.PinDir, ifindex, k.Objs.MlsgIngress, k.Objs.MlsgEgress)
 }
 
 // NetlinkLinks watches interfaces through rtnetlink in the agent's
@@ -121,6 +124,10 @@ func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error)
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(k.Objs.LegacyPinsRemoved) > 0 {
+		log.Info("unpinned the maps of an older agent; its programs keep them until the links get this agent's programs",
+			"maps", k.Objs.LegacyPinsRemoved)
+	}
 	if sas == nil {
 		sas = XFRMWatcher{}
 	}
@@ -130,6 +137,7 @@ func Start(cfg Config, log *slog.Logger, sas SAWatcher) (*Agent, *Kernel, error)
 		return nil, nil, err
 	}
 	a.metrics.counters = k
+	a.metrics.guestCounters = k
 	a.metrics.ringLost = k.EventsLost
 	return a, k, nil
 }

@@ -9,10 +9,41 @@ import (
 	"sync/atomic"
 
 	"github.com/mlsgate/mlsgate/agent/buildinfo"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// GuestCounterReader reads the per-guest counters of one slot.
+type GuestCounterReader interface {
+	GuestCounters(slot uint16) ([2][verdict.NumReasons]bpf.Counter, error)
+}
+
+// guestSlot is one guest's counter slot and its labels.
+type guestSlot struct {
+	iface string
+	vm    uint32
+	slot  uint16
+}
+
+// guestSlots lists the counter slots of the vifs the maps hold, with the
+// interface name the agent attached under (empty for an ifindex it does
+// not know by name).
+func (a *Agent) guestSlots() []guestSlot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.applied == nil {
+		return nil
+	}
+	out := make([]guestSlot, 0, len(a.applied.Vifs))
+	for idx, v := range a.applied.Vifs {
+		if v.Slot == 0 {
+			continue
+		}
+		out = append(out, guestSlot{iface: a.attached[int(idx)], vm: v.VmId, slot: v.Slot})
+	}
+	return out
+}
 
 // CounterReader reads the per-CPU verdict counters (bpf.Maps.Counters).
 type CounterReader interface {
@@ -37,7 +68,9 @@ type metrics struct {
 	// events ring (nil: none known).
 	ringLost func() (uint64, error)
 	counters CounterReader
-	xfrmStat func() ([]byte, error)
+	// guestCounters reads one counter slot (bpf.Maps.GuestCounters).
+	guestCounters GuestCounterReader
+	xfrmStat      func() ([]byte, error)
 }
 
 const ns = "mlsgate"
@@ -93,21 +126,23 @@ type scrapeCollector struct {
 }
 
 var (
-	descPackets  = prometheus.NewDesc(ns+"_packets_total", "Packets seen by the vif programs, by direction (ingress = from the guest) and reason.", []string{"direction", "reason"}, nil)
-	descBytes    = prometheus.NewDesc(ns+"_bytes_total", "Bytes seen by the vif programs, by direction and reason.", []string{"direction", "reason"}, nil)
-	descSAs      = prometheus.NewDesc(ns+"_sas", "SAs by state: synced (in the maps from the kernel), static, unlabeled, bad_context (never an allow), no_guest.", []string{"state"}, nil)
-	descGuests   = prometheus.NewDesc(ns+"_guests", "Declared guests by state.", []string{"state"}, nil)
-	descEntries  = prometheus.NewDesc(ns+"_map_entries", "Entries the agent has written, by map.", []string{"map"}, nil)
-	descCapacity = prometheus.NewDesc(ns+"_map_capacity", "Capacity of each map.", []string{"map"}, nil)
-	descXfrm     = prometheus.NewDesc(ns+"_xfrm_errors_total", "The kernel's XFRM error counters from /proc/net/xfrm_stat.", []string{"name"}, nil)
-	descReady    = prometheus.NewDesc(ns+"_ready", "1 once the first full reconcile succeeded.", nil, nil)
-	descEnforce  = prometheus.NewDesc(ns+"_enforce", "1 when the agent drops denied packets; 0 when it only counts them (every guest is then in audit mode).", nil, nil)
-	descAudit    = prometheus.NewDesc(ns+"_guest_audit", "1 when a declared guest's denials are only counted, not dropped (its audit flag, or enforce off).", []string{"interface"}, nil)
-	descLost     = prometheus.NewDesc(ns+"_events_lost_total", "Denial events lost: ring (the kernel found the events ring full), follower (a slow /v1/events reader missed them).", []string{"stage"}, nil)
+	descPackets      = prometheus.NewDesc(ns+"_packets_total", "Packets seen by the vif programs, by direction (ingress = from the guest) and reason.", []string{"direction", "reason"}, nil)
+	descBytes        = prometheus.NewDesc(ns+"_bytes_total", "Bytes seen by the vif programs, by direction and reason.", []string{"direction", "reason"}, nil)
+	descSAs          = prometheus.NewDesc(ns+"_sas", "SAs by state: synced (in the maps from the kernel), static, unlabeled, bad_context (never an allow), no_guest.", []string{"state"}, nil)
+	descGuests       = prometheus.NewDesc(ns+"_guests", "Declared guests by state.", []string{"state"}, nil)
+	descEntries      = prometheus.NewDesc(ns+"_map_entries", "Entries the agent has written, by map.", []string{"map"}, nil)
+	descCapacity     = prometheus.NewDesc(ns+"_map_capacity", "Capacity of each map.", []string{"map"}, nil)
+	descXfrm         = prometheus.NewDesc(ns+"_xfrm_errors_total", "The kernel's XFRM error counters from /proc/net/xfrm_stat.", []string{"name"}, nil)
+	descReady        = prometheus.NewDesc(ns+"_ready", "1 once the first full reconcile succeeded.", nil, nil)
+	descEnforce      = prometheus.NewDesc(ns+"_enforce", "1 when the agent drops denied packets; 0 when it only counts them (every guest is then in audit mode).", nil, nil)
+	descAudit        = prometheus.NewDesc(ns+"_guest_audit", "1 when a declared guest's denials are only counted, not dropped (its audit flag, or enforce off).", []string{"interface"}, nil)
+	descGuestPackets = prometheus.NewDesc(ns+"_guest_packets_total", "Packets of each guest by direction and reason (the vif programs' per-guest counters: rows only for reasons seen; guests past the 1,023 counter slots count only in mlsgate_packets_total).", []string{"interface", "vm", "direction", "reason"}, nil)
+	descGuestBytes   = prometheus.NewDesc(ns+"_guest_bytes_total", "Bytes of each guest by direction and reason.", []string{"interface", "vm", "direction", "reason"}, nil)
+	descLost         = prometheus.NewDesc(ns+"_events_lost_total", "Denial events lost: ring (the kernel found the events ring full), follower (a slow /v1/events reader missed them).", []string{"stage"}, nil)
 )
 
 func (c *scrapeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSAs, descGuests, descEntries, descCapacity, descXfrm, descReady, descEnforce, descAudit, descLost} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descSAs, descGuests, descEntries, descCapacity, descXfrm, descReady, descEnforce, descAudit, descLost, descGuestPackets, descGuestBytes} {
 		ch <- d
 	}
 }
@@ -120,6 +155,25 @@ func (c *scrapeCollector) Collect(ch chan<- prometheus.Metric) {
 					v := counts[d][r]
 					ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(v.Packets), dir, r.String())
 					ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(v.Bytes), dir, r.String())
+				}
+			}
+		}
+	}
+	if gr := c.m.guestCounters; gr != nil {
+		for _, g := range c.a.guestSlots() {
+			counts, err := gr.GuestCounters(g.slot)
+			if err != nil {
+				continue
+			}
+			vm := strconv.FormatUint(uint64(g.vm), 10)
+			for d, dir := range []string{"ingress", "egress"} {
+				for _, r := range verdict.Reasons() {
+					v := counts[d][r]
+					if v.Packets == 0 {
+						continue // bounded, and sparse: a guest sees few reasons
+					}
+					ch <- prometheus.MustNewConstMetric(descGuestPackets, prometheus.CounterValue, float64(v.Packets), g.iface, vm, dir, r.String())
+					ch <- prometheus.MustNewConstMetric(descGuestBytes, prometheus.CounterValue, float64(v.Bytes), g.iface, vm, dir, r.String())
 				}
 			}
 		}

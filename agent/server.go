@@ -8,8 +8,8 @@ import (
 	"net/http"
 
 	"github.com/mlsgate/mlsgate/agent/localapi"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )

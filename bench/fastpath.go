@@ -12,9 +12,9 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // FastpathCase is one program and packet measured at one SA count.
@@ -23,7 +23,7 @@ type FastpathCase struct {
 	// Family is the packet's IP version, "ipv4" or "ipv6" (results from
 	// before IPv6 was measured leave it empty: they are IPv4).
 	Family      string         `json:",omitempty"`
-	Name        string         // "empty", "parse", "esp", "plain", "secpath"
+	Name        string         // "empty", "parse", "esp", "plain", "secpath", "step …"
 	Reason      verdict.Reason // what the packet got (empty and parse: none)
 	NsPerPacket float64
 	Ratio       float64 // to the empty program at the same SA count and family
@@ -264,11 +264,19 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 			esp := espFrame(f.fam, benchSPI(n, f.fam))
 			plain := udpFrame(f.fam)
 			runs = append(runs,
-				fastpathRun{f.name, "empty", test.Empty, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "parse", test.ParseOnly, esp, nil, verdict.NumReasons},
-				fastpathRun{f.name, "esp", objs.VifIngress, esp, nil, verdict.AllowLabeled},
-				fastpathRun{f.name, "plain", objs.VifIngress, plain, nil, verdict.AllowDefault},
-				fastpathRun{f.name, "secpath", test.Probe, plain, &verdict.Secpath{SPI: benchSPI(n, f.fam), Family: f.fam}, verdict.AllowLabeled},
+				fastpathRun{f.name, "empty", test.MlsgEmpty, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "parse", test.MlsgParse, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "esp", objs.MlsgIngress, esp, nil, verdict.AllowLabeled},
+				fastpathRun{f.name, "plain", objs.MlsgIngress, plain, nil, verdict.AllowDefault},
+				fastpathRun{f.name, "secpath", test.MlsgProbe, plain, &verdict.Secpath{SPI: benchSPI(n, f.fam), Family: f.fam}, verdict.AllowLabeled},
+				// The path cut after each step (bpf/fastpath_test.c): what
+				// the floor of each verdict is made of.
+				fastpathRun{f.name, "step vif+counter", test.MlsgStVif, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +parse", test.MlsgStParse, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +sa lookup", test.MlsgStSa, esp, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +xfrm helper", test.MlsgStXfrm, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer lpm", test.MlsgStPeer, plain, nil, verdict.NumReasons},
+				fastpathRun{f.name, "step +peer+accepts", test.MlsgStAccepts, plain, nil, verdict.NumReasons},
 			)
 		}
 		for _, r := range runs {
@@ -281,7 +289,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 				return nil, nil, fmt.Errorf("fastpath bench: %s %s packet gets %s from the reference, want %s", r.family, r.name, got, r.want)
 			}
 			var err error
-			if r.prog == test.Probe {
+			if r.prog == test.MlsgProbe {
 				err = checkProbeReason(r.prog, r.frame, r.secpath, r.want)
 			} else {
 				err = checkKernelReason(maps, r.prog, r.frame, r.want)
@@ -297,7 +305,7 @@ func MeasureFastpath(cfg FastpathConfig) ([]FastpathCase, []MapMemory, error) {
 		for round := range cfg.Rounds {
 			for i, r := range runs {
 				var ctx *skbCtx
-				if r.prog == test.Probe {
+				if r.prog == test.MlsgProbe {
 					ctx = probeCtx(r.secpath)
 				}
 				ns, err := testRunNs(r.prog, r.frame, ctx, cfg.Repeat)
@@ -407,7 +415,7 @@ func checkKernelReason(maps *bpf.Maps, prog *ebpf.Program, frame []byte, want ve
 
 func memory(m *bpf.Maps) (MapMemory, error) {
 	mm := MapMemory{Bytes: map[string]uint64{}}
-	for name, mp := range map[string]*ebpf.Map{"vifs": m.Vifs, "labels": m.Labels, "sa_slots": m.SASlots,
+	for name, mp := range map[string]*ebpf.Map{"vifs": m.Vifs, "labels": m.Labels, "accepts": m.Accepts, "sa_slots": m.SASlots,
 		"sas": m.SAs, "peers": m.Peers, "verdicts": m.Verdicts, "events": m.Events} {
 		info, err := mp.Info()
 		if err != nil {

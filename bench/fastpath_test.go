@@ -45,8 +45,8 @@ func TestPrivilegedFastpathBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cases) != 20 || len(mem) != 2 {
-		t.Fatalf("got %d cases and %d memory rows, want 20 (2 SA counts × 2 families × 5 programs) and 2", len(cases), len(mem))
+	if len(cases) != 44 || len(mem) != 2 {
+		t.Fatalf("got %d cases and %d memory rows, want 44 (2 SA counts × 2 families × 11 programs) and 2", len(cases), len(mem))
 	}
 	seen := map[string]int{}
 	for _, c := range cases {

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 func TestRunConfigSelected(t *testing.T) {

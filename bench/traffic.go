@@ -20,9 +20,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Names of the traffic configurations.
@@ -215,7 +215,7 @@ func measureTraffic(ctx context.Context, cfg TrafficConfig) (_ *TrafficResult, e
 				return "", nil, err
 			}
 			prev = next
-			att, err := bpf.Attach(bed.vif.Attrs().Index, objs.VifIngress, objs.VifEgress)
+			att, err := bpf.Attach(bed.vif.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 			if err != nil {
 				return "", nil, err
 			}

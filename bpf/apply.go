@@ -11,8 +11,8 @@ import (
 const batchSize = 4096
 
 // Apply writes next into the maps, touching only what differs from prev
-// (nil prev: everything). New labels and SAs go in before the vifs and
-// peers that refer to them; entries that disappear go last, vifs first.
+// (nil prev: everything). New labels, their accepted ranges and SAs go in
+// before the vifs and peers that refer to them; entries that disappear go last, vifs first.
 func (m *Maps) Apply(prev, next *State) error {
 	if prev == nil {
 		prev = &State{}
@@ -32,9 +32,11 @@ func (m *Maps) Apply(prev, next *State) error {
 		err  func() error
 	}{
 		{"labels", func() error { return putChanged(m.Labels, prev.Labels, next.Labels) }},
+		{"accepts", func() error { return putChanged(m.Accepts, prev.Accepts, next.Accepts) }},
 		{"sa_slots", func() error { return putChanged(m.SASlots, prev.Slots, next.Slots) }},
 		{"sas", func() error { return putChanged(m.SAs, prev.SAs, next.SAs) }},
 		{"peers", func() error { return putChanged(m.Peers, prev.Peers, next.Peers) }},
+		{"guest counters", func() error { return m.zeroGuestSlots(newSlots(prev.Vifs, next.Vifs)) }},
 		{"vifs", func() error { return putChanged(m.Vifs, prevSmall, nextSmall) }},
 		{"vifs_big", func() error { return putChanged(m.VifsBig, prevBig, nextBig) }},
 		{"vifs", func() error { return clearGone(m.Vifs, prevSmall, nextSmall, true) }},

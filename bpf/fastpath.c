@@ -25,6 +25,7 @@ struct btf_anchor {
 	enum vif_flag vif_flag;
 	enum sa_flag sa_flag;
 	enum peer_kind peer_kind;
+	enum peer_flag peer_flag;
 	struct event event;
 };
 const struct btf_anchor *_btf_anchor __attribute__((unused));
@@ -37,7 +38,7 @@ const struct btf_anchor *_btf_anchor __attribute__((unused));
 #define opaque(x) asm volatile("" : "+r"(x))
 
 SEC("tc")
-int vif_ingress(struct __sk_buff *skb)
+int mlsg_ingress(struct __sk_buff *skb)
 {
 	__u32 why, dir = DIR_INGRESS;
 
@@ -46,7 +47,7 @@ int vif_ingress(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int vif_egress(struct __sk_buff *skb)
+int mlsg_egress(struct __sk_buff *skb)
 {
 	__u32 why, dir = DIR_EGRESS;
 

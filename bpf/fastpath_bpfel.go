@@ -57,6 +57,11 @@ type FastpathEvent struct {
 	_         [4]byte
 }
 
+type FastpathLabelAccepts struct {
+	_      structs.HostLayout
+	Ranges [16]uint64
+}
+
 type FastpathMlsLabel struct {
 	_     structs.HostLayout
 	Sens  uint8
@@ -70,9 +75,16 @@ type FastpathPeer struct {
 	AppId   uint32
 	RangeLo uint32
 	RangeHi uint32
+	RangeId uint16
 	Kind    uint8
-	Pad     [3]uint8
+	Flags   uint8
 }
+
+type FastpathPeerFlag uint32
+
+const (
+	FastpathPeerFlagPEER_F_ACCEPTS_DEFAULT FastpathPeerFlag = 1
+)
 
 type FastpathPeerKey struct {
 	_         structs.HostLayout
@@ -152,33 +164,38 @@ type FastpathVif struct {
 	Mac     [6]uint8
 	Deny    uint8
 	Pad     uint8
+	Slot    uint16
+	Pad2    [2]uint8
 }
 
 type FastpathVifFlag uint32
 
 const (
-	FastpathVifFlagVIF_F_MANAGED         FastpathVifFlag = 1
-	FastpathVifFlagVIF_F_AUDIT           FastpathVifFlag = 2
-	FastpathVifFlagVIF_F_ALLOW_UNLABELED FastpathVifFlag = 4
+	FastpathVifFlagVIF_F_MANAGED          FastpathVifFlag = 1
+	FastpathVifFlagVIF_F_AUDIT            FastpathVifFlag = 2
+	FastpathVifFlagVIF_F_ALLOW_UNLABELED  FastpathVifFlag = 4
+	FastpathVifFlagVIF_F_DEFAULT_IN_RANGE FastpathVifFlag = 8
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	FastpathMapEvents      = "events"
-	FastpathMapEventsLost  = "events_lost"
-	FastpathMapLabels      = "labels"
-	FastpathMapPeers       = "peers"
-	FastpathMapSaSlots     = "sa_slots"
-	FastpathMapSas         = "sas"
-	FastpathMapVerdicts    = "verdicts"
-	FastpathMapVifs        = "vifs"
-	FastpathMapVifsBig     = "vifs_big"
-	FastpathProgVifEgress  = "vif_egress"
-	FastpathProgVifIngress = "vif_ingress"
-	FastpathVarBtfAnchor   = "_btf_anchor"
-	FastpathVarCfg         = "cfg"
+	FastpathMapMlsgAccepts  = "mlsg_accepts"
+	FastpathMapMlsgEvLost   = "mlsg_ev_lost"
+	FastpathMapMlsgEvents   = "mlsg_events"
+	FastpathMapMlsgGuestCtr = "mlsg_guest_ctr"
+	FastpathMapMlsgLabels   = "mlsg_labels"
+	FastpathMapMlsgPeers    = "mlsg_peers"
+	FastpathMapMlsgSaSlots  = "mlsg_sa_slots"
+	FastpathMapMlsgSas      = "mlsg_sas"
+	FastpathMapMlsgVerdicts = "mlsg_verdicts"
+	FastpathMapMlsgVifs     = "mlsg_vifs"
+	FastpathMapMlsgVifsBig  = "mlsg_vifs_big"
+	FastpathProgMlsgEgress  = "mlsg_egress"
+	FastpathProgMlsgIngress = "mlsg_ingress"
+	FastpathVarBtfAnchor    = "_btf_anchor"
+	FastpathVarCfg          = "cfg"
 )
 
 // LoadFastpath returns the embedded CollectionSpec for Fastpath.
@@ -223,23 +240,25 @@ type FastpathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathProgramSpecs struct {
-	VifEgress  *ebpf.ProgramSpec `ebpf:"vif_egress"`
-	VifIngress *ebpf.ProgramSpec `ebpf:"vif_ingress"`
+	MlsgEgress  *ebpf.ProgramSpec `ebpf:"mlsg_egress"`
+	MlsgIngress *ebpf.ProgramSpec `ebpf:"mlsg_ingress"`
 }
 
 // FastpathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathMapSpecs struct {
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	EventsLost *ebpf.MapSpec `ebpf:"events_lost"`
-	Labels     *ebpf.MapSpec `ebpf:"labels"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	SaSlots    *ebpf.MapSpec `ebpf:"sa_slots"`
-	Sas        *ebpf.MapSpec `ebpf:"sas"`
-	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
-	Vifs       *ebpf.MapSpec `ebpf:"vifs"`
-	VifsBig    *ebpf.MapSpec `ebpf:"vifs_big"`
+	MlsgAccepts  *ebpf.MapSpec `ebpf:"mlsg_accepts"`
+	MlsgEvLost   *ebpf.MapSpec `ebpf:"mlsg_ev_lost"`
+	MlsgEvents   *ebpf.MapSpec `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.MapSpec `ebpf:"mlsg_guest_ctr"`
+	MlsgLabels   *ebpf.MapSpec `ebpf:"mlsg_labels"`
+	MlsgPeers    *ebpf.MapSpec `ebpf:"mlsg_peers"`
+	MlsgSaSlots  *ebpf.MapSpec `ebpf:"mlsg_sa_slots"`
+	MlsgSas      *ebpf.MapSpec `ebpf:"mlsg_sas"`
+	MlsgVerdicts *ebpf.MapSpec `ebpf:"mlsg_verdicts"`
+	MlsgVifs     *ebpf.MapSpec `ebpf:"mlsg_vifs"`
+	MlsgVifsBig  *ebpf.MapSpec `ebpf:"mlsg_vifs_big"`
 }
 
 // FastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -270,28 +289,32 @@ func (o *FastpathObjects) Close() error {
 //
 // It can be passed to LoadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathMaps struct {
-	Events     *ebpf.Map `ebpf:"events"`
-	EventsLost *ebpf.Map `ebpf:"events_lost"`
-	Labels     *ebpf.Map `ebpf:"labels"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	SaSlots    *ebpf.Map `ebpf:"sa_slots"`
-	Sas        *ebpf.Map `ebpf:"sas"`
-	Verdicts   *ebpf.Map `ebpf:"verdicts"`
-	Vifs       *ebpf.Map `ebpf:"vifs"`
-	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
+	MlsgAccepts  *ebpf.Map `ebpf:"mlsg_accepts"`
+	MlsgEvLost   *ebpf.Map `ebpf:"mlsg_ev_lost"`
+	MlsgEvents   *ebpf.Map `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.Map `ebpf:"mlsg_guest_ctr"`
+	MlsgLabels   *ebpf.Map `ebpf:"mlsg_labels"`
+	MlsgPeers    *ebpf.Map `ebpf:"mlsg_peers"`
+	MlsgSaSlots  *ebpf.Map `ebpf:"mlsg_sa_slots"`
+	MlsgSas      *ebpf.Map `ebpf:"mlsg_sas"`
+	MlsgVerdicts *ebpf.Map `ebpf:"mlsg_verdicts"`
+	MlsgVifs     *ebpf.Map `ebpf:"mlsg_vifs"`
+	MlsgVifsBig  *ebpf.Map `ebpf:"mlsg_vifs_big"`
 }
 
 func (m *FastpathMaps) Close() error {
 	return _FastpathClose(
-		m.Events,
-		m.EventsLost,
-		m.Labels,
-		m.Peers,
-		m.SaSlots,
-		m.Sas,
-		m.Verdicts,
-		m.Vifs,
-		m.VifsBig,
+		m.MlsgAccepts,
+		m.MlsgEvLost,
+		m.MlsgEvents,
+		m.MlsgGuestCtr,
+		m.MlsgLabels,
+		m.MlsgPeers,
+		m.MlsgSaSlots,
+		m.MlsgSas,
+		m.MlsgVerdicts,
+		m.MlsgVifs,
+		m.MlsgVifsBig,
 	)
 }
 
@@ -307,14 +330,14 @@ type FastpathVariables struct {
 //
 // It can be passed to LoadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathPrograms struct {
-	VifEgress  *ebpf.Program `ebpf:"vif_egress"`
-	VifIngress *ebpf.Program `ebpf:"vif_ingress"`
+	MlsgEgress  *ebpf.Program `ebpf:"mlsg_egress"`
+	MlsgIngress *ebpf.Program `ebpf:"mlsg_ingress"`
 }
 
 func (p *FastpathPrograms) Close() error {
 	return _FastpathClose(
-		p.VifEgress,
-		p.VifIngress,
+		p.MlsgEgress,
+		p.MlsgIngress,
 	)
 }
 

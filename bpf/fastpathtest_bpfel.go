@@ -29,6 +29,11 @@ type FastpathTestCounter struct {
 	Bytes   uint64
 }
 
+type FastpathTestLabelAccepts struct {
+	_      structs.HostLayout
+	Ranges [16]uint64
+}
+
 type FastpathTestMlsLabel struct {
 	_     structs.HostLayout
 	Sens  uint8
@@ -42,8 +47,9 @@ type FastpathTestPeer struct {
 	AppId   uint32
 	RangeLo uint32
 	RangeHi uint32
+	RangeId uint16
 	Kind    uint8
-	Pad     [3]uint8
+	Flags   uint8
 }
 
 type FastpathTestPeerKey struct {
@@ -88,25 +94,35 @@ type FastpathTestVif struct {
 	Mac     [6]uint8
 	Deny    uint8
 	Pad     uint8
+	Slot    uint16
+	Pad2    [2]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	FastpathTestMapEvents     = "events"
-	FastpathTestMapEventsLost = "events_lost"
-	FastpathTestMapLabels     = "labels"
-	FastpathTestMapPeers      = "peers"
-	FastpathTestMapSaSlots    = "sa_slots"
-	FastpathTestMapSas        = "sas"
-	FastpathTestMapVerdicts   = "verdicts"
-	FastpathTestMapVifs       = "vifs"
-	FastpathTestMapVifsBig    = "vifs_big"
-	FastpathTestProgEmpty     = "empty"
-	FastpathTestProgParseOnly = "parse_only"
-	FastpathTestProgProbe     = "probe"
-	FastpathTestVarCfg        = "cfg"
+	FastpathTestMapMlsgAccepts    = "mlsg_accepts"
+	FastpathTestMapMlsgEvLost     = "mlsg_ev_lost"
+	FastpathTestMapMlsgEvents     = "mlsg_events"
+	FastpathTestMapMlsgGuestCtr   = "mlsg_guest_ctr"
+	FastpathTestMapMlsgLabels     = "mlsg_labels"
+	FastpathTestMapMlsgPeers      = "mlsg_peers"
+	FastpathTestMapMlsgSaSlots    = "mlsg_sa_slots"
+	FastpathTestMapMlsgSas        = "mlsg_sas"
+	FastpathTestMapMlsgVerdicts   = "mlsg_verdicts"
+	FastpathTestMapMlsgVifs       = "mlsg_vifs"
+	FastpathTestMapMlsgVifsBig    = "mlsg_vifs_big"
+	FastpathTestProgMlsgEmpty     = "mlsg_empty"
+	FastpathTestProgMlsgParse     = "mlsg_parse"
+	FastpathTestProgMlsgProbe     = "mlsg_probe"
+	FastpathTestProgMlsgStAccepts = "mlsg_st_accepts"
+	FastpathTestProgMlsgStParse   = "mlsg_st_parse"
+	FastpathTestProgMlsgStPeer    = "mlsg_st_peer"
+	FastpathTestProgMlsgStSa      = "mlsg_st_sa"
+	FastpathTestProgMlsgStVif     = "mlsg_st_vif"
+	FastpathTestProgMlsgStXfrm    = "mlsg_st_xfrm"
+	FastpathTestVarCfg            = "cfg"
 )
 
 // LoadFastpathTest returns the embedded CollectionSpec for FastpathTest.
@@ -151,24 +167,32 @@ type FastpathTestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathTestProgramSpecs struct {
-	Empty     *ebpf.ProgramSpec `ebpf:"empty"`
-	ParseOnly *ebpf.ProgramSpec `ebpf:"parse_only"`
-	Probe     *ebpf.ProgramSpec `ebpf:"probe"`
+	MlsgEmpty     *ebpf.ProgramSpec `ebpf:"mlsg_empty"`
+	MlsgParse     *ebpf.ProgramSpec `ebpf:"mlsg_parse"`
+	MlsgProbe     *ebpf.ProgramSpec `ebpf:"mlsg_probe"`
+	MlsgStAccepts *ebpf.ProgramSpec `ebpf:"mlsg_st_accepts"`
+	MlsgStParse   *ebpf.ProgramSpec `ebpf:"mlsg_st_parse"`
+	MlsgStPeer    *ebpf.ProgramSpec `ebpf:"mlsg_st_peer"`
+	MlsgStSa      *ebpf.ProgramSpec `ebpf:"mlsg_st_sa"`
+	MlsgStVif     *ebpf.ProgramSpec `ebpf:"mlsg_st_vif"`
+	MlsgStXfrm    *ebpf.ProgramSpec `ebpf:"mlsg_st_xfrm"`
 }
 
 // FastpathTestMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type FastpathTestMapSpecs struct {
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	EventsLost *ebpf.MapSpec `ebpf:"events_lost"`
-	Labels     *ebpf.MapSpec `ebpf:"labels"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	SaSlots    *ebpf.MapSpec `ebpf:"sa_slots"`
-	Sas        *ebpf.MapSpec `ebpf:"sas"`
-	Verdicts   *ebpf.MapSpec `ebpf:"verdicts"`
-	Vifs       *ebpf.MapSpec `ebpf:"vifs"`
-	VifsBig    *ebpf.MapSpec `ebpf:"vifs_big"`
+	MlsgAccepts  *ebpf.MapSpec `ebpf:"mlsg_accepts"`
+	MlsgEvLost   *ebpf.MapSpec `ebpf:"mlsg_ev_lost"`
+	MlsgEvents   *ebpf.MapSpec `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.MapSpec `ebpf:"mlsg_guest_ctr"`
+	MlsgLabels   *ebpf.MapSpec `ebpf:"mlsg_labels"`
+	MlsgPeers    *ebpf.MapSpec `ebpf:"mlsg_peers"`
+	MlsgSaSlots  *ebpf.MapSpec `ebpf:"mlsg_sa_slots"`
+	MlsgSas      *ebpf.MapSpec `ebpf:"mlsg_sas"`
+	MlsgVerdicts *ebpf.MapSpec `ebpf:"mlsg_verdicts"`
+	MlsgVifs     *ebpf.MapSpec `ebpf:"mlsg_vifs"`
+	MlsgVifsBig  *ebpf.MapSpec `ebpf:"mlsg_vifs_big"`
 }
 
 // FastpathTestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -198,28 +222,32 @@ func (o *FastpathTestObjects) Close() error {
 //
 // It can be passed to LoadFastpathTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathTestMaps struct {
-	Events     *ebpf.Map `ebpf:"events"`
-	EventsLost *ebpf.Map `ebpf:"events_lost"`
-	Labels     *ebpf.Map `ebpf:"labels"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	SaSlots    *ebpf.Map `ebpf:"sa_slots"`
-	Sas        *ebpf.Map `ebpf:"sas"`
-	Verdicts   *ebpf.Map `ebpf:"verdicts"`
-	Vifs       *ebpf.Map `ebpf:"vifs"`
-	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
+	MlsgAccepts  *ebpf.Map `ebpf:"mlsg_accepts"`
+	MlsgEvLost   *ebpf.Map `ebpf:"mlsg_ev_lost"`
+	MlsgEvents   *ebpf.Map `ebpf:"mlsg_events"`
+	MlsgGuestCtr *ebpf.Map `ebpf:"mlsg_guest_ctr"`
+	MlsgLabels   *ebpf.Map `ebpf:"mlsg_labels"`
+	MlsgPeers    *ebpf.Map `ebpf:"mlsg_peers"`
+	MlsgSaSlots  *ebpf.Map `ebpf:"mlsg_sa_slots"`
+	MlsgSas      *ebpf.Map `ebpf:"mlsg_sas"`
+	MlsgVerdicts *ebpf.Map `ebpf:"mlsg_verdicts"`
+	MlsgVifs     *ebpf.Map `ebpf:"mlsg_vifs"`
+	MlsgVifsBig  *ebpf.Map `ebpf:"mlsg_vifs_big"`
 }
 
 func (m *FastpathTestMaps) Close() error {
 	return _FastpathTestClose(
-		m.Events,
-		m.EventsLost,
-		m.Labels,
-		m.Peers,
-		m.SaSlots,
-		m.Sas,
-		m.Verdicts,
-		m.Vifs,
-		m.VifsBig,
+		m.MlsgAccepts,
+		m.MlsgEvLost,
+		m.MlsgEvents,
+		m.MlsgGuestCtr,
+		m.MlsgLabels,
+		m.MlsgPeers,
+		m.MlsgSaSlots,
+		m.MlsgSas,
+		m.MlsgVerdicts,
+		m.MlsgVifs,
+		m.MlsgVifsBig,
 	)
 }
 
@@ -234,16 +262,28 @@ type FastpathTestVariables struct {
 //
 // It can be passed to LoadFastpathTestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type FastpathTestPrograms struct {
-	Empty     *ebpf.Program `ebpf:"empty"`
-	ParseOnly *ebpf.Program `ebpf:"parse_only"`
-	Probe     *ebpf.Program `ebpf:"probe"`
+	MlsgEmpty     *ebpf.Program `ebpf:"mlsg_empty"`
+	MlsgParse     *ebpf.Program `ebpf:"mlsg_parse"`
+	MlsgProbe     *ebpf.Program `ebpf:"mlsg_probe"`
+	MlsgStAccepts *ebpf.Program `ebpf:"mlsg_st_accepts"`
+	MlsgStParse   *ebpf.Program `ebpf:"mlsg_st_parse"`
+	MlsgStPeer    *ebpf.Program `ebpf:"mlsg_st_peer"`
+	MlsgStSa      *ebpf.Program `ebpf:"mlsg_st_sa"`
+	MlsgStVif     *ebpf.Program `ebpf:"mlsg_st_vif"`
+	MlsgStXfrm    *ebpf.Program `ebpf:"mlsg_st_xfrm"`
 }
 
 func (p *FastpathTestPrograms) Close() error {
 	return _FastpathTestClose(
-		p.Empty,
-		p.ParseOnly,
-		p.Probe,
+		p.MlsgEmpty,
+		p.MlsgParse,
+		p.MlsgProbe,
+		p.MlsgStAccepts,
+		p.MlsgStParse,
+		p.MlsgStPeer,
+		p.MlsgStSa,
+		p.MlsgStVif,
+		p.MlsgStXfrm,
 	)
 }
 

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
-	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Options are the load-time settings of the fast path.
@@ -35,21 +35,23 @@ func (o Options) Config() FastpathConfig {
 // Maps are the fast path's maps, whichever object they were loaded from:
 // both objects declare the same maps, so one set of tags serves both.
 type Maps struct {
-	Vifs       *ebpf.Map `ebpf:"vifs"`
-	VifsBig    *ebpf.Map `ebpf:"vifs_big"`
-	Labels     *ebpf.Map `ebpf:"labels"`
-	SASlots    *ebpf.Map `ebpf:"sa_slots"`
-	SAs        *ebpf.Map `ebpf:"sas"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Verdicts   *ebpf.Map `ebpf:"verdicts"`
-	EventsLost *ebpf.Map `ebpf:"events_lost"`
-	Events     *ebpf.Map `ebpf:"events"`
+	Vifs       *ebpf.Map `ebpf:"mlsg_vifs"`
+	VifsBig    *ebpf.Map `ebpf:"mlsg_vifs_big"`
+	Labels     *ebpf.Map `ebpf:"mlsg_labels"`
+	Accepts    *ebpf.Map `ebpf:"mlsg_accepts"`
+	SASlots    *ebpf.Map `ebpf:"mlsg_sa_slots"`
+	SAs        *ebpf.Map `ebpf:"mlsg_sas"`
+	Peers      *ebpf.Map `ebpf:"mlsg_peers"`
+	Verdicts   *ebpf.Map `ebpf:"mlsg_verdicts"`
+	GuestCtr   *ebpf.Map `ebpf:"mlsg_guest_ctr"`
+	EventsLost *ebpf.Map `ebpf:"mlsg_ev_lost"`
+	Events     *ebpf.Map `ebpf:"mlsg_events"`
 }
 
 // Close closes every map.
 func (m *Maps) Close() error {
 	var errs []error
-	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.EventsLost, m.Events} {
+	for _, mp := range []*ebpf.Map{m.Vifs, m.VifsBig, m.Labels, m.Accepts, m.SASlots, m.SAs, m.Peers, m.Verdicts, m.GuestCtr, m.EventsLost, m.Events} {
 		if mp != nil {
 			errs = append(errs, mp.Close())
 		}
@@ -60,9 +62,29 @@ func (m *Maps) Close() error {
 // ByName lists every map by its name in the objects, for
 // CollectionOptions.MapReplacements: programs loaded with it share these maps.
 func (m *Maps) ByName() map[string]*ebpf.Map {
-	return map[string]*ebpf.Map{"vifs": m.Vifs, "vifs_big": m.VifsBig, "labels": m.Labels, "sa_slots": m.SASlots,
-		"sas": m.SAs, "peers": m.Peers, "verdicts": m.Verdicts, "events_lost": m.EventsLost, "events": m.Events}
+	return map[string]*ebpf.Map{MapVifs: m.Vifs, MapVifsBig: m.VifsBig, MapLabels: m.Labels, MapAccepts: m.Accepts,
+		MapSASlots: m.SASlots, MapSAs: m.SAs, MapPeers: m.Peers, MapVerdicts: m.Verdicts, MapGuestCtr: m.GuestCtr, MapEventsLost: m.EventsLost, MapEvents: m.Events}
 }
+
+// The maps' names in the objects, in bpffs (<pin dir>/maps/<name>) and in
+// bpftool: prefixed, so that they do not collide with other programs' maps.
+const (
+	MapVifs       = "mlsg_vifs"
+	MapVifsBig    = "mlsg_vifs_big"
+	MapLabels     = "mlsg_labels"
+	MapAccepts    = "mlsg_accepts"
+	MapSASlots    = "mlsg_sa_slots"
+	MapSAs        = "mlsg_sas"
+	MapPeers      = "mlsg_peers"
+	MapVerdicts   = "mlsg_verdicts"
+	MapGuestCtr   = "mlsg_guest_ctr"
+	MapEventsLost = "mlsg_ev_lost"
+	MapEvents     = "mlsg_events"
+)
+
+// legacyMapNames are the names the maps were pinned under before they
+// were prefixed; LoadPinned unpins them (see removeLegacyPins).
+var legacyMapNames = []string{"vifs", "vifs_big", "labels", "sa_slots", "sas", "peers", "verdicts", "events_lost", "events"}
 
 // Configure sets the load-time options into a fastpath or fastpath-test
 // collection spec: the config constant and the size of sa_slots.
@@ -77,9 +99,9 @@ func Configure(spec *ebpf.CollectionSpec, o Options) error {
 	if err := v.Set(o.Config()); err != nil {
 		return fmt.Errorf("set cfg: %w", err)
 	}
-	m, ok := spec.Maps["sa_slots"]
+	m, ok := spec.Maps[MapSASlots]
 	if !ok {
-		return errors.New("collection has no sa_slots map: regenerate with 'make generate'")
+		return errors.New("collection has no " + MapSASlots + " map: regenerate with 'make generate'")
 	}
 	// An array cannot have zero entries; with SPISlots 0 the programs never
 	// look at it.
@@ -92,6 +114,9 @@ type Objects struct {
 	FastpathPrograms
 	Maps
 	Options Options
+	// LegacyPinsRemoved: maps pinned under their unprefixed names by an
+	// older agent, which LoadPinned unpinned.
+	LegacyPinsRemoved []string
 }
 
 // Close closes the programs and maps; links and pins keep what they hold.

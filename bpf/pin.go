@@ -18,7 +18,7 @@ import (
 // The agent keeps the fast path alive across its own restarts and crashes
 // by pinning it in bpffs:
 //
-//	<dir>/maps/<map>                         every map, by name
+//	<dir>/maps/<map>                         every map, by name (mlsg_…; see load.go)
 //	<dir>/links/<ifindex>_ingress|_egress    the tcx links of each vif
 //
 // A pinned link keeps its program attached, and a pinned map keeps its
@@ -59,7 +59,40 @@ func LoadPinned(opts Options, dir string) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load fastpath: %w", verifierError(err))
 	}
+	o.LegacyPinsRemoved, err = removeLegacyPins(mapDir)
+	if err != nil {
+		o.Close()
+		return nil, err
+	}
 	return o, nil
+}
+
+// removeLegacyPins unpins the maps an agent from before the mlsg_ prefix
+// left under mapDir, and returns their names. It is safe while those
+// maps are in use: a pin is one reference, and the programs that the
+// pinned links still run hold their own, so the old programs keep
+// enforcing the last policy with their maps until the agent has filled
+// the new maps and swapped its programs into the links (Agent.reconcile:
+// maps first, then attach); then the old maps go with the old programs.
+// Only the legacy names are touched, and only when they are BPF maps.
+func removeLegacyPins(mapDir string) ([]string, error) {
+	var removed []string
+	for _, n := range legacyMapNames {
+		path := filepath.Join(mapDir, n)
+		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return removed, fmt.Errorf("legacy pin %s is not a map this build can read (%v); remove it by hand or with 'mlsgate agent cleanup'", path, err)
+		}
+		m.Close()
+		if err := os.Remove(path); err != nil {
+			return removed, fmt.Errorf("unpin legacy map %s: %w", path, err)
+		}
+		removed = append(removed, n)
+	}
+	return removed, nil
 }
 
 // linkPath names the pinned tcx link of one direction of a vif.
@@ -223,6 +256,7 @@ func (m *Maps) ReadState() (*State, error) {
 	s := &State{
 		Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{},
 		SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{},
+		Accepts: map[uint32]FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{},
 	}
 	if err := readArray(m.Vifs, func(k uint32, v FastpathVif) {
 		if v.Flags != 0 {
@@ -291,9 +325,21 @@ func (m *Maps) ReadState() (*State, error) {
 			return nil, fmt.Errorf("read label %d: %w", id, err)
 		}
 		s.Labels[id] = kl
-		l := label.Label{Secrecy: label.Level{Sens: kl.Sens, Cats: label.CategorySet(kl.Cats)}, Integrity: label.Integrity(kl.Integ)}
+		l := LabelOf(kl)
 		if prev, dup := s.LabelIDs[l]; !dup || id < prev {
 			s.LabelIDs[l] = id
+		}
+		var acc FastpathLabelAccepts
+		if err := m.Accepts.Lookup(id, &acc); err != nil {
+			return nil, fmt.Errorf("read accepts %d: %w", id, err)
+		}
+		s.Accepts[id] = acc
+	}
+	// Peer ranges: each peer's bounds, by the labels read above.
+	for _, v := range s.Peers {
+		b := label.Bounds{Low: LabelOf(s.Labels[v.RangeLo]), High: LabelOf(s.Labels[v.RangeHi])}
+		if id, dup := s.RangeIDs[b]; !dup || uint32(v.RangeId) < id {
+			s.RangeIDs[b] = uint32(v.RangeId)
 		}
 	}
 	return s, nil

@@ -5,17 +5,17 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // Sizes of the maps as compiled (bpf/lib/types.h).
 const (
 	VifsMax    = 65536 // the dense array; larger ifindexes go to the hash
 	VifsBigMax = 4096
-	LabelsMax  = 16384
+	LabelsMax  = 65536
 	SAsMax     = 65536
-	PeersMax   = 16384
+	PeersMax   = 131072
 )
 
 // DefaultLabelID is the id of label.Default in the labels map.
@@ -32,8 +32,13 @@ type State struct {
 	Slots  map[uint32]FastpathSa       // SPI - SPIBase
 	SAs    map[FastpathSaKey]FastpathSa
 	Peers  map[FastpathPeerKey]FastpathPeer
+	// Accepts: by label id, the peer ranges that contain the label
+	// (lattice.go).
+	Accepts map[uint32]FastpathLabelAccepts
 	// LabelIDs maps a label back to its id, for events and tests.
 	LabelIDs map[label.Label]uint32
+	// RangeIDs: the id of every peer range, the bit of accepts it owns.
+	RangeIDs map[label.Bounds]uint32
 	// Unplanned: guests the planner refused, by ifindex, and why. Each has
 	// a deny-all entry in Vifs (reason deny_unplanned).
 	Unplanned map[uint32]error
@@ -46,6 +51,11 @@ func planErr(format string, args ...any) error {
 // KernelLabel is the kernel encoding of l.
 func KernelLabel(l label.Label) FastpathMlsLabel {
 	return FastpathMlsLabel{Sens: l.Secrecy.Sens, Integ: uint8(l.Integrity), Cats: [16]uint64(l.Secrecy.Cats)}
+}
+
+// LabelOf decodes the kernel encoding of a label.
+func LabelOf(kl FastpathMlsLabel) label.Label {
+	return label.Label{Secrecy: label.Level{Sens: kl.Sens, Cats: label.CategorySet(kl.Cats)}, Integrity: label.Integrity(kl.Integ)}
 }
 
 // Plan computes the map contents that make the kernel decide as
@@ -69,6 +79,7 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		LabelIDs:  map[label.Label]uint32{label.Default: DefaultLabelID},
 		Unplanned: map[uint32]error{},
 	}
+	ranges := newRangeIDs(prev)
 	// Ids of prev's labels, which a new label must not take over.
 	prevIDs := map[uint32]bool{}
 	if prev != nil {
@@ -139,7 +150,7 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: vm %d on ifindex %d: %w", ErrPlan, g.VM, ifindex, err)
 		}
-		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED),
+		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED) | DefaultInRange(g.Range),
 			Addr4: addr4(g.Addr4), Addr6: addr16(g.Addr6), Host4: addr4(g.HostAddr4), Host6: addr16(g.HostAddr6),
 			Ll6: addr16(verdict.LinkLocal(g.MAC)), Mac: g.MAC}
 		if g.Audit {
@@ -150,6 +161,12 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		}
 		s.Vifs[ifindex] = v
 	}
+
+	var prevVifs map[uint32]FastpathVif
+	if prev != nil {
+		prevVifs = prev.Vifs
+	}
+	AssignGuestSlots(s.Vifs, prevVifs)
 
 	if p.SPISlots > 0 && uint64(p.SPIBase)+uint64(p.SPISlots) > 1<<32 {
 		return nil, planErr("SPI range %#x+%d passes 0xffffffff", p.SPIBase, p.SPISlots)
@@ -215,8 +232,14 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		if len(s.Peers) >= PeersMax {
 			return nil, planErr("more than %d peers", PeersMax)
 		}
-		s.Peers[k] = FastpathPeer{AppId: pe.App, RangeLo: lo, RangeHi: hi, Kind: uint8(pe.Kind)}
+		rid, ok := ranges.intern(pe.Range)
+		if !ok {
+			return nil, planErr("peer %s: more than %d distinct peer ranges (with those still in the maps); raise RANGES_MAX", pfx, RangesMax)
+		}
+		s.Peers[k] = peerEntry(pe, lo, hi, rid)
 	}
+	s.RangeIDs = ranges.ids
+	planAccepts(s, prev)
 	return s, nil
 }
 

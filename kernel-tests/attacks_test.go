@@ -28,10 +28,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // The attacker's suite (issue 11): a guest with root inside it sends

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // FuzzFastpathVerdict feeds arbitrary frames to the C program (through the

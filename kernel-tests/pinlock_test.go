@@ -179,7 +179,7 @@ func TestPrivilegedAgentDriftRepaired(t *testing.T) {
 	e.put("/v1/guests/vif7.0", guestSpec(t))
 	idx := e.waitAttached()
 
-	vifs, err := ebpf.LoadPinnedMap(filepath.Join(e.pins, "maps", "vifs"), nil)
+	vifs, err := ebpf.LoadPinnedMap(filepath.Join(e.pins, "maps", bpf.MapVifs), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

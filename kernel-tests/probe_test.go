@@ -6,8 +6,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // probeIfindex is the device of every BPF_PROG_TEST_RUN packet: the
@@ -56,7 +56,7 @@ func (p *prober) run(pkt verdict.Packet) (uint32, verdict.Reason, error) {
 		in.CB[1] |= 2
 	}
 	var out skbCtx
-	ret, err := p.objs.Probe.Run(&ebpf.RunOptions{Data: pkt.Frame, Context: in, ContextOut: &out})
+	ret, err := p.objs.MlsgProbe.Run(&ebpf.RunOptions{Data: pkt.Frame, Context: in, ContextOut: &out})
 	if err != nil {
 		return 0, 0, fmt.Errorf("test run: %w", err)
 	}

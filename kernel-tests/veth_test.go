@@ -15,9 +15,9 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // The two ends of the vif under test, as a Xen backend names them.
@@ -129,7 +129,7 @@ func TestPrivilegedVethVif(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { objs.Close() })
-	att, err := bpf.Attach(vif.Attrs().Index, objs.VifIngress, objs.VifEgress)
+	att, err := bpf.Attach(vif.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // AgentAPI is what the loader asks of the host agent (*agent.Agent in the

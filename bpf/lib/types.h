@@ -14,11 +14,14 @@
  * load; the numbers here are the defaults. */
 #define VIFS_MAX 65536     /* vifs: dense array indexed by ifindex */
 #define VIFS_BIG_MAX 4096  /* vifs_big: guests on ifindexes >= VIFS_MAX */
-#define LABELS_MAX 16384   /* labels: interned labels; id 0 is the default label */
+#define LABELS_MAX 65536   /* labels, accepts: interned labels; id 0 is the default label */
 #define SA_SLOTS_MAX 65536 /* sa_slots: SPIs the host allocated (set by the loader) */
 #define SAS_MAX 65536      /* sas: SPIs chosen by foreign peers */
-#define PEERS_MAX 16384    /* peers: LPM trie */
+#define PEERS_MAX 131072   /* peers: LPM trie (not preallocated) */
+#define RANGES_MAX 1024    /* distinct peer ranges: bits of an accepts bitmap */
+#define RANGE_WORDS (RANGES_MAX / 64)
 #define EVENTS_BYTES (256 * 1024)
+#define GUESTS_MAX 1024    /* guest counter slots; slot 0 counts guests without one */
 
 /* The kernel encoding of a label: secrecy (sensitivity and category set) and
  * the integrity level that the policy store assigns to the label's type.
@@ -36,10 +39,15 @@ enum vif_flag {
 	VIF_F_MANAGED = 1 << 0,         /* the agent owns this interface */
 	VIF_F_AUDIT = 1 << 1,           /* count and report denials, drop nothing */
 	VIF_F_ALLOW_UNLABELED = 1 << 2, /* plain traffic travels at the default label */
+	/* The default label lies within the guest's range: decided by the
+	 * planner, so that no packet compares labels. */
+	VIF_F_DEFAULT_IN_RANGE = 1 << 3,
 };
 
 /* vifs[ifindex] (vifs_big for ifindex >= VIFS_MAX): the guest behind a
- * host-side interface. The ranges are label ids (labels map). A family
+ * host-side interface. The ranges are label ids (labels map), kept for
+ * the agent (restart, dump): the programs read the flags the planner
+ * derived from them. A family
  * with a zero guest address has no source the guest may use (but the
  * link-control ones: ::, its link-local address, 0.0.0.0 for DHCP); a zero
  * MAC turns the frame source check off; a zero host address matches
@@ -59,6 +67,8 @@ struct vif {
 	__u8 mac[6];    /* the guest's Ethernet address */
 	__u8 deny;
 	__u8 _pad;
+	__u16 slot; /* the guest's counters: mlsg_guest_ctr[slot][dir][reason] */
+	__u8 _pad2[2];
 };
 
 enum sa_flag {
@@ -106,14 +116,30 @@ enum peer_kind {
 	PEER_HOST = 3,  /* the host itself: control traffic may reach it */
 };
 
+enum peer_flag {
+	/* The default label lies within the peer's range. */
+	PEER_F_ACCEPTS_DEFAULT = 1 << 0,
+};
+
 /* A destination (or, toward the guest, a source) the guest talks to. An
- * app_id of 0 serves every application. */
+ * app_id of 0 serves every application. range_lo and range_hi (label ids)
+ * are for the agent; the programs decide from range_id, the peer's range
+ * interned by the planner (< RANGES_MAX), and flags. */
 struct peer {
 	__u32 app_id;
 	__u32 range_lo;
 	__u32 range_hi;
+	__u16 range_id;
 	__u8 kind;
-	__u8 _pad[3];
+	__u8 flags;
+};
+
+/* accepts[label id]: bit r (word r / 64, bit r % 64) is set when the peer
+ * range with id r contains the label. The planner decides the lattice
+ * ahead of time; a packet tests one bit instead of two dominance checks
+ * over 1024 categories. */
+struct label_accepts {
+	__u64 ranges[RANGE_WORDS];
 };
 
 enum direction {
@@ -122,7 +148,7 @@ enum direction {
 	DIR_MAX = 2,
 };
 
-/* Every verdict has exactly one reason. Keep agent/verdict in step. */
+/* Every verdict has exactly one reason. Keep verdict/ in step. */
 enum reason {
 	REASON_PASS_UNMANAGED = 0,
 	REASON_ALLOW_LABELED = 1,
@@ -142,7 +168,8 @@ enum reason {
 	REASON_MAX = 15,
 };
 
-/* verdicts[dir * REASON_MAX + reason], per CPU. */
+/* verdicts[dir * REASON_MAX + reason], and per guest
+ * guest_ctr[(slot * DIR_MAX + dir) * REASON_MAX + reason], per CPU. */
 struct counter {
 	__u64 packets;
 	__u64 bytes;

@@ -26,7 +26,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/mlsgate/mlsgate/agent"
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
@@ -35,6 +34,7 @@ import (
 	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 const demoAPIPort = 7443

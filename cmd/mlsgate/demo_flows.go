@@ -9,10 +9,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // The demo's flows come from the loaded applications, never from

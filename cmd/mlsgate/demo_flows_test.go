@@ -4,9 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 func loadPlan(t *testing.T, dir string) *demoPlan {

@@ -57,6 +57,6 @@ Configuration for Virtual Machines" (CSAW'08).`,
 	}
 	root.SetVersionTemplate("{{.Version}}\n")
 	addLogFlags(root)
-	root.AddCommand(newVersionCmd(), newManCmd(), newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newSACmd(), newDemoCmd(), newBenchCmd(), newImageCmd())
+	root.AddCommand(newVersionCmd(), newManCmd(), newLabelCmd(), newStoreCmd(), newMapperCmd(), newAgentCmd(), newStatusCmd(), newEventsCmd(), newGuestCmd(), newUpdatedCmd(), newLoadCmd(), newLoaderCmd(), newSACmd(), newBPFCmd(), newDemoCmd(), newBenchCmd(), newImageCmd())
 	return root
 }

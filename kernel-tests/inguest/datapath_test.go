@@ -13,8 +13,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/verdict"
 )
 
 // vethPair joins two new namespaces with a veth pair, hostIf in host and
@@ -129,7 +129,7 @@ func TestGuestFastpathAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	att, err := bpf.Attach(link.Attrs().Index, objs.VifIngress, objs.VifEgress)
+	att, err := bpf.Attach(link.Attrs().Index, objs.MlsgIngress, objs.MlsgEgress)
 	if err != nil {
 		t.Fatalf("attach to vif6.0: %v", err)
 	}

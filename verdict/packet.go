@@ -5,7 +5,7 @@ import (
 	"net/netip"
 )
 
-// The parser mirrors parse() in bpf/lib/fastpath.h step for step, limits
+// The parser mirrors parse() in bpf/lib/parse.h step for step, limits
 // included: a frame the kernel calls malformed is malformed here. It also
 // reads what the C code reads only when the control rules need it (the
 // IKE marker, TCP flags, the ND body: is_ike, bare_syn, nd_own), with the

@@ -308,7 +308,7 @@ func Decide(p *Policy, pkt Packet) Reason {
 	return AllowDefault
 }
 
-// Link-control limits, as bpf/lib/fastpath.h has them.
+// Link-control limits, as bpf/lib/proto.h has them.
 const (
 	arpFrameMax = 60  // a 28-byte ARP body padded to the minimum frame
 	ctrlL4Max   = 576 // DHCP, DHCPv6, ND and MLD: UDP or ICMPv6 bytes

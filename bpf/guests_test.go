@@ -1,0 +1,44 @@
+package bpf
+
+import "testing"
+
+// Slots stay with their vif and VM, a new guest never takes a slot the
+// maps still count for another, and past GuestsMax-1 guests the rest
+// share slot 0.
+func TestAssignGuestSlots(t *testing.T) {
+	prev := map[uint32]FastpathVif{3: {VmId: 7}, 4: {VmId: 8}}
+	AssignGuestSlots(prev, nil)
+	if prev[3].Slot == 0 || prev[4].Slot == 0 || prev[3].Slot == prev[4].Slot {
+		t.Fatalf("slots %d and %d: want distinct and nonzero", prev[3].Slot, prev[4].Slot)
+	}
+	next := map[uint32]FastpathVif{3: {VmId: 7}, 4: {VmId: 9}, 5: {VmId: 10}}
+	AssignGuestSlots(next, prev)
+	if next[3].Slot != prev[3].Slot {
+		t.Errorf("vif 3 (same vm) moved from slot %d to %d", prev[3].Slot, next[3].Slot)
+	}
+	for _, k := range []uint32{4, 5} {
+		if s := next[k].Slot; s == 0 || s == prev[3].Slot || s == prev[4].Slot {
+			t.Errorf("vif %d (a new guest) got slot %d; prev used %d and %d", k, s, prev[3].Slot, prev[4].Slot)
+		}
+	}
+	if got := newSlots(prev, next); len(got) != 2 {
+		t.Errorf("new slots %v, want the two of vifs 4 and 5", got)
+	}
+	many := map[uint32]FastpathVif{}
+	for i := range uint32(GuestsMax + 5) {
+		many[i+1] = FastpathVif{VmId: i}
+	}
+	AssignGuestSlots(many, nil)
+	zero, seen := 0, map[uint16]bool{}
+	for _, v := range many {
+		if v.Slot == 0 {
+			zero++
+		} else if seen[v.Slot] {
+			t.Fatalf("slot %d handed out twice", v.Slot)
+		}
+		seen[v.Slot] = true
+	}
+	if zero != 6 {
+		t.Errorf("%d guests on the shared slot 0, want 6 (GuestsMax-1 own slots)", zero)
+	}
+}
