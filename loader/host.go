@@ -20,6 +20,7 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // AgentAPI is what the loader asks of the host agent (*agent.Agent in the
@@ -51,7 +52,7 @@ type Host struct {
 	// make the kernel announce when a guest's SAs are due for rotation).
 	Lifetime xfrm.Lifetime
 	// SELinux installs the bundle's host modules; nil skips them.
-	SELinux func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error)
+	SELinux func(ctx context.Context, mods []policystore.Module) (*selinux.ModuleReport, error)
 
 	mu        sync.Mutex
 	peers     map[string][]agent.PeerSpec // by guest interface

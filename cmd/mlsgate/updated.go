@@ -13,10 +13,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/loader/updated"
 	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/spf13/cobra"
 )
 
@@ -120,7 +120,7 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ap := &updated.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work"), SELinux: agent.SELinux{Semodule: o.semodule}}
+	ap := &updated.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work"), SELinux: selinux.SELinux{Semodule: o.semodule}}
 	if h, err := xfrm.NewHandle(); err != nil {
 		log.Warn("no XFRM handle: bundles with SAs or policies will be refused", "error", err)
 	} else {

@@ -26,6 +26,7 @@ import (
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // SA rotation in the guest kernel, where ESP and labeled SAs are real: a
@@ -98,7 +99,7 @@ func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemo
 		t.Fatal(err)
 	}
 	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
-		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: agent.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
+		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: selinux.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
 	if err != nil {
 		t.Fatal(err)
 	}

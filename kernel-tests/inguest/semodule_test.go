@@ -18,12 +18,12 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/loader/updated"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // The guest the bundles of TestGuestSemoduleBundle are generated for.
@@ -96,7 +96,7 @@ func TestGuestSemoduleBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var semoduleTimes []time.Duration
-	sel := agent.SELinux{Semodule: true, Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
+	sel := selinux.SELinux{Semodule: true, Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
 		start := time.Now()
 		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 		semoduleTimes = append(semoduleTimes, time.Since(start))
@@ -155,8 +155,8 @@ func TestGuestSemoduleBundle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("push v2: %v", err)
 	}
-	if !rep.Modules.Loaded || rep.Modules.Note != agent.NoteInstalled || !slices.Equal(rep.Modules.Modules, []string{modName}) {
-		t.Errorf("v2 modules report %+v, want %s installed (%q)", rep.Modules, modName, agent.NoteInstalled)
+	if !rep.Modules.Loaded || rep.Modules.Note != selinux.NoteInstalled || !slices.Equal(rep.Modules.Modules, []string{modName}) {
+		t.Errorf("v2 modules report %+v, want %s installed (%q)", rep.Modules, modName, selinux.NoteInstalled)
 	}
 	t.Logf("v2 applied in %.2fs: modules %q (%s), %d SAs and %d policies added",
 		rep.Took.Seconds(), rep.Modules.Modules, rep.Modules.Note, len(rep.XFRM.StatesAdded), len(rep.XFRM.PoliciesAdded))

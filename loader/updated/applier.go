@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // Applier is where the daemon changes the guest. The daemon has checked the
@@ -63,7 +63,7 @@ type SystemApplier struct {
 	// every bundle that has SAs or policies, saying why.
 	XFRM *xfrm.Handle
 	// SELinux compiles and loads modules.
-	SELinux agent.SELinux
+	SELinux selinux.SELinux
 	// WorkDir is where modules are compiled (a fresh subdirectory per
 	// push, removed afterwards); "" means the system's temporary directory.
 	WorkDir string
@@ -89,7 +89,7 @@ func (a *SystemApplier) workDir() (string, error) {
 }
 
 // InstallModules compiles the modules in a fresh work directory and
-// installs them, removing drop, with agent.SELinux.Update: one semodule
+// installs them, removing drop, with selinux.SELinux.Update: one semodule
 // transaction.
 func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error) {
 	if len(mods) == 0 && len(drop) == 0 {
@@ -108,7 +108,7 @@ func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.M
 }
 
 // RestoreModules removes the modules installed loaded that prev lacks and
-// reinstalls prev, in one semodule transaction (agent.SELinux.Replace).
+// reinstalls prev, in one semodule transaction (selinux.SELinux.Replace).
 func (a *SystemApplier) RestoreModules(ctx context.Context, installed ModulesReport, prev []policystore.Module) error {
 	if !installed.Loaded {
 		return nil

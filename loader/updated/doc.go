@@ -62,7 +62,7 @@
 // be rolled back, and why.
 //
 // SystemApplier is the production Applier: a mapper.Mapper the daemon serves
-// itself, agent/xfrm in the daemon's network namespace, agent.SELinux for the
+// itself, agent/xfrm in the daemon's network namespace, selinux.SELinux for the
 // modules. FakeApplier records calls for tests of this package and of the
 // loader.
 //

@@ -11,24 +11,24 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
-// semoduleRecorder is an agent.SELinux whose SELinux is active (a fake
+// semoduleRecorder is a selinux.SELinux whose SELinux is active (a fake
 // selinuxfs) and whose semodule calls are recorded, not run.
 type semoduleRecorder struct {
 	mu    sync.Mutex
 	calls []string
 }
 
-func (r *semoduleRecorder) selinux(t *testing.T) agent.SELinux {
+func (r *semoduleRecorder) selinux(t *testing.T) selinux.SELinux {
 	fs := t.TempDir()
 	if err := os.WriteFile(filepath.Join(fs, "enforce"), []byte("1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return agent.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	return selinux.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		// Module packages are named by their file, in a fresh directory.
@@ -127,7 +127,7 @@ func TestFailedPushRestoresPreviousModules(t *testing.T) {
 	}
 	v1 := analystBundle(t, nil, 1, 0x4000).GuestPart()
 	v1.States, v1.Policies = nil, nil
-	if rep, err := d.Apply(ctxT(t), v1); err != nil || !rep.Modules.Loaded || rep.Modules.Note != agent.NoteInstalled {
+	if rep, err := d.Apply(ctxT(t), v1); err != nil || !rep.Modules.Loaded || rep.Modules.Note != selinux.NoteInstalled {
 		t.Fatalf("v1: %+v, %v", rep, err)
 	}
 	v2 := analystBundle(t, nil, 2, 0x4000).GuestPart()

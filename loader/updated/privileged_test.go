@@ -10,10 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/vishvananda/netns"
 )
 
@@ -65,7 +65,7 @@ func TestPrivilegedUpdatedXFRM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	selinux := agent.SELinux{}
+	selinux := selinux.SELinux{}
 	ap := &SystemApplier{Mapper: m, XFRM: h, SELinux: selinux, WorkDir: filepath.Join(t.TempDir(), "work")}
 	contexts := selinux.Active()
 

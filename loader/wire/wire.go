@@ -22,13 +22,14 @@ import (
 	"github.com/mlsgate/mlsgate/loader/updated"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // Setup is everything VMLoad runs with.
 type Setup struct {
 	// HostSemodule installs the host's modules with semodule: set it
 	// where the host's running policy was loaded from its semodule store
-	// (agent.SELinux.Semodule).
+	// (selinux.SELinux.Semodule).
 	HostSemodule bool
 	// StateDir holds the policy store, the CA and the pool's table.
 	StateDir string
@@ -170,13 +171,13 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
 	v.closers = append(v.closers, v.Listeners.CloseAll)
-	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error) {
+	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*selinux.ModuleReport, error) {
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		return agent.SELinux{Semodule: s.HostSemodule}.Install(ctx, mods, dir)
+		return selinux.SELinux{Semodule: s.HostSemodule}.Install(ctx, mods, dir)
 	}}
 
 	// VM numbers: the lowest not used by a guest in the table and not
