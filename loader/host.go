@@ -52,7 +52,7 @@ type Host struct {
 	// make the kernel announce when a guest's SAs are due for rotation).
 	Lifetime xfrm.Lifetime
 	// SELinux installs the bundle's host modules; nil skips them.
-	SELinux func(ctx context.Context, mods []policystore.Module) (*selinux.ModuleReport, error)
+	SELinux func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error)
 
 	mu        sync.Mutex
 	peers     map[string][]agent.PeerSpec // by guest interface
@@ -345,9 +345,9 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	undo = append(undo, func() error { return h.Quarantine(g) })
 	// 3. The host's SELinux modules.
 	if h.SELinux != nil {
-		var mods []policystore.Module
+		var mods []selinux.Module
 		for _, m := range b.Modules {
-			if m.Target == policystore.TargetHost {
+			if m.Target == selinux.TargetHost {
 				mods = append(mods, m)
 			}
 		}

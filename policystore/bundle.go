@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // A bundle is everything one guest of one application needs, generated
@@ -128,7 +129,7 @@ type Bundle struct {
 	// Range is the guest's secrecy/integrity bounds.
 	Range label.Bounds `json:"range"`
 	// Modules are the SELinux modules: the guest's and the host's.
-	Modules []Module `json:"modules"`
+	Modules []selinux.Module `json:"modules"`
 	// Policies and States are the guest's XFRM policies and SAs. The host
 	// installs the same SAs (they are the two ends of one tunnel).
 	Policies []XFRMPolicy `json:"policies"`
@@ -156,23 +157,6 @@ type Bundle struct {
 	// daemon's Digest leaves it out).
 	CRL []byte `json:"crl,omitempty"`
 }
-
-// Module is one SELinux policy module: its type enforcement, interface and
-// file-context texts.
-type Module struct {
-	Name string `json:"name"`
-	// Target is where it is loaded: "guest" or "host".
-	Target string `json:"target"`
-	TE     string `json:"te"`
-	IF     string `json:"if,omitempty"`
-	FC     string `json:"fc,omitempty"`
-}
-
-// Module targets.
-const (
-	TargetGuest = "guest"
-	TargetHost  = "host"
-)
 
 // Certificate is a certificate of the bundle. KeyPEM is set only for the
 // guest's own certificate.
@@ -206,7 +190,7 @@ func (b *Bundle) GuestPart() *Bundle {
 	g.ServerKeys = nil
 	g.Modules = nil
 	for _, m := range b.Modules {
-		if m.Target == TargetGuest {
+		if m.Target == selinux.TargetGuest {
 			g.Modules = append(g.Modules, m)
 		}
 	}
@@ -552,14 +536,14 @@ func compareLabels(a, b label.Label) int {
 	)
 }
 
-func (g *generator) modules() ([]Module, error) {
+func (g *generator) modules() ([]selinux.Module, error) {
 	d := &g.data
 	render := func(name string) (string, error) {
 		out, err := g.t.render(name, d)
 		return string(out), err
 	}
-	guest := Module{Name: d.Module, Target: TargetGuest}
-	host := Module{Name: d.HostModule, Target: TargetHost}
+	guest := selinux.Module{Name: d.Module, Target: selinux.TargetGuest}
+	host := selinux.Module{Name: d.HostModule, Target: selinux.TargetHost}
 	var err error
 	for _, f := range []struct {
 		dst  *string
@@ -578,14 +562,14 @@ func (g *generator) modules() ([]Module, error) {
 	if err := g.checkModuleHeader(TmplHostTE, host); err != nil {
 		return nil, err
 	}
-	return []Module{guest, host}, nil
+	return []selinux.Module{guest, host}, nil
 }
 
 var moduleStmtRE = regexp.MustCompile(`^module\s+([A-Za-z0-9_.-]+)\s+[0-9][0-9.]*\s*;$`)
 
 // checkModuleHeader checks that the first statement of a rendered .te is
 // "module <name> <version>;" with the name the loader will load it by.
-func (g *generator) checkModuleHeader(tmpl string, m Module) error {
+func (g *generator) checkModuleHeader(tmpl string, m selinux.Module) error {
 	for i, line := range strings.Split(m.TE, "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 var updateGoldens = flag.Bool("update", false, "rewrite the golden files under testdata/bundle")
@@ -74,7 +75,7 @@ func deterministicJSON(t *testing.T, b *Bundle) []byte {
 	for i := range c.States {
 		c.States[i].AEAD.Key = nil
 	}
-	c.Modules = append([]Module(nil), b.Modules...)
+	c.Modules = append([]selinux.Module(nil), b.Modules...)
 	for i := range c.Modules {
 		for _, f := range []*string{&c.Modules[i].TE, &c.Modules[i].IF, &c.Modules[i].FC} {
 			if *f != "" {
@@ -227,7 +228,7 @@ func TestBundleAnalystGolden(t *testing.T) {
 		t.Errorf("%d server keys, want 3", len(b.ServerKeys))
 	}
 	gp := b.GuestPart()
-	if len(gp.ServerKeys) != 0 || len(gp.Modules) != 1 || gp.Modules[0].Target != TargetGuest {
+	if len(gp.ServerKeys) != 0 || len(gp.Modules) != 1 || gp.Modules[0].Target != selinux.TargetGuest {
 		t.Errorf("GuestPart kept %d server keys and modules %v", len(gp.ServerKeys), gp.Modules)
 	}
 	if len(b.ServerKeys) != 3 || len(b.Modules) != 2 {
@@ -353,10 +354,10 @@ func TestBundleRequestErrors(t *testing.T) {
 }
 
 func TestBundleModulesCompile(t *testing.T) {
-	if _, err := (Module{Name: "probe"}).Package(context.Background(), t.TempDir()); errors.Is(err, ErrNoToolchain) {
+	if _, err := (selinux.Module{Name: "probe"}).Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
-	compile := func(t *testing.T, m Module) error {
+	compile := func(t *testing.T, m selinux.Module) error {
 		_, err := m.Package(context.Background(), t.TempDir())
 		return err
 	}
@@ -376,7 +377,7 @@ func TestBundleModulesCompile(t *testing.T) {
 	}
 	// The harness itself must notice a module the toolchain refuses.
 	t.Run("broken module is refused", func(t *testing.T) {
-		bad := Module{Name: "mlsgate_bad", TE: "module mlsgate_bad 1.0;\nallow undeclared_t self:file read;\n", FC: "/x\tsystem_u:object_r:undeclared_t\n"}
+		bad := selinux.Module{Name: "mlsgate_bad", TE: "module mlsgate_bad 1.0;\nallow undeclared_t self:file read;\n", FC: "/x\tsystem_u:object_r:undeclared_t\n"}
 		if err := compile(t, bad); err == nil {
 			t.Fatal("checkmodule accepted a module that uses an undeclared type and class")
 		}

@@ -11,8 +11,6 @@ import (
 	"strings"
 
 	goselinux "github.com/opencontainers/selinux/go-selinux"
-
-	"github.com/mlsgate/mlsgate/policystore"
 )
 
 // SELinux loads a bundle's modules into the running kernel's policy with
@@ -76,7 +74,7 @@ func (s SELinux) where() string {
 
 // packageAll compiles mods into work and returns their names and the
 // semodule arguments that install them (-i <pp> each).
-func packageAll(ctx context.Context, mods []policystore.Module, work string) (names, args []string, err error) {
+func packageAll(ctx context.Context, mods []Module, work string) (names, args []string, err error) {
 	for _, m := range mods {
 		pp, err := m.Package(ctx, work)
 		if err != nil {
@@ -103,14 +101,14 @@ func (s SELinux) semodule(ctx context.Context, args []string) error {
 
 // Install compiles every module into work and, where SELinux is active,
 // installs them all with one semodule call.
-func (s SELinux) Install(ctx context.Context, mods []policystore.Module, work string) (*ModuleReport, error) {
+func (s SELinux) Install(ctx context.Context, mods []Module, work string) (*ModuleReport, error) {
 	return s.Update(ctx, mods, nil, work)
 }
 
 // Update is Install that also removes, in the same semodule transaction,
 // the modules named in remove that mods does not carry (those of an
 // earlier bundle that this one drops).
-func (s SELinux) Update(ctx context.Context, mods []policystore.Module, remove []string, work string) (*ModuleReport, error) {
+func (s SELinux) Update(ctx context.Context, mods []Module, remove []string, work string) (*ModuleReport, error) {
 	rep := &ModuleReport{}
 	carried := map[string]bool{}
 	for _, m := range mods {
@@ -128,7 +126,7 @@ func (s SELinux) Update(ctx context.Context, mods []policystore.Module, remove [
 		return rep, nil
 	}
 	names, args, err := packageAll(ctx, mods, work)
-	if errors.Is(err, policystore.ErrNoToolchain) {
+	if errors.Is(err, ErrNoToolchain) {
 		// A minimal image may have no toolchain. The policy store compiled
 		// these modules when it made the bundle; say plainly that nothing
 		// was compiled or loaded here.
@@ -166,7 +164,7 @@ func (s SELinux) Update(ctx context.Context, mods []policystore.Module, remove [
 // have and installs prev (the modules in force before, compiled into
 // work), which puts back their earlier versions and those an Update
 // removed. Where SELinux is not active it does nothing.
-func (s SELinux) Replace(ctx context.Context, installed []string, prev []policystore.Module, work string) error {
+func (s SELinux) Replace(ctx context.Context, installed []string, prev []Module, work string) error {
 	if !s.Active() {
 		return nil
 	}

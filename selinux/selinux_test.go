@@ -1,4 +1,4 @@
-package selinux
+package selinux_test
 
 import (
 	"context"
@@ -11,9 +11,10 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
-func analystModules(t *testing.T) []policystore.Module {
+func analystModules(t *testing.T) []selinux.Module {
 	t.Helper()
 	app, err := policystore.LoadFile("../examples/analyst/analyst.yaml")
 	if err != nil {
@@ -32,12 +33,12 @@ func analystModules(t *testing.T) []policystore.Module {
 
 func TestSELinuxInstall(t *testing.T) {
 	mods := analystModules(t)
-	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	fs := t.TempDir()
 	var calls []string
-	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := selinux.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}
@@ -69,7 +70,7 @@ func TestSELinuxInstall(t *testing.T) {
 		t.Fatalf("remove: %v %v", err, calls)
 	}
 	// A module the toolchain refuses is an error, active or not.
-	bad := append([]policystore.Module(nil), mods...)
+	bad := append([]selinux.Module(nil), mods...)
 	bad[0].TE += "\nallow undeclared_t self:file read;\n"
 	if _, err := s.Install(context.Background(), bad, t.TempDir()); err == nil || !strings.Contains(err.Error(), "checkmodule") {
 		t.Fatalf("broken module: %v", err)
@@ -84,7 +85,7 @@ func TestSELinuxInstall(t *testing.T) {
 // semodule runs.
 func TestSELinuxRefusesModuleNamedOtherwise(t *testing.T) {
 	mods := analystModules(t)
-	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	fs := t.TempDir()
@@ -92,12 +93,12 @@ func TestSELinuxRefusesModuleNamedOtherwise(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls []string
-	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := selinux.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}
 	for _, other := range []string{"base", "mlsgate_osint"} {
-		bad := append([]policystore.Module(nil), mods...)
+		bad := append([]selinux.Module(nil), mods...)
 		bad[0].TE = strings.Replace(bad[0].TE, "module "+bad[0].Name+" ", "module "+other+" ", 1)
 		if bad[0].TE == mods[0].TE {
 			t.Fatalf("module %s has no 'module %s' statement to rename", mods[0].Name, mods[0].Name)
@@ -116,7 +117,7 @@ func TestSELinuxRefusesModuleNamedOtherwise(t *testing.T) {
 // semodule call that installs its own; the ones it carries are not removed.
 func TestSELinuxUpdateOneTransaction(t *testing.T) {
 	mods := analystModules(t)
-	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := mods[0].Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	fs := t.TempDir()
@@ -124,7 +125,7 @@ func TestSELinuxUpdateOneTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	var calls []string
-	s := SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
+	s := selinux.SELinux{FS: fs, Semodule: true, Run: func(_ context.Context, name string, args ...string) ([]byte, error) {
 		calls = append(calls, name+" "+strings.Join(args, " "))
 		return nil, nil
 	}}

@@ -171,8 +171,8 @@ func TestGuestSemoduleBundle(t *testing.T) {
 	// stays (reinstalled in the same transaction).
 	v3 := bundle(3)
 	const extraType = "analyst_extra_t"
-	v3.Modules = append(v3.Modules, policystore.Module{
-		Name: "mlsgate_extra", Target: policystore.TargetGuest,
+	v3.Modules = append(v3.Modules, selinux.Module{
+		Name: "mlsgate_extra", Target: selinux.TargetGuest,
 		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype " + extraType + ";\nrole system_r types " + extraType + ";\n",
 	})
 	extraCtx := "system_u:system_r:" + extraType + ":s4"

@@ -20,12 +20,12 @@ type Applier interface {
 	// where SELinux is active, all or none; in the same transaction it
 	// removes the modules named in drop (the previous bundle's that this
 	// one no longer carries).
-	InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error)
+	InstallModules(ctx context.Context, mods []selinux.Module, drop []string) (ModulesReport, error)
 	// RestoreModules undoes InstallModules after a later step failed:
 	// the modules installed lists what it loaded, prev the modules of the
 	// bundle in force before (none before the first). All or none: on
 	// error the policy holds what it held before the call.
-	RestoreModules(ctx context.Context, installed ModulesReport, prev []policystore.Module) error
+	RestoreModules(ctx context.Context, installed ModulesReport, prev []selinux.Module) error
 	// LoadMapperPolicy replaces the guest mapper's policy with policy,
 	// atomically: on error the previous policy stays in force. The daemon
 	// also calls it with the previous policy to roll back.
@@ -91,7 +91,7 @@ func (a *SystemApplier) workDir() (string, error) {
 // InstallModules compiles the modules in a fresh work directory and
 // installs them, removing drop, with selinux.SELinux.Update: one semodule
 // transaction.
-func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.Module, drop []string) (ModulesReport, error) {
+func (a *SystemApplier) InstallModules(ctx context.Context, mods []selinux.Module, drop []string) (ModulesReport, error) {
 	if len(mods) == 0 && len(drop) == 0 {
 		return ModulesReport{Note: "the bundle has no guest modules"}, nil
 	}
@@ -109,7 +109,7 @@ func (a *SystemApplier) InstallModules(ctx context.Context, mods []policystore.M
 
 // RestoreModules removes the modules installed loaded that prev lacks and
 // reinstalls prev, in one semodule transaction (selinux.SELinux.Replace).
-func (a *SystemApplier) RestoreModules(ctx context.Context, installed ModulesReport, prev []policystore.Module) error {
+func (a *SystemApplier) RestoreModules(ctx context.Context, installed ModulesReport, prev []selinux.Module) error {
 	if !installed.Loaded {
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // MaxBundleBytes bounds the body of POST /v1/bundle. Generated bundles are
@@ -269,7 +270,7 @@ func (d *Daemon) apply(ctx context.Context, b *policystore.Bundle, digest string
 		return rep, &Error{Code: CodeApplyFailed, Reason: fmt.Sprintf("applying %s v%d failed at %s", b.Application, b.Version, rep.Failed), Report: rep, Err: err}
 	}
 
-	var prevMods []policystore.Module
+	var prevMods []selinux.Module
 	if prev != nil && prev.Bundle != nil {
 		prevMods = prev.Bundle.Modules
 	}
@@ -440,7 +441,7 @@ func checkContent(b *policystore.Bundle) error {
 		return bad(errors.New("it carries the servers' private keys, which must never reach a guest; push Bundle.GuestPart()"))
 	}
 	for _, m := range b.Modules {
-		if m.Target != policystore.TargetGuest {
+		if m.Target != selinux.TargetGuest {
 			return bad(fmt.Errorf("module %s targets %q; a guest loads only guest modules: push Bundle.GuestPart()", m.Name, m.Target))
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // The steps of FakeApplier, as Fail receives them.
@@ -74,7 +75,7 @@ func (f *FakeApplier) failed(step string) error {
 
 // InstallModules records the module names; the modules are reported as
 // validated only.
-func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Module, _ []string) (ModulesReport, error) {
+func (f *FakeApplier) InstallModules(_ context.Context, mods []selinux.Module, _ []string) (ModulesReport, error) {
 	names := make([]string, len(mods))
 	for i, m := range mods {
 		names[i] = m.Name
@@ -87,7 +88,7 @@ func (f *FakeApplier) InstallModules(_ context.Context, mods []policystore.Modul
 }
 
 // RestoreModules records the call; the fake loaded nothing.
-func (f *FakeApplier) RestoreModules(_ context.Context, installed ModulesReport, prev []policystore.Module) error {
+func (f *FakeApplier) RestoreModules(_ context.Context, installed ModulesReport, prev []selinux.Module) error {
 	names := make([]string, len(prev))
 	for i, m := range prev {
 		names[i] = m.Name

@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/mlsgate/mlsgate/mapper"
-	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
 )
 
@@ -56,7 +55,7 @@ func (r *semoduleRecorder) Calls() []string {
 // A later push puts the applied version's modules back and removes those
 // only it brought, in one semodule transaction.
 func TestFailedPushRemovesItsModules(t *testing.T) {
-	if _, err := (policystore.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := (selinux.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	p := newPKI(t)
@@ -98,7 +97,7 @@ func TestFailedPushRemovesItsModules(t *testing.T) {
 // the XFRM step, is undone in one semodule call: the second module
 // removed, v1's module reinstalled.
 func TestFailedPushRestoresPreviousModules(t *testing.T) {
-	if _, err := (policystore.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := (selinux.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	p := newPKI(t)
@@ -131,7 +130,7 @@ func TestFailedPushRestoresPreviousModules(t *testing.T) {
 		t.Fatalf("v1: %+v, %v", rep, err)
 	}
 	v2 := analystBundle(t, nil, 2, 0x4000).GuestPart()
-	v2.Modules = append(v2.Modules, policystore.Module{Name: "mlsgate_extra", Target: policystore.TargetGuest,
+	v2.Modules = append(v2.Modules, selinux.Module{Name: "mlsgate_extra", Target: selinux.TargetGuest,
 		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype extra_t;\nrole system_r types extra_t;\n"})
 	rep, err := d.Apply(ctxT(t), v2)
 	if !errors.Is(err, ErrApplyFailed) || !strings.HasPrefix(rep.Failed, "XFRM") {
@@ -161,7 +160,7 @@ func TestFailedPushRestoresPreviousModules(t *testing.T) {
 // guest's policy in the same semodule transaction that installs v2's, or a
 // revocation by the policy store never reaches the guest.
 func TestPushRemovesModulesTheBundleDrops(t *testing.T) {
-	if _, err := (policystore.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, policystore.ErrNoToolchain) {
+	if _, err := (selinux.Module{Name: "probe", TE: "module probe 1.0;\n"}).Package(context.Background(), t.TempDir()); errors.Is(err, selinux.ErrNoToolchain) {
 		t.Skip(err)
 	}
 	p := newPKI(t)
@@ -189,7 +188,7 @@ func TestPushRemovesModulesTheBundleDrops(t *testing.T) {
 	}
 	v1 := analystBundle(t, nil, 1, 0x4000).GuestPart()
 	v1.States, v1.Policies = nil, nil
-	v1.Modules = append(v1.Modules, policystore.Module{Name: "mlsgate_extra", Target: policystore.TargetGuest,
+	v1.Modules = append(v1.Modules, selinux.Module{Name: "mlsgate_extra", Target: selinux.TargetGuest,
 		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype extra_t;\nrole system_r types extra_t;\n"})
 	if _, err := d.Apply(ctxT(t), v1); err != nil {
 		t.Fatal(err)

@@ -171,7 +171,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	}
 	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
 	v.closers = append(v.closers, v.Listeners.CloseAll)
-	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []policystore.Module) (*selinux.ModuleReport, error) {
+	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error) {
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
 			return nil, err

@@ -1,4 +1,4 @@
-package policystore
+package selinux
 
 import (
 	"bytes"
@@ -8,12 +8,35 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+)
+
+// Module is one SELinux policy module: its type enforcement, interface and
+// file-context texts. The policy store writes them into bundles; this
+// package compiles and installs them.
+type Module struct {
+	Name string `json:"name"`
+	// Target is where it is loaded: "guest" or "host".
+	Target string `json:"target"`
+	TE     string `json:"te"`
+	IF     string `json:"if,omitempty"`
+	FC     string `json:"fc,omitempty"`
+}
+
+// Module targets.
+const (
+	TargetGuest = "guest"
+	TargetHost  = "host"
 )
 
 // ErrNoToolchain is returned when checkmodule or semodule_package is not
 // installed.
 var ErrNoToolchain = errors.New("SELinux module toolchain not installed: apt-get install -y checkpolicy semodule-utils")
+
+// moduleNameRE is what a module name may be: it names files in the work
+// directory (the policy store's own name rule, with '_' allowed).
+var moduleNameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,39}$`)
 
 // Package compiles the module with the real SELinux toolchain into dir:
 // checkmodule -M -m (an MLS policy module) and semodule_package with the
@@ -27,7 +50,7 @@ func (m Module) Package(ctx context.Context, dir string) (string, error) {
 	if err1 != nil || err2 != nil {
 		return "", ErrNoToolchain
 	}
-	if !nameRE.MatchString(strings.ReplaceAll(m.Name, "_", "-")) {
+	if !moduleNameRE.MatchString(m.Name) {
 		return "", fmt.Errorf("module name %q is not a safe file name", m.Name)
 	}
 	base := filepath.Join(dir, m.Name)
