@@ -35,7 +35,7 @@ type AgentAPI interface {
 // (*xfrm.Handle).
 type XFRMWriter interface {
 	AddState(s xfrm.State) error
-	DeleteState(dst netip.Addr, spi uint32, proto uint8) error
+	DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error
 	AddPolicy(p xfrm.Policy) error
 	DeletePolicy(p xfrm.Policy) error
 }
@@ -242,18 +242,18 @@ func (h *Host) Push() error { return h.pushPeers() }
 func HostXFRM(b *policystore.Bundle) ([]xfrm.State, []xfrm.Policy) {
 	var states []xfrm.State
 	for _, s := range b.States {
-		states = append(states, xfrm.StateFromStore(s))
+		states = append(states, s)
 	}
 	var pols []xfrm.Policy
 	for _, p := range b.Policies {
-		if p.Action != policystore.ActionAllow || len(p.Templates) == 0 || p.Context == "" {
+		if p.Action != xfrm.ActionAllow || len(p.Templates) == 0 || p.Context == "" {
 			continue
 		}
-		hp := xfrm.PolicyFromStore(p)
+		hp := p
 		switch p.Dir {
-		case policystore.DirOut:
+		case xfrm.DirOut:
 			hp.Dir = xfrm.DirFwd // the guest's outbound is forwarded here
-		case policystore.DirIn:
+		case xfrm.DirIn:
 			hp.Dir = xfrm.DirOut // the guest's inbound leaves here
 		default:
 			continue

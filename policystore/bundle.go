@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/selinux"
 )
@@ -132,8 +133,8 @@ type Bundle struct {
 	Modules []selinux.Module `json:"modules"`
 	// Policies and States are the guest's XFRM policies and SAs. The host
 	// installs the same SAs (they are the two ends of one tunnel).
-	Policies []XFRMPolicy `json:"policies"`
-	States   []XFRMState  `json:"states"`
+	Policies []ipsec.Policy `json:"policies"`
+	States   []ipsec.State  `json:"states"`
 	// MapperPolicy is the guest's label-mapper policy, in the mapper's
 	// line format.
 	MapperPolicy string `json:"mapper_policy"`
@@ -339,8 +340,8 @@ func (g *generator) generate() (*Bundle, error) {
 		GuestAddr:    req.GuestAddr,
 		HostAddr:     req.HostAddr,
 		Range:        app.Guest,
-		Policies:     []XFRMPolicy{},
-		States:       []XFRMState{},
+		Policies:     []ipsec.Policy{},
+		States:       []ipsec.State{},
 		Certificates: nil,
 	}
 	var err error
@@ -425,10 +426,10 @@ func (g *generator) plan() error {
 		for _, l := range g.serverLabels(s, rules) {
 			sa := TemplateSA{Label: l, Context: saContext(app.Type, l)}
 			var err error
-			if sa.OutSPI, err = g.allocSPI(s.Name, l, DirOut); err != nil {
+			if sa.OutSPI, err = g.allocSPI(s.Name, l, dirOut); err != nil {
 				return err
 			}
-			if sa.InSPI, err = g.allocSPI(s.Name, l, DirIn); err != nil {
+			if sa.InSPI, err = g.allocSPI(s.Name, l, dirIn); err != nil {
 				return err
 			}
 			ts.SAs = append(ts.SAs, sa)
@@ -589,7 +590,7 @@ func (g *generator) checkModuleHeader(tmpl string, m selinux.Module) error {
 
 // xfrm renders the XFRM template, decodes it strictly, adds the keys and
 // checks every invariant GenerateBundle documents.
-func (g *generator) xfrm() ([]XFRMPolicy, []XFRMState, error) {
+func (g *generator) xfrm() ([]ipsec.Policy, []ipsec.State, error) {
 	out, err := g.t.render(TmplXFRM, &g.data)
 	if err != nil {
 		return nil, nil, err
@@ -636,7 +637,15 @@ func (g *generator) xfrm() ([]XFRMPolicy, []XFRMState, error) {
 	}, bad); err != nil {
 		return nil, nil, err
 	}
-	return doc.Policies, doc.States, nil
+	var pols []ipsec.Policy
+	for i := range doc.Policies {
+		pols = append(pols, doc.Policies[i].value())
+	}
+	var states []ipsec.State
+	for i := range doc.States {
+		states = append(states, doc.States[i].value())
+	}
+	return pols, states, nil
 }
 
 // checkXFRM enforces the bundle-level invariants on rendered XFRM: labels
@@ -650,12 +659,12 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 	reqServer := map[uint32]Server{}
 	maxAllow := uint32(0)
 	haveAllow := false
-	var blockOut, blockIn *XFRMPolicy
+	var blockOut, blockIn *xfrmPolicy
 	var blockOutIdx, blockInIdx int
 	for i := range doc.Policies {
 		p := &doc.Policies[i]
 		ln := line("policies", i)
-		if p.Action == ActionAllow {
+		if p.Action == actionAllow {
 			haveAllow = true
 			maxAllow = max(maxAllow, p.Priority)
 		}
@@ -669,7 +678,7 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 			}
 		}
 		peer := p.Dst
-		if p.Dir == DirIn {
+		if p.Dir == dirIn {
 			peer = p.Src
 		}
 		for _, s := range app.Servers {
@@ -677,10 +686,10 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 			if !hit {
 				continue
 			}
-			if p.Action == ActionAllow && len(p.Templates) == 0 {
+			if p.Action == actionAllow && len(p.Templates) == 0 {
 				return bad(ln, "policies[%d]: lets the guest reach server %s (%v) in clear; traffic to a server must go through the labeled tunnel: add a template or drop the policy", i, s.Name, peer)
 			}
-			if p.Action == ActionAllow && p.Context != "" {
+			if p.Action == actionAllow && p.Context != "" {
 				ctx, _ := parseMLSContext(p.Context)
 				x, _ := s.Range.Intersect(app.Guest)
 				srv := label.Range{Low: x.Low.Secrecy, High: x.High.Secrecy}
@@ -697,11 +706,11 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 				return bad(ln, "policies[%d]: the tunnel runs %v→%v; the guest's tunnels run between the guest %v and its host %v", i, tm.Src, tm.Dst, guest, host)
 			}
 		}
-		if p.Action == ActionBlock && p.Context == "" && p.Proto == 0 {
-			if p.Dir == DirOut && p.Src.Contains(guest) && p.Dst.Bits() == 0 {
+		if p.Action == actionBlock && p.Context == "" && p.Proto == 0 {
+			if p.Dir == dirOut && p.Src.Contains(guest) && p.Dst.Bits() == 0 {
 				blockOut, blockOutIdx = p, i
 			}
-			if p.Dir == DirIn && p.Dst.Contains(guest) && p.Src.Bits() == 0 {
+			if p.Dir == dirIn && p.Dst.Contains(guest) && p.Src.Bits() == 0 {
 				blockIn, blockInIdx = p, i
 			}
 		}
@@ -711,7 +720,7 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 	}
 	if haveAllow {
 		for _, bp := range []struct {
-			p *XFRMPolicy
+			p *xfrmPolicy
 			i int
 		}{{blockOut, blockOutIdx}, {blockIn, blockInIdx}} {
 			if bp.p.Priority <= maxAllow {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/selinux"
@@ -71,9 +72,11 @@ func analystRequest() BundleRequest {
 func deterministicJSON(t *testing.T, b *Bundle) []byte {
 	t.Helper()
 	c := *b
-	c.States = append([]XFRMState(nil), b.States...)
+	c.States = append([]ipsec.State(nil), b.States...)
 	for i := range c.States {
-		c.States[i].AEAD.Key = nil
+		aead := *c.States[i].AEAD
+		aead.Key = nil
+		c.States[i].AEAD = &aead
 	}
 	c.Modules = append([]selinux.Module(nil), b.Modules...)
 	for i := range c.Modules {
@@ -180,7 +183,7 @@ func TestBundleAnalystGolden(t *testing.T) {
 		}
 		want := map[string]string{"10.70.1.1/32": "system_u:object_r:analyst_spd_t:s6-s15", "10.70.2.1/32": "system_u:object_r:analyst_spd_t:s6-s15", "10.70.3.1/32": "system_u:object_r:analyst_spd_t:s0-s5"}
 		peer := p.Dst
-		if p.Dir == DirIn {
+		if p.Dir == ipsec.DirIn {
 			peer = p.Src
 		}
 		if p.Context != want[peer.String()] {
@@ -447,13 +450,13 @@ func TestCheckMapperPolicy(t *testing.T) {
 func TestXFRMValidate(t *testing.T) {
 	pfx := netip.MustParsePrefix
 	addr := netip.MustParseAddr
-	goodTmpl := XFRMTemplate{Src: addr("10.0.0.7"), Dst: addr("10.0.0.1"), Proto: ProtoESP, Mode: ModeTunnel, Reqid: 1}
-	goodPol := func() XFRMPolicy {
-		return XFRMPolicy{Dir: DirOut, Src: pfx("10.0.0.7/32"), Dst: pfx("10.70.1.1/32"), Context: "system_u:object_r:a_spd_t:s0-s3", Action: ActionAllow, Priority: 1, Templates: []XFRMTemplate{goodTmpl}}
+	goodTmpl := xfrmTemplate{Src: addr("10.0.0.7"), Dst: addr("10.0.0.1"), Proto: protoESP, Mode: modeTunnel, Reqid: 1}
+	goodPol := func() xfrmPolicy {
+		return xfrmPolicy{Dir: dirOut, Src: pfx("10.0.0.7/32"), Dst: pfx("10.70.1.1/32"), Context: "system_u:object_r:a_spd_t:s0-s3", Action: actionAllow, Priority: 1, Templates: []xfrmTemplate{goodTmpl}}
 	}
-	goodState := func() XFRMState {
-		return XFRMState{Src: addr("10.0.0.7"), Dst: addr("10.0.0.1"), SPI: 4096, Proto: ProtoESP, Mode: ModeTunnel, Reqid: 1,
-			Context: "system_u:system_r:a_t:s2:c1", Label: mustLabel(t, "s2:c1/i3"), AEAD: XFRMAEAD{Name: AEADGCM, Key: make([]byte, 20), ICVBits: 128}}
+	goodState := func() xfrmState {
+		return xfrmState{Src: addr("10.0.0.7"), Dst: addr("10.0.0.1"), SPI: 4096, Proto: protoESP, Mode: modeTunnel, Reqid: 1,
+			Context: "system_u:system_r:a_t:s2:c1", Label: mustLabel(t, "s2:c1/i3"), AEAD: xfrmAEAD{Name: AEADGCM, Key: make([]byte, 20), ICVBits: 128}}
 	}
 	if p := goodPol(); p.Validate() != nil {
 		t.Fatalf("good policy: %v", p.Validate())
@@ -462,47 +465,47 @@ func TestXFRMValidate(t *testing.T) {
 		t.Fatalf("good state: %v", s.Validate())
 	}
 	polCases := map[string]struct {
-		edit func(*XFRMPolicy)
+		edit func(*xfrmPolicy)
 		want string
 	}{
-		"dir":           {func(p *XFRMPolicy) { p.Dir = "sideways" }, `dir "sideways"`},
-		"unmasked":      {func(p *XFRMPolicy) { p.Dst = netip.PrefixFrom(addr("10.70.1.1"), 24) }, "write 10.70.1.0/24"},
-		"no src":        {func(p *XFRMPolicy) { p.Src = netip.Prefix{} }, "src is missing"},
-		"families":      {func(p *XFRMPolicy) { p.Dst = pfx("fd00::1/128") }, "different address families"},
-		"context":       {func(p *XFRMPolicy) { p.Context = "a_spd_t" }, "context"},
-		"no level":      {func(p *XFRMPolicy) { p.Context = "u:r:a_spd_t" }, "no MLS level"},
-		"action":        {func(p *XFRMPolicy) { p.Action = "drop" }, `action "drop"`},
-		"block + tmpl":  {func(p *XFRMPolicy) { p.Action = ActionBlock }, "block policy has templates"},
-		"tmpl proto":    {func(p *XFRMPolicy) { p.Templates[0].Proto = "ah" }, `proto "ah"`},
-		"tmpl mode":     {func(p *XFRMPolicy) { p.Templates[0].Mode = "beet" }, `mode "beet"`},
-		"tmpl reqid":    {func(p *XFRMPolicy) { p.Templates[0].Reqid = 0 }, "reqid 0"},
-		"tmpl same end": {func(p *XFRMPolicy) { p.Templates[0].Dst = p.Templates[0].Src }, "both 10.0.0.7"},
+		"dir":           {func(p *xfrmPolicy) { p.Dir = "sideways" }, `dir "sideways"`},
+		"unmasked":      {func(p *xfrmPolicy) { p.Dst = netip.PrefixFrom(addr("10.70.1.1"), 24) }, "write 10.70.1.0/24"},
+		"no src":        {func(p *xfrmPolicy) { p.Src = netip.Prefix{} }, "src is missing"},
+		"families":      {func(p *xfrmPolicy) { p.Dst = pfx("fd00::1/128") }, "different address families"},
+		"context":       {func(p *xfrmPolicy) { p.Context = "a_spd_t" }, "context"},
+		"no level":      {func(p *xfrmPolicy) { p.Context = "u:r:a_spd_t" }, "no MLS level"},
+		"action":        {func(p *xfrmPolicy) { p.Action = "drop" }, `action "drop"`},
+		"block + tmpl":  {func(p *xfrmPolicy) { p.Action = actionBlock }, "block policy has templates"},
+		"tmpl proto":    {func(p *xfrmPolicy) { p.Templates[0].Proto = "ah" }, `proto "ah"`},
+		"tmpl mode":     {func(p *xfrmPolicy) { p.Templates[0].Mode = "beet" }, `mode "beet"`},
+		"tmpl reqid":    {func(p *xfrmPolicy) { p.Templates[0].Reqid = 0 }, "reqid 0"},
+		"tmpl same end": {func(p *xfrmPolicy) { p.Templates[0].Dst = p.Templates[0].Src }, "both 10.0.0.7"},
 	}
 	for name, c := range polCases {
 		p := goodPol()
-		p.Templates = []XFRMTemplate{goodTmpl}
+		p.Templates = []xfrmTemplate{goodTmpl}
 		c.edit(&p)
 		if err := p.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("policy %s: %v, want %q", name, err, c.want)
 		}
 	}
 	stateCases := map[string]struct {
-		edit func(*XFRMState)
+		edit func(*xfrmState)
 		want string
 	}{
-		"spi":         {func(s *XFRMState) { s.SPI = 255 }, "reserved"},
-		"same ends":   {func(s *XFRMState) { s.Dst = s.Src }, "both 10.0.0.7"},
-		"families":    {func(s *XFRMState) { s.Dst = addr("fd00::1") }, "different address families"},
-		"zoned":       {func(s *XFRMState) { s.Dst = addr("fe80::1%eth0") }, "zone"},
-		"range ctx":   {func(s *XFRMState) { s.Context = "system_u:system_r:a_t:s2:c1-s3:c1" }, "an SA carries one level"},
-		"label/ctx":   {func(s *XFRMState) { s.Label = mustLabel(t, "s2/i3") }, "make the context's level s2"},
-		"aead name":   {func(s *XFRMState) { s.AEAD.Name = "cbc(aes)" }, `name "cbc(aes)"`},
-		"aead key":    {func(s *XFRMState) { s.AEAD.Key = make([]byte, 16) }, "key of 16 bytes"},
-		"aead icv":    {func(s *XFRMState) { s.AEAD.ICVBits = 32 }, "icv_bits 32"},
-		"reqid":       {func(s *XFRMState) { s.Reqid = 0 }, "reqid 0"},
-		"proto":       {func(s *XFRMState) { s.Proto = "ah" }, `proto "ah"`},
-		"bad label":   {func(s *XFRMState) { s.Label.Integrity = 16 }, "label"},
-		"bad context": {func(s *XFRMState) { s.Context = "nonsense" }, "context"},
+		"spi":         {func(s *xfrmState) { s.SPI = 255 }, "reserved"},
+		"same ends":   {func(s *xfrmState) { s.Dst = s.Src }, "both 10.0.0.7"},
+		"families":    {func(s *xfrmState) { s.Dst = addr("fd00::1") }, "different address families"},
+		"zoned":       {func(s *xfrmState) { s.Dst = addr("fe80::1%eth0") }, "zone"},
+		"range ctx":   {func(s *xfrmState) { s.Context = "system_u:system_r:a_t:s2:c1-s3:c1" }, "an SA carries one level"},
+		"label/ctx":   {func(s *xfrmState) { s.Label = mustLabel(t, "s2/i3") }, "make the context's level s2"},
+		"aead name":   {func(s *xfrmState) { s.AEAD.Name = "cbc(aes)" }, `name "cbc(aes)"`},
+		"aead key":    {func(s *xfrmState) { s.AEAD.Key = make([]byte, 16) }, "key of 16 bytes"},
+		"aead icv":    {func(s *xfrmState) { s.AEAD.ICVBits = 32 }, "icv_bits 32"},
+		"reqid":       {func(s *xfrmState) { s.Reqid = 0 }, "reqid 0"},
+		"proto":       {func(s *xfrmState) { s.Proto = "ah" }, `proto "ah"`},
+		"bad label":   {func(s *xfrmState) { s.Label.Integrity = 16 }, "label"},
+		"bad context": {func(s *xfrmState) { s.Context = "nonsense" }, "context"},
 	}
 	for name, c := range stateCases {
 		s := goodState()
@@ -642,7 +645,7 @@ func TestBundleProperties(t *testing.T) {
 				fail("policy context range %v is not within the guest range %v", c.Range, guestSec)
 			}
 			peer := p.Dst
-			if p.Dir == DirIn {
+			if p.Dir == ipsec.DirIn {
 				peer = p.Src
 			}
 			for _, s := range app.Servers {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore/compliance"
@@ -144,11 +145,11 @@ func bundleRelation(app *Application, b *Bundle) (compliance.Relation, []error) 
 	reqServer := map[uint32]string{}
 	for i, p := range b.Policies {
 		src := fmt.Sprintf("xfrm policy #%d (%s %s→%s)", i, p.Dir, p.Src, p.Dst)
-		if p.Action != ActionAllow {
+		if p.Action != ipsec.ActionAllow {
 			continue
 		}
 		guestSide, peerSide := p.Src, p.Dst
-		if p.Dir != DirOut {
+		if p.Dir != ipsec.DirOut {
 			guestSide, peerSide = p.Dst, p.Src
 		}
 		if !guestSide.Contains(b.GuestAddr) {
@@ -187,7 +188,7 @@ func bundleRelation(app *Application, b *Bundle) (compliance.Relation, []error) 
 		}
 		r := compliance.Rule{From: "guest", To: srv.Name, SameLabel: true, FromLabels: label.Bounds{Low: lo, High: hi}, Source: src}
 		r.ToLabels = r.FromLabels
-		if p.Dir != DirOut {
+		if p.Dir != ipsec.DirOut {
 			r.From, r.To = r.To, r.From
 		}
 		rel = append(rel, r)

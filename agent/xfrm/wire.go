@@ -1,6 +1,8 @@
 package xfrm
 
 import (
+	"github.com/mlsgate/mlsgate/ipsec"
+
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -68,14 +70,14 @@ const (
 	sizeofReplayESN      = 24
 	sizeofUserpolicyType = 6
 
-	algoNameLen = 64
+	algoNameLen = ipsec.AlgoNameLen
 	nlaHdrLen   = 4
 	nlmsgHdrLen = 16
 )
 
 // maxKeyLen keeps an algorithm attribute, and its key length in bits, well
 // inside what a netlink attribute and the kernel accept.
-const maxKeyLen = 1024
+const maxKeyLen = ipsec.MaxKeyLen
 
 // Values the kernel gives fixed meanings.
 const (
@@ -362,7 +364,7 @@ func encodeUsersaInfo(s *State) []byte {
 		sel := selector{src: s.Selector.Src, dst: s.Selector.Dst, proto: s.Selector.Proto,
 			srcPort: s.Selector.SrcPort, dstPort: s.Selector.DstPort, ifindex: s.Selector.Ifindex, family: fam}
 		if sel.src.IsValid() {
-			sel.family = addrFamily(sel.src.Addr())
+			sel.family = ipsec.AddrFamily(sel.src.Addr())
 		}
 		putSelector(b[0:], sel)
 	} else {
@@ -372,7 +374,7 @@ func encodeUsersaInfo(s *State) []byte {
 	}
 	putAddr(b[56:], s.Dst)
 	binary.BigEndian.PutUint32(b[72:], s.SPI)
-	b[76] = s.Proto
+	b[76] = uint8(s.Proto)
 	putAddr(b[80:], s.Src)
 	putLifetime(b[96:], s.Lifetime)
 	ne.PutUint32(b[208:], s.Reqid)
@@ -394,7 +396,7 @@ func (d decoder) decodeUsersaInfo(b []byte) (State, error) {
 	s := State{
 		Dst:          getAddr(b[56:], fam),
 		SPI:          binary.BigEndian.Uint32(b[72:]),
-		Proto:        b[76],
+		Proto:        Proto(b[76]),
 		Src:          getAddr(b[80:], fam),
 		Lifetime:     getLifetime(b[96:]),
 		Reqid:        ne.Uint32(b[208:]),
@@ -413,12 +415,12 @@ func (d decoder) decodeUsersaInfo(b []byte) (State, error) {
 }
 
 // encodeUsersaID writes struct xfrm_usersa_id.
-func encodeUsersaID(dst netip.Addr, spi uint32, proto uint8) []byte {
+func encodeUsersaID(dst netip.Addr, spi uint32, proto Proto) []byte {
 	b := make([]byte, sizeofUsersaID)
 	putAddr(b[0:], dst)
 	binary.BigEndian.PutUint32(b[16:], spi)
-	ne.PutUint16(b[20:], addrFamily(dst))
-	b[22] = proto
+	ne.PutUint16(b[20:], ipsec.AddrFamily(dst))
+	b[22] = uint8(proto)
 	return b
 }
 
@@ -427,7 +429,7 @@ func (d decoder) decodeUsersaID(b []byte) (State, error) {
 	if fam != unix.AF_INET && fam != unix.AF_INET6 {
 		return State{}, d.errorf(20, "SA id family %d is neither AF_INET nor AF_INET6", fam)
 	}
-	return State{Dst: getAddr(b[0:], fam), SPI: binary.BigEndian.Uint32(b[16:]), Proto: b[22]}, nil
+	return State{Dst: getAddr(b[0:], fam), SPI: binary.BigEndian.Uint32(b[16:]), Proto: Proto(b[22])}, nil
 }
 
 func policySelector(p *Policy) selector {
@@ -486,11 +488,11 @@ func encodeTmpls(p *Policy) []byte {
 		u := b[i*sizeofUserTmpl:]
 		fam := p.Family()
 		if t.Dst.IsValid() {
-			fam = addrFamily(t.Dst)
+			fam = ipsec.AddrFamily(t.Dst)
 		}
 		putAddr(u[0:], t.Dst)
 		binary.BigEndian.PutUint32(u[16:], t.SPI)
-		u[20] = t.Proto
+		u[20] = uint8(t.Proto)
 		ne.PutUint16(u[24:], fam)
 		putAddr(u[28:], t.Src)
 		ne.PutUint32(u[44:], t.Reqid)
@@ -509,8 +511,8 @@ func (d decoder) decodeTmpls(b []byte) ([]Template, error) {
 	if len(b)%sizeofUserTmpl != 0 {
 		return nil, d.errorf(0, "XFRMA_TMPL of %d bytes is not a whole number of %d-byte templates", len(b), sizeofUserTmpl)
 	}
-	if len(b)/sizeofUserTmpl > maxTemplates {
-		return nil, d.errorf(0, "XFRMA_TMPL holds %d templates, more than %d", len(b)/sizeofUserTmpl, maxTemplates)
+	if len(b)/sizeofUserTmpl > ipsec.MaxTemplates {
+		return nil, d.errorf(0, "XFRMA_TMPL holds %d templates, more than %d", len(b)/sizeofUserTmpl, ipsec.MaxTemplates)
 	}
 	ts := make([]Template, 0, len(b)/sizeofUserTmpl)
 	for off := 0; off < len(b); off += sizeofUserTmpl {
@@ -522,7 +524,7 @@ func (d decoder) decodeTmpls(b []byte) ([]Template, error) {
 		ts = append(ts, Template{
 			Dst:      getAddr(u[0:], fam),
 			SPI:      binary.BigEndian.Uint32(u[16:]),
-			Proto:    u[20],
+			Proto:    Proto(u[20]),
 			Src:      getAddr(u[28:], fam),
 			Reqid:    ne.Uint32(u[44:]),
 			Mode:     Mode(u[48]),
@@ -550,7 +552,7 @@ func NewSecCtx(ctx string) SecCtx {
 // MarshalBinary encodes the header and the context with a trailing NUL,
 // which ctx_len counts, as ip-xfrm(8) does.
 func (c SecCtx) MarshalBinary() ([]byte, error) {
-	if err := checkContext(c.Context); err != nil {
+	if err := ipsec.CheckContext(c.Context); err != nil {
 		return nil, err
 	}
 	n := len(c.Context) + 1

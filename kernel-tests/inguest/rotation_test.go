@@ -287,14 +287,14 @@ func TestGuestSARotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sa := func(src, dst string, spi uint32) policystore.XFRMState {
+	sa := func(src, dst string, spi uint32) xfrm.State {
 		key := make([]byte, policystore.GCMKeyLen)
 		rand.Read(key)
-		return policystore.XFRMState{Src: addr(src), Dst: addr(dst), SPI: spi, Proto: "esp", Mode: "transport", Reqid: agReqid,
-			Context: agCtx("s4"), Label: lbl, AEAD: policystore.XFRMAEAD{Name: policystore.AEADGCM, Key: key, ICVBits: 128}}
+		return xfrm.State{Src: addr(src), Dst: addr(dst), SPI: spi, Proto: xfrm.ProtoESP, Mode: xfrm.ModeTransport, Reqid: agReqid, ReplayWindow: xfrm.DefaultReplayWindow,
+			Context: agCtx("s4"), Label: lbl, AEAD: &xfrm.Algo{Name: policystore.AEADGCM, Key: key, ICVBits: 128}}
 	}
 	cur := &policystore.Bundle{Application: "analyst", Version: 1, Guest: "vm7", GuestAddr: addr(rtGuest), HostAddr: addr(rtHost),
-		States: []policystore.XFRMState{sa(rtGuest, rtHost, spiBase+0x900), sa(rtHost, rtGuest, spiBase+0x901)}}
+		States: []xfrm.State{sa(rtGuest, rtHost, spiBase+0x900), sa(rtHost, rtGuest, spiBase+0x901)}}
 	// The guest's end is the real update daemon (in process, without its
 	// TLS listener): version checks, adds before deletes, idempotent
 	// repeats of a version.
@@ -304,7 +304,7 @@ func TestGuestSARotation(t *testing.T) {
 		t.Fatalf("guest: apply the first bundle: %v", err)
 	}
 	for _, s := range cur.States {
-		if err := hh.AddState(xfrm.StateFromStore(s)); err != nil {
+		if err := hh.AddState(s); err != nil {
 			t.Fatalf("SA %#x: %v", s.SPI, err)
 		}
 	}
@@ -517,7 +517,7 @@ func restartAgent(t *testing.T, g *guestAgent) {
 // are denied by the fast path (deny_unknown_sa) and the s4 SA keeps
 // carrying the s4 flow.
 func rotationRelabelRefused(t *testing.T, ag *guestAgent, ac *loader.AgentClient, hostNS, guestNS netns.NsHandle, hh, gh *xfrm.Handle, cur *policystore.Bundle) {
-	var out policystore.XFRMState
+	var out xfrm.State
 	for _, s := range cur.States {
 		if s.Src == addr(rtGuest) {
 			out = s
@@ -527,7 +527,7 @@ func rotationRelabelRefused(t *testing.T, ag *guestAgent, ac *loader.AgentClient
 	if err := ac.DeclareRotation(agent.SARef{SPI: out.SPI, Daddr: out.Dst}, newRef); err != nil {
 		t.Fatalf("declare: %v", err)
 	}
-	bad := xfrm.StateFromStore(out)
+	bad := out
 	bad.SPI, bad.Context = newRef.SPI, agCtx("s6")
 	for _, h := range []*xfrm.Handle{hh, gh} {
 		if err := h.AddState(bad); err != nil {

@@ -40,8 +40,8 @@ type Applier interface {
 
 // XFRMSet is the XFRM part of a bundle.
 type XFRMSet struct {
-	States   []policystore.XFRMState  `json:"states,omitempty"`
-	Policies []policystore.XFRMPolicy `json:"policies,omitempty"`
+	States   []xfrm.State  `json:"states,omitempty"`
+	Policies []xfrm.Policy `json:"policies,omitempty"`
 }
 
 // Empty reports whether the set holds nothing.

@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
@@ -456,10 +455,10 @@ func checkContent(b *policystore.Bundle) error {
 	seenS := map[saKey]int{}
 	for i := range b.States {
 		s := &b.States[i]
-		if err := s.Validate(); err != nil {
+		if err := policystore.CheckState(s); err != nil {
 			return bad(fmt.Errorf("states[%d]: %w", i, err))
 		}
-		x := xfrm.StateFromStore(*s)
+		x := *s
 		if err := x.Validate(); err != nil {
 			return bad(fmt.Errorf("states[%d] (%s): %w", i, x, err))
 		}
@@ -471,10 +470,10 @@ func checkContent(b *policystore.Bundle) error {
 	seenP := map[polKey]int{}
 	for i := range b.Policies {
 		p := &b.Policies[i]
-		if err := p.Validate(); err != nil {
+		if err := policystore.CheckPolicy(p); err != nil {
 			return bad(fmt.Errorf("policies[%d]: %w", i, err))
 		}
-		x := xfrm.PolicyFromStore(*p)
+		x := *p
 		if err := x.Validate(); err != nil {
 			return bad(fmt.Errorf("policies[%d] (%s): %w", i, x, err))
 		}

@@ -284,7 +284,7 @@ func TestInvalidBundleAppliesNothing(t *testing.T) {
 		"mapper policy": {func(b *policystore.Bundle) { b.MapperPolicy += "map ( s1\n" }, "label-mapper policy"},
 		"SA":            {func(b *policystore.Bundle) { b.States[0].Context = "not a context" }, "states[0]"},
 		"duplicate SA":  {func(b *policystore.Bundle) { b.States[1] = b.States[0] }, "share destination"},
-		"policy":        {func(b *policystore.Bundle) { b.Policies[0].Action = "maybe" }, "policies[0]"},
+		"policy":        {func(b *policystore.Bundle) { b.Policies[0].Action = 7 }, "policies[0]"},
 		"version 0":     {func(b *policystore.Bundle) { b.Version = 0 }, "version 0"},
 	}
 	for name, c := range cases {

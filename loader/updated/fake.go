@@ -9,7 +9,6 @@ import (
 
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
-	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
 )
 
@@ -124,12 +123,12 @@ func (f *FakeApplier) SyncXFRM(_ context.Context, _, to XFRMSet) (XFRMReport, er
 	defer f.mu.Unlock()
 	var rep XFRMReport
 	rep.StatesAdded, rep.StatesUpdated, rep.StatesRemoved, rep.StatesUnchanged = diffEntries(f.xfrm.States, to.States,
-		func(s policystore.XFRMState) string { x := xfrm.StateFromStore(s); return fmt.Sprint(stateKey(x)) },
-		func(s policystore.XFRMState) string { return xfrm.StateFromStore(s).String() })
+		func(s xfrm.State) string { x := s; return fmt.Sprint(stateKey(x)) },
+		func(s xfrm.State) string { return s.String() })
 	rep.PoliciesAdded, rep.PoliciesUpdated, rep.PoliciesRemoved, rep.PoliciesUnchanged = diffEntries(f.xfrm.Policies, to.Policies,
-		func(p policystore.XFRMPolicy) string { return fmt.Sprint(policyKey(xfrm.PolicyFromStore(p), true)) },
-		func(p policystore.XFRMPolicy) string { return xfrm.PolicyFromStore(p).String() })
-	f.xfrm = XFRMSet{States: append([]policystore.XFRMState(nil), to.States...), Policies: append([]policystore.XFRMPolicy(nil), to.Policies...)}
+		func(p xfrm.Policy) string { return fmt.Sprint(policyKey(p, true)) },
+		func(p xfrm.Policy) string { return p.String() })
+	f.xfrm = XFRMSet{States: append([]xfrm.State(nil), to.States...), Policies: append([]xfrm.Policy(nil), to.Policies...)}
 	return rep, nil
 }
 

@@ -12,7 +12,6 @@ import (
 
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/mapper"
-	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/vishvananda/netns"
 )
@@ -88,7 +87,7 @@ func TestPrivilegedUpdatedXFRM(t *testing.T) {
 	}
 
 	// kernelHolds checks that the namespace's policies are exactly want.
-	kernelHolds := func(t *testing.T, want []policystore.XFRMPolicy) {
+	kernelHolds := func(t *testing.T, want []xfrm.Policy) {
 		t.Helper()
 		got, err := h.Policies()
 		if err != nil {
@@ -105,7 +104,7 @@ func TestPrivilegedUpdatedXFRM(t *testing.T) {
 			byKey[policyKey(p, contexts)] = p
 		}
 		for _, pp := range want {
-			w := xfrm.PolicyFromStore(pp)
+			w := pp
 			if g, ok := byKey[policyKey(w, contexts)]; !ok || !samePolicy(g, w) {
 				t.Errorf("kernel lacks policy %s (has %v)", w, g)
 			}
@@ -154,7 +153,7 @@ func TestPrivilegedUpdatedXFRM(t *testing.T) {
 	rep, err = d.Apply(ctxT(t), b3)
 	if err == nil {
 		// This kernel has ESP: the SA is there, with its reqid.
-		s := xfrm.StateFromStore(b3.States[0])
+		s := b3.States[0]
 		got, gerr := h.GetState(s.Dst, s.SPI, s.Proto)
 		if gerr != nil || got.Reqid != s.Reqid {
 			t.Errorf("SA after v3: %v, %v", got, gerr)

@@ -16,7 +16,7 @@ type xfrmKernel interface {
 	States() ([]xfrm.State, error)
 	Policies() ([]xfrm.Policy, error)
 	AddState(xfrm.State) error
-	DeleteState(dst netip.Addr, spi uint32, proto uint8) error
+	DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error
 	AddPolicy(xfrm.Policy) error
 	UpdatePolicy(xfrm.Policy) error
 	DeletePolicy(xfrm.Policy) error
@@ -26,7 +26,7 @@ type xfrmKernel interface {
 type saKey struct {
 	dst   netip.Addr
 	spi   uint32
-	proto uint8
+	proto xfrm.Proto
 }
 
 func stateKey(s xfrm.State) saKey { return saKey{s.Dst, s.SPI, s.Proto} }
@@ -98,7 +98,7 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 	var saSteps, polSteps, polDels, saDels []xfrmStep
 	wantS := map[saKey]bool{}
 	for _, ps := range to.States {
-		s := xfrm.StateFromStore(ps)
+		s := ps
 		key := stateKey(s)
 		wantS[key] = true
 		old, ok := curS[key]
@@ -114,7 +114,7 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 		}
 	}
 	for _, ps := range from.States {
-		key := stateKey(xfrm.StateFromStore(ps))
+		key := stateKey(ps)
 		if wantS[key] {
 			continue
 		}
@@ -125,7 +125,7 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 	}
 	wantP := map[polKey]bool{}
 	for _, pp := range to.Policies {
-		p := xfrm.PolicyFromStore(pp)
+		p := pp
 		key := policyKey(p, contexts)
 		wantP[key] = true
 		old, ok := curP[key]
@@ -147,7 +147,7 @@ func syncXFRM(ctx context.Context, k xfrmKernel, contexts bool, from, to XFRMSet
 		}
 	}
 	for _, pp := range from.Policies {
-		key := policyKey(xfrm.PolicyFromStore(pp), contexts)
+		key := policyKey(pp, contexts)
 		if wantP[key] {
 			continue
 		}

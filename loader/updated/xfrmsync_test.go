@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/mlsgate/mlsgate/agent/xfrm"
-	"github.com/mlsgate/mlsgate/policystore"
 )
 
 // fakeKernel is an XFRM database with the kernel's identities: SAs by
@@ -79,7 +78,7 @@ func (k *fakeKernel) AddState(s xfrm.State) error {
 	return nil
 }
 
-func (k *fakeKernel) DeleteState(dst netip.Addr, spi uint32, proto uint8) error {
+func (k *fakeKernel) DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error {
 	key := saKey{dst, spi, proto}
 	if _, ok := k.states[key]; !ok {
 		return fmt.Errorf("delete SA %#x: no such process", spi)
@@ -137,14 +136,14 @@ func (k *fakeKernel) holds(t *testing.T, set XFRMSet, extraStates int) {
 		t.Errorf("kernel holds %d SAs and %d policies, want %d and %d", len(k.states), len(k.policies), len(set.States)+extraStates, len(set.Policies))
 	}
 	for _, ps := range set.States {
-		want := xfrm.StateFromStore(ps)
+		want := ps
 		got, ok := k.states[stateKey(want)]
 		if !ok || !sameState(got, want, k.contexts) {
 			t.Errorf("kernel lacks SA %s", want)
 		}
 	}
 	for _, pp := range set.Policies {
-		want := xfrm.PolicyFromStore(pp)
+		want := pp
 		got, ok := k.policies[policyKey(want, k.contexts)]
 		if !ok || !samePolicy(got, want) {
 			t.Errorf("kernel lacks policy %s", want)
@@ -160,8 +159,10 @@ func twoSets(t *testing.T) (v1, v2 XFRMSet) {
 	b := analystBundle(t, nil, 1, 0x4000)
 	v1 = XFRMSet{States: slices.Clone(b.States[:3]), Policies: slices.Clone(b.Policies[:3])}
 	v2 = XFRMSet{States: slices.Clone(b.States[:2]), Policies: slices.Clone(b.Policies[:2])}
-	v2.States[1].AEAD.Key = slices.Clone(v2.States[1].AEAD.Key)
-	v2.States[1].AEAD.Key[0] ^= 0xff
+	aead := *v2.States[1].AEAD // v1 keeps its own key
+	aead.Key = slices.Clone(aead.Key)
+	aead.Key[0] ^= 0xff
+	v2.States[1].AEAD = &aead
 	v2.States = append(v2.States, b.States[4])
 	v2.Policies[1].Priority += 5
 	v2.Policies = append(v2.Policies, b.Policies[4])
@@ -173,7 +174,7 @@ func TestSyncXFRMDiffsAgainstTheKernel(t *testing.T) {
 		t.Run(fmt.Sprintf("contexts=%v", contexts), func(t *testing.T) {
 			ctx := context.Background()
 			k := newFakeKernel(contexts)
-			foreign := xfrm.StateFromStore(analystBundle(t, nil, 1, 0x9000).States[0])
+			foreign := analystBundle(t, nil, 1, 0x9000).States[0]
 			if err := k.AddState(foreign); err != nil {
 				t.Fatal(err)
 			}
@@ -203,9 +204,9 @@ func TestSyncXFRMDiffsAgainstTheKernel(t *testing.T) {
 			// keep the old key), and SAs go after the policies that use them.
 			want := []string{
 				fmt.Sprintf("delete SA %#x", v1.States[1].SPI), fmt.Sprintf("add SA %#x", v2.States[1].SPI), fmt.Sprintf("add SA %#x", v2.States[2].SPI),
-				"update policy " + v2.Policies[1].Dst.String() + " " + xfrm.PolicyFromStore(v2.Policies[1]).Dir.String(),
-				"add policy " + v2.Policies[2].Dst.String() + " " + xfrm.PolicyFromStore(v2.Policies[2]).Dir.String(),
-				"delete policy " + v1.Policies[2].Dst.String() + " " + xfrm.PolicyFromStore(v1.Policies[2]).Dir.String(),
+				"update policy " + v2.Policies[1].Dst.String() + " " + v2.Policies[1].Dir.String(),
+				"add policy " + v2.Policies[2].Dst.String() + " " + v2.Policies[2].Dir.String(),
+				"delete policy " + v1.Policies[2].Dst.String() + " " + v1.Policies[2].Dir.String(),
 				fmt.Sprintf("delete SA %#x", v1.States[2].SPI),
 			}
 			if !reflect.DeepEqual(k.ops, want) {
@@ -290,7 +291,7 @@ func TestSystemApplierWithoutXFRM(t *testing.T) {
 	if rep, err := a.SyncXFRM(context.Background(), XFRMSet{}, XFRMSet{}); err != nil || rep.Changes() != 0 {
 		t.Errorf("empty sets: %+v, %v", rep, err)
 	}
-	set := XFRMSet{Policies: []policystore.XFRMPolicy{analystBundle(t, nil, 1, 0x4000).Policies[0]}}
+	set := XFRMSet{Policies: []xfrm.Policy{analystBundle(t, nil, 1, 0x4000).Policies[0]}}
 	if _, err := a.SyncXFRM(context.Background(), XFRMSet{}, set); err == nil || !strings.Contains(err.Error(), "CAP_NET_ADMIN") {
 		t.Errorf("no handle: %v", err)
 	}

@@ -1,20 +1,37 @@
-package xfrm
+package ipsec
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/mlsgate/mlsgate/label"
 )
 
-// IP protocol numbers of the IPsec transforms.
+// Proto is the IP protocol of an IPsec transform. In JSON and YAML it is
+// written by name ("esp"), as ip-xfrm(8) writes it.
+type Proto uint8
+
+// IP protocol numbers of the IPsec transforms (IPPROTO_ESP, _AH, _COMP).
 const (
-	ProtoESP  uint8 = unix.IPPROTO_ESP  // 50
-	ProtoAH   uint8 = unix.IPPROTO_AH   // 51
-	ProtoComp uint8 = unix.IPPROTO_COMP // 108
+	ProtoESP  Proto = 50
+	ProtoAH   Proto = 51
+	ProtoComp Proto = 108
 )
+
+func (p Proto) String() string {
+	switch p {
+	case ProtoESP:
+		return "esp"
+	case ProtoAH:
+		return "ah"
+	case ProtoComp:
+		return "comp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
 
 // Mode is an SA's or template's encapsulation mode (XFRM_MODE_*).
 type Mode uint8
@@ -76,25 +93,44 @@ func (a Action) String() string {
 	return fmt.Sprintf("action(%d)", uint8(a))
 }
 
-// maxTemplates is XFRM_MAX_DEPTH, the most templates a policy may carry.
-const maxTemplates = 6
+// Kernel limits and numbers the values are checked against. They are
+// spelled out, not taken from golang.org/x/sys, so that the policy store can
+// use this package without a kernel dependency.
+const (
+	// MaxTemplates is XFRM_MAX_DEPTH, the most templates a policy may
+	// carry.
+	MaxTemplates = 6
+	// MaxContextLen bounds a context so that it fits, with its NUL and
+	// the 8-byte header, in a netlink attribute and in the kernel's
+	// page-sized limit.
+	MaxContextLen = 4096 - 8 - 1
+	// AlgoNameLen is CRYPTO_MAX_ALG_NAME, the size of an algorithm's
+	// name field, NUL included.
+	AlgoNameLen = 64
+	// MaxKeyLen keeps an algorithm attribute, and its key length in
+	// bits, well inside what a netlink attribute and the kernel accept.
+	MaxKeyLen = 1024
 
-// maxContextLen bounds a context so that it fits, with its NUL and the
-// 8-byte header, in a netlink attribute and in the kernel's page-sized limit.
-const maxContextLen = 4096 - 8 - 1
+	afInet  = 2  // AF_INET
+	afInet6 = 10 // AF_INET6
+)
+
+// DefaultReplayWindow is the anti-replay window the policy store gives an
+// SA, in packets (strongSwan's default).
+const DefaultReplayWindow = 32
 
 // Algo is one of an SA's algorithms, named as the kernel's crypto API names
 // it ("rfc4106(gcm(aes))", "hmac(sha256)", "cbc(aes)").
 type Algo struct {
-	Name string
+	Name string `json:"name"`
 	// Key is the key as the kernel takes it; for rfc4106 the AES key
 	// followed by the 4-byte salt.
-	Key []byte
+	Key []byte `json:"key"`
 	// ICVBits is the integrity check value's length, for an AEAD only.
-	ICVBits int
+	ICVBits int `json:"icv_bits"`
 	// TruncBits is the truncated ICV length, for authentication only; 0
 	// means the algorithm's default.
-	TruncBits int
+	TruncBits int `json:"trunc_bits,omitempty"`
 }
 
 // String names the algorithm and its sizes, never the key.
@@ -112,65 +148,80 @@ func (a Algo) String() string {
 }
 
 // GoString keeps %#v from printing the key.
-func (a Algo) GoString() string { return "xfrm.Algo{" + a.String() + "}" }
+func (a Algo) GoString() string { return "ipsec.Algo{" + a.String() + "}" }
 
 // Selector chooses the packets an SA or policy applies to. The zero Src and
 // Dst of an SA's selector mean "any address of the SA's family".
 type Selector struct {
-	Src, Dst         netip.Prefix
-	Proto            uint8
-	SrcPort, DstPort uint16
+	Src     netip.Prefix `json:"src"`
+	Dst     netip.Prefix `json:"dst"`
+	Proto   uint8        `json:"proto,omitempty"`
+	SrcPort uint16       `json:"src_port,omitempty"`
+	DstPort uint16       `json:"dst_port,omitempty"`
 	// Ifindex limits the selector to one interface; 0 means any.
-	Ifindex int32
+	Ifindex int32 `json:"ifindex,omitempty"`
 }
 
 // Lifetime bounds an SA. Zero fields mean no limit. When a soft limit is
 // reached the kernel reports a soft [ExpireSA]; at a hard limit it reports a
 // hard one and removes the SA.
 type Lifetime struct {
-	SoftBytes, HardBytes     uint64
-	SoftPackets, HardPackets uint64
+	SoftBytes   uint64 `json:"soft_bytes,omitempty"`
+	HardBytes   uint64 `json:"hard_bytes,omitempty"`
+	SoftPackets uint64 `json:"soft_packets,omitempty"`
+	HardPackets uint64 `json:"hard_packets,omitempty"`
 	// SoftAddSeconds and HardAddSeconds count from the SA's creation,
 	// SoftUseSeconds and HardUseSeconds from its first use.
-	SoftAddSeconds, HardAddSeconds uint64
-	SoftUseSeconds, HardUseSeconds uint64
+	SoftAddSeconds uint64 `json:"soft_add_seconds,omitempty"`
+	HardAddSeconds uint64 `json:"hard_add_seconds,omitempty"`
+	SoftUseSeconds uint64 `json:"soft_use_seconds,omitempty"`
+	HardUseSeconds uint64 `json:"hard_use_seconds,omitempty"`
 }
 
 // State is one security association as this package installs and reads it.
 type State struct {
-	Src, Dst netip.Addr
-	SPI      uint32
+	Src netip.Addr `json:"src"`
+	Dst netip.Addr `json:"dst"`
+	SPI uint32     `json:"spi"`
 	// Proto is the transform's IP protocol, normally [ProtoESP].
-	Proto uint8
-	Mode  Mode
+	Proto Proto `json:"proto"`
+	Mode  Mode  `json:"mode"`
 	// Reqid ties the SA to the policy templates of the same reqid.
-	Reqid uint32
+	Reqid uint32 `json:"reqid"`
 	// Context is the SA's SELinux context, without a trailing NUL; ""
-	// means an unlabeled SA.
-	Context string
+	// means an unlabeled SA. The policy store writes
+	// "system_u:system_r:<app type>:<level>": a socket sends on the SA only
+	// when its own context is exactly this one.
+	Context string `json:"context"`
+	// Label is the SA's label for the fast path: the context's level plus
+	// the integrity SELinux does not carry. The policy store sets it; the
+	// kernel neither takes nor reports it, so SAs read back have none.
+	Label label.Label `json:"label"`
 	// AEAD is the authenticated cipher; it excludes Auth and Crypt.
-	AEAD *Algo
+	AEAD *Algo `json:"aead,omitempty"`
 	// Auth and Crypt are a separate integrity algorithm (sent as
 	// XFRMA_ALG_AUTH_TRUNC) and cipher.
-	Auth, Crypt *Algo
+	Auth  *Algo `json:"auth,omitempty"`
+	Crypt *Algo `json:"enc,omitempty"`
 	// ReplayWindow is the anti-replay window in packets; 0 turns
-	// replay protection off.
-	ReplayWindow uint32
+	// replay protection off. The policy store gives its SAs
+	// [DefaultReplayWindow].
+	ReplayWindow uint32 `json:"replay_window,omitempty"`
 	// Selector limits the traffic the SA carries; nil means all traffic
 	// of the SA's family. A selector that matches everything reads back
 	// as nil.
-	Selector *Selector
-	Lifetime Lifetime
+	Selector *Selector `json:"selector,omitempty"`
+	Lifetime Lifetime  `json:"lifetime,omitzero"`
 }
 
 // Family is the SA's address family, AF_INET or AF_INET6, taken from its
 // destination; 0 when the destination is unset.
-func (s *State) Family() uint16 { return addrFamily(s.Dst) }
+func (s *State) Family() uint16 { return AddrFamily(s.Dst) }
 
 // String describes the SA for logs and errors, without its keys.
 func (s State) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s spi 0x%x %s->%s %s reqid %d", protoName(s.Proto), s.SPI, s.Src, s.Dst, s.Mode, s.Reqid)
+	fmt.Fprintf(&b, "%s spi 0x%x %s->%s %s reqid %d", s.Proto, s.SPI, s.Src, s.Dst, s.Mode, s.Reqid)
 	if s.Context != "" {
 		fmt.Fprintf(&b, " ctx %s", s.Context)
 	}
@@ -193,7 +244,7 @@ func (s State) String() string {
 }
 
 // GoString keeps %#v from printing keys.
-func (s State) GoString() string { return "xfrm.State{" + s.String() + "}" }
+func (s State) GoString() string { return "ipsec.State{" + s.String() + "}" }
 
 func (sel Selector) String() string {
 	var b strings.Builder
@@ -215,20 +266,21 @@ func (sel Selector) String() string {
 type Template struct {
 	// Src and Dst are the tunnel endpoints; leave them unset in transport
 	// mode, where the packet's own addresses are used.
-	Src, Dst netip.Addr
-	Proto    uint8
-	Mode     Mode
+	Src   netip.Addr `json:"src"`
+	Dst   netip.Addr `json:"dst"`
+	Proto Proto      `json:"proto"`
+	Mode  Mode       `json:"mode"`
 	// Reqid selects SAs of the same reqid; 0 means any SA.
-	Reqid uint32
+	Reqid uint32 `json:"reqid"`
 	// SPI selects one SA; 0 means any.
-	SPI uint32
+	SPI uint32 `json:"spi,omitempty"`
 	// Optional lets a packet through without this transformation (the
 	// kernel's "level use").
-	Optional bool
+	Optional bool `json:"optional,omitempty"`
 }
 
 func (t Template) String() string {
-	s := fmt.Sprintf("%s %s reqid %d", protoName(t.Proto), t.Mode, t.Reqid)
+	s := fmt.Sprintf("%s %s reqid %d", t.Proto, t.Mode, t.Reqid)
 	if t.Src.IsValid() || t.Dst.IsValid() {
 		s += fmt.Sprintf(" %s->%s", t.Src, t.Dst)
 	}
@@ -243,26 +295,28 @@ func (t Template) String() string {
 
 // Policy is one security policy database entry.
 type Policy struct {
+	Dir Dir `json:"dir"`
 	// Src and Dst select packets by address; both of one family.
-	Src, Dst netip.Prefix
+	Src netip.Prefix `json:"src"`
+	Dst netip.Prefix `json:"dst"`
 	// Proto selects an IP protocol; 0 means any. SrcPort and DstPort,
 	// when not 0, select one port each.
-	Proto            uint8
-	SrcPort, DstPort uint16
-	Dir              Dir
-	Action           Action
-	// Priority orders overlapping policies; the lower number wins.
-	Priority uint32
-	// Index is the kernel's id of the policy, read back from dumps; 0
-	// when adding lets the kernel choose.
-	Index uint32
+	Proto   uint8  `json:"proto,omitempty"`
+	SrcPort uint16 `json:"src_port,omitempty"`
+	DstPort uint16 `json:"dst_port,omitempty"`
 	// Context is the policy's SELinux context: a flow uses the policy
 	// only when its context has association polmatch on this one. ""
 	// means an unlabeled policy every flow matches.
-	Context string
+	Context string `json:"context,omitempty"`
+	Action  Action `json:"action"`
+	// Priority orders overlapping policies; the lower number wins.
+	Priority uint32 `json:"priority"`
+	// Index is the kernel's id of the policy, read back from dumps; 0
+	// when adding lets the kernel choose.
+	Index uint32 `json:"index,omitempty"`
 	// Templates are the transformations an allowed packet must go
 	// through; none means "allow in clear".
-	Templates []Template
+	Templates []Template `json:"templates,omitempty"`
 }
 
 func (p Policy) String() string {
@@ -285,26 +339,16 @@ func (p Policy) String() string {
 }
 
 // Family is the policy's address family, from its selector.
-func (p *Policy) Family() uint16 { return addrFamily(p.Src.Addr()) }
+func (p *Policy) Family() uint16 { return AddrFamily(p.Src.Addr()) }
 
-func protoName(p uint8) string {
-	switch p {
-	case ProtoESP:
-		return "esp"
-	case ProtoAH:
-		return "ah"
-	case ProtoComp:
-		return "comp"
-	}
-	return fmt.Sprintf("proto(%d)", p)
-}
-
-func addrFamily(a netip.Addr) uint16 {
+// AddrFamily is a's address family, AF_INET or AF_INET6; 0 when a is
+// unset.
+func AddrFamily(a netip.Addr) uint16 {
 	switch {
 	case a.Is4():
-		return unix.AF_INET
+		return afInet
 	case a.Is6():
-		return unix.AF_INET6
+		return afInet6
 	}
 	return 0
 }
@@ -316,7 +360,7 @@ func (s *State) Validate() error {
 	if !s.Src.IsValid() || !s.Dst.IsValid() {
 		return fmt.Errorf("SA spi 0x%x: source %v and destination %v must both be set", s.SPI, s.Src, s.Dst)
 	}
-	if addrFamily(s.Src) != addrFamily(s.Dst) {
+	if AddrFamily(s.Src) != AddrFamily(s.Dst) {
 		return fmt.Errorf("SA spi 0x%x: source %s and destination %s are of different families", s.SPI, s.Src, s.Dst)
 	}
 	if s.Proto == 0 {
@@ -325,7 +369,7 @@ func (s *State) Validate() error {
 	if s.Mode != ModeTransport && s.Mode != ModeTunnel {
 		return fmt.Errorf("SA spi 0x%x to %s: %s: want transport or tunnel", s.SPI, s.Dst, s.Mode)
 	}
-	if err := checkContext(s.Context); err != nil {
+	if err := CheckContext(s.Context); err != nil {
 		return fmt.Errorf("SA spi 0x%x to %s: %w", s.SPI, s.Dst, err)
 	}
 	if s.AEAD != nil && (s.Auth != nil || s.Crypt != nil) {
@@ -351,11 +395,11 @@ func (s *State) Validate() error {
 }
 
 func (a *Algo) check(kind string) error {
-	if a.Name == "" || len(a.Name) >= algoNameLen || strings.IndexByte(a.Name, 0) >= 0 {
-		return fmt.Errorf("%s algorithm name %q: want 1 to %d bytes without NUL", kind, a.Name, algoNameLen-1)
+	if a.Name == "" || len(a.Name) >= AlgoNameLen || strings.IndexByte(a.Name, 0) >= 0 {
+		return fmt.Errorf("%s algorithm name %q: want 1 to %d bytes without NUL", kind, a.Name, AlgoNameLen-1)
 	}
-	if len(a.Key) > maxKeyLen {
-		return fmt.Errorf("%s %s: key of %d bytes is longer than %d", kind, a.Name, len(a.Key), maxKeyLen)
+	if len(a.Key) > MaxKeyLen {
+		return fmt.Errorf("%s %s: key of %d bytes is longer than %d", kind, a.Name, len(a.Key), MaxKeyLen)
 	}
 	if a.ICVBits < 0 || a.TruncBits < 0 {
 		return fmt.Errorf("%s %s: negative icv or truncation length", kind, a.Name)
@@ -376,15 +420,16 @@ func (sel *Selector) check() error {
 	if !sel.Src.IsValid() || !sel.Dst.IsValid() {
 		return fmt.Errorf("%s: set both prefixes or neither", sel)
 	}
-	if addrFamily(sel.Src.Addr()) != addrFamily(sel.Dst.Addr()) {
+	if AddrFamily(sel.Src.Addr()) != AddrFamily(sel.Dst.Addr()) {
 		return fmt.Errorf("%s: prefixes of different families", sel)
 	}
 	return nil
 }
 
-func checkContext(ctx string) error {
-	if len(ctx) > maxContextLen {
-		return fmt.Errorf("security context of %d bytes is longer than %d", len(ctx), maxContextLen)
+// CheckContext checks that ctx fits the kernel's attribute and has no NUL.
+func CheckContext(ctx string) error {
+	if len(ctx) > MaxContextLen {
+		return fmt.Errorf("security context of %d bytes is longer than %d", len(ctx), MaxContextLen)
 	}
 	if strings.IndexByte(ctx, 0) >= 0 {
 		return fmt.Errorf("security context %q contains a NUL byte", ctx)
@@ -398,8 +443,8 @@ func (p *Policy) Validate() error {
 	if !p.Src.IsValid() || !p.Dst.IsValid() {
 		return fmt.Errorf("policy %s: source and destination prefixes must both be set (0.0.0.0/0 for any)", p)
 	}
-	fam := addrFamily(p.Src.Addr())
-	if addrFamily(p.Dst.Addr()) != fam {
+	fam := AddrFamily(p.Src.Addr())
+	if AddrFamily(p.Dst.Addr()) != fam {
 		return fmt.Errorf("policy %s: source and destination of different families", p)
 	}
 	if p.Dir > DirFwd {
@@ -408,11 +453,11 @@ func (p *Policy) Validate() error {
 	if p.Action > ActionBlock {
 		return fmt.Errorf("policy %s: want action allow or block", p)
 	}
-	if err := checkContext(p.Context); err != nil {
+	if err := CheckContext(p.Context); err != nil {
 		return fmt.Errorf("policy %s: %w", p, err)
 	}
-	if len(p.Templates) > maxTemplates {
-		return fmt.Errorf("policy %s: %d templates, the kernel takes at most %d", p, len(p.Templates), maxTemplates)
+	if len(p.Templates) > MaxTemplates {
+		return fmt.Errorf("policy %s: %d templates, the kernel takes at most %d", p, len(p.Templates), MaxTemplates)
 	}
 	for i, t := range p.Templates {
 		if t.Proto == 0 {
@@ -421,7 +466,7 @@ func (p *Policy) Validate() error {
 		if t.Src.IsValid() != t.Dst.IsValid() {
 			return fmt.Errorf("policy %s: template %d: set both endpoints or neither", p, i)
 		}
-		if t.Src.IsValid() && addrFamily(t.Src) != addrFamily(t.Dst) {
+		if t.Src.IsValid() && AddrFamily(t.Src) != AddrFamily(t.Dst) {
 			return fmt.Errorf("policy %s: template %d: endpoints of different families", p, i)
 		}
 		if t.Mode == ModeTunnel && !t.Src.IsValid() {
@@ -431,18 +476,54 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// ErrNoESP reports a kernel without the ESP transform (CONFIG_INET_ESP or
-// CONFIG_INET6_ESP not built): it knows XFRM but refuses ESP SAs with
-// EPROTONOSUPPORT ("Requested type not found").
-var ErrNoESP = errors.New("this kernel lacks the ESP transform")
+// Text forms, used by JSON: names as ip-xfrm(8) writes them, a number for
+// a value without a name (so a kernel value read back still round-trips).
 
-// ErrNoAlgorithm reports an SA whose algorithm the kernel's crypto API does
-// not provide (ENOSYS, "Requested ... algorithm not found"). The kernel
-// checks algorithms before the transform, so a kernel without ESP and
-// without the algorithm reports this one.
-var ErrNoAlgorithm = errors.New("this kernel lacks the algorithm")
+func (p Proto) MarshalText() ([]byte, error) {
+	return nameOrNumber(p.String(), "proto(", uint8(p)), nil
+}
+func (m Mode) MarshalText() ([]byte, error) { return nameOrNumber(m.String(), "mode(", uint8(m)), nil }
+func (d Dir) MarshalText() ([]byte, error)  { return nameOrNumber(d.String(), "dir(", uint8(d)), nil }
+func (a Action) MarshalText() ([]byte, error) {
+	return nameOrNumber(a.String(), "action(", uint8(a)), nil
+}
 
-// ErrInvalidContext reports a security context the loaded SELinux policy
-// does not accept, as SELinux itself confirmed through its context check
-// (selinuxfs's context file).
-var ErrInvalidContext = errors.New("security context is not valid under the loaded SELinux policy")
+func (p *Proto) UnmarshalText(b []byte) error {
+	return parseNamed(b, "proto", (*uint8)(p), map[string]uint8{"esp": uint8(ProtoESP), "ah": uint8(ProtoAH), "comp": uint8(ProtoComp)})
+}
+
+func (m *Mode) UnmarshalText(b []byte) error {
+	return parseNamed(b, "mode", (*uint8)(m), map[string]uint8{"transport": uint8(ModeTransport), "tunnel": uint8(ModeTunnel)})
+}
+
+func (d *Dir) UnmarshalText(b []byte) error {
+	return parseNamed(b, "dir", (*uint8)(d), map[string]uint8{"in": uint8(DirIn), "out": uint8(DirOut), "fwd": uint8(DirFwd)})
+}
+
+func (a *Action) UnmarshalText(b []byte) error {
+	return parseNamed(b, "action", (*uint8)(a), map[string]uint8{"allow": uint8(ActionAllow), "block": uint8(ActionBlock)})
+}
+
+func nameOrNumber(name, unnamed string, v uint8) []byte {
+	if strings.HasPrefix(name, unnamed) {
+		return strconv.AppendUint(nil, uint64(v), 10)
+	}
+	return []byte(name)
+}
+
+func parseNamed(b []byte, what string, dst *uint8, names map[string]uint8) error {
+	if v, ok := names[string(b)]; ok {
+		*dst = v
+		return nil
+	}
+	if n, err := strconv.ParseUint(string(b), 10, 8); err == nil {
+		*dst = uint8(n)
+		return nil
+	}
+	known := make([]string, 0, len(names))
+	for n := range names {
+		known = append(known, strconv.Quote(n))
+	}
+	slices.Sort(known)
+	return fmt.Errorf("%s %q: want %s or a number", what, b, strings.Join(known, ", "))
+}
