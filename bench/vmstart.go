@@ -25,10 +25,10 @@ import (
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/assemble"
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/loader/pool"
-	"github.com/mlsgate/mlsgate/loader/wire"
 	"github.com/mlsgate/mlsgate/policystore"
 )
 
@@ -350,7 +350,7 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 	}
 	cfg.Progress("%s: agent ready (pins in %s)", be.Name(), ac.PinDir)
 
-	v, err := wire.Start(ctx, wire.Setup{
+	v, err := assemble.Start(ctx, assemble.Setup{
 		StateDir: filepath.Join(dir, "loader"), AppsDir: cfg.AppsDir, APIPort: cfg.APIPort, PoolSize: 1, MaxLoads: 8,
 		Backend: be, Agent: a, HostXFRM: nil, SPIBase: ac.SPIBase, SPISlots: ac.SPISlots,
 	})

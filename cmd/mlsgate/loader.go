@@ -14,14 +14,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/assemble"
 	"github.com/mlsgate/mlsgate/loader/pool"
-	"github.com/mlsgate/mlsgate/loader/wire"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
 )
 
-// loaderSetup is everything VMLoad runs with (wire.Setup).
-type loaderSetup = wire.Setup
+// loaderSetup is everything VMLoad runs with (assemble.Setup).
+type loaderSetup = assemble.Setup
 
 // vmload is a running loader with its parts.
 type vmload struct {
@@ -38,12 +38,12 @@ type vmload struct {
 }
 
 // guestNet holds every guest address of the plan.
-var guestNet = wire.GuestNet
+var guestNet = assemble.GuestNet
 
-// startLoader starts VMLoad through wire.Start, which the benchmarks use
+// startLoader starts VMLoad through assemble.Start, which the benchmarks use
 // too, so that what they measure is what the command runs.
 func startLoader(ctx context.Context, s loaderSetup) (*vmload, error) {
-	r, err := wire.Start(ctx, s)
+	r, err := assemble.Start(ctx, s)
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
@@ -58,7 +58,7 @@ type rtWorld struct {
 	pushMu   sync.Mutex
 	rotator  func(inject func(string) error) *loader.Rotator
 	stateDir string
-	daemon   *updated.Daemon
+	daemon   *updatedaemon.Daemon
 }
 
 // push hands a guest part to the guest's update daemon.
@@ -71,7 +71,7 @@ func (w *rtWorld) push(ctx context.Context, _ *loader.Guest, b *policystore.Bund
 
 // startUpdated makes the guest's update daemon on the guest namespace's
 // XFRM handle.
-func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemon {
+func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updatedaemon.Daemon {
 	t.Helper()
 	c, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
 	if err != nil {
@@ -86,11 +86,11 @@ func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := updated.NewVerifier(updated.VerifierConfig{CAPEM: c.CertPEM()})
+	v, err := updatedaemon.NewVerifier(updatedaemon.VerifierConfig{CAPEM: c.CertPEM()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := updated.ServerTLS(cert, v)
+	tc, err := updatedaemon.ServerTLS(cert, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,8 +98,8 @@ func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
-		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: selinux.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
+	d, err := updatedaemon.New(updatedaemon.Config{TLS: tc, Identity: updatedaemon.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
+		Applier: &updatedaemon.SystemApplier{Mapper: m, XFRM: gh, SELinux: selinux.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
 	if err != nil {
 		t.Fatal(err)
 	}

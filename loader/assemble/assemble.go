@@ -1,4 +1,4 @@
-package wire
+package assemble
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/pool"
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
 	"github.com/mlsgate/mlsgate/selinux"
@@ -88,7 +88,7 @@ type Running struct {
 	Store *policystore.Store
 	// Updated is the loader's client of the guests' update daemons, with
 	// its mutual-TLS identity (the CA's mlsgate-loader certificate).
-	Updated *updated.Client
+	Updated *updatedaemon.Client
 	// Listeners serve API to each guest on its own link; serve API's
 	// server on them with Listeners.Serve. There is no other TCP listener
 	// for guests.
@@ -161,7 +161,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		return fail(err)
 	}
 	v.CRLPath = certs.crlPath
-	push := &updated.Client{TLS: authority.ClientTLS(loaderCert, "")}
+	push := &updatedaemon.Client{TLS: authority.ClientTLS(loaderCert, "")}
 	v.Updated = push
 	var sys policystore.SystemPolicy
 	if s.Clearance != "" {
@@ -303,7 +303,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 		if pauser == nil {
 			// Open the authenticated connection the guest's first push will
-			// use, off that push's path (see updated.KeepAliveIdle). A
+			// use, off that push's path (see updatedaemon.KeepAliveIdle). A
 			// failure costs only the speed-up: the push connects anew.
 			warm := *out
 			go func() {
@@ -503,7 +503,7 @@ func readyBasis(caPEM []byte) string {
 // pusher pushes bundles with the CA's current CRL, which the guest's
 // update daemon installs as its --crl file.
 type pusher struct {
-	c     *updated.Client
+	c     *updatedaemon.Client
 	certs *certLife
 }
 
@@ -530,7 +530,7 @@ func (p *pusher) PushParts(ctx context.Context, g *loader.Guest, b *policystore.
 	return pushParts(rep), nil
 }
 
-func pushParts(rep *updated.Report) []loader.Step {
+func pushParts(rep *updatedaemon.Report) []loader.Step {
 	var out []loader.Step
 	for _, w := range rep.Wire {
 		if w.Name != "daemon" {

@@ -1,4 +1,4 @@
-// Package updated is the paper's update daemon ("update-d", sections 3.1
+// Package updatedaemon is the paper's update daemon ("update-d", sections 3.1
 // and 5.2.1): the service inside every guest that accepts policy updates
 // from the host's VMLoad service, and from nothing else, and applies them to
 // the guest. It holds both ends: the daemon (Daemon) that runs in the guest,
@@ -68,4 +68,4 @@
 //
 // The package makes syscalls only through agent/xfrm and the SELinux tools,
 // and only from SystemApplier; everything else is tested without privileges.
-package updated
+package updatedaemon

@@ -1,4 +1,4 @@
-package updated
+package updatedaemon
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package updated
+package updatedaemon
 
 import (
 	"bytes"
@@ -64,11 +64,11 @@ func (c *Client) timeout() time.Duration {
 func (c *Client) init() error {
 	c.once.Do(func() {
 		if c.TLS == nil {
-			c.err = errors.New("updated.Client has no TLS configuration; build one with ca.CA.ClientTLS(loaderCert, \"\")")
+			c.err = errors.New("updatedaemon.Client has no TLS configuration; build one with ca.CA.ClientTLS(loaderCert, \"\")")
 			return
 		}
 		if len(c.TLS.Certificates) == 0 && c.TLS.GetClientCertificate == nil {
-			c.err = errors.New("updated.Client's TLS configuration presents no client certificate; every update daemon would refuse it: give it the loader's Client certificate")
+			c.err = errors.New("updatedaemon.Client's TLS configuration presents no client certificate; every update daemon would refuse it: give it the loader's Client certificate")
 			return
 		}
 		cfg := c.TLS.Clone()

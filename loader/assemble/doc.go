@@ -1,4 +1,4 @@
-// Package wire assembles a running VMLoad from its parts: the policy store
+// Package assemble assembles a running VMLoad from its parts: the policy store
 // and its CA, the pre-loaded pool over a backend, the update daemon's
 // client and the host side (agent, host XFRM, host SELinux modules). The
 // command line (`mlsgate demo`) and the benchmarks (bench, the paper's
@@ -9,4 +9,4 @@
 // backends and the update daemon's client, which themselves import loader.
 // It starts no goroutines and touches the kernel only through the backend
 // and the agent it is given.
-package wire
+package assemble
