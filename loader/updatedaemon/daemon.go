@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
@@ -601,11 +602,9 @@ func (d *Daemon) receive(w http.ResponseWriter, r *http.Request) (*Report, error
 	return d.applyTimed(ctx, &b, []Part{{Name: "receive", Duration: t0.Sub(start)}, {Name: "decode", Duration: decoded.Sub(t0)}})
 }
 
+// writeJSON answers as every server does, and forbids caching: answers
+// carry the guest's policy state.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v) //nolint:errcheck // the peer hung up; nothing to tell it
+	httpjson.WriteIndent(w, status, v)
 }
