@@ -1,13 +1,9 @@
 package loader
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -16,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/api"
 	"github.com/mlsgate/mlsgate/agent/verdict"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
@@ -367,50 +364,16 @@ func ignoreGone(err error) error {
 
 // AgentClient is AgentAPI over the agent's HTTP API (a Unix socket or
 // host:port).
-type AgentClient struct {
-	base string
-	http *http.Client
-}
+type AgentClient struct{ *api.Client }
 
 // NewAgentClient talks to the agent at addr ("unix:/run/mlsgate/agent.sock"
 // or "127.0.0.1:9471").
 func NewAgentClient(addr string) *AgentClient {
-	c := &AgentClient{base: "http://" + addr, http: &http.Client{Timeout: 30 * time.Second}}
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		c.base = "http://agent"
-		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}}
-	}
-	return c
+	return &AgentClient{api.New(addr, 30*time.Second)}
 }
 
 func (c *AgentClient) do(method, path string, in any) (int, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return 0, err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, c.base+path, body)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("agent: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		_ = json.Unmarshal(b, &e)
-		return resp.StatusCode, fmt.Errorf("agent: %s %s: %s: %s", method, path, resp.Status, e.Error)
-	}
-	return resp.StatusCode, nil
+	return c.Do(context.Background(), method, path, in, nil)
 }
 
 // SetGuest implements AgentAPI.
