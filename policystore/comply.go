@@ -231,7 +231,7 @@ func checkMapperLabels(app *Application, b *Bundle) []error {
 	}
 	var errs []error
 	for _, r := range pol.Maps {
-		prog, err := compileAnchored(r.Regex)
+		prog, err := mapper.CompileAnchored(r.Regex)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("mapper.policy:%d: %v", r.Line, err))
 			continue
@@ -239,7 +239,7 @@ func checkMapperLabels(app *Application, b *Bundle) []error {
 		l := r.Target.Label
 		for _, s := range app.Servers {
 			for _, h := range s.Hosts {
-				if progTargetsHost(prog, h) && !s.Range.Contains(l) {
+				if mapper.TargetsHost(prog, h) && !s.Range.Contains(l) {
 					errs = append(errs, fmt.Errorf("mapper.policy:%d: labels URLs of %s (server %s) %s, outside the server's range %s", r.Line, h, s.Name, l, s.Range))
 				}
 			}
