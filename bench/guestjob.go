@@ -66,3 +66,16 @@ func (j guestRun) run(ctx context.Context, out any) (*image.Result, error) {
 	}
 	return res, nil
 }
+
+// readGuestJob is the guest side's first step: decode the job file the
+// host wrote.
+func readGuestJob(path string, job any) error {
+	jb, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(jb, job); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}

@@ -158,13 +158,9 @@ func xfrmState(i int) xfrm.State {
 // network namespace: the bare install, a flush, the agent's start, and the
 // timed install it follows. The result goes to the job's Out as JSON.
 func runXFRMJob(ctx context.Context, path string) error {
-	jb, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	var job xfrmJob
-	if err := json.Unmarshal(jb, &job); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	if err := readGuestJob(path, &job); err != nil {
+		return err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return err

@@ -699,13 +699,9 @@ func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, esp
 // runGuestJob is the guest side of measureNetnsInGuest: the netns
 // measurement on the guest's kernel, written as JSON to the job's Out.
 func runGuestJob(ctx context.Context, path string) error {
-	jb, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	var job guestJob
-	if err := json.Unmarshal(jb, &job); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	if err := readGuestJob(path, &job); err != nil {
+		return err
 	}
 	if err := xfrm.ProbeESP(); err != nil {
 		return fmt.Errorf("the guest kernel cannot hold ESP SAs either: %w", err)
