@@ -9,6 +9,7 @@ import (
 
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/bpf"
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 	"github.com/mlsgate/mlsgate/verdict"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -225,13 +226,8 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 
 func errBody(err error) map[string]string { return map[string]string{"error": err.Error()} }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+// writeJSON is how every handler of the agent answers.
+var writeJSON = httpjson.WriteIndent
 
 // countersJSON names the counters: direction → reason → packets.
 func countersJSON(c [2][verdict.NumReasons]bpf.Counter) map[string]map[string]uint64 {

@@ -93,11 +93,11 @@ func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
 				}
 			case xfrm.DelSA:
 				if e.State != nil {
-					delete(sas, saID{e.State.Dst, e.State.SPI, e.State.Proto})
+					delete(sas, saID{e.State.Dst, e.State.SPI, uint8(e.State.Proto)})
 				}
 			case xfrm.ExpireSA:
 				if e.Hard && e.State != nil {
-					delete(sas, saID{e.State.Dst, e.State.SPI, e.State.Proto})
+					delete(sas, saID{e.State.Dst, e.State.SPI, uint8(e.State.Proto)})
 				}
 			case xfrm.FlushSA, xfrm.Resync:
 				redump = true
@@ -124,7 +124,7 @@ func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
 }
 
 func kernelSA(s *xfrm.State) KernelSA {
-	k := KernelSA{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: s.Proto, Reqid: s.Reqid, Context: s.Context}
+	k := KernelSA{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: uint8(s.Proto), Reqid: s.Reqid, Context: s.Context}
 	if s.Selector != nil {
 		if s.Selector.Src.IsValid() && s.Selector.Src.IsSingleIP() {
 			k.SelSrc = s.Selector.Src.Addr()

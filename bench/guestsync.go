@@ -118,35 +118,12 @@ func MeasureXFRMSync(ctx context.Context, cfg XFRMSyncConfig) (*XFRMSyncResult, 
 		return nil, err
 	}
 	defer os.RemoveAll(share)
-	testBin := filepath.Join(share, "bench.test")
-	progress("xfrm: building the bench test binary for the guest")
-	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
-		return nil, err
-	}
-	jb, _ := json.Marshal(xfrmJob{SAs: cfg.SAs, Out: "/mnt/xfrm.json"})
-	if err := os.WriteFile(filepath.Join(share, "job.json"), jb, 0o644); err != nil {
-		return nil, err
-	}
 	const memory = 1024
-	res, err := img.Run(ctx, image.RunOptions{
-		Binary: testBin, Args: []string{"-test.run", "^TestXFRMSyncGuestJob$", "-test.v", "-test.count", "1", "-test.timeout", "15m"},
-		Share: share, Memory: memory, Timeout: 20 * time.Minute,
-		Env:      map[string]string{xfrmJobEnv: "/mnt/job.json"},
-		Progress: progressWriter(progress, "xfrm (in guest): "),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("the xfrm measurement in the guest kernel: %w", err)
-	}
-	if res.ExitCode != 0 {
-		return nil, fmt.Errorf("the xfrm measurement in the guest kernel failed (exit %d):\n%s", res.ExitCode, tail(res.Output, 3000))
-	}
-	out, err := os.ReadFile(filepath.Join(share, "xfrm.json"))
-	if err != nil {
-		return nil, fmt.Errorf("the guest wrote no xfrm result: %w\n%s", err, tail(res.Output, 2000))
-	}
 	var r XFRMSyncResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		return nil, fmt.Errorf("the guest's xfrm result: %w", err)
+	res, err := guestRun{what: "xfrm", img: img, share: share, test: "^TestXFRMSyncGuestJob$", env: xfrmJobEnv,
+		job: xfrmJob{SAs: cfg.SAs, Out: "/mnt/xfrm.json"}, result: "xfrm.json", timeout: 20 * time.Minute, memory: memory, progress: progress}.run(ctx, &r)
+	if err != nil {
+		return nil, err
 	}
 	r.Kernel, r.Accel = img.KernelRelease, res.Accel
 	r.Hardware = fmt.Sprintf("%d host cores; one QEMU %s VM, 1 vCPU, %d MiB%s", runtime.NumCPU(), strings.ToUpper(res.Accel), memory, noKVM(res.Accel))
@@ -181,13 +158,9 @@ func xfrmState(i int) xfrm.State {
 // network namespace: the bare install, a flush, the agent's start, and the
 // timed install it follows. The result goes to the job's Out as JSON.
 func runXFRMJob(ctx context.Context, path string) error {
-	jb, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	var job xfrmJob
-	if err := json.Unmarshal(jb, &job); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	if err := readGuestJob(path, &job); err != nil {
+		return err
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return err

@@ -25,10 +25,10 @@ import (
 	"github.com/mlsgate/mlsgate/bpf"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
+	"github.com/mlsgate/mlsgate/loader/assemble"
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/loader/pool"
-	"github.com/mlsgate/mlsgate/loader/wire"
 	"github.com/mlsgate/mlsgate/policystore"
 )
 
@@ -350,7 +350,7 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 	}
 	cfg.Progress("%s: agent ready (pins in %s)", be.Name(), ac.PinDir)
 
-	v, err := wire.Start(ctx, wire.Setup{
+	v, err := assemble.Start(ctx, assemble.Setup{
 		StateDir: filepath.Join(dir, "loader"), AppsDir: cfg.AppsDir, APIPort: cfg.APIPort, PoolSize: 1, MaxLoads: 8,
 		Backend: be, Agent: a, HostXFRM: nil, SPIBase: ac.SPIBase, SPISlots: ac.SPISlots,
 	})
@@ -684,36 +684,13 @@ func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, esp
 	if err := copyFile(cfg.Binary, filepath.Join(share, "mlsgate"), 0o755); err != nil {
 		return nil, fmt.Errorf("copy %s into the guest share: %w", cfg.Binary, err)
 	}
-	testBin := filepath.Join(tmp, "bench.test")
-	cfg.Progress("netns: building the bench test binary for the guest")
-	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
-		return nil, err
-	}
-	job := guestJob{Repeat: cfg.Repeat, URL: cfg.URL, APIPort: cfg.APIPort, Apps: "/mnt/apps", Binary: "/mnt/mlsgate", Out: "/mnt/netns.json"}
-	jb, _ := json.Marshal(job)
-	if err := os.WriteFile(filepath.Join(share, "job.json"), jb, 0o644); err != nil {
-		return nil, err
-	}
 	const memory = 1024
-	res, err := img.Run(ctx, image.RunOptions{
-		Binary: testBin, Args: []string{"-test.run", "^TestVMStartGuestJob$", "-test.v", "-test.count", "1", "-test.timeout", "25m"},
-		Share: share, Memory: memory, Timeout: 30 * time.Minute,
-		Env:      map[string]string{guestJobEnv: "/mnt/job.json"},
-		Progress: progressWriter(cfg.Progress, "netns (in guest): "),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("the netns measurement in the guest kernel: %w", err)
-	}
-	if res.ExitCode != 0 {
-		return nil, fmt.Errorf("the netns measurement in the guest kernel failed (exit %d):\n%s", res.ExitCode, tail(res.Output, 3000))
-	}
-	out, err := os.ReadFile(filepath.Join(share, "netns.json"))
-	if err != nil {
-		return nil, fmt.Errorf("the guest wrote no result: %w\n%s", err, tail(res.Output, 2000))
-	}
 	var b BackendStart
-	if err := json.Unmarshal(out, &b); err != nil {
-		return nil, fmt.Errorf("the guest's result: %w", err)
+	res, err := guestRun{what: "netns", img: img, share: share, test: "^TestVMStartGuestJob$", env: guestJobEnv,
+		job:    guestJob{Repeat: cfg.Repeat, URL: cfg.URL, APIPort: cfg.APIPort, Apps: "/mnt/apps", Binary: "/mnt/mlsgate", Out: "/mnt/netns.json"},
+		result: "netns.json", timeout: 30 * time.Minute, memory: memory, progress: cfg.Progress}.run(ctx, &b)
+	if err != nil {
+		return nil, err
 	}
 	b.Where = fmt.Sprintf("inside Debian's kernel %s under QEMU (this host's kernel lacks ESP); agent, loader and namespace guests all in that one VM", img.KernelRelease)
 	b.Hardware = fmt.Sprintf("%d host cores; one QEMU %s VM, 1 vCPU, %d MiB%s", runtime.NumCPU(), strings.ToUpper(res.Accel), memory, noKVM(res.Accel))
@@ -723,13 +700,9 @@ func measureNetnsInGuest(ctx context.Context, cfg VMStartConfig, tmp string, esp
 // runGuestJob is the guest side of measureNetnsInGuest: the netns
 // measurement on the guest's kernel, written as JSON to the job's Out.
 func runGuestJob(ctx context.Context, path string) error {
-	jb, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	var job guestJob
-	if err := json.Unmarshal(jb, &job); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
+	if err := readGuestJob(path, &job); err != nil {
+		return err
 	}
 	if err := xfrm.ProbeESP(); err != nil {
 		return fmt.Errorf("the guest kernel cannot hold ESP SAs either: %w", err)

@@ -3,7 +3,6 @@ package kerneltests
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/api"
 	"github.com/mlsgate/mlsgate/label"
 )
 
@@ -172,33 +172,14 @@ func (e *agentEnv) kill() {
 }
 
 func (e *agentEnv) get(path string, out any) error {
-	resp, err := e.client.Get("http://agent" + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("%s: %s", resp.Status, b)
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(b, out)
+	_, err := api.New("unix:"+e.sock, 5*time.Second).Do(context.Background(), "GET", path, nil, out)
+	return err
 }
 
 func (e *agentEnv) put(path string, in any) {
 	e.t.Helper()
-	b, _ := json.Marshal(in)
-	req, _ := http.NewRequest("PUT", "http://agent"+path, bytes.NewReader(b))
-	resp, err := e.client.Do(req)
-	if err != nil {
+	if _, err := api.New("unix:"+e.sock, 5*time.Second).Do(context.Background(), "PUT", path, in, nil); err != nil {
 		e.t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		e.t.Fatalf("PUT %s: %s %s", path, resp.Status, body)
 	}
 }
 

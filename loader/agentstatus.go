@@ -1,10 +1,7 @@
 package loader
 
 import (
-	"encoding/json"
-	"fmt"
-	"io"
-	"net/http"
+	"context"
 
 	"github.com/mlsgate/mlsgate/agent"
 )
@@ -13,18 +10,9 @@ import (
 // declared guest on iface (GET /v1/status): a backend runs a guest only once
 // this holds (backend.Xen.Attached).
 func (c *AgentClient) GuestAttached(iface string) (bool, error) {
-	resp, err := c.http.Get(c.base + "/v1/status")
+	st, err := c.Status(context.Background())
 	if err != nil {
-		return false, fmt.Errorf("agent: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("agent: GET /v1/status: %s", resp.Status)
-	}
-	var st agent.Status
-	if err := json.Unmarshal(b, &st); err != nil {
-		return false, fmt.Errorf("agent: GET /v1/status: %w", err)
+		return false, err
 	}
 	return StatusAttached(st, iface), nil
 }

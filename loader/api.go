@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 	"github.com/mlsgate/mlsgate/policystore"
 )
 
@@ -257,10 +258,5 @@ func checkID(id string, required bool, max int) error {
 	return nil
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+// writeJSON is how every handler of the package answers.
+var writeJSON = httpjson.WriteIndent

@@ -1,13 +1,9 @@
 package loader
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"sort"
@@ -16,9 +12,11 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/api"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/mlsgate/mlsgate/verdict"
 )
 
@@ -34,7 +32,7 @@ type AgentAPI interface {
 // (*xfrm.Handle).
 type XFRMWriter interface {
 	AddState(s xfrm.State) error
-	DeleteState(dst netip.Addr, spi uint32, proto uint8) error
+	DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error
 	AddPolicy(p xfrm.Policy) error
 	DeletePolicy(p xfrm.Policy) error
 }
@@ -51,7 +49,7 @@ type Host struct {
 	// make the kernel announce when a guest's SAs are due for rotation).
 	Lifetime xfrm.Lifetime
 	// SELinux installs the bundle's host modules; nil skips them.
-	SELinux func(ctx context.Context, mods []policystore.Module) (*agent.ModuleReport, error)
+	SELinux func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error)
 
 	mu        sync.Mutex
 	peers     map[string][]agent.PeerSpec // by guest interface
@@ -254,18 +252,18 @@ func (h *Host) Push() error { return h.pushPeers() }
 func HostXFRM(b *policystore.Bundle) ([]xfrm.State, []xfrm.Policy) {
 	var states []xfrm.State
 	for _, s := range b.States {
-		states = append(states, xfrm.StateFromStore(s))
+		states = append(states, s)
 	}
 	var pols []xfrm.Policy
 	for _, p := range b.Policies {
-		if p.Action != policystore.ActionAllow || len(p.Templates) == 0 || p.Context == "" {
+		if p.Action != xfrm.ActionAllow || len(p.Templates) == 0 || p.Context == "" {
 			continue
 		}
-		hp := xfrm.PolicyFromStore(p)
+		hp := p
 		switch p.Dir {
-		case policystore.DirOut:
+		case xfrm.DirOut:
 			hp.Dir = xfrm.DirFwd // the guest's outbound is forwarded here
-		case policystore.DirIn:
+		case xfrm.DirIn:
 			hp.Dir = xfrm.DirOut // the guest's inbound leaves here
 		default:
 			continue
@@ -365,9 +363,9 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 	undo = append(undo, func() error { return h.Quarantine(g) })
 	// 3. The host's SELinux modules.
 	if h.SELinux != nil {
-		var mods []policystore.Module
+		var mods []selinux.Module
 		for _, m := range b.Modules {
-			if m.Target == policystore.TargetHost {
+			if m.Target == selinux.TargetHost {
 				mods = append(mods, m)
 			}
 		}
@@ -387,50 +385,16 @@ func ignoreGone(err error) error {
 
 // AgentClient is AgentAPI over the agent's HTTP API (a Unix socket or
 // host:port).
-type AgentClient struct {
-	base string
-	http *http.Client
-}
+type AgentClient struct{ *api.Client }
 
 // NewAgentClient talks to the agent at addr ("unix:/run/mlsgate/agent.sock"
 // or "127.0.0.1:9471").
 func NewAgentClient(addr string) *AgentClient {
-	c := &AgentClient{base: "http://" + addr, http: &http.Client{Timeout: 30 * time.Second}}
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		c.base = "http://agent"
-		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}}
-	}
-	return c
+	return &AgentClient{api.New(addr, 30*time.Second)}
 }
 
 func (c *AgentClient) do(method, path string, in any) (int, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return 0, err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, c.base+path, body)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("agent: %w", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		_ = json.Unmarshal(b, &e)
-		return resp.StatusCode, fmt.Errorf("agent: %s %s: %s: %s", method, path, resp.Status, e.Error)
-	}
-	return resp.StatusCode, nil
+	return c.Do(context.Background(), method, path, in, nil)
 }
 
 // SetGuest implements AgentAPI.

@@ -33,7 +33,7 @@ type Pool interface {
 }
 
 // Pusher delivers the guest part of a bundle to a guest's update daemon
-// (package updated's Client).
+// (package updatedaemon's Client).
 type Pusher interface {
 	Push(ctx context.Context, g *Guest, b *policystore.Bundle) error
 }

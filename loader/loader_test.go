@@ -161,7 +161,7 @@ func (x *fakeXFRM) AddState(s xfrm.State) error {
 	x.states[s.SPI] = true
 	return nil
 }
-func (x *fakeXFRM) DeleteState(_ netip.Addr, spi uint32, _ uint8) error {
+func (x *fakeXFRM) DeleteState(_ netip.Addr, spi uint32, _ xfrm.Proto) error {
 	delete(x.states, spi)
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // moduleChecks compiles bundles' guest SELinux modules on the host
@@ -27,14 +28,14 @@ type moduleChecks struct {
 
 // ModuleDigest names what a module's compile depends on (moduleDigest), for
 // callers that remember compiles (the wiring's host modules).
-func ModuleDigest(m policystore.Module) [32]byte { return moduleDigest(m) }
+func ModuleDigest(m selinux.Module) [32]byte { return moduleDigest(m) }
 
 // moduleDigest names what a module's compile depends on. The policy store
 // stamps each bundle's modules with its version (in the module statement
 // and a comment), so two bundles of an application differ only there: a
 // numeric module version and full-line comments do not change whether a
 // module compiles, and are left out.
-func moduleDigest(m policystore.Module) [32]byte {
+func moduleDigest(m selinux.Module) [32]byte {
 	h := sha256.New()
 	for _, s := range []string{m.Name, m.Target, compileText(m.TE), compileText(m.IF), compileText(m.FC)} {
 		fmt.Fprintf(h, "%d:%s", len(s), s)
@@ -64,13 +65,13 @@ func compileText(text string) string {
 // toolchain on the host nothing is compiled and nothing is refused (the
 // host's own modules are handled as Host.SELinux handles them).
 func (c *moduleChecks) check(ctx context.Context, b *policystore.Bundle) error {
-	var todo []policystore.Module
+	var todo []selinux.Module
 	c.mu.Lock()
 	if c.done == nil {
 		c.done = map[[32]byte]error{}
 	}
 	for _, m := range b.Modules {
-		if m.Target != policystore.TargetGuest {
+		if m.Target != selinux.TargetGuest {
 			continue
 		}
 		if err, ok := c.done[moduleDigest(m)]; ok {
@@ -93,7 +94,7 @@ func (c *moduleChecks) check(ctx context.Context, b *policystore.Bundle) error {
 	defer os.RemoveAll(dir)
 	for _, m := range todo {
 		_, err := m.Package(ctx, dir)
-		if errors.Is(err, policystore.ErrNoToolchain) {
+		if errors.Is(err, selinux.ErrNoToolchain) {
 			return nil
 		}
 		if err != nil && ctx.Err() != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/policystore"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // TestGuestModulesCompiledOnTheHost: the loader refuses a bundle whose
@@ -18,15 +19,15 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	if _, err := exec.LookPath("checkmodule"); err != nil {
 		t.Skip("needs checkmodule and semodule_package: run 'make deps-selinux'")
 	}
-	good := policystore.Module{Name: "mlsgate_probe", Target: policystore.TargetGuest, TE: "module mlsgate_probe 1.0;\nrequire { type unlabeled_t; }\n"}
+	good := selinux.Module{Name: "mlsgate_probe", Target: selinux.TargetGuest, TE: "module mlsgate_probe 1.0;\nrequire { type unlabeled_t; }\n"}
 	bad := good
 	bad.TE = "module mlsgate_probe 1.0;\nthis is not a policy\n"
 	var c moduleChecks
 	ctx := context.Background()
-	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{good}}); err != nil {
+	if err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{good}}); err != nil {
 		t.Fatalf("a module that compiles: %v", err)
 	}
-	err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{good, bad}})
+	err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{good, bad}})
 	if err == nil || !strings.Contains(err.Error(), "does not compile") || !strings.Contains(err.Error(), "checkmodule") {
 		t.Fatalf("a module that does not compile: %v", err)
 	}
@@ -36,7 +37,7 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	// The next bundle's module: another version stamp, the same module.
 	next := good
 	next.TE = "# bundle version 7\nmodule mlsgate_probe 1.7;\nrequire { type unlabeled_t; }\n"
-	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{next}}); err != nil || len(c.done) != 2 {
+	if err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{next}}); err != nil || len(c.done) != 2 {
 		t.Fatalf("the next version of a module: %v, %d texts remembered (want it found, 2)", err, len(c.done))
 	}
 	other := good
@@ -46,8 +47,8 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	}
 	// Host modules are the host side's business.
 	host := bad
-	host.Target = policystore.TargetHost
-	if err := c.check(ctx, &policystore.Bundle{Modules: []policystore.Module{host}}); err != nil {
+	host.Target = selinux.TargetHost
+	if err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{host}}); err != nil {
 		t.Fatalf("a host module: %v", err)
 	}
 }
@@ -69,7 +70,7 @@ func TestModuleDigestAcrossBundles(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, m := range b.Modules {
-			if m.Target == policystore.TargetGuest {
+			if m.Target == selinux.TargetGuest {
 				ds = append(ds, moduleDigest(m))
 			}
 		}

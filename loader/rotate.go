@@ -91,7 +91,7 @@ type RotationAgent interface {
 // RotationXFRM adds and removes the host's states.
 type RotationXFRM interface {
 	AddState(s xfrm.State) error
-	DeleteState(dst netip.Addr, spi uint32, proto uint8) error
+	DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error
 }
 
 // Rotator rotates guests' SAs.
@@ -147,8 +147,8 @@ type rotationJournal struct {
 	Started time.Time
 	// Old is the guest part of the bundle in force before the rotation;
 	// NewStates its successors, index for index.
-	Old       *policystore.Bundle     `json:"old"`
-	NewStates []policystore.XFRMState `json:"new_states"`
+	Old       *policystore.Bundle `json:"old"`
+	NewStates []xfrm.State        `json:"new_states"`
 	// Versions of the pushes: both, old-out, new, rollback.
 	Versions [4]uint64 `json:"versions"`
 }
@@ -161,7 +161,7 @@ var ErrRelabel = errors.New("rotation would relabel an SA")
 
 // checkSuccessor refuses a successor that differs from its predecessor in
 // anything but the SPI and the key.
-func checkSuccessor(old, s policystore.XFRMState) error {
+func checkSuccessor(old, s xfrm.State) error {
 	switch {
 	case s.Context != old.Context || s.Label != old.Label:
 		return fmt.Errorf("%w: spi %#x → %#x changes the context %q (%v) to %q (%v)", ErrRelabel, old.SPI, s.SPI, old.Context, old.Label, s.Context, s.Label)
@@ -169,18 +169,20 @@ func checkSuccessor(old, s policystore.XFRMState) error {
 		return fmt.Errorf("%w: spi %#x → %#x changes the endpoints, reqid, mode or protocol", ErrRelabel, old.SPI, s.SPI)
 	case s.SPI == old.SPI:
 		return fmt.Errorf("spi %#x → %#x: a successor needs a new SPI", old.SPI, s.SPI)
+	case s.AEAD == nil || old.AEAD == nil:
+		return fmt.Errorf("spi %#x → %#x: both need a cipher", old.SPI, s.SPI)
 	case s.AEAD.Name != old.AEAD.Name || s.AEAD.ICVBits != old.AEAD.ICVBits || len(s.AEAD.Key) != len(old.AEAD.Key):
 		return fmt.Errorf("spi %#x → %#x changes the cipher", old.SPI, s.SPI)
 	}
-	return s.Validate()
+	return policystore.CheckState(&s)
 }
 
 // Plan makes the successors of b's states: new SPIs, fresh keys, nothing
 // else changed.
-func (r *Rotator) plan(b *policystore.Bundle) ([]policystore.XFRMState, error) {
-	var out []policystore.XFRMState
+func (r *Rotator) plan(b *policystore.Bundle) ([]xfrm.State, error) {
+	var out []xfrm.State
 	var spis []uint32
-	fail := func(err error) ([]policystore.XFRMState, error) {
+	fail := func(err error) ([]xfrm.State, error) {
 		if r.FreeSPIs != nil {
 			r.FreeSPIs(spis)
 		}
@@ -192,9 +194,15 @@ func (r *Rotator) plan(b *policystore.Bundle) ([]policystore.XFRMState, error) {
 			return fail(fmt.Errorf("allocate the successor of spi %#x: %w", s.SPI, err))
 		}
 		spis = append(spis, spi)
+		if s.AEAD == nil {
+			return fail(fmt.Errorf("spi %#x has no cipher to rotate the key of", s.SPI))
+		}
 		n := s
 		n.SPI = spi
-		n.AEAD.Key = make([]byte, len(s.AEAD.Key))
+		// A copy of the cipher: the predecessor keeps its own key.
+		aead := *s.AEAD
+		aead.Key = make([]byte, len(s.AEAD.Key))
+		n.AEAD = &aead
 		if _, err := rand.Read(n.AEAD.Key); err != nil {
 			return fail(fmt.Errorf("draw a key: %w", err))
 		}
@@ -238,7 +246,7 @@ func (r *Rotator) Rotate(ctx context.Context, g *Guest, b *policystore.Bundle, t
 	return r.run(ctx, j, res)
 }
 
-func (r *Rotator) free(states []policystore.XFRMState) {
+func (r *Rotator) free(states []xfrm.State) {
 	if r.FreeSPIs == nil {
 		return
 	}
@@ -394,7 +402,7 @@ func (r *Rotator) sleep(ctx context.Context, d time.Duration) error {
 }
 
 // bundle is the guest part carrying states, numbered Versions[i].
-func (r *Rotator) bundle(j *rotationJournal, i int, states []policystore.XFRMState) *policystore.Bundle {
+func (r *Rotator) bundle(j *rotationJournal, i int, states []xfrm.State) *policystore.Bundle {
 	b := *j.Old
 	b.States = states
 	b.Version = j.Versions[i]
@@ -402,7 +410,7 @@ func (r *Rotator) bundle(j *rotationJournal, i int, states []policystore.XFRMSta
 	return &b
 }
 
-func ref(s policystore.XFRMState) agent.SARef { return agent.SARef{SPI: s.SPI, Daddr: s.Dst} }
+func ref(s xfrm.State) agent.SARef { return agent.SARef{SPI: s.SPI, Daddr: s.Dst} }
 
 func (r *Rotator) declare(j *rotationJournal) error {
 	for i, s := range j.NewStates {
@@ -438,7 +446,7 @@ func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr, resumed bool) erro
 		if s.Dst != dst {
 			continue
 		}
-		x := xfrm.StateFromStore(s)
+		x := s
 		x.Lifetime = r.Lifetime
 		if err := r.XFRM.AddState(x); err != nil && !(resumed && errors.Is(err, fs.ErrExist)) {
 			return fmt.Errorf("host SA spi %#x: %w", s.SPI, err)
@@ -448,7 +456,7 @@ func (r *Rotator) hostAdd(j *rotationJournal, dst netip.Addr, resumed bool) erro
 }
 
 // hostDelete deletes the states of set whose destination is dst.
-func (r *Rotator) hostDelete(set []policystore.XFRMState, dst netip.Addr) error {
+func (r *Rotator) hostDelete(set []xfrm.State, dst netip.Addr) error {
 	if r.XFRM == nil {
 		return nil
 	}

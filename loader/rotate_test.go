@@ -27,8 +27,8 @@ type rotWorld struct {
 	mu         sync.Mutex
 	hostAddr   netip.Addr
 	guestAddr  netip.Addr
-	host       map[uint32]policystore.XFRMState
-	guest      map[uint32]policystore.XFRMState
+	host       map[uint32]xfrm.State
+	guest      map[uint32]xfrm.State
 	guestVer   uint64
 	guestDig   string
 	records    map[agent.SARef]agent.SARef // new → old
@@ -39,7 +39,7 @@ type rotWorld struct {
 }
 
 func newRotWorld(t *testing.T, b *policystore.Bundle) *rotWorld {
-	w := &rotWorld{t: t, hostAddr: b.HostAddr, guestAddr: b.GuestAddr, host: map[uint32]policystore.XFRMState{}, guest: map[uint32]policystore.XFRMState{}, records: map[agent.SARef]agent.SARef{}, guestVer: b.Version, guestDig: digestOf(b)}
+	w := &rotWorld{t: t, hostAddr: b.HostAddr, guestAddr: b.GuestAddr, host: map[uint32]xfrm.State{}, guest: map[uint32]xfrm.State{}, records: map[agent.SARef]agent.SARef{}, guestVer: b.Version, guestDig: digestOf(b)}
 	for _, s := range b.States {
 		w.host[s.SPI] = s
 		w.guest[s.SPI] = s
@@ -80,12 +80,12 @@ func (w *rotWorld) AddState(s xfrm.State) error {
 	if _, ok := w.host[s.SPI]; ok {
 		return fmt.Errorf("add %#x: %w", s.SPI, fs.ErrExist)
 	}
-	w.host[s.SPI] = policystore.XFRMState{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Reqid: s.Reqid, Context: s.Context, AEAD: policystore.XFRMAEAD{Key: s.AEAD.Key}}
+	w.host[s.SPI] = xfrm.State{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Reqid: s.Reqid, Context: s.Context, AEAD: &xfrm.Algo{Key: s.AEAD.Key}}
 	w.check(fmt.Sprintf("host add %#x", s.SPI))
 	return nil
 }
 
-func (w *rotWorld) DeleteState(dst netip.Addr, spi uint32, _ uint8) error {
+func (w *rotWorld) DeleteState(dst netip.Addr, spi uint32, _ xfrm.Proto) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, ok := w.host[spi]; !ok {
@@ -128,7 +128,7 @@ func (w *rotWorld) Push(_ context.Context, _ *Guest, b *policystore.Bundle) erro
 		}
 	}
 	for spi := range w.guest {
-		if !slices.ContainsFunc(b.States, func(s policystore.XFRMState) bool { return s.SPI == spi }) {
+		if !slices.ContainsFunc(b.States, func(s xfrm.State) bool { return s.SPI == spi }) {
 			delete(w.guest, spi)
 			w.check(fmt.Sprintf("guest delete %#x (v%d)", spi, b.Version))
 		}
@@ -163,7 +163,7 @@ func (w *rotWorld) DropRotation(n agent.SARef) error {
 	return nil
 }
 
-func (w *rotWorld) spis(m map[uint32]policystore.XFRMState) []uint32 {
+func (w *rotWorld) spis(m map[uint32]xfrm.State) []uint32 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []uint32
@@ -181,12 +181,12 @@ func rotBundle(t *testing.T) *policystore.Bundle {
 		t.Fatal(err)
 	}
 	g, h := netip.MustParseAddr("10.70.0.7"), netip.MustParseAddr("10.70.0.1")
-	st := func(src, dst netip.Addr, spi uint32) policystore.XFRMState {
-		return policystore.XFRMState{Src: src, Dst: dst, SPI: spi, Proto: "esp", Mode: "tunnel", Reqid: 1, Context: "system_u:system_r:analyst_t:s2", Label: l,
-			AEAD: policystore.XFRMAEAD{Name: policystore.AEADGCM, Key: []byte(fmt.Sprintf("key-of-%08x-xx", spi))[:20], ICVBits: 128}}
+	st := func(src, dst netip.Addr, spi uint32) xfrm.State {
+		return xfrm.State{Src: src, Dst: dst, SPI: spi, Proto: xfrm.ProtoESP, Mode: xfrm.ModeTunnel, Reqid: 1, ReplayWindow: xfrm.DefaultReplayWindow, Context: "system_u:system_r:analyst_t:s2", Label: l,
+			AEAD: &xfrm.Algo{Name: policystore.AEADGCM, Key: []byte(fmt.Sprintf("key-of-%08x-xx", spi))[:20], ICVBits: 128}}
 	}
 	b := &policystore.Bundle{Application: "analyst", Version: 3, Guest: "vm7", GuestAddr: g, HostAddr: h,
-		States: []policystore.XFRMState{st(g, h, 0xc0000001), st(h, g, 0xc0000002)}}
+		States: []xfrm.State{st(g, h, 0xc0000001), st(h, g, 0xc0000002)}}
 	for _, s := range b.States {
 		if err := s.Validate(); err != nil {
 			t.Fatal(err)
@@ -391,12 +391,12 @@ func TestCheckSuccessorRefusesRelabel(t *testing.T) {
 	if err := checkSuccessor(old, n); err != nil {
 		t.Fatalf("a label-preserving successor: %v", err)
 	}
-	for name, mut := range map[string]func(*policystore.XFRMState){
-		"context": func(s *policystore.XFRMState) { s.Context = "system_u:system_r:analyst_t:s3"; s.Label.Secrecy.Sens = 3 },
-		"label":   func(s *policystore.XFRMState) { s.Label.Integrity = 1 },
-		"reqid":   func(s *policystore.XFRMState) { s.Reqid = 2 },
-		"dst":     func(s *policystore.XFRMState) { s.Dst = netip.MustParseAddr("10.70.0.9") },
-		"spi":     func(s *policystore.XFRMState) { s.SPI = old.SPI },
+	for name, mut := range map[string]func(*xfrm.State){
+		"context": func(s *xfrm.State) { s.Context = "system_u:system_r:analyst_t:s3"; s.Label.Secrecy.Sens = 3 },
+		"label":   func(s *xfrm.State) { s.Label.Integrity = 1 },
+		"reqid":   func(s *xfrm.State) { s.Reqid = 2 },
+		"dst":     func(s *xfrm.State) { s.Dst = netip.MustParseAddr("10.70.0.9") },
+		"spi":     func(s *xfrm.State) { s.SPI = old.SPI },
 	} {
 		m := n
 		mut(&m)

@@ -325,7 +325,7 @@ func (l *Loader) rotateOne(ctx context.Context, rs *rotations, iface, trigger st
 
 // replaceStates records the states now in force on the host's end of
 // iface's tunnel, so that Forget deletes those.
-func (h *Host) replaceStates(iface string, states []policystore.XFRMState) {
+func (h *Host) replaceStates(iface string, states []xfrm.State) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	inst, ok := h.installed[iface]
@@ -334,7 +334,7 @@ func (h *Host) replaceStates(iface string, states []policystore.XFRMState) {
 	}
 	inst.states = nil
 	for _, s := range states {
-		inst.states = append(inst.states, xfrm.StateFromStore(s))
+		inst.states = append(inst.states, s)
 	}
 	h.installed[iface] = inst
 }

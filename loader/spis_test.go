@@ -3,6 +3,7 @@ package loader
 import (
 	"context"
 	"errors"
+	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"net/netip"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ type stuckXFRM struct {
 	stuck map[uint32]bool
 }
 
-func (x *stuckXFRM) DeleteState(dst netip.Addr, spi uint32, proto uint8) error {
+func (x *stuckXFRM) DeleteState(dst netip.Addr, spi uint32, proto xfrm.Proto) error {
 	if x.stuck[spi] {
 		return errors.New("netlink: device or resource busy")
 	}

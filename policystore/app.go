@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/mapper"
 )
 
 // Application is one web application as the policy store knows it: the
@@ -245,13 +246,13 @@ func (a *Application) Validate() error {
 		}
 		// A server holds data within its range only, so a rule that labels
 		// a server's URLs outside it contradicts the server.
-		prog, err := compileAnchored(r.URL)
+		prog, err := mapper.CompileAnchored(r.URL)
 		if err != nil {
 			return fieldErr(f+".url", "bad regular expression: %v", err)
 		}
 		for _, s := range a.Servers {
 			for _, h := range s.Hosts {
-				if progTargetsHost(prog, h) && !s.Range.Contains(r.Label) {
+				if mapper.TargetsHost(prog, h) && !s.Range.Contains(r.Label) {
 					return fieldErr(f+".label", "label %v is outside the range %v of server %q, whose host %s the URL pattern can match: narrow the pattern or change the label", r.Label, s.Range, s.Name, h)
 				}
 			}

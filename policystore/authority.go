@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 )
 
 // ErrAuthority marks failures to reach or understand the application
@@ -388,8 +390,5 @@ func writeErr(w http.ResponseWriter, err error) {
 	writeJSON(w, code, errorResponse{err.Error()})
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}
+// writeJSON is how every handler of the package answers.
+var writeJSON = httpjson.Write

@@ -12,11 +12,13 @@ import (
 	"regexp"
 	"regexp/syntax"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
+	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // A bundle is everything one guest of one application needs, generated
@@ -128,11 +130,11 @@ type Bundle struct {
 	// Range is the guest's secrecy/integrity bounds.
 	Range label.Bounds `json:"range"`
 	// Modules are the SELinux modules: the guest's and the host's.
-	Modules []Module `json:"modules"`
+	Modules []selinux.Module `json:"modules"`
 	// Policies and States are the guest's XFRM policies and SAs. The host
 	// installs the same SAs (they are the two ends of one tunnel).
-	Policies []XFRMPolicy `json:"policies"`
-	States   []XFRMState  `json:"states"`
+	Policies []ipsec.Policy `json:"policies"`
+	States   []ipsec.State  `json:"states"`
 	// MapperPolicy is the guest's label-mapper policy, in the mapper's
 	// line format.
 	MapperPolicy string `json:"mapper_policy"`
@@ -156,23 +158,6 @@ type Bundle struct {
 	// daemon's Digest leaves it out).
 	CRL []byte `json:"crl,omitempty"`
 }
-
-// Module is one SELinux policy module: its type enforcement, interface and
-// file-context texts.
-type Module struct {
-	Name string `json:"name"`
-	// Target is where it is loaded: "guest" or "host".
-	Target string `json:"target"`
-	TE     string `json:"te"`
-	IF     string `json:"if,omitempty"`
-	FC     string `json:"fc,omitempty"`
-}
-
-// Module targets.
-const (
-	TargetGuest = "guest"
-	TargetHost  = "host"
-)
 
 // Certificate is a certificate of the bundle. KeyPEM is set only for the
 // guest's own certificate.
@@ -206,7 +191,7 @@ func (b *Bundle) GuestPart() *Bundle {
 	g.ServerKeys = nil
 	g.Modules = nil
 	for _, m := range b.Modules {
-		if m.Target == TargetGuest {
+		if m.Target == selinux.TargetGuest {
 			g.Modules = append(g.Modules, m)
 		}
 	}
@@ -355,8 +340,8 @@ func (g *generator) generate() (*Bundle, error) {
 		GuestAddr:    req.GuestAddr,
 		HostAddr:     req.HostAddr,
 		Range:        app.Guest,
-		Policies:     []XFRMPolicy{},
-		States:       []XFRMState{},
+		Policies:     []ipsec.Policy{},
+		States:       []ipsec.State{},
 		Certificates: nil,
 	}
 	var err error
@@ -411,7 +396,7 @@ func (g *generator) plan() error {
 
 	rules := make([]*syntax.Prog, len(app.Labels))
 	for i, r := range app.Labels {
-		p, err := compileAnchored(r.URL)
+		p, err := mapper.CompileAnchored(r.URL)
 		if err != nil {
 			return fmt.Errorf("application %q: labels[%d].url: %w", app.Name, i, err)
 		}
@@ -441,10 +426,10 @@ func (g *generator) plan() error {
 		for _, l := range g.serverLabels(s, rules) {
 			sa := TemplateSA{Label: l, Context: saContext(app.Type, l)}
 			var err error
-			if sa.OutSPI, err = g.allocSPI(s.Name, l, DirOut); err != nil {
+			if sa.OutSPI, err = g.allocSPI(s.Name, l, dirOut); err != nil {
 				return err
 			}
-			if sa.InSPI, err = g.allocSPI(s.Name, l, DirIn); err != nil {
+			if sa.InSPI, err = g.allocSPI(s.Name, l, dirIn); err != nil {
 				return err
 			}
 			ts.SAs = append(ts.SAs, sa)
@@ -505,7 +490,7 @@ func (g *generator) serverLabels(s Server, rules []*syntax.Prog) []label.Label {
 	}
 	var cands []cand
 	for i, r := range app.Labels {
-		if slices.ContainsFunc(s.Hosts, func(h string) bool { return progTargetsHost(rules[i], h) }) {
+		if slices.ContainsFunc(s.Hosts, func(h string) bool { return mapper.TargetsHost(rules[i], h) }) {
 			cands = append(cands, cand{r.Label, fmt.Sprintf("labels[%d]", i)})
 		}
 	}
@@ -552,14 +537,14 @@ func compareLabels(a, b label.Label) int {
 	)
 }
 
-func (g *generator) modules() ([]Module, error) {
+func (g *generator) modules() ([]selinux.Module, error) {
 	d := &g.data
 	render := func(name string) (string, error) {
 		out, err := g.t.render(name, d)
 		return string(out), err
 	}
-	guest := Module{Name: d.Module, Target: TargetGuest}
-	host := Module{Name: d.HostModule, Target: TargetHost}
+	guest := selinux.Module{Name: d.Module, Target: selinux.TargetGuest}
+	host := selinux.Module{Name: d.HostModule, Target: selinux.TargetHost}
 	var err error
 	for _, f := range []struct {
 		dst  *string
@@ -578,14 +563,14 @@ func (g *generator) modules() ([]Module, error) {
 	if err := g.checkModuleHeader(TmplHostTE, host); err != nil {
 		return nil, err
 	}
-	return []Module{guest, host}, nil
+	return []selinux.Module{guest, host}, nil
 }
 
 var moduleStmtRE = regexp.MustCompile(`^module\s+([A-Za-z0-9_.-]+)\s+[0-9][0-9.]*\s*;$`)
 
 // checkModuleHeader checks that the first statement of a rendered .te is
 // "module <name> <version>;" with the name the loader will load it by.
-func (g *generator) checkModuleHeader(tmpl string, m Module) error {
+func (g *generator) checkModuleHeader(tmpl string, m selinux.Module) error {
 	for i, line := range strings.Split(m.TE, "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -605,7 +590,7 @@ func (g *generator) checkModuleHeader(tmpl string, m Module) error {
 
 // xfrm renders the XFRM template, decodes it strictly, adds the keys and
 // checks every invariant GenerateBundle documents.
-func (g *generator) xfrm() ([]XFRMPolicy, []XFRMState, error) {
+func (g *generator) xfrm() ([]ipsec.Policy, []ipsec.State, error) {
 	out, err := g.t.render(TmplXFRM, &g.data)
 	if err != nil {
 		return nil, nil, err
@@ -652,7 +637,15 @@ func (g *generator) xfrm() ([]XFRMPolicy, []XFRMState, error) {
 	}, bad); err != nil {
 		return nil, nil, err
 	}
-	return doc.Policies, doc.States, nil
+	var pols []ipsec.Policy
+	for i := range doc.Policies {
+		pols = append(pols, doc.Policies[i].value())
+	}
+	var states []ipsec.State
+	for i := range doc.States {
+		states = append(states, doc.States[i].value())
+	}
+	return pols, states, nil
 }
 
 // checkXFRM enforces the bundle-level invariants on rendered XFRM: labels
@@ -666,12 +659,12 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 	reqServer := map[uint32]Server{}
 	maxAllow := uint32(0)
 	haveAllow := false
-	var blockOut, blockIn *XFRMPolicy
+	var blockOut, blockIn *xfrmPolicy
 	var blockOutIdx, blockInIdx int
 	for i := range doc.Policies {
 		p := &doc.Policies[i]
 		ln := line("policies", i)
-		if p.Action == ActionAllow {
+		if p.Action == actionAllow {
 			haveAllow = true
 			maxAllow = max(maxAllow, p.Priority)
 		}
@@ -685,7 +678,7 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 			}
 		}
 		peer := p.Dst
-		if p.Dir == DirIn {
+		if p.Dir == dirIn {
 			peer = p.Src
 		}
 		for _, s := range app.Servers {
@@ -693,10 +686,10 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 			if !hit {
 				continue
 			}
-			if p.Action == ActionAllow && len(p.Templates) == 0 {
+			if p.Action == actionAllow && len(p.Templates) == 0 {
 				return bad(ln, "policies[%d]: lets the guest reach server %s (%v) in clear; traffic to a server must go through the labeled tunnel: add a template or drop the policy", i, s.Name, peer)
 			}
-			if p.Action == ActionAllow && p.Context != "" {
+			if p.Action == actionAllow && p.Context != "" {
 				ctx, _ := parseMLSContext(p.Context)
 				x, _ := s.Range.Intersect(app.Guest)
 				srv := label.Range{Low: x.Low.Secrecy, High: x.High.Secrecy}
@@ -713,11 +706,11 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 				return bad(ln, "policies[%d]: the tunnel runs %v→%v; the guest's tunnels run between the guest %v and its host %v", i, tm.Src, tm.Dst, guest, host)
 			}
 		}
-		if p.Action == ActionBlock && p.Context == "" && p.Proto == 0 {
-			if p.Dir == DirOut && p.Src.Contains(guest) && p.Dst.Bits() == 0 {
+		if p.Action == actionBlock && p.Context == "" && p.Proto == 0 {
+			if p.Dir == dirOut && p.Src.Contains(guest) && p.Dst.Bits() == 0 {
 				blockOut, blockOutIdx = p, i
 			}
-			if p.Dir == DirIn && p.Dst.Contains(guest) && p.Src.Bits() == 0 {
+			if p.Dir == dirIn && p.Dst.Contains(guest) && p.Src.Bits() == 0 {
 				blockIn, blockInIdx = p, i
 			}
 		}
@@ -727,7 +720,7 @@ func (g *generator) checkXFRM(doc *xfrmDoc, line func(string, int) int, bad func
 	}
 	if haveAllow {
 		for _, bp := range []struct {
-			p *XFRMPolicy
+			p *xfrmPolicy
 			i int
 		}{{blockOut, blockOutIdx}, {blockIn, blockInIdx}} {
 			if bp.p.Priority <= maxAllow {
@@ -801,79 +794,26 @@ func (g *generator) mapper() (string, error) {
 	return string(out), nil
 }
 
-// checkMapperPolicy checks the mapper's line format: "map <regex>
-// <context> [iN]" or "map <regex> <label>", "forward <regex> <upstream>
-// <bounds>", "default <label>", comments and blank lines. The mapper
-// package is the real parser; this catches a broken template at
-// generation time. It returns the 1-based line of the first error.
+// checkMapperPolicy parses the rendered policy with the label mapper's own
+// parser, the one the guest's mapper runs, so that a broken template is
+// refused at generation time exactly as the mapper would refuse it, and
+// holds its forward rules to the store's rule for upstreams. It returns the
+// 1-based line of the first error.
 func checkMapperPolicy(text string) (int, error) {
-	defaults := 0
-	for i, line := range strings.Split(text, "\n") {
-		n := i + 1
-		f := strings.Fields(line)
-		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
-			continue
+	pol, err := mapper.ParsePolicy("mapper.policy", []byte(text))
+	if err != nil {
+		var pe *mapper.ParseError
+		if !errors.As(err, &pe) {
+			return 0, err
 		}
-		regex := func() error {
-			if _, err := regexp.Compile("^(?:" + f[1] + ")$"); err != nil {
-				return fmt.Errorf("bad regular expression %q: %v", f[1], err)
-			}
-			return nil
+		if pe.Token != "" {
+			return pe.Line, fmt.Errorf("%q: %s", pe.Token, pe.Reason)
 		}
-		switch f[0] {
-		case "map":
-			if len(f) != 3 && len(f) != 4 {
-				return n, errors.New("want \"map <regex> <context> [iN]\" or \"map <regex> <label>\"")
-			}
-			if err := regex(); err != nil {
-				return n, err
-			}
-			if strings.Contains(f[2], ":") && strings.Count(f[2], ":") >= 3 && !strings.Contains(f[2], "/") {
-				c, err := label.ParseContext(f[2])
-				if err != nil {
-					return n, err
-				}
-				if !c.HasRange {
-					return n, fmt.Errorf("context %q has no level", f[2])
-				}
-				if len(f) == 4 {
-					if _, err := label.ParseIntegrity(f[3]); err != nil {
-						return n, err
-					}
-				}
-			} else {
-				if len(f) == 4 {
-					return n, fmt.Errorf("a plain label %q takes no integrity after it; write it as %s/iN", f[2], f[2])
-				}
-				if _, err := label.ParseLabel(f[2]); err != nil {
-					return n, err
-				}
-			}
-		case "forward":
-			if len(f) != 4 {
-				return n, errors.New("want \"forward <regex> <upstream> <bounds>\"")
-			}
-			if err := regex(); err != nil {
-				return n, err
-			}
-			if err := checkUpstream(f[2]); err != nil {
-				return n, err
-			}
-			if _, err := label.ParseBounds(f[3]); err != nil {
-				return n, err
-			}
-		case "default":
-			if len(f) != 2 {
-				return n, errors.New("want \"default <label>\"")
-			}
-			if _, err := label.ParseLabel(f[1]); err != nil {
-				return n, err
-			}
-			if defaults++; defaults > 1 {
-				return n, errors.New("a second default; keep one")
-			}
-		default:
-			return n, fmt.Errorf("unknown rule %q: want map, forward, default or a # comment", f[0])
+		return pe.Line, errors.New(pe.Reason)
+	}
+	for _, f := range pol.Forwards {
+		if err := checkUpstream(f.Upstream); err != nil {
+			return f.Line, err
 		}
 	}
 	return 0, nil
@@ -941,136 +881,4 @@ func (g *generator) labels(b *Bundle) []label.Label {
 	}
 	slices.SortFunc(out, compareLabels)
 	return out
-}
-
-// compileAnchored compiles a label rule's regular expression as the mapper
-// applies it (to the whole URL) into a program progTargetsHost can run.
-func compileAnchored(expr string) (*syntax.Prog, error) {
-	re, err := syntax.Parse(`^(?:`+expr+`)$`, syntax.Perl)
-	if err != nil {
-		return nil, err
-	}
-	return syntax.Compile(re.Simplify())
-}
-
-// progTargetsHost reports whether the anchored program matches some URL on
-// host: "http://host" or "https://host", then nothing, or '/', ':', '?' or
-// '#' and anything. It runs the program's NFA over the known prefix
-// exactly, then asks whether a match is reachable at all from the states
-// left; that second step ignores what the rest would have to be, so the
-// answer errs toward "yes" (an extra SA pair, never a missing one).
-func progTargetsHost(p *syntax.Prog, host string) bool {
-	for _, scheme := range []string{"http://", "https://"} {
-		if nfaCanComplete(p, scheme+host, []rune{'/', ':', '?', '#'}) {
-			return true
-		}
-	}
-	return false
-}
-
-// nfaCanComplete runs p over prefix and reports whether prefix alone, or
-// prefix followed by one of next and then something, can match.
-func nfaCanComplete(p *syntax.Prog, prefix string, next []rune) bool {
-	rs := []rune(prefix)
-	before := func(i int) rune { // the rune before position i, -1 at the start
-		if i == 0 {
-			return -1
-		}
-		return rs[i-1]
-	}
-	pending := []uint32{uint32(p.Start)}
-	for i, r := range rs {
-		cur := closure(p, pending, syntax.EmptyOpContext(before(i), r))
-		pending = step(p, cur, r)
-		if len(pending) == 0 {
-			return false
-		}
-	}
-	last := before(len(rs))
-	// The URL ends right after the host.
-	for _, pc := range closure(p, pending, syntax.EmptyOpContext(last, -1)) {
-		if p.Inst[pc].Op == syntax.InstMatch {
-			return true
-		}
-	}
-	for _, r := range next {
-		after := step(p, closure(p, pending, syntax.EmptyOpContext(last, r)), r)
-		if matchReachable(p, after) {
-			return true
-		}
-	}
-	return false
-}
-
-// closure follows empty transitions from pcs, passing an empty-width
-// assertion only when ctx satisfies it, and returns the instructions that
-// consume a rune or match.
-func closure(p *syntax.Prog, pcs []uint32, ctx syntax.EmptyOp) []uint32 {
-	seen := make([]bool, len(p.Inst))
-	var out []uint32
-	var visit func(pc uint32)
-	visit = func(pc uint32) {
-		if seen[pc] {
-			return
-		}
-		seen[pc] = true
-		in := &p.Inst[pc]
-		switch in.Op {
-		case syntax.InstAlt, syntax.InstAltMatch:
-			visit(in.Out)
-			visit(in.Arg)
-		case syntax.InstCapture, syntax.InstNop:
-			visit(in.Out)
-		case syntax.InstEmptyWidth:
-			if syntax.EmptyOp(in.Arg)&^ctx == 0 {
-				visit(in.Out)
-			}
-		case syntax.InstFail:
-		default: // InstRune*, InstMatch
-			out = append(out, pc)
-		}
-	}
-	for _, pc := range pcs {
-		visit(pc)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
-}
-
-// step consumes r from the rune instructions in pcs.
-func step(p *syntax.Prog, pcs []uint32, r rune) []uint32 {
-	var out []uint32
-	for _, pc := range pcs {
-		in := &p.Inst[pc]
-		if in.Op != syntax.InstMatch && in.MatchRune(r) {
-			out = append(out, in.Out)
-		}
-	}
-	return out
-}
-
-// matchReachable reports whether InstMatch can be reached from pcs along
-// any path, taking every rune instruction and assertion as passable.
-func matchReachable(p *syntax.Prog, pcs []uint32) bool {
-	seen := make([]bool, len(p.Inst))
-	stack := slices.Clone(pcs)
-	for len(stack) > 0 {
-		pc := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[pc] {
-			continue
-		}
-		seen[pc] = true
-		in := &p.Inst[pc]
-		switch in.Op {
-		case syntax.InstMatch:
-			return true
-		case syntax.InstFail:
-		case syntax.InstAlt, syntax.InstAltMatch:
-			stack = append(stack, in.Out, in.Arg)
-		default:
-			stack = append(stack, in.Out)
-		}
-	}
-	return false
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore/compliance"
@@ -144,11 +145,11 @@ func bundleRelation(app *Application, b *Bundle) (compliance.Relation, []error) 
 	reqServer := map[uint32]string{}
 	for i, p := range b.Policies {
 		src := fmt.Sprintf("xfrm policy #%d (%s %s→%s)", i, p.Dir, p.Src, p.Dst)
-		if p.Action != ActionAllow {
+		if p.Action != ipsec.ActionAllow {
 			continue
 		}
 		guestSide, peerSide := p.Src, p.Dst
-		if p.Dir != DirOut {
+		if p.Dir != ipsec.DirOut {
 			guestSide, peerSide = p.Dst, p.Src
 		}
 		if !guestSide.Contains(b.GuestAddr) {
@@ -187,7 +188,7 @@ func bundleRelation(app *Application, b *Bundle) (compliance.Relation, []error) 
 		}
 		r := compliance.Rule{From: "guest", To: srv.Name, SameLabel: true, FromLabels: label.Bounds{Low: lo, High: hi}, Source: src}
 		r.ToLabels = r.FromLabels
-		if p.Dir != DirOut {
+		if p.Dir != ipsec.DirOut {
 			r.From, r.To = r.To, r.From
 		}
 		rel = append(rel, r)
@@ -230,7 +231,7 @@ func checkMapperLabels(app *Application, b *Bundle) []error {
 	}
 	var errs []error
 	for _, r := range pol.Maps {
-		prog, err := compileAnchored(r.Regex)
+		prog, err := mapper.CompileAnchored(r.Regex)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("mapper.policy:%d: %v", r.Line, err))
 			continue
@@ -238,7 +239,7 @@ func checkMapperLabels(app *Application, b *Bundle) []error {
 		l := r.Target.Label
 		for _, s := range app.Servers {
 			for _, h := range s.Hosts {
-				if progTargetsHost(prog, h) && !s.Range.Contains(l) {
+				if mapper.TargetsHost(prog, h) && !s.Range.Contains(l) {
 					errs = append(errs, fmt.Errorf("mapper.policy:%d: labels URLs of %s (server %s) %s, outside the server's range %s", r.Line, h, s.Name, l, s.Range))
 				}
 			}

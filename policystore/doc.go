@@ -23,6 +23,6 @@
 //     the whole request VMLoad makes.
 //
 // The package builds plain values and never touches the kernel: it must not
-// import netlink, ebpf or x/sys. Module.Package runs checkmodule and
-// semodule_package, the only programs it starts.
+// import netlink, ebpf or x/sys. It starts no program: the bundle's SELinux
+// modules are selinux.Module values, which package selinux compiles.
 package policystore

@@ -11,28 +11,30 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/mlsgate/mlsgate/ipsec"
 	"github.com/mlsgate/mlsgate/label"
 )
 
-// XFRM policies and states as plain values. The policy store only plans
-// them; the agent installs them through netlink (DESIGN.md: pure decisions,
-// thin kernel layer). Field names follow `ip xfrm` so that an operator can
-// read a bundle next to `ip xfrm policy` output.
+// The XFRM document an application's xfrm.yaml.tmpl renders. The store
+// decodes it into these types (field names and values as `ip xfrm` writes
+// them, so that an operator can write a template next to `ip xfrm policy`
+// output), checks it, and puts the result into bundles as package ipsec's
+// values, which the agent installs through netlink unchanged.
 
 // XFRM directions, actions, protocols and modes the store generates and
 // accepts.
 const (
-	DirOut = "out"
-	DirIn  = "in"
-	DirFwd = "fwd"
+	dirOut = "out"
+	dirIn  = "in"
+	dirFwd = "fwd"
 
-	ActionAllow = "allow"
-	ActionBlock = "block"
+	actionAllow = "allow"
+	actionBlock = "block"
 
-	ProtoESP = "esp"
+	protoESP = "esp"
 
-	ModeTunnel    = "tunnel"
-	ModeTransport = "transport"
+	modeTunnel    = "tunnel"
+	modeTransport = "transport"
 )
 
 // AEADGCM is the only AEAD the store generates: AES-GCM for ESP (RFC 4106),
@@ -47,10 +49,10 @@ const GCMKeyLen = 16 + 4
 // 1-255.
 const minSPI = 256
 
-// XFRMPolicy is one security policy database entry, the structured form of
+// xfrmPolicy is one security policy database entry, the structured form of
 // the paper's `spdadd <src> <dst> any -ctx 1 1 <context> -P out ipsec
 // esp/tunnel/<src>-<dst>/require`.
-type XFRMPolicy struct {
+type xfrmPolicy struct {
 	// Dir is "out", "in" or "fwd".
 	Dir string `json:"dir" yaml:"dir"`
 	// Src and Dst select packets by address; the prefix must be masked
@@ -71,12 +73,12 @@ type XFRMPolicy struct {
 	Priority uint32 `json:"priority" yaml:"priority"`
 	// Templates are the transformations an allowed packet must go
 	// through; none means "allow in clear".
-	Templates []XFRMTemplate `json:"templates,omitempty" yaml:"templates,omitempty"`
+	Templates []xfrmTemplate `json:"templates,omitempty" yaml:"templates,omitempty"`
 }
 
-// XFRMTemplate is one transformation of a policy: which SA (by endpoints,
+// xfrmTemplate is one transformation of a policy: which SA (by endpoints,
 // protocol, mode and reqid) a packet must use.
-type XFRMTemplate struct {
+type xfrmTemplate struct {
 	Src   netip.Addr `json:"src" yaml:"src"`
 	Dst   netip.Addr `json:"dst" yaml:"dst"`
 	Proto string     `json:"proto" yaml:"proto"`
@@ -86,9 +88,9 @@ type XFRMTemplate struct {
 	Reqid uint32 `json:"reqid" yaml:"reqid"`
 }
 
-// XFRMState is one security association, carrying the security context
+// xfrmState is one security association, carrying the security context
 // (and so the label) of every packet sent on it.
-type XFRMState struct {
+type xfrmState struct {
 	Src   netip.Addr `json:"src" yaml:"src"`
 	Dst   netip.Addr `json:"dst" yaml:"dst"`
 	SPI   uint32     `json:"spi" yaml:"spi"`
@@ -102,24 +104,24 @@ type XFRMState struct {
 	// Label is the SA's label for the fast path: the context's level plus
 	// the integrity SELinux does not carry.
 	Label label.Label `json:"label" yaml:"label"`
-	AEAD  XFRMAEAD    `json:"aead" yaml:"aead"`
+	AEAD  xfrmAEAD    `json:"aead" yaml:"aead"`
 }
 
-// XFRMAEAD is the SA's authenticated cipher. The key is drawn by
+// xfrmAEAD is the SA's authenticated cipher. The key is drawn by
 // GenerateBundle and never comes from a template: its YAML name is "-", so
 // a template that writes one is refused as an unknown field.
-type XFRMAEAD struct {
+type xfrmAEAD struct {
 	Name    string `json:"name" yaml:"name"`
 	Key     []byte `json:"key" yaml:"-"`
 	ICVBits int    `json:"icv_bits" yaml:"icv_bits"`
 }
 
 // Validate checks the policy on its own.
-func (p *XFRMPolicy) Validate() error {
+func (p *xfrmPolicy) Validate() error {
 	switch p.Dir {
-	case DirOut, DirIn, DirFwd:
+	case dirOut, dirIn, dirFwd:
 	default:
-		return fmt.Errorf("dir %q: want %q, %q or %q", p.Dir, DirOut, DirIn, DirFwd)
+		return fmt.Errorf("dir %q: want %q, %q or %q", p.Dir, dirOut, dirIn, dirFwd)
 	}
 	if err := checkPrefix("src", p.Src); err != nil {
 		return err
@@ -136,19 +138,19 @@ func (p *XFRMPolicy) Validate() error {
 		}
 	}
 	switch p.Action {
-	case ActionAllow:
-	case ActionBlock:
+	case actionAllow:
+	case actionBlock:
 		if len(p.Templates) > 0 {
 			return errors.New("a block policy has templates; drop them (a blocked packet is transformed by nothing)")
 		}
 	default:
-		return fmt.Errorf("action %q: want %q or %q", p.Action, ActionAllow, ActionBlock)
+		return fmt.Errorf("action %q: want %q or %q", p.Action, actionAllow, actionBlock)
 	}
 	for i := range p.Templates {
 		if err := p.Templates[i].Validate(); err != nil {
 			return fmt.Errorf("templates[%d]: %w", i, err)
 		}
-		if p.Templates[i].Src.Is4() != p.Src.Addr().Is4() && p.Templates[i].Mode == ModeTransport {
+		if p.Templates[i].Src.Is4() != p.Src.Addr().Is4() && p.Templates[i].Mode == modeTransport {
 			return fmt.Errorf("templates[%d]: transport mode cannot change the address family of %v→%v", i, p.Src, p.Dst)
 		}
 	}
@@ -156,7 +158,7 @@ func (p *XFRMPolicy) Validate() error {
 }
 
 // Validate checks the template on its own.
-func (t *XFRMTemplate) Validate() error {
+func (t *xfrmTemplate) Validate() error {
 	if err := checkAddr("src", t.Src); err != nil {
 		return err
 	}
@@ -169,8 +171,8 @@ func (t *XFRMTemplate) Validate() error {
 	if t.Src == t.Dst {
 		return fmt.Errorf("tunnel endpoints are both %v; src is this end, dst the other", t.Src)
 	}
-	if t.Proto != ProtoESP {
-		return fmt.Errorf("proto %q: only %q is supported (the fast path reads labels from ESP SAs)", t.Proto, ProtoESP)
+	if t.Proto != protoESP {
+		return fmt.Errorf("proto %q: only %q is supported (the fast path reads labels from ESP SAs)", t.Proto, protoESP)
 	}
 	if err := checkMode(t.Mode); err != nil {
 		return err
@@ -183,7 +185,7 @@ func (t *XFRMTemplate) Validate() error {
 
 // Validate checks the state on its own: its addresses, SPI, context, label
 // and cipher, and that the context's level is the label's secrecy.
-func (s *XFRMState) Validate() error {
+func (s *xfrmState) Validate() error {
 	if err := checkAddr("src", s.Src); err != nil {
 		return err
 	}
@@ -199,8 +201,8 @@ func (s *XFRMState) Validate() error {
 	if s.SPI < minSPI {
 		return fmt.Errorf("spi %d is reserved (RFC 4303 reserves 0-255); take SPIs from the host's range", s.SPI)
 	}
-	if s.Proto != ProtoESP {
-		return fmt.Errorf("proto %q: only %q is supported (the fast path reads labels from ESP SAs)", s.Proto, ProtoESP)
+	if s.Proto != protoESP {
+		return fmt.Errorf("proto %q: only %q is supported (the fast path reads labels from ESP SAs)", s.Proto, protoESP)
 	}
 	if err := checkMode(s.Mode); err != nil {
 		return err
@@ -228,7 +230,7 @@ func (s *XFRMState) Validate() error {
 }
 
 // Validate checks the cipher name, key length and ICV size.
-func (a *XFRMAEAD) Validate() error {
+func (a *xfrmAEAD) Validate() error {
 	if a.Name != AEADGCM {
 		return fmt.Errorf("name %q: only %q is supported", a.Name, AEADGCM)
 	}
@@ -272,8 +274,8 @@ func checkPrefix(field string, p netip.Prefix) error {
 }
 
 func checkMode(m string) error {
-	if m != ModeTunnel && m != ModeTransport {
-		return fmt.Errorf("mode %q: want %q or %q", m, ModeTunnel, ModeTransport)
+	if m != modeTunnel && m != modeTransport {
+		return fmt.Errorf("mode %q: want %q or %q", m, modeTunnel, modeTransport)
 	}
 	return nil
 }
@@ -292,8 +294,8 @@ func parseMLSContext(s string) (label.Context, error) {
 
 // xfrmDoc is the document xfrm.yaml.tmpl renders.
 type xfrmDoc struct {
-	Policies []XFRMPolicy `yaml:"policies"`
-	States   []XFRMState  `yaml:"states"`
+	Policies []xfrmPolicy `yaml:"policies"`
+	States   []xfrmState  `yaml:"states"`
 }
 
 // xfrmLines are the rendered lines where each policy and state starts, for
@@ -365,4 +367,73 @@ func renderedLine(text []byte, n int) string {
 		}
 	}
 	return ""
+}
+
+// value is the policy as bundles carry it. The policy was validated, so
+// every name has its kernel number.
+func (p *xfrmPolicy) value() ipsec.Policy {
+	v := ipsec.Policy{Src: p.Src, Dst: p.Dst, Proto: p.Proto, Context: p.Context, Priority: p.Priority}
+	v.Dir = map[string]ipsec.Dir{dirIn: ipsec.DirIn, dirOut: ipsec.DirOut, dirFwd: ipsec.DirFwd}[p.Dir]
+	v.Action = map[string]ipsec.Action{actionAllow: ipsec.ActionAllow, actionBlock: ipsec.ActionBlock}[p.Action]
+	for _, t := range p.Templates {
+		v.Templates = append(v.Templates, ipsec.Template{Src: t.Src, Dst: t.Dst, Proto: ipsec.ProtoESP, Mode: modeValue(t.Mode), Reqid: t.Reqid})
+	}
+	return v
+}
+
+// value is the SA as bundles carry it, with the store's replay window.
+func (s *xfrmState) value() ipsec.State {
+	return ipsec.State{
+		Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: ipsec.ProtoESP, Mode: modeValue(s.Mode), Reqid: s.Reqid,
+		Context: s.Context, Label: s.Label, ReplayWindow: ipsec.DefaultReplayWindow,
+		AEAD: &ipsec.Algo{Name: s.AEAD.Name, Key: s.AEAD.Key, ICVBits: s.AEAD.ICVBits},
+	}
+}
+
+func modeValue(m string) ipsec.Mode {
+	if m == modeTransport {
+		return ipsec.ModeTransport
+	}
+	return ipsec.ModeTunnel
+}
+
+// CheckState applies the store's rules for an SA (those GenerateBundle
+// applies to the rendered template) to a bundle's SA, for a receiver that
+// must not trust that the bundle came from this store's code: ESP only,
+// AES-GCM with a key of the right size, an MLS context at the label's
+// level, the store's replay window, and none of what the store never
+// writes (separate auth and enc algorithms, a selector, lifetimes).
+func CheckState(s *ipsec.State) error {
+	d := xfrmState{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: s.Proto.String(), Mode: s.Mode.String(), Reqid: s.Reqid, Context: s.Context, Label: s.Label}
+	if s.AEAD != nil {
+		d.AEAD = xfrmAEAD{Name: s.AEAD.Name, Key: s.AEAD.Key, ICVBits: s.AEAD.ICVBits}
+	}
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case s.AEAD.TruncBits != 0 || s.Auth != nil || s.Crypt != nil:
+		return fmt.Errorf("SA spi %d carries algorithms besides its AEAD; the store writes one %s", s.SPI, AEADGCM)
+	case s.Selector != nil || s.Lifetime != (ipsec.Lifetime{}):
+		return fmt.Errorf("SA spi %d has a selector or lifetimes, which the store never writes", s.SPI)
+	case s.ReplayWindow != ipsec.DefaultReplayWindow:
+		return fmt.Errorf("SA spi %d has replay window %d, not the store's %d; regenerate the bundle", s.SPI, s.ReplayWindow, ipsec.DefaultReplayWindow)
+	}
+	return nil
+}
+
+// CheckPolicy applies the store's rules for a policy to a bundle's policy,
+// as CheckState does for SAs.
+func CheckPolicy(p *ipsec.Policy) error {
+	d := xfrmPolicy{Dir: p.Dir.String(), Src: p.Src, Dst: p.Dst, Proto: p.Proto, Context: p.Context, Action: p.Action.String(), Priority: p.Priority}
+	for _, t := range p.Templates {
+		if t.SPI != 0 || t.Optional {
+			return fmt.Errorf("policy %s: a template names an SPI or is optional, which the store never writes", p)
+		}
+		d.Templates = append(d.Templates, xfrmTemplate{Src: t.Src, Dst: t.Dst, Proto: t.Proto.String(), Mode: t.Mode.String(), Reqid: t.Reqid})
+	}
+	if p.SrcPort != 0 || p.DstPort != 0 || p.Index != 0 {
+		return fmt.Errorf("policy %s: ports or a kernel index, which the store never writes", p)
+	}
+	return d.Validate()
 }

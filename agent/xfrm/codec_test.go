@@ -245,17 +245,17 @@ func TestUserTmplLayout(t *testing.T) {
 		t.Fatalf("length %d, want 128", len(b))
 	}
 	v := nl.DeserializeXfrmUserTmpl(b)
-	if v.XfrmId.Proto != ProtoESP || v.XfrmId.Daddr.ToIP().String() != "192.0.2.2" || v.Saddr.ToIP().String() != "192.0.2.1" ||
+	if v.XfrmId.Proto != uint8(ProtoESP) || v.XfrmId.Daddr.ToIP().String() != "192.0.2.2" || v.Saddr.ToIP().String() != "192.0.2.1" ||
 		v.Family != unix.AF_INET || v.Reqid != 3 || v.Mode != 1 || v.Optional != 0 || v.XfrmId.Spi != nl.Swap32(0x2000) ||
 		v.Aalgos != allAlgos || v.Ealgos != allAlgos || v.Calgos != allAlgos {
 		t.Errorf("template 0: vishvananda/netlink reads %+v", *v)
 	}
 	v = nl.DeserializeXfrmUserTmpl(b[64:])
-	if v.XfrmId.Proto != ProtoAH || v.Family != unix.AF_INET || v.Reqid != 4 || v.Mode != 0 || v.Optional != 1 ||
+	if v.XfrmId.Proto != uint8(ProtoAH) || v.Family != unix.AF_INET || v.Reqid != 4 || v.Mode != 0 || v.Optional != 1 ||
 		!v.XfrmId.Daddr.ToIP().IsUnspecified() {
 		t.Errorf("template 1: vishvananda/netlink reads %+v", *v)
 	}
-	for off, w := range map[int][]byte{20: {ProtoESP}, 24: {2, 0}, 28: {192, 0, 2, 1}, 44: {3, 0, 0, 0}, 48: {1}, 50: {0}, 64 + 50: {1}} {
+	for off, w := range map[int][]byte{20: {uint8(ProtoESP)}, 24: {2, 0}, 28: {192, 0, 2, 1}, 44: {3, 0, 0, 0}, 48: {1}, 50: {0}, 64 + 50: {1}} {
 		if got := b[off : off+len(w)]; !bytes.Equal(got, w) {
 			t.Errorf("offset %d: % x, want % x", off, got, w)
 		}
@@ -268,7 +268,7 @@ func TestUsersaIDLayout(t *testing.T) {
 	if !bytes.Equal(b, want) {
 		t.Errorf("xfrm_usersa_id\n got % x\nwant % x", b, want)
 	}
-	if v := nl.DeserializeXfrmUsersaId(b); v.Family != unix.AF_INET6 || v.Proto != ProtoESP {
+	if v := nl.DeserializeXfrmUsersaId(b); v.Family != unix.AF_INET6 || v.Proto != uint8(ProtoESP) {
 		t.Errorf("vishvananda/netlink reads %+v", *v)
 	}
 }
@@ -366,7 +366,7 @@ func TestSecCtxMalformed(t *testing.T) {
 			t.Errorf("%s: %v, want a ParseError", name, err)
 		}
 	}
-	for _, ctx := range []string{"a\x00b", strings.Repeat("x", maxContextLen+1)} {
+	for _, ctx := range []string{"a\x00b", strings.Repeat("x", MaxContextLen+1)} {
 		if _, err := NewSecCtx(ctx).MarshalBinary(); err == nil {
 			t.Errorf("context of %d bytes with NUL %v accepted", len(ctx), strings.Contains(ctx, "\x00"))
 		}
@@ -471,7 +471,7 @@ func TestPolExpire(t *testing.T) {
 }
 
 func TestFlush(t *testing.T) {
-	ev := onlyEvent(t, frame(msgFlushSA, []byte{ProtoESP}))
+	ev := onlyEvent(t, frame(msgFlushSA, []byte{uint8(uint8(ProtoESP))}))
 	if ev.Kind != FlushSA || ev.Proto != ProtoESP {
 		t.Errorf("flush SA: %v", ev)
 	}
@@ -661,7 +661,7 @@ func TestValidate(t *testing.T) {
 		"long name":        mut(func(s *State) { s.AEAD = &Algo{Name: strings.Repeat("a", 64), Key: key} }),
 		"icv on crypt":     mut(func(s *State) { s.AEAD = nil; s.Crypt = &Algo{Name: "cbc(aes)", Key: key[:16], ICVBits: 96} }),
 		"half a selector":  mut(func(s *State) { s.Selector = &Selector{Src: netip.MustParsePrefix("10.0.0.0/8")} }),
-		"oversized key":    mut(func(s *State) { s.AEAD = &Algo{Name: "x", Key: make([]byte, maxKeyLen+1)} }),
+		"oversized key":    mut(func(s *State) { s.AEAD = &Algo{Name: "x", Key: make([]byte, MaxKeyLen+1)} }),
 		"trunc on an aead": mut(func(s *State) { s.AEAD = &Algo{Name: "x", Key: key, TruncBits: 96} }),
 	}
 	for name, s := range badStates {

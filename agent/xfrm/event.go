@@ -64,7 +64,7 @@ type Event struct {
 	// Hard tells a hard expiry from a soft one.
 	Hard bool
 	// Proto is the protocol a FlushSA applied to; 0 means all.
-	Proto uint8
+	Proto Proto
 	// Err is the reason of a Resync or Failed.
 	Err error
 }
@@ -85,7 +85,7 @@ func (e Event) String() string {
 		}
 	}
 	if e.Kind == FlushSA && e.Proto != 0 {
-		s += " " + protoName(e.Proto)
+		s += " " + e.Proto.String()
 	}
 	if e.Err != nil {
 		s += ": " + e.Err.Error()
@@ -232,7 +232,7 @@ func decodeEvent(m message) (ev Event, ok bool, err error) {
 		if len(b) < sizeofUsersaFlush {
 			return Event{}, false, d.errorf(0, "empty struct xfrm_usersa_flush")
 		}
-		return Event{Kind: FlushSA, Proto: b[0]}, true, nil
+		return Event{Kind: FlushSA, Proto: Proto(b[0])}, true, nil
 
 	case msgFlushPolicy:
 		return Event{Kind: FlushPolicy}, true, nil

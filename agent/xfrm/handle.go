@@ -119,7 +119,7 @@ func algoNames(s *State) string {
 
 // classify adds the package's sentinels to a kernel error whose meaning is
 // certain.
-func classify(err error, proto uint8, ctx, algos string) error {
+func classify(err error, proto Proto, ctx, algos string) error {
 	var ke *kernelError
 	if !errors.As(err, &ke) {
 		return err
@@ -148,7 +148,7 @@ func selinuxRejects(ctx string) bool {
 
 // DeleteState deletes the SA with destination dst, SPI spi and protocol
 // proto.
-func (h *Handle) DeleteState(dst netip.Addr, spi uint32, proto uint8) error {
+func (h *Handle) DeleteState(dst netip.Addr, spi uint32, proto Proto) error {
 	if !dst.IsValid() {
 		return fmt.Errorf("delete SA spi 0x%x: no destination", spi)
 	}
@@ -159,7 +159,7 @@ func (h *Handle) DeleteState(dst netip.Addr, spi uint32, proto uint8) error {
 }
 
 // GetState reads one SA by destination, SPI and protocol.
-func (h *Handle) GetState(dst netip.Addr, spi uint32, proto uint8) (State, error) {
+func (h *Handle) GetState(dst netip.Addr, spi uint32, proto Proto) (State, error) {
 	if !dst.IsValid() {
 		return State{}, fmt.Errorf("get SA spi 0x%x: no destination", spi)
 	}
@@ -224,8 +224,8 @@ func (h *Handle) DeleteStatesByReqid(reqid uint32) (int, error) {
 }
 
 // FlushStates deletes every SA of protocol proto; 0 means every SA.
-func (h *Handle) FlushStates(proto uint8) error {
-	if err := h.do(msgFlushSA, unix.NLM_F_ACK, []byte{proto, 0, 0, 0}, nil); err != nil {
+func (h *Handle) FlushStates(proto Proto) error {
+	if err := h.do(msgFlushSA, unix.NLM_F_ACK, []byte{uint8(proto), 0, 0, 0}, nil); err != nil {
 		return fmt.Errorf("flush SAs: %w", err)
 	}
 	return nil

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"reflect"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/api"
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/spf13/cobra"
@@ -161,52 +160,18 @@ func textHook(from, to reflect.Type, data any) (any, error) {
 	return data, nil
 }
 
-// agentClient talks to a running agent on its Unix socket.
-type agentClient struct {
-	base string
-	http *http.Client
-}
-
 const defaultAgentSocket = "unix:/run/mlsgate/agent.sock"
 
 // newAgentClient reaches the agent's socket (unix:/path); a TCP address is
 // refused: the agent serves no API on TCP.
-func newAgentClient(addr string, timeout time.Duration) (*agentClient, error) {
+func newAgentClient(addr string, timeout time.Duration) (*api.Client, error) {
 	path, err := localapi.SocketPath(addr, "--agent", strings.TrimPrefix(defaultAgentSocket, "unix:"))
 	if err != nil {
 		return nil, err
 	}
-	return &agentClient{base: "http://agent", http: localapi.Client(path, timeout)}, nil
-}
-
-func (c *agentClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent: %w (is 'mlsgate agent' running? see --agent)", err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		_ = json.Unmarshal(b, &e)
-		return fmt.Errorf("agent: %s: %s", resp.Status, e.Error)
-	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
+	c := api.New("unix:"+path, timeout)
+	c.Hint = "is 'mlsgate agent' running? see --agent"
+	return c, nil
 }
 
 func newEventsCmd() *cobra.Command {
@@ -239,27 +204,17 @@ only the matching events.`,
 			if vm != 0 {
 				q.Set("vm", strconv.FormatUint(uint64(vm), 10))
 			}
-			u := c.base + "/v1/events"
+			path := "/v1/events"
 			if len(q) > 0 {
-				u += "?" + q.Encode()
+				path += "?" + q.Encode()
 			}
-			req, err := http.NewRequestWithContext(cmd.Context(), "GET", u, nil)
+			events, err := c.Stream(cmd.Context(), path)
 			if err != nil {
 				return err
 			}
-			resp, err := c.http.Do(req)
-			if err != nil {
-				return fmt.Errorf("agent: %w (is 'mlsgate agent' running? see --agent)", err)
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-				var e struct{ Error string }
-				_ = json.Unmarshal(b, &e)
-				return fmt.Errorf("agent: %s: %s", resp.Status, e.Error)
-			}
+			defer events.Close()
 			f := agent.EventFilter{Reason: reason, Interface: iface, VM: vm}
-			err = followEvents(resp.Body, cmd.OutOrStdout(), output, f)
+			err = followEvents(events, cmd.OutOrStdout(), output, f)
 			if cmd.Context().Err() != nil {
 				return nil // interrupted
 			}
@@ -360,10 +315,10 @@ func newGuestCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := c.do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil); err != nil {
+			if _, err := c.Do(cmd.Context(), "PUT", "/v1/guests/"+args[0], g, nil); err != nil {
 				return err
 			}
-			return wait.run(cmd.Context(), c.do, args[0])
+			return wait.run(cmd.Context(), c.Status, args[0])
 		},
 	}
 	set.Flags().Uint32Var(&vm, "vm", 0, "the guest's VM id (domid)")
@@ -385,7 +340,8 @@ func newGuestCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.do(cmd.Context(), "DELETE", "/v1/guests/"+args[0], nil, nil)
+			_, err = c.Do(cmd.Context(), "DELETE", "/v1/guests/"+args[0], nil, nil)
+			return err
 		},
 		Short: "forget the guest on an interface (detaches the programs)",
 	}

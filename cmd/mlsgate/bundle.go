@@ -14,6 +14,7 @@ import (
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
 	"github.com/mlsgate/mlsgate/policystore/secretfile"
+	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/spf13/cobra"
 )
 
@@ -159,7 +160,7 @@ in policystore/templates).`,
 				}
 				pp, err := packageModule(ctx, m, dir)
 				switch {
-				case errors.Is(err, policystore.ErrNoToolchain):
+				case errors.Is(err, selinux.ErrNoToolchain):
 					fmt.Fprintf(w, "  module %s (%s): not compiled: %v\n", m.Name, m.Target, err)
 				case err != nil:
 					return err
@@ -194,14 +195,14 @@ in policystore/templates).`,
 // tools write their outputs by name, with the umask's modes) and copies
 // what they made into dir with dir's rules. It returns the package's path
 // in dir.
-func packageModule(ctx context.Context, m policystore.Module, dir *secretfile.Dir) (string, error) {
+func packageModule(ctx context.Context, m selinux.Module, dir *secretfile.Dir) (string, error) {
 	tmp, err := os.MkdirTemp("", "mlsgate-module-")
 	if err != nil {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
 	_, perr := m.Package(ctx, tmp)
-	if errors.Is(perr, policystore.ErrNoToolchain) {
+	if errors.Is(perr, selinux.ErrNoToolchain) {
 		return "", perr
 	}
 	for _, ext := range []string{".te", ".fc", ".mod", ".pp"} {

@@ -20,17 +20,17 @@ func (w *attachWait) flags(f *pflag.FlagSet) {
 	f.DurationVar(&w.d, "wait", 0, "after declaring, wait up to this long until the agent reports the interface attached")
 }
 
-// run polls the agent's status through do (the agent client's request
-// function) every 20 ms, up to the wait, until the guest on iface is present
-// and attached. No wait asked: it returns at once.
-func (w *attachWait) run(ctx context.Context, do func(ctx context.Context, method, path string, in, out any) error, iface string) error {
+// run polls the agent's status (the agent client's Status) every 20 ms, up
+// to the wait, until the guest on iface is present and attached. No wait
+// asked: it returns at once.
+func (w *attachWait) run(ctx context.Context, status func(context.Context) (agent.Status, error), iface string) error {
 	if w.d <= 0 {
 		return nil
 	}
 	deadline := time.Now().Add(w.d)
 	for {
-		var st agent.Status
-		if err := do(ctx, "GET", "/v1/status", nil, &st); err != nil {
+		st, err := status(ctx)
+		if err != nil {
 			return err
 		}
 		for _, gs := range st.Guests {

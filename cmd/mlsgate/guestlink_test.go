@@ -12,14 +12,9 @@ import (
 
 func TestAttachWait(t *testing.T) {
 	asked := 0
-	do := func(_ context.Context, method, path string, _, out any) error {
-		if method != "GET" || path != "/v1/status" {
-			return errors.New("unexpected " + method + " " + path)
-		}
+	do := func(context.Context) (agent.Status, error) {
 		asked++
-		st := out.(*agent.Status)
-		st.Guests = []agent.GuestStatus{{GuestSpec: agent.GuestSpec{Interface: "vif3.0"}, Present: true, Attached: asked >= 3}}
-		return nil
+		return agent.Status{Guests: []agent.GuestStatus{{GuestSpec: agent.GuestSpec{Interface: "vif3.0"}, Present: true, Attached: asked >= 3}}}, nil
 	}
 	if err := (&attachWait{d: 10 * time.Second}).run(context.Background(), do, "vif3.0"); err != nil || asked != 3 {
 		t.Fatalf("wait: %v after %d status reads, want nil after 3", err, asked)
@@ -32,8 +27,8 @@ func TestAttachWait(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "did not attach") {
 		t.Errorf("never attached: %v", err)
 	}
-	fail := func(context.Context, string, string, any, any) error {
-		return errors.New("agent at unix:/run/mlsgate/agent.sock: connection refused")
+	fail := func(context.Context) (agent.Status, error) {
+		return agent.Status{}, errors.New("agent at unix:/run/mlsgate/agent.sock: connection refused")
 	}
 	if err := (&attachWait{d: time.Second}).run(context.Background(), fail, "vif3.0"); err == nil {
 		t.Error("a failing agent was taken for an attached interface")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent/buildinfo"
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -225,7 +226,7 @@ line and the mapper keeps the policy it had.`,
 			admin.Handle("GET /metrics", metricsHandler(reg))
 			admin.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 				if err := load(r, "api"); err != nil {
-					writeJSONError(w, http.StatusUnprocessableEntity, err)
+					httpjson.Error(w, http.StatusUnprocessableEntity, err)
 					return
 				}
 				w.WriteHeader(http.StatusNoContent)

@@ -155,7 +155,7 @@ snake_case field names, every list present (empty as []).`,
 				return err
 			}
 			var st agent.Status
-			if err := c.do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
+			if _, err := c.Do(cmd.Context(), "GET", "/v1/status", nil, &st); err != nil {
 				return err
 			}
 			return printStatus(cmd.OutOrStdout(), output, newStatusView(st))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/agent/buildinfo"
+	"github.com/mlsgate/mlsgate/internal/httpjson"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -266,7 +267,7 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 			admin.Handle("GET /metrics", metricsHandler(reg))
 			admin.HandleFunc("POST /v1/reload", func(w http.ResponseWriter, r *http.Request) {
 				if err := syncApps(r, "api"); err != nil {
-					writeJSONError(w, http.StatusUnprocessableEntity, err)
+					httpjson.Error(w, http.StatusUnprocessableEntity, err)
 					return
 				}
 				w.WriteHeader(http.StatusNoContent)
@@ -313,10 +314,4 @@ refused whole, with the file and line, and the store keeps serving what it had.`
 	f.DurationVar(&staleGrace, "stale-grace", 0, "serve an expired cached application this long while the authority is unreachable")
 	storeConfig.register(cmd)
 	return cmd
-}
-
-func writeJSONError(w http.ResponseWriter, code int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 }

@@ -13,10 +13,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/mapper"
+	"github.com/mlsgate/mlsgate/selinux"
 	"github.com/spf13/cobra"
 )
 
@@ -73,18 +73,18 @@ SIGTERM stops the daemon.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.listen, "listen", fmt.Sprintf("0.0.0.0:%d", updated.DefaultPort), "address:port to serve the loader on (the host's fast path must allow this port: agent api_port)")
+	f.StringVar(&o.listen, "listen", fmt.Sprintf("0.0.0.0:%d", updatedaemon.DefaultPort), "address:port to serve the loader on (the host's fast path must allow this port: agent api_port)")
 	f.StringVar(&o.cert, "cert", "", "the guest's certificate (PEM, a Guest certificate of the policy store's CA)")
 	f.StringVar(&o.key, "key", "", "its private key (PEM)")
 	f.StringVar(&o.ca, "ca", "", "the policy store's CA certificate (ca.pem)")
 	f.StringVar(&o.crl, "crl", "", "the CA's revocation list (PEM); read again whenever the file changes")
-	f.StringVar(&o.loaderName, "loader-name", updated.DefaultLoaderName, "common name the loader's client certificate must carry")
+	f.StringVar(&o.loaderName, "loader-name", updatedaemon.DefaultLoaderName, "common name the loader's client certificate must carry")
 	f.StringVar(&o.stateDir, "state-dir", "/var/lib/mlsgate/updated", "where the applied version and bundle are recorded")
 	f.BoolVar(&o.semodule, "semodule", false, "install bundles' SELinux modules with semodule: only where the running policy was loaded from this guest's semodule store (the init does so with loader/backend.InitOptions.SELinux); else they are compiled, not installed")
 	f.StringVar(&o.mapperListen, "mapper-listen", defaultMapperAddr, "address:port of the guest's label mapper; \"\" for none")
 	f.StringVar(&o.guest, "guest", "", "the guest's name (default: from the certificate)")
 	f.StringSliceVar(&o.guestAddrs, "guest-addr", nil, "the guest's addresses (default: the certificate's IP addresses)")
-	f.DurationVar(&o.applyTimeout, "apply-timeout", updated.DefaultApplyTimeout, "longest time one bundle may take to apply")
+	f.DurationVar(&o.applyTimeout, "apply-timeout", updatedaemon.DefaultApplyTimeout, "longest time one bundle may take to apply")
 	f.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long a push in progress may finish at SIGTERM")
 	updatedConfig.register(cmd)
 	return cmd
@@ -107,11 +107,11 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--ca: %w", err)
 	}
-	v, err := updated.NewVerifier(updated.VerifierConfig{CAPEM: caPEM, CRLFile: o.crl, LoaderName: o.loaderName})
+	v, err := updatedaemon.NewVerifier(updatedaemon.VerifierConfig{CAPEM: caPEM, CRLFile: o.crl, LoaderName: o.loaderName})
 	if err != nil {
 		return fmt.Errorf("--ca %s / --crl %s: %w", o.ca, o.crl, err)
 	}
-	tc, err := updated.ServerTLS(cert, v)
+	tc, err := updatedaemon.ServerTLS(cert, v)
 	if err != nil {
 		return fmt.Errorf("--cert %s: %w", o.cert, err)
 	}
@@ -125,17 +125,17 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ap := &updated.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work"), SELinux: agent.SELinux{Semodule: o.semodule}}
+	ap := &updatedaemon.SystemApplier{Mapper: m, WorkDir: filepath.Join(o.stateDir, "work"), SELinux: selinux.SELinux{Semodule: o.semodule}}
 	if h, err := xfrm.NewHandle(); err != nil {
 		log.Warn("no XFRM handle: bundles with SAs or policies will be refused", "error", err)
 	} else {
 		defer h.Close()
 		ap.XFRM = h
 	}
-	d, err := updated.New(updated.Config{
+	d, err := updatedaemon.New(updatedaemon.Config{
 		TLS: tc, Identity: id, StateDir: o.stateDir, Applier: ap, InstallCRL: v.InstallCRL,
 		ApplyTimeout: o.applyTimeout, ErrorLog: errLog,
-		OnPush: func(remote string, rep *updated.Report, err error) { logPush(log, remote, rep, err) },
+		OnPush: func(remote string, rep *updatedaemon.Report, err error) { logPush(log, remote, rep, err) },
 	})
 	if err != nil {
 		return err
@@ -194,11 +194,11 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 
 // updatedIdentity is the guest the daemon takes bundles for: from the
 // certificate, with --guest and --guest-addr taking precedence.
-func updatedIdentity(o updatedOptions, leaf *x509.Certificate) (updated.Identity, error) {
-	var id updated.Identity
+func updatedIdentity(o updatedOptions, leaf *x509.Certificate) (updatedaemon.Identity, error) {
+	var id updatedaemon.Identity
 	if o.guest == "" || len(o.guestAddrs) == 0 {
 		var err error
-		if id, err = updated.IdentityFromCert(leaf); err != nil {
+		if id, err = updatedaemon.IdentityFromCert(leaf); err != nil {
 			return id, err
 		}
 	}
@@ -219,7 +219,7 @@ func updatedIdentity(o updatedOptions, leaf *x509.Certificate) (updated.Identity
 }
 
 // logPush logs one push with what it did.
-func logPush(log *slog.Logger, remote string, rep *updated.Report, err error) {
+func logPush(log *slog.Logger, remote string, rep *updatedaemon.Report, err error) {
 	if err != nil {
 		attrs := []any{"remote", remote, "error", err}
 		if rep != nil {

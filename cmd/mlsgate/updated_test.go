@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
@@ -53,7 +53,7 @@ func TestUpdatedCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loader, err := c.Issue(ca.Request{Kind: ca.Client, CommonName: updated.DefaultLoaderName, TTL: time.Hour})
+	loader, err := c.Issue(ca.Request{Kind: ca.Client, CommonName: updatedaemon.DefaultLoaderName, TTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestUpdatedCommand(t *testing.T) {
 		Application: "analyst", Version: 1, Guest: "vm7", GuestAddr: netip.MustParseAddr("10.70.0.7"),
 		MapperPolicy: "map https://ws1\\.analyst\\.example/profile(/.*)? s10/i8\n",
 	}
-	cl := &updated.Client{TLS: c.ClientTLS(loader, ""), Timeout: 10 * time.Second}
+	cl := &updatedaemon.Client{TLS: c.ClientTLS(loader, ""), Timeout: 10 * time.Second}
 	defer cl.CloseIdleConnections()
 	rep, err := cl.Push(ctx, listening.Addr, b)
 	if err != nil {

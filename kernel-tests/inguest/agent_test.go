@@ -2,9 +2,6 @@ package inguest
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/agent/api"
 	"github.com/mlsgate/mlsgate/agent/localapi"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
@@ -169,31 +167,13 @@ func startAgent(t *testing.T, ns string) *guestAgent {
 }
 
 func (g *guestAgent) status() (agent.Status, error) {
-	var st agent.Status
-	resp, err := g.client.Get("http://agent/v1/status")
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return st, fmt.Errorf("%s: %s", resp.Status, b)
-	}
-	return st, json.Unmarshal(b, &st)
+	return api.New("unix:"+g.sock, 10*time.Second).Status(context.Background())
 }
 
 func (g *guestAgent) put(path string, v any) {
 	g.t.Helper()
-	b, _ := json.Marshal(v)
-	req, _ := http.NewRequest("PUT", "http://agent"+path, bytesReader(b))
-	resp, err := g.client.Do(req)
-	if err != nil {
+	if _, err := api.New("unix:"+g.sock, 10*time.Second).Do(context.Background(), "PUT", path, v, nil); err != nil {
 		g.t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		g.t.Fatalf("PUT %s: %s %s", path, resp.Status, body)
 	}
 }
 
@@ -210,19 +190,6 @@ func (g *guestAgent) waitStatus(what string, cond func(agent.Status) bool) agent
 	}
 	g.t.Fatalf("%s: not reached: %+v (%v)", what, st, err)
 	return st
-}
-
-func bytesReader(b []byte) io.Reader { return &byteReader{b: b} }
-
-type byteReader struct{ b []byte }
-
-func (r *byteReader) Read(p []byte) (int, error) {
-	if len(r.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.b)
-	r.b = r.b[n:]
-	return n, nil
 }
 
 func mustBounds(t *testing.T, s string) label.Bounds {

@@ -22,10 +22,11 @@ import (
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // SA rotation in the guest kernel, where ESP and labeled SAs are real: a
@@ -57,7 +58,7 @@ type rtWorld struct {
 	pushMu   sync.Mutex
 	rotator  func(inject func(string) error) *loader.Rotator
 	stateDir string
-	daemon   *updated.Daemon
+	daemon   *updatedaemon.Daemon
 }
 
 // push hands a guest part to the guest's update daemon.
@@ -70,7 +71,7 @@ func (w *rtWorld) push(ctx context.Context, _ *loader.Guest, b *policystore.Bund
 
 // startUpdated makes the guest's update daemon on the guest namespace's
 // XFRM handle.
-func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemon {
+func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updatedaemon.Daemon {
 	t.Helper()
 	c, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
 	if err != nil {
@@ -85,11 +86,11 @@ func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := updated.NewVerifier(updated.VerifierConfig{CAPEM: c.CertPEM()})
+	v, err := updatedaemon.NewVerifier(updatedaemon.VerifierConfig{CAPEM: c.CertPEM()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := updated.ServerTLS(cert, v)
+	tc, err := updatedaemon.ServerTLS(cert, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +98,8 @@ func startUpdated(t *testing.T, gh *xfrm.Handle, stateDir string) *updated.Daemo
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
-		Applier: &updated.SystemApplier{Mapper: m, XFRM: gh, SELinux: agent.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
+	d, err := updatedaemon.New(updatedaemon.Config{TLS: tc, Identity: updatedaemon.Identity{Name: "vm7", Addrs: []netip.Addr{addr(rtGuest)}}, StateDir: stateDir,
+		Applier: &updatedaemon.SystemApplier{Mapper: m, XFRM: gh, SELinux: selinux.SELinux{}, WorkDir: filepath.Join(t.TempDir(), "work")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,14 +287,14 @@ func TestGuestSARotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sa := func(src, dst string, spi uint32) policystore.XFRMState {
+	sa := func(src, dst string, spi uint32) xfrm.State {
 		key := make([]byte, policystore.GCMKeyLen)
 		rand.Read(key)
-		return policystore.XFRMState{Src: addr(src), Dst: addr(dst), SPI: spi, Proto: "esp", Mode: "transport", Reqid: agReqid,
-			Context: agCtx("s4"), Label: lbl, AEAD: policystore.XFRMAEAD{Name: policystore.AEADGCM, Key: key, ICVBits: 128}}
+		return xfrm.State{Src: addr(src), Dst: addr(dst), SPI: spi, Proto: xfrm.ProtoESP, Mode: xfrm.ModeTransport, Reqid: agReqid, ReplayWindow: xfrm.DefaultReplayWindow,
+			Context: agCtx("s4"), Label: lbl, AEAD: &xfrm.Algo{Name: policystore.AEADGCM, Key: key, ICVBits: 128}}
 	}
 	cur := &policystore.Bundle{Application: "analyst", Version: 1, Guest: "vm7", GuestAddr: addr(rtGuest), HostAddr: addr(rtHost),
-		States: []policystore.XFRMState{sa(rtGuest, rtHost, spiBase+0x900), sa(rtHost, rtGuest, spiBase+0x901)}}
+		States: []xfrm.State{sa(rtGuest, rtHost, spiBase+0x900), sa(rtHost, rtGuest, spiBase+0x901)}}
 	// The guest's end is the real update daemon (in process, without its
 	// TLS listener): version checks, adds before deletes, idempotent
 	// repeats of a version.
@@ -303,7 +304,7 @@ func TestGuestSARotation(t *testing.T) {
 		t.Fatalf("guest: apply the first bundle: %v", err)
 	}
 	for _, s := range cur.States {
-		if err := hh.AddState(xfrm.StateFromStore(s)); err != nil {
+		if err := hh.AddState(s); err != nil {
 			t.Fatalf("SA %#x: %v", s.SPI, err)
 		}
 	}
@@ -516,7 +517,7 @@ func restartAgent(t *testing.T, g *guestAgent) {
 // are denied by the fast path (deny_unknown_sa) and the s4 SA keeps
 // carrying the s4 flow.
 func rotationRelabelRefused(t *testing.T, ag *guestAgent, ac *loader.AgentClient, hostNS, guestNS netns.NsHandle, hh, gh *xfrm.Handle, cur *policystore.Bundle) {
-	var out policystore.XFRMState
+	var out xfrm.State
 	for _, s := range cur.States {
 		if s.Src == addr(rtGuest) {
 			out = s
@@ -526,7 +527,7 @@ func rotationRelabelRefused(t *testing.T, ag *guestAgent, ac *loader.AgentClient
 	if err := ac.DeclareRotation(agent.SARef{SPI: out.SPI, Daddr: out.Dst}, newRef); err != nil {
 		t.Fatalf("declare: %v", err)
 	}
-	bad := xfrm.StateFromStore(out)
+	bad := out
 	bad.SPI, bad.Context = newRef.SPI, agCtx("s6")
 	for _, h := range []*xfrm.Handle{hh, gh} {
 		if err := h.AddState(bad); err != nil {

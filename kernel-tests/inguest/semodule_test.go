@@ -18,12 +18,12 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
-	"github.com/mlsgate/mlsgate/loader/updated"
+	"github.com/mlsgate/mlsgate/loader/updatedaemon"
 	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/policystore/ca"
+	"github.com/mlsgate/mlsgate/selinux"
 )
 
 // The guest the bundles of TestGuestSemoduleBundle are generated for.
@@ -96,14 +96,14 @@ func TestGuestSemoduleBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	var semoduleTimes []time.Duration
-	sel := agent.SELinux{Semodule: true, Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
+	sel := selinux.SELinux{Semodule: true, Run: func(ctx context.Context, name string, args ...string) ([]byte, error) {
 		start := time.Now()
 		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 		semoduleTimes = append(semoduleTimes, time.Since(start))
 		t.Logf("%s %s: %v in %.2fs", name, strings.Join(args, " "), err, time.Since(start).Seconds())
 		return out, err
 	}}
-	d := newDaemon(t, &updated.SystemApplier{Mapper: m, XFRM: h, SELinux: sel, WorkDir: t.TempDir()})
+	d := newDaemon(t, &updatedaemon.SystemApplier{Mapper: m, XFRM: h, SELinux: sel, WorkDir: t.TempDir()})
 
 	spi := uint32(0x6100)
 	bundle := func(version uint64) *policystore.Bundle {
@@ -141,7 +141,7 @@ func TestGuestSemoduleBundle(t *testing.T) {
 
 	// A push that fails after the modules takes them out again.
 	rep, err := d.Apply(context.Background(), failing(v1))
-	if !errors.Is(err, updated.ErrApplyFailed) || rep == nil || !strings.HasPrefix(rep.Failed, "XFRM") {
+	if !errors.Is(err, updatedaemon.ErrApplyFailed) || rep == nil || !strings.HasPrefix(rep.Failed, "XFRM") {
 		t.Fatalf("push with a bad SA context: %+v, %v; want a failure at the XFRM step", rep, err)
 	}
 	if !rep.Modules.Loaded || !slices.Contains(rep.RolledBack, "SELinux modules: "+modName+" removed") {
@@ -155,8 +155,8 @@ func TestGuestSemoduleBundle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("push v2: %v", err)
 	}
-	if !rep.Modules.Loaded || rep.Modules.Note != agent.NoteInstalled || !slices.Equal(rep.Modules.Modules, []string{modName}) {
-		t.Errorf("v2 modules report %+v, want %s installed (%q)", rep.Modules, modName, agent.NoteInstalled)
+	if !rep.Modules.Loaded || rep.Modules.Note != selinux.NoteInstalled || !slices.Equal(rep.Modules.Modules, []string{modName}) {
+		t.Errorf("v2 modules report %+v, want %s installed (%q)", rep.Modules, modName, selinux.NoteInstalled)
 	}
 	t.Logf("v2 applied in %.2fs: modules %q (%s), %d SAs and %d policies added",
 		rep.Took.Seconds(), rep.Modules.Modules, rep.Modules.Note, len(rep.XFRM.StatesAdded), len(rep.XFRM.PoliciesAdded))
@@ -171,13 +171,13 @@ func TestGuestSemoduleBundle(t *testing.T) {
 	// stays (reinstalled in the same transaction).
 	v3 := bundle(3)
 	const extraType = "analyst_extra_t"
-	v3.Modules = append(v3.Modules, policystore.Module{
-		Name: "mlsgate_extra", Target: policystore.TargetGuest,
+	v3.Modules = append(v3.Modules, selinux.Module{
+		Name: "mlsgate_extra", Target: selinux.TargetGuest,
 		TE: "module mlsgate_extra 1.0;\nrequire { role system_r; }\ntype " + extraType + ";\nrole system_r types " + extraType + ";\n",
 	})
 	extraCtx := "system_u:system_r:" + extraType + ":s4"
 	rep, err = d.Apply(context.Background(), failing(v3))
-	if !errors.Is(err, updated.ErrApplyFailed) || rep == nil {
+	if !errors.Is(err, updatedaemon.ErrApplyFailed) || rep == nil {
 		t.Fatalf("push v3 with a bad SA context: %+v, %v", rep, err)
 	}
 	for _, want := range []string{"SELinux modules: mlsgate_extra removed", "SELinux modules: " + modName + " of v2 restored"} {
@@ -199,7 +199,7 @@ func TestGuestSemoduleBundle(t *testing.T) {
 }
 
 // newDaemon makes an update daemon for smGuest with a CA of its own.
-func newDaemon(t *testing.T, ap updated.Applier) *updated.Daemon {
+func newDaemon(t *testing.T, ap updatedaemon.Applier) *updatedaemon.Daemon {
 	t.Helper()
 	c, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
 	if err != nil {
@@ -214,15 +214,15 @@ func newDaemon(t *testing.T, ap updated.Applier) *updated.Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := updated.NewVerifier(updated.VerifierConfig{CAPEM: c.CertPEM()})
+	v, err := updatedaemon.NewVerifier(updatedaemon.VerifierConfig{CAPEM: c.CertPEM()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc, err := updated.ServerTLS(cert, v)
+	tc, err := updatedaemon.ServerTLS(cert, v)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := updated.New(updated.Config{TLS: tc, Identity: updated.Identity{Name: smGuest, Addrs: []netip.Addr{smGuestAddr}}, StateDir: t.TempDir(), Applier: ap})
+	d, err := updatedaemon.New(updatedaemon.Config{TLS: tc, Identity: updatedaemon.Identity{Name: smGuest, Addrs: []netip.Addr{smGuestAddr}}, StateDir: t.TempDir(), Applier: ap})
 	if err != nil {
 		t.Fatal(err)
 	}

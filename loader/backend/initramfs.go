@@ -10,6 +10,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/mlsgate/mlsgate/internal/cpio"
 )
 
 // File is one entry of an initramfs overlay.
@@ -70,52 +72,17 @@ func WriteNewc(w io.Writer, files []File) error {
 		}
 	}
 	bw := bufio.NewWriter(w)
-	nw := newcWriter{w: bw}
+	nw := cpio.NewWriter(bw)
 	for _, p := range slices.Sorted(maps.Keys(entries)) {
 		f := entries[p]
 		if f.Mode.IsDir() {
-			nw.add(p, 0o040000|uint32(f.Mode.Perm()), nil)
+			nw.Add(p, cpio.ModeDir|uint32(f.Mode.Perm()), nil, 0, 0)
 		} else {
-			nw.add(p, 0o100000|uint32(f.Mode.Perm()), f.Data)
+			nw.Add(p, cpio.ModeFile|uint32(f.Mode.Perm()), f.Data, 0, 0)
 		}
 	}
-	nw.ino = 0
-	nw.add("TRAILER!!!", 0, nil)
-	if nw.err != nil {
-		return nw.err
+	if err := nw.Close(); err != nil {
+		return err
 	}
 	return bw.Flush()
-}
-
-// newcWriter writes newc entries and keeps the first error.
-type newcWriter struct {
-	w   io.Writer
-	ino uint32
-	err error
-}
-
-func (n *newcWriter) add(name string, mode uint32, data []byte) {
-	n.ino++
-	nlink := 1
-	if mode&0o170000 == 0o040000 {
-		nlink = 2
-	}
-	hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
-		n.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name)+1, 0)
-	n.write([]byte(hdr + name + "\x00"))
-	n.pad(len(hdr) + len(name) + 1)
-	n.write(data)
-	n.pad(len(data))
-}
-
-func (n *newcWriter) write(b []byte) {
-	if n.err == nil {
-		_, n.err = n.w.Write(b)
-	}
-}
-
-func (n *newcWriter) pad(size int) {
-	if r := size % 4; r != 0 {
-		n.write(make([]byte, 4-r))
-	}
 }

@@ -54,7 +54,7 @@ func InitScript(opts InitOptions) string {
 	args := DaemonArgs("LISTEN", GuestCredDir, GuestStateDir)
 	if opts.SELinux {
 		// The init loads the store's policy, so semodule may install
-		// modules into it (agent.SELinux.Semodule).
+		// modules into it (selinux.SELinux.Semodule).
 		args = append(args, "--semodule")
 	}
 	for i, a := range args {

@@ -200,7 +200,7 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 		return nil, err
 	}
 	if x.Created == nil || x.Attached == nil {
-		return nil, errors.New("xen backend: Xen.Created and Xen.Attached must both be set: a guest runs only once the agent filters its vif (loader/wire sets them to declare the vif and wait for the agent)")
+		return nil, errors.New("xen backend: Xen.Created and Xen.Attached must both be set: a guest runs only once the agent filters its vif (loader/assemble sets them to declare the vif and wait for the agent)")
 	}
 	ctx, cancel := bounded(ctx)
 	defer cancel()

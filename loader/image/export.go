@@ -79,7 +79,7 @@ func StageModules(ctx context.Context, kroot, release, stage string, modules []s
 // and a module store built from BasePolicySource under /etc/selinux and
 // /var/lib/selinux (BuildStore; work is a scratch directory). After
 // load_policy, semodule -i installs a bundle's modules there, as the
-// update daemon and the host agent (agent.SELinux) do.
+// update daemon and the host agent (selinux.SELinux) do.
 func StageSELinux(ctx context.Context, stage, work string) error {
 	store := filepath.Join(work, "selinux-root")
 	if err := BuildStore(ctx, store); err != nil {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mlsgate/mlsgate/internal/cpio"
 )
 
 func TestPolicySourceCompiles(t *testing.T) {
@@ -124,14 +126,14 @@ func TestWriteArchive(t *testing.T) {
 	got := readNewc(t, b)
 	for name, data := range files {
 		e, ok := got[name]
-		if !ok || e.data != data || e.mode != modeFile|0o755 {
+		if !ok || e.data != data || e.mode != cpio.ModeFile|0o755 {
 			t.Errorf("%s: got %+v, want a 0755 file holding %q", name, e, data)
 		}
 	}
-	if e := got["bin/sh"]; e.mode&0o170000 != modeLink || e.data != "/bin/busybox" {
+	if e := got["bin/sh"]; e.mode&0o170000 != cpio.ModeLink || e.data != "/bin/busybox" {
 		t.Errorf("bin/sh: got %+v, want a link to /bin/busybox", e)
 	}
-	if e := got["dev/console"]; e.mode != modeChar|0o600 || e.rdev != [2]uint32{5, 1} {
+	if e := got["dev/console"]; e.mode != cpio.ModeChar|0o600 || e.rdev != [2]uint32{5, 1} {
 		t.Errorf("dev/console: got %+v, want character device 5:1", e)
 	}
 	if got["etc"].headerOffset > got["etc/guestvm/modules"].headerOffset {

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mlsgate/mlsgate/internal/cpio"
 )
 
 // Modules are the kernel modules the init loads, in this order (their
@@ -303,9 +305,9 @@ func writeArchive(stage, out string) error {
 	}
 	defer f.Close()
 	bw := bufio.NewWriterSize(f, 1<<20)
-	w := &newcWriter{w: bw}
-	w.add("dev", modeDir|0o755, nil, 0, 0)
-	w.add("dev/console", modeChar|0o600, nil, 5, 1)
+	w := cpio.NewWriter(bw)
+	w.Add("dev", cpio.ModeDir|0o755, nil, 0, 0)
+	w.Add("dev/console", cpio.ModeChar|0o600, nil, 5, 1)
 	err = filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -321,84 +323,32 @@ func writeArchive(stage, out string) error {
 		perm := uint32(fi.Mode().Perm())
 		switch {
 		case fi.IsDir():
-			w.add(rel, modeDir|perm, nil, 0, 0)
+			w.Add(rel, cpio.ModeDir|perm, nil, 0, 0)
 		case fi.Mode()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			w.add(rel, modeLink|0o777, []byte(target), 0, 0)
+			w.Add(rel, cpio.ModeLink|0o777, []byte(target), 0, 0)
 		case fi.Mode().IsRegular():
 			data, err := os.ReadFile(p)
 			if err != nil {
 				return err
 			}
-			w.add(rel, modeFile|perm, data, 0, 0)
+			w.Add(rel, cpio.ModeFile|perm, data, 0, 0)
 		default:
 			return fmt.Errorf("initramfs: %s is neither file, directory nor link", p)
 		}
-		return w.err
+		return w.Err()
 	})
 	if err != nil {
 		return err
 	}
-	w.trailer()
-	if w.err != nil {
-		return w.err
+	if err := w.Close(); err != nil {
+		return err
 	}
 	if err := bw.Flush(); err != nil {
 		return err
 	}
 	return f.Close()
-}
-
-// File types in a newc mode (stat.h).
-const (
-	modeDir  = 0o040000
-	modeChar = 0o020000
-	modeFile = 0o100000
-	modeLink = 0o120000
-)
-
-// newcWriter writes the "new ASCII" cpio format the kernel unpacks: per
-// entry a 110-byte header ("070701" and 13 eight-digit hex fields), the NUL
-// terminated name padded to 4 bytes, then the data padded to 4 bytes.
-type newcWriter struct {
-	w   io.Writer
-	ino uint32
-	err error
-}
-
-func (n *newcWriter) add(name string, mode uint32, data []byte, rdevMajor, rdevMinor uint32) {
-	if n.err != nil {
-		return
-	}
-	n.ino++
-	nlink := uint32(1)
-	if mode&0o170000 == modeDir {
-		nlink = 2
-	}
-	hdr := fmt.Sprintf("070701%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x%08x",
-		n.ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdevMajor, rdevMinor, len(name)+1, 0)
-	n.write([]byte(hdr + name + "\x00"))
-	n.pad(len(hdr) + len(name) + 1)
-	n.write(data)
-	n.pad(len(data))
-}
-
-func (n *newcWriter) trailer() {
-	n.ino = 0
-	n.add("TRAILER!!!", 0, nil, 0, 0)
-}
-
-func (n *newcWriter) write(b []byte) {
-	if n.err == nil {
-		_, n.err = n.w.Write(b)
-	}
-}
-
-func (n *newcWriter) pad(size int) {
-	if r := size % 4; r != 0 {
-		n.write(make([]byte, 4-r))
-	}
 }

@@ -1,0 +1,117 @@
+package updatedaemon
+
+import (
+	"runtime"
+	"slices"
+	"testing"
+)
+
+func partNames(ps []Part) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// TestPushReportsItsParts: a push says where its time went on both ends,
+// and a push on a kept-alive connection pays no connect or handshake.
+func TestPushReportsItsParts(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDaemon := []string{"receive", "decode", "validation", "SELinux modules", "mapper policy", "XFRM apply", "state write"}
+	if got := partNames(rep.Parts); !slices.Equal(got, wantDaemon) {
+		t.Errorf("daemon parts %v, want %v", got, wantDaemon)
+	}
+	wantWire := []string{"connect", "TLS handshake", "send", "daemon", "answer"}
+	if got := partNames(rep.Wire); !slices.Equal(got, wantWire) {
+		t.Fatalf("client parts %v, want %v", got, wantWire)
+	}
+	if rep.Wire[1].Duration <= 0 {
+		t.Errorf("the first push on a new connection shows no TLS handshake: %+v", rep.Wire)
+	}
+	// No comparison of the daemon's clock with the client's: the two
+	// measure overlapping spans, and tests assert on no wall-clock time.
+	for _, d := range rep.Parts {
+		if d.Duration < 0 {
+			t.Errorf("part %s took %v", d.Name, d.Duration)
+		}
+	}
+
+	rep2, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 2, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep2.Wire) != 5 || rep2.Wire[1].Duration != 0 {
+		t.Errorf("a push on the kept-alive connection: %+v, want no handshake", rep2.Wire)
+	}
+}
+
+// TestConnectKeepsTheHandshakeOffThePush: a connection opened ahead (as
+// the loader does at a guest's boot) carries the first push, which then
+// pays no handshake; and when the daemon has closed it, the push goes out
+// on a new one.
+func TestConnectKeepsTheHandshakeOffThePush(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	if err := h.client.Connect(ctxT(t), h.addr); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Wire) != 5 || rep.Wire[1].Duration != 0 {
+		t.Errorf("the first push after Connect: %+v, want no TLS handshake", rep.Wire)
+	}
+	// The daemon closes its idle connections (as at its idle timeout).
+	h.d.server().SetKeepAlivesEnabled(false)
+	rep, err = h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 2, 0x4000))
+	if err != nil {
+		t.Fatalf("push after the daemon closed the kept connection: %v", err)
+	}
+	if rep.Version != 2 || rep.AlreadyApplied {
+		t.Errorf("report %+v, want v2 applied", rep)
+	}
+}
+
+// TestPushWaitsForTheConnectInProgress: a push that starts while Connect
+// is opening the connection uses that connection, not a second handshake.
+func TestPushWaitsForTheConnectInProgress(t *testing.T) {
+	p := newPKI(t)
+	h := startDaemon(t, p, daemonOpts{})
+	if err := h.client.init(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.client.Connect(ctxT(t), h.addr) }()
+	for i := 0; ; i++ {
+		h.client.warmMu.Lock()
+		_, warming := h.client.warming[h.addr]
+		h.client.warmMu.Unlock()
+		if warming {
+			break
+		}
+		if err := ctxT(t).Err(); err != nil || i > 1e6 {
+			t.Fatal("Connect never started")
+		}
+		runtime.Gosched()
+	}
+	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Wire) != 5 || rep.Wire[1].Duration != 0 {
+		t.Errorf("a push during Connect: %+v, want it on Connect's connection (no handshake of its own)", rep.Wire)
+	}
+	if n := h.client.dials.Load(); n != 1 {
+		t.Errorf("%d connections opened for a Connect and a push at the same time, want 1", n)
+	}
+}
