@@ -45,7 +45,7 @@ type XenRunOptions struct {
 	Timeout time.Duration
 	// Progress, when set, receives the binary's output while it runs.
 	Progress io.Writer
-	// SELinux boots dom0 with SELinux among its LSMs (XenSELinuxLSMs):
+	// SELinux boots dom0 with SELinux among its LSMs (XenSELinuxArg):
 	// no policy is loaded, so nothing is enforced until the job loads the
 	// image's store (load_policy).
 	SELinux bool
@@ -54,9 +54,11 @@ type XenRunOptions struct {
 	Initrd string
 }
 
-// XenSELinuxLSMs is dom0's lsm= with XenRunOptions.SELinux (Debian's
-// kernel stacks AppArmor otherwise, which excludes SELinux).
-const XenSELinuxLSMs = "lockdown,yama,selinux,bpf"
+// XenSELinuxArg is what XenRunOptions.SELinux adds to dom0's command line:
+// SELinux as the major LSM in place of Debian's AppArmor (the minor ones,
+// bpf among them, stay). Not lsm=a,b,c: QEMU's -initrd list separates its
+// modules with commas.
+const XenSELinuxArg = "security=selinux"
 
 // XenResult is what one boot of Xen and dom0 produced.
 type XenResult struct {
@@ -132,7 +134,7 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 	serialPath := filepath.Join(share, "serial.log")
 	dom0Args := "console=hvc0 quiet xendom0.job=" + id
 	if opts.SELinux {
-		dom0Args += " lsm=" + XenSELinuxLSMs
+		dom0Args += " " + XenSELinuxArg
 	}
 	initrd := img.Initrd
 	if opts.Initrd != "" {
