@@ -119,6 +119,11 @@ type VMStartConfig struct {
 	// loader's --semodule): where the running policy came from this host's
 	// module store (the Xen dom0 loads the image's store).
 	HostSemodule bool
+
+	// unpauses, when set, returns the time the backend spent in `xl
+	// unpause` since its last call (measureXen sets it): the Xen
+	// hand-out inside the acquire step.
+	unpauses func() time.Duration
 }
 
 // VMStartResult is the reproduction of the paper's Table 1.
@@ -162,7 +167,10 @@ type LoadRun struct {
 	Configure time.Duration `json:"configure_ns"`
 	Load      time.Duration `json:"load_ns"`
 	Total     time.Duration `json:"total_ns"`
-	Version   uint64        `json:"bundle_version"`
+	// Unpause is the part of the acquire step spent in `xl unpause` (Xen:
+	// a paused guest's hand-out).
+	Unpause time.Duration `json:"unpause_ns,omitempty"`
+	Version uint64        `json:"bundle_version"`
 	// GuestSAs and GuestPolicies are the XFRM SAs and policies the guest's
 	// daemon reported installing.
 	GuestSAs      int `json:"guest_sas"`
@@ -181,6 +189,7 @@ type LoadSummary struct {
 	Configure time.Duration `json:"configure_ns"`
 	Load      time.Duration `json:"load_ns"`
 	Total     time.Duration `json:"total_ns"`
+	Unpause   time.Duration `json:"unpause_ns,omitempty"`
 }
 
 // Median returns the backend's summary of a scenario.
@@ -461,9 +470,15 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 			}
 			run.PreBoot = time.Since(t0)
 		}
+		if cfg.unpauses != nil {
+			cfg.unpauses() // what the refill's unpauses took is not the load's
+		}
 		r, err := v.Loader.Load(ctx, loader.Caller{Host: true}, cfg.URL)
 		if err != nil {
 			return fmt.Errorf("%s load %d of %s: %w", scenario, i+1, cfg.URL, err)
+		}
+		if cfg.unpauses != nil {
+			run.Unpause = cfg.unpauses()
 		}
 		run.How, run.Version, run.Steps = r.How, r.Version, slices.Clone(r.Steps)
 		want := map[string]string{Scratch: "boot", Preloaded: "idle", ReadyPool: "ready"}[scenario]
@@ -590,6 +605,7 @@ func summarize(scenario string, runs []LoadRun) LoadSummary {
 	s.Configure = pick(func(r LoadRun) time.Duration { return r.Configure })
 	s.Load = pick(func(r LoadRun) time.Duration { return r.Load })
 	s.Total = pick(func(r LoadRun) time.Duration { return r.Total })
+	s.Unpause = pick(func(r LoadRun) time.Duration { return r.Unpause })
 	return s
 }
 
@@ -1094,6 +1110,27 @@ func FormatVMStart(r *VMStartResult) string {
 					if s.Name == n {
 						cell = ms(s.Duration)
 					}
+				}
+				fmt.Fprintf(&b, " %s |", cell)
+			}
+		}
+		b.WriteString("\n")
+	}
+	// The Xen hand-out inside acquire: xl unpause of a paused guest.
+	var unpaused bool
+	for _, be := range r.Backends {
+		for _, m := range be.Medians {
+			unpaused = unpaused || m.Unpause > 0
+		}
+	}
+	if unpaused {
+		b.WriteString("| of acquire: xl unpause (Xen hand-out) |")
+		for _, be := range r.Backends {
+			for _, sc := range []string{Scratch, Preloaded, ReadyPool} {
+				m, _ := be.Median(sc)
+				cell := "—"
+				if m.Unpause > 0 {
+					cell = ms(m.Unpause)
 				}
 				fmt.Fprintf(&b, " %s |", cell)
 			}

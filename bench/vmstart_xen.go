@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	deployxen "github.com/mlsgate/mlsgate/deploy/xen"
@@ -109,6 +110,26 @@ func measureXen(ctx context.Context, cfg VMStartConfig, tmp string) (*BackendSta
 	x := &backend.Xen{ConfigDir: filepath.Join(tmp, "xen"), Kernel: kernel, Ramdisk: local,
 		ExtraCmdline: "console=hvc0 quiet", Memory: mem, Script: deployxen.VifScriptName,
 		Progress: func(s string) { cfg.Progress("xen: %s", s) }}
+	// Time every xl unpause: on Xen the hand-out of a paused guest.
+	var mu sync.Mutex
+	var unpaused time.Duration
+	x.Run = func(ctx context.Context, name string, args ...string) ([]byte, error) {
+		t0 := time.Now()
+		out, err := xlRun(ctx, name, args...)
+		if len(args) > 0 && args[0] == "unpause" {
+			mu.Lock()
+			unpaused += time.Since(t0)
+			mu.Unlock()
+		}
+		return out, err
+	}
+	cfg.unpauses = func() time.Duration {
+		mu.Lock()
+		defer mu.Unlock()
+		d := unpaused
+		unpaused = 0
+		return d
+	}
 	b, err := measureBackend(ctx, cfg, x, filepath.Join(tmp, "xen-run"))
 	if err != nil {
 		return nil, err
@@ -121,6 +142,18 @@ func measureXen(ctx context.Context, cfg VMStartConfig, tmp string) (*BackendSta
 		xenVersion(ctx), kernelRelease(), map[bool]string{true: "installed with semodule", false: "compiled only"}[cfg.HostSemodule])
 	b.Hardware = fmt.Sprintf("Xen under %s; dom0 %d vCPU, guest 1 vCPU, %d MiB", emu, runtime.NumCPU(), mem)
 	return b, nil
+}
+
+// xlRun runs an xl command as backend.Xen does without a Run hook.
+func xlRun(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return buf.Bytes(), &backend.CmdError{Cmd: append([]string{name}, args...), Output: buf.String(), Err: err}
+	}
+	return buf.Bytes(), nil
 }
 
 // xenVersion is `xl info`'s xen_version.

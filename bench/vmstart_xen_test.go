@@ -32,9 +32,11 @@ func TestFormatVMStartXenColumn(t *testing.T) {
 		r.split()
 		return r
 	}
+	ready := run(ReadyPool, "ready", 160*time.Millisecond)
+	ready.Unpause = 150 * time.Millisecond
 	xen := &BackendStart{Backend: "xen", Where: "dom0 of Xen 4.17", Hardware: "Xen under QEMU TCG (software emulation, no KVM)",
 		Scratch: []LoadRun{run(Scratch, "boot", 9*time.Second)}, Preloaded: []LoadRun{run(Preloaded, "idle", 170*time.Millisecond)},
-		Ready: []LoadRun{run(ReadyPool, "ready", 160*time.Millisecond)}}
+		Ready: []LoadRun{ready}}
 	xen.Medians = []LoadSummary{summarize(Scratch, xen.Scratch), summarize(Preloaded, xen.Preloaded), summarize(ReadyPool, xen.Ready)}
 	netns := &BackendStart{Backend: "netns", Where: "this host", Hardware: "2 cores, no VM"}
 	out := FormatVMStart(&VMStartResult{URL: "http://ws1.analyst.example/profile", Repeat: 1, Backends: []*BackendStart{netns, xen}})
@@ -44,6 +46,7 @@ func TestFormatVMStartXenColumn(t *testing.T) {
 		"| Ready pool (issue 14) | Configure (resolve, authorize, hand-out) | — | — | 161.0 ms |",
 		"Emulated figures: the xen columns ran under QEMU's TCG",
 		"Not emulated: netns.",
+		"| of acquire: xl unpause (Xen hand-out) | — | — | — | — | — | 150.0 |",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q:\n%s", want, out)
