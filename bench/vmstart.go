@@ -1147,7 +1147,9 @@ What the phases include:
   guest policy to its update daemon over mutual TLS (the daemon applies modules,
   mapper policy and XFRM in the guest's kernel before it answers), host policy
   (the guest's range, SAs and peers into the agent's BPF maps; the host's modules
-  compiled where checkmodule exists). The host installs no SAs of its own (Host.XFRM nil).
+  installed with semodule where the host runs its store's policy (the Xen dom0,
+  as 'mlsgate loader --semodule'), else compiled where checkmodule exists). The
+  host installs no SAs of its own (Host.XFRM nil).
 - Loading (Browser and) Page: from scratch, the boot (the acquire step: a VM
   number, a guest certificate, the agent told of the vif, the backend's boot until
   the guest's update daemon accepts TCP); then, in both scenarios, the first

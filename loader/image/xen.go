@@ -60,10 +60,14 @@ var XenPackages = []string{
 // XenDom0Modules are loaded by dom0's init, in order: Xen's back ends and
 // devices (no bridge: guests get routed vifs), what the fast path and the
 // agent need on a kernel without tcx (clsact, cls_bpf, xfrm_user), the
-// ESP transforms for the host's own SAs, and the 9p share.
+// random-number generators and ESP transforms for SAs terminated in dom0
+// (as in the guest image: without the generators adding an ESP state fails
+// with ENOENT), and the 9p share.
 var XenDom0Modules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
 	"veth", "sch_ingress", "cls_bpf", "xfrm_user",
+	"sha3_generic", "jitterentropy_rng", "drbg", "xfrm_algo", "authenc", "authencesn", "gcm", "ghash_generic",
+	"ctr", "seqiv", "echainiv", "aesni_intel", "sha256_ssse3", "sha512_ssse3", "esp4", "esp6",
 	"virtio_pci", "9pnet_virtio", "9p",
 }
 
