@@ -207,7 +207,7 @@ func measureXenInDom0(ctx context.Context, cfg VMStartConfig, tmp string) (*Back
 		return nil, err
 	}
 	ramdisk := filepath.Join(tmp, "xen-guest-initrd")
-	if _, err := backend.XenInitrd(ctx, g, cfg.GuestCache, bin, backend.InitOptions{}, ramdisk); err != nil {
+	if _, err := backend.XenInitrd(ctx, g, cfg.GuestCache, bin, backend.InitOptions{Modules: backend.XenGuestModules(g)}, ramdisk); err != nil {
 		return nil, fmt.Errorf("the Xen guests' ramdisk: %w", err)
 	}
 	testBin := filepath.Join(tmp, "bench-xen.test")
@@ -237,7 +237,7 @@ func measureXenInDom0(ctx context.Context, cfg VMStartConfig, tmp string) (*Back
 	res, err := x.Run(ctx, image.XenRunOptions{
 		Binary: testBin, Args: []string{"-test.run", "^TestVMStartXenJob$", "-test.v", "-test.count", "1", "-test.timeout", "40m"},
 		Files: files, Env: map[string]string{xenJobEnv: "job.json", XenEmulationEnv: emu}, Timeout: 45 * time.Minute,
-		Progress: progressWriter(cfg.Progress, "xen: dom0: "), SELinux: true,
+		Progress: progressWriter(cfg.Progress, "xen: dom0: "), Cmdline: image.XenSELinuxArg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dom0: %w", err)
@@ -311,7 +311,7 @@ func runXenJob(ctx context.Context, jobName string) error {
 // LoadDom0Policy loads the dom0 image's SELinux module store into the
 // running kernel (load_policy), so that semodule installs the host's
 // modules into the policy in force. It fails where the kernel has no
-// SELinux (boot dom0 with XenRunOptions.SELinux) or the image no store.
+// SELinux (boot dom0 with image.XenSELinuxArg) or the image no store.
 func LoadDom0Policy(ctx context.Context) error {
 	fs, err := os.ReadFile("/proc/filesystems")
 	if err != nil || !bytes.Contains(fs, []byte("selinuxfs")) {

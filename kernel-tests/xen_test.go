@@ -14,6 +14,7 @@ import (
 	"github.com/mlsgate/mlsgate/kernel-tests/guestvm"
 	"github.com/mlsgate/mlsgate/kernel-tests/xendom0"
 	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/loader/image"
 )
 
 // indom0Pkg holds the tests that run inside the Xen dom0.
@@ -82,7 +83,7 @@ func TestPrivilegedXen(t *testing.T) {
 		t.Fatal(err)
 	}
 	guestRamdisk := filepath.Join(dir, "guest-initrd")
-	if _, err := backend.XenInitrd(ctx, gimg, "", bin2, backend.InitOptions{}, guestRamdisk); err != nil {
+	if _, err := backend.XenInitrd(ctx, gimg, "", bin2, backend.InitOptions{Modules: backend.XenGuestModules(gimg)}, guestRamdisk); err != nil {
 		t.Fatalf("the Xen guests' ramdisk: %v", err)
 	}
 	files := map[string]string{"mlsgate": agentBin, "guest-initrd": guestRamdisk}
@@ -101,7 +102,7 @@ func TestPrivilegedXen(t *testing.T) {
 	progress := &lineLog{t: t, prefix: "dom0: "}
 	res, err := img.Run(ctx, xendom0.RunOptions{
 		Binary: bin, Args: args,
-		Files: files, Timeout: xenTimeout, Progress: progress, SELinux: true,
+		Files: files, Timeout: xenTimeout, Progress: progress, Cmdline: image.XenSELinuxArg,
 		Env: map[string]string{bench.XenEmulationEnv: "QEMU TCG (software emulation, no KVM): 2 vCPUs, 1024 MiB, dom0 512 MiB"},
 	})
 	progress.flush()

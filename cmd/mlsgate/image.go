@@ -148,7 +148,7 @@ func buildXenImage(cmd *cobra.Command, cache, out, binary string, selinux bool) 
 		defer os.RemoveAll(tmp)
 		guest := filepath.Join(tmp, "guest.cpio")
 		fmt.Fprintln(log, "image: the guests' ramdisk: the guest image with xen-netfront, the update daemon and its /init")
-		if _, err := backend.XenInitrd(ctx, g, cache, bin, backend.InitOptions{SELinux: selinux}, guest); err != nil {
+		if _, err := backend.XenInitrd(ctx, g, cache, bin, backend.InitOptions{Modules: backend.XenGuestModules(g), SELinux: selinux}, guest); err != nil {
 			return err
 		}
 		gdata, err := os.ReadFile(guest)

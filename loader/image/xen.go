@@ -67,7 +67,7 @@ var XenDom0Modules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
 	"veth", "sch_ingress", "cls_bpf", "xfrm_user",
 	"sha3_generic", "jitterentropy_rng", "drbg", "xfrm_algo", "authenc", "authencesn", "gcm", "ghash_generic",
-	"ctr", "seqiv", "echainiv", "aesni_intel", "sha256_ssse3", "sha512_ssse3", "esp4", "esp6",
+	"ghash_clmulni_intel", "ctr", "seqiv", "echainiv", "aesni_intel", "sha256_ssse3", "sha512_ssse3", "esp4", "esp6",
 	"virtio_pci", "9pnet_virtio", "9p",
 }
 

@@ -45,19 +45,19 @@ type XenRunOptions struct {
 	Timeout time.Duration
 	// Progress, when set, receives the binary's output while it runs.
 	Progress io.Writer
-	// SELinux boots dom0 with SELinux among its LSMs (XenSELinuxArg):
-	// no policy is loaded, so nothing is enforced until the job loads the
-	// image's store (load_policy).
-	SELinux bool
-	// Initrd, when set, is a dom0 initramfs to boot in place of the
-	// image's (one the image's with files appended, say).
-	Initrd string
+	// Cmdline is added to dom0's kernel command line, e.g. XenSELinuxArg
+	// for a dom0 that loads an SELinux policy (no commas: QEMU's -initrd
+	// list carries it).
+	Cmdline string
+	// Memory is QEMU's RAM in MiB (xenMachineMemory when 0); dom0 keeps
+	// xenDom0Memory of it, the rest is Xen's for guests.
+	Memory int
 }
 
-// XenSELinuxArg is what XenRunOptions.SELinux adds to dom0's command line:
-// SELinux as the major LSM in place of Debian's AppArmor (the minor ones,
-// bpf among them, stay). Not lsm=a,b,c: QEMU's -initrd list separates its
-// modules with commas.
+// XenSELinuxArg, in XenRunOptions.Cmdline, runs SELinux as dom0's major
+// LSM in place of Debian's AppArmor (the minor ones, bpf among them, stay);
+// no policy is loaded until the job loads the image's store (load_policy).
+// Not lsm=a,b,c: QEMU's -initrd list separates its modules with commas.
 const XenSELinuxArg = "security=selinux"
 
 // XenResult is what one boot of Xen and dom0 produced.
@@ -133,17 +133,21 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 	defer cancel()
 	serialPath := filepath.Join(share, "serial.log")
 	dom0Args := "console=hvc0 quiet xendom0.job=" + id
-	if opts.SELinux {
-		dom0Args += " " + XenSELinuxArg
+	if opts.Cmdline != "" {
+		if strings.ContainsAny(opts.Cmdline, ",\n") {
+			return nil, fmt.Errorf("xendom0: XenRunOptions.Cmdline %q holds a comma or newline, which QEMU's -initrd list cannot carry", opts.Cmdline)
+		}
+		dom0Args += " " + opts.Cmdline
+	}
+	memory := xenMachineMemory
+	if opts.Memory > 0 {
+		memory = opts.Memory
 	}
 	initrd := img.Initrd
-	if opts.Initrd != "" {
-		initrd = opts.Initrd
-	}
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + serialPath,
-		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(xenMachineMemory),
+		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(memory),
 		"-kernel", img.Xen,
 		"-append", "console=com1 dom0_mem=" + xenDom0Memory + " dom0_max_vcpus=1 dom0_vcpus_pin",
 		"-initrd", img.Kernel + " " + dom0Args + "," + initrd,
