@@ -40,7 +40,7 @@ func TestXenVMStartSemodule(t *testing.T) {
 	if _, err := os.Stat(ramdisk); err != nil {
 		t.Skipf("no guests' ramdisk at %s: the host passes one (kernel-tests' TestPrivilegedXen does)", ramdisk)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	apps := t.TempDir()
 	yamls, _ := filepath.Glob(filepath.Join(job, "*.yaml"))
