@@ -90,7 +90,7 @@ test-kernel: ## privileged tests against the running kernel (root; skipped other
 	@if [ "$$(id -u)" != 0 ]; then \
 	  echo "kernel tests skipped: they need root (BPF, network namespaces); run 'sudo make test-kernel'"; \
 	else \
-	  $(GO) test -count=1 -v -timeout 20m -run Privileged ./kernel-tests/... ./bench/... && \
+	  $(GO) test -count=1 -v -timeout 60m -run Privileged ./kernel-tests/... ./bench/... && \
 	  $(GO) test -count=1 -run '^$$' -fuzz '^FuzzFastpathVerdict$$' -fuzztime 20s ./kernel-tests/; \
 	fi
 

@@ -103,6 +103,27 @@ type VMStartConfig struct {
 	ResultsDir string
 	// Progress, when set, receives a line per step.
 	Progress func(format string, args ...any)
+
+	// The Xen backend's settings (see measureXen). XenKernel and
+	// XenRamdisk are dom0 paths of the guests' raw vmlinux (default
+	// image.XenGuestKernel) and of their ramdisk whose init starts the
+	// update daemon (backend.XenInitrd; default image.XenGuestRamdisk);
+	// XenMemory is each guest's RAM in MiB (default 192).
+	XenKernel, XenRamdisk string
+	XenMemory             int
+	// XenImage, on a host that is not a dom0, is the dom0 image the Xen
+	// measurement boots under QEMU (image.PrepareXen's); the bench test
+	// binary runs there (TestVMStartXenJob). Nil prepares it.
+	XenImage *image.XenImage
+	// HostSemodule installs the host's modules with semodule (the
+	// loader's --semodule): where the running policy came from this host's
+	// module store (the Xen dom0 loads the image's store).
+	HostSemodule bool
+
+	// unpauses, when set, returns the time the backend spent in `xl
+	// unpause` since its last call (measureXen sets it): the Xen
+	// hand-out inside the acquire step.
+	unpauses func() time.Duration
 }
 
 // VMStartResult is the reproduction of the paper's Table 1.
@@ -146,7 +167,10 @@ type LoadRun struct {
 	Configure time.Duration `json:"configure_ns"`
 	Load      time.Duration `json:"load_ns"`
 	Total     time.Duration `json:"total_ns"`
-	Version   uint64        `json:"bundle_version"`
+	// Unpause is the part of the acquire step spent in `xl unpause` (Xen:
+	// a paused guest's hand-out).
+	Unpause time.Duration `json:"unpause_ns,omitempty"`
+	Version uint64        `json:"bundle_version"`
 	// GuestSAs and GuestPolicies are the XFRM SAs and policies the guest's
 	// daemon reported installing.
 	GuestSAs      int `json:"guest_sas"`
@@ -165,6 +189,7 @@ type LoadSummary struct {
 	Configure time.Duration `json:"configure_ns"`
 	Load      time.Duration `json:"load_ns"`
 	Total     time.Duration `json:"total_ns"`
+	Unpause   time.Duration `json:"unpause_ns,omitempty"`
 }
 
 // Median returns the backend's summary of a scenario.
@@ -182,8 +207,8 @@ func (c *VMStartConfig) defaults() error {
 		c.Backends = []string{"netns", "qemu"}
 	}
 	for _, b := range c.Backends {
-		if b != "netns" && b != "qemu" {
-			return fmt.Errorf("vmstart: backend %q: want netns or qemu (Xen needs a dom0: see ../shared/recipes/xen-dom0)", b)
+		if b != "netns" && b != "qemu" && b != "xen" {
+			return fmt.Errorf("vmstart: backend %q: want netns, qemu or xen", b)
 		}
 	}
 	if c.Repeat <= 0 {
@@ -270,6 +295,12 @@ func MeasureVMStart(ctx context.Context, cfg VMStartConfig) (*VMStartResult, err
 			}
 		case "qemu":
 			b, err = measureQEMU(ctx, cfg, tmp)
+		case "xen":
+			if InDom0() {
+				b, err = measureXen(ctx, cfg, tmp)
+			} else {
+				b, err = measureXenInDom0(ctx, cfg, tmp)
+			}
 		}
 		if err != nil {
 			return res, fmt.Errorf("vmstart %s: %w", name, err)
@@ -326,6 +357,17 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 
 	ac := agent.DefaultConfig()
 	ac.StateDir, ac.PinDir, ac.Listen, ac.Socket = filepath.Join(dir, "agent"), filepath.Join(bpffs, "mlsgate"), "", ""
+	_, onXen := be.(*backend.Xen)
+	if onXen {
+		// vif-mlsgate declares each new vif to the agent's API before
+		// the loader does: serve it on a socket and tell the script.
+		ac.Socket = filepath.Join(dir, "agent.sock")
+		undo, err := xenVifDefaults(cfg.Binary, ac.Socket)
+		if err != nil {
+			return nil, err
+		}
+		defer undo()
+	}
 	ac.APIPort, ac.SPISlots, ac.EventRate = cfg.APIPort, 4096, 5
 	ac.Integrity = integrityOf(apps)
 	a, k, err := agent.Start(ac, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
@@ -345,6 +387,14 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 		case <-time.After(30 * time.Second):
 		}
 	}()
+	if onXen {
+		// The socket vif-mlsgate declares new vifs on (mlsgate guest set).
+		stopAPI, err := serveAgentSocket(ac.Socket, a.AdminHandler())
+		if err != nil {
+			return nil, err
+		}
+		defer stopAPI()
+	}
 	if !waitFor(a.Ready, 2*time.Minute) {
 		return nil, fmt.Errorf("the agent was not ready within 2m: %+v", a.Status())
 	}
@@ -353,6 +403,9 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 	v, err := assemble.Start(ctx, assemble.Setup{
 		StateDir: filepath.Join(dir, "loader"), AppsDir: cfg.AppsDir, APIPort: cfg.APIPort, PoolSize: 1, MaxLoads: 8,
 		Backend: be, Agent: a, HostXFRM: nil, SPIBase: ac.SPIBase, SPISlots: ac.SPISlots,
+		// On Xen pre-loaded and ready guests wait paused (section 5.2.1 of
+		// the paper): their hand-out is xl unpause.
+		PauseIdle: onXen, HostSemodule: cfg.HostSemodule,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start the loader: %w", err)
@@ -409,7 +462,7 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 			// in the background; an idle guest waits long enough in the
 			// pool for that to finish, so wait for it here too.
 			for _, e := range v.Pool.List() {
-				if e.State == pool.Idle {
+				if e.State == pool.Idle && !onXen { // a paused guest answers nothing
 					if err := v.Updated.Connect(ctx, e.Guest.UpdatedAddr); err != nil {
 						return fmt.Errorf("connect to the idle guest's daemon: %w", err)
 					}
@@ -417,9 +470,15 @@ func measureBackend(ctx context.Context, cfg VMStartConfig, be loader.Backend, d
 			}
 			run.PreBoot = time.Since(t0)
 		}
+		if cfg.unpauses != nil {
+			cfg.unpauses() // what the refill's unpauses took is not the load's
+		}
 		r, err := v.Loader.Load(ctx, loader.Caller{Host: true}, cfg.URL)
 		if err != nil {
 			return fmt.Errorf("%s load %d of %s: %w", scenario, i+1, cfg.URL, err)
+		}
+		if cfg.unpauses != nil {
+			run.Unpause = cfg.unpauses()
 		}
 		run.How, run.Version, run.Steps = r.How, r.Version, slices.Clone(r.Steps)
 		want := map[string]string{Scratch: "boot", Preloaded: "idle", ReadyPool: "ready"}[scenario]
@@ -546,6 +605,7 @@ func summarize(scenario string, runs []LoadRun) LoadSummary {
 	s.Configure = pick(func(r LoadRun) time.Duration { return r.Configure })
 	s.Load = pick(func(r LoadRun) time.Duration { return r.Load })
 	s.Total = pick(func(r LoadRun) time.Duration { return r.Total })
+	s.Unpause = pick(func(r LoadRun) time.Duration { return r.Unpause })
 	return s
 }
 
@@ -1030,6 +1090,27 @@ func FormatVMStart(r *VMStartResult) string {
 		}
 		b.WriteString("\n")
 	}
+	// The Xen hand-out inside acquire: xl unpause of a paused guest.
+	var unpaused bool
+	for _, be := range r.Backends {
+		for _, m := range be.Medians {
+			unpaused = unpaused || m.Unpause > 0
+		}
+	}
+	if unpaused {
+		b.WriteString("| of acquire: xl unpause (Xen hand-out) |")
+		for _, be := range r.Backends {
+			for _, sc := range []string{Scratch, Preloaded, ReadyPool} {
+				m, _ := be.Median(sc)
+				cell := "—"
+				if m.Unpause > 0 {
+					cell = ms(m.Unpause)
+				}
+				fmt.Fprintf(&b, " %s |", cell)
+			}
+		}
+		b.WriteString("\n")
+	}
 
 	b.WriteString(`
 What the phases include:
@@ -1040,7 +1121,9 @@ What the phases include:
   guest policy to its update daemon over mutual TLS (the daemon applies modules,
   mapper policy and XFRM in the guest's kernel before it answers), host policy
   (the guest's range, SAs and peers into the agent's BPF maps; the host's modules
-  compiled where checkmodule exists). The host installs no SAs of its own (Host.XFRM nil).
+  installed with semodule where the host runs its store's policy (the Xen dom0,
+  as 'mlsgate loader --semodule'), else compiled where checkmodule exists). The
+  host installs no SAs of its own (Host.XFRM nil).
 - Loading (Browser and) Page: from scratch, the boot (the acquire step: a VM
   number, a guest certificate, the agent told of the vif, the backend's boot until
   the guest's update daemon accepts TCP); then, in both scenarios, the first
@@ -1055,6 +1138,21 @@ What the phases include:
   apart and in no total. The load resolves, authorizes and takes the guest (one
   committed write to the pool's table); its first answer is as above.
 `)
+	var emulated, native []string
+	for _, be := range r.Backends {
+		if strings.Contains(be.Hardware, "TCG") {
+			emulated = append(emulated, be.Backend)
+		} else {
+			native = append(native, be.Backend)
+		}
+	}
+	if len(emulated) > 0 {
+		fmt.Fprintf(&b, "- Emulated figures: the %s columns ran under QEMU's TCG (software emulation, no KVM), so every boot and\n  in-guest step there is many times slower than on hardware; the paper's Xen figures are hardware ones.", strings.Join(emulated, " and "))
+		if len(native) > 0 {
+			fmt.Fprintf(&b, " Not emulated: %s.", strings.Join(native, ", "))
+		}
+		b.WriteString("\n")
+	}
 	for _, be := range r.Backends {
 		fmt.Fprintf(&b, "- %s: %s.\n", be.Backend, be.Where)
 		for _, runs := range [][]LoadRun{be.Scratch, be.Preloaded, be.Ready} {

@@ -36,7 +36,9 @@ SVG plots.
   mapper    label-mapper lookups at 10,000 rules, in process and over its
             HTTP API on 127.0.0.1 (one client goroutine, then 4)
   bundle    policy-store bundle generation for the analyst application
-  vmstart   the paper's Table 1 with the netns and QEMU backends
+  vmstart   the paper's Table 1 with the netns, QEMU and Xen backends (Xen:
+            in the dom0 image under QEMU, with pre-loaded guests paused and
+            the ready pool's hand-out an xl unpause; not with --quick)
 
 --quick runs everything at small sizes (a smoke test; its numbers are not to
 be quoted). Everything but mapper and bundle needs root.`,

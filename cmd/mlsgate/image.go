@@ -16,13 +16,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	deployxen "github.com/mlsgate/mlsgate/deploy/xen"
 	"github.com/mlsgate/mlsgate/loader/backend"
 	"github.com/mlsgate/mlsgate/loader/image"
 	"github.com/mlsgate/mlsgate/policystore/secretfile"
 )
 
 // imageKinds are what `mlsgate image build --kind` makes.
-var imageKinds = []string{"guest", "qemu"}
+var imageKinds = []string{"guest", "qemu", "xen"}
 
 func newImageCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -55,20 +56,29 @@ a 9p share (what 'mlsgate demo' and the bench boot). --kind qemu adds to it what
 binary (or --binary, which must be static) as /sbin/mlsgate, and an /init that
 starts the update daemon; it needs --out.
 
+--kind xen is the Xen host the xen backend runs on: Xen 4.17's hypervisor and
+userspace (Debian packages, unpacked), Debian's kernel as dom0 with netback and
+the fast path's modules, mlsgate's vif hotplug script, the SELinux userland
+and module store (the host's modules are installed with semodule in dom0), and
+the guests' raw vmlinux at ` + image.XenGuestKernel + `. With --out it adds this
+mlsgate binary (or --binary) as ` + image.XenMlsgate + ` and the guests' ramdisk
+(the guest image with xen-netfront and an /init that starts the update daemon)
+as ` + image.XenGuestRamdisk + `, and writes xen, vmlinux and initrd-xen.cpio there.
+
 --out DIR copies the kernel and initrd there, for a host that boots them from
 a fixed place.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !slices.Contains(imageKinds, kind) {
-				if kind == "xen" || kind == "dom0" {
-					return fmt.Errorf("--kind %s: the Xen dom0 image is still built by the test harness (kernel-tests/xendom0), not by mlsgate; kinds: %s", kind, strings.Join(imageKinds, ", "))
-				}
 				return fmt.Errorf("--kind %q is unknown; kinds: %s", kind, strings.Join(imageKinds, ", "))
 			}
 			if kind == "qemu" && out == "" {
 				return errors.New("--kind qemu writes a new initrd: give --out DIR")
 			}
 			w := cmd.OutOrStdout()
+			if kind == "xen" {
+				return buildXenImage(cmd, cache, out, binary, selinux)
+			}
 			img, err := image.Prepare(cmd.Context(), cache, cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -103,9 +113,96 @@ a fixed place.`,
 	cmd.Flags().StringVar(&cache, "cache", "", "image cache (default $MLSGATE_GUEST_CACHE or /var/cache/mlsgate/guest)")
 	cmd.Flags().StringVar(&kind, "kind", "guest", "image kind: "+strings.Join(imageKinds, ", "))
 	cmd.Flags().StringVar(&out, "out", "", "copy the kernel and initrd into this directory")
-	cmd.Flags().StringVar(&binary, "binary", "", "--kind qemu: the static mlsgate binary to pack (default: this executable)")
-	cmd.Flags().BoolVar(&selinux, "selinux", false, "--kind qemu: the init loads the image's SELinux policy store before the daemon (boot with lsm=...,selinux)")
+	cmd.Flags().StringVar(&binary, "binary", "", "--kind qemu, xen: the static mlsgate binary to pack (default: this executable)")
+	cmd.Flags().BoolVar(&selinux, "selinux", false, "--kind qemu, xen: the guests' init loads the image's SELinux policy store before the daemon (boot with lsm=...,selinux)")
 	return cmd
+}
+
+// buildXenImage prepares the dom0 image and, with out, writes xen, vmlinux
+// and a dom0 initrd with the mlsgate binary and the guests' ramdisk there.
+func buildXenImage(cmd *cobra.Command, cache, out, binary string, selinux bool) error {
+	ctx, log := cmd.Context(), cmd.ErrOrStderr()
+	x, err := image.PrepareXen(ctx, cache, image.XenOptions{VifScript: deployxen.VifScript, VifScriptName: deployxen.VifScriptName}, log)
+	if err != nil {
+		return err
+	}
+	hv, kernel, initrd := x.Xen, x.Kernel, x.Initrd
+	if out != "" {
+		d, err := secretfile.Open(out)
+		if err != nil {
+			return fmt.Errorf("--out %s: %w", out, err)
+		}
+		d.Close()
+		bin, err := staticBinary(binary)
+		if err != nil {
+			return err
+		}
+		g, err := image.Prepare(ctx, cache, log)
+		if err != nil {
+			return err
+		}
+		tmp, err := os.MkdirTemp(out, ".xen-")
+		if err != nil {
+			return fmt.Errorf("--out %s: %w", out, err)
+		}
+		defer os.RemoveAll(tmp)
+		guest := filepath.Join(tmp, "guest.cpio")
+		fmt.Fprintln(log, "image: the guests' ramdisk: the guest image with xen-netfront, the update daemon and its /init")
+		if _, err := backend.XenInitrd(ctx, g, cache, bin, backend.InitOptions{Modules: backend.XenGuestModules(g), SELinux: selinux}, guest); err != nil {
+			return err
+		}
+		gdata, err := os.ReadFile(guest)
+		if err != nil {
+			return err
+		}
+		hv, kernel, initrd = filepath.Join(out, "xen"), filepath.Join(out, "vmlinux"), filepath.Join(out, "initrd-xen.cpio")
+		for _, c := range [][2]string{{x.Xen, hv}, {x.Kernel, kernel}} {
+			if err := image.CopyFile(c[0], c[1], 0o644); err != nil {
+				return fmt.Errorf("--out %s: %w", out, err)
+			}
+		}
+		fmt.Fprintln(log, "image: adding mlsgate and the guests' ramdisk to dom0's initramfs")
+		if err := backend.AppendInitramfs(initrd, x.Initrd, []backend.File{
+			{Path: strings.TrimPrefix(image.XenMlsgate, "/"), Mode: 0o755, Data: bin},
+			{Path: strings.TrimPrefix(image.XenGuestRamdisk, "/"), Mode: 0o644, Data: gdata},
+		}); err != nil {
+			return err
+		}
+	}
+	sums := map[string]string{}
+	for _, f := range []string{hv, kernel, initrd} {
+		if sums[f], err = imageFileSHA256(f); err != nil {
+			return err
+		}
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "kind:\txen\n")
+	fmt.Fprintf(tw, "image:\t%s\n", x.Dir)
+	fmt.Fprintf(tw, "key:\t%s\t(hash of the builder, dom0 init, vif script, modules, packages and host tools)\n", x.Key())
+	fmt.Fprintf(tw, "xen:\t%s %s\tsha256:%s\n", hv, x.XenVersion, sums[hv])
+	fmt.Fprintf(tw, "dom0 kernel:\t%s (linux-image-%s %s)\tsha256:%s\n", kernel, x.KernelRelease, x.PackageVersion, sums[kernel])
+	fmt.Fprintf(tw, "dom0 initrd:\t%s\tsha256:%s\n", initrd, sums[initrd])
+	if out != "" {
+		fmt.Fprintf(tw, "in dom0:\tmlsgate loader --backend xen --xen-kernel %s --xen-ramdisk %s\n", image.XenGuestKernel, image.XenGuestRamdisk)
+		fmt.Fprintf(tw, "boot with:\tqemu-system-x86_64 -kernel %s -append 'console=com1 dom0_mem=512M' -initrd '%s console=hvc0,%s' (Xen 4.17 as multiboot)\n", hv, kernel, initrd)
+	}
+	return tw.Flush()
+}
+
+// staticBinary reads the static mlsgate binary to pack: binary, or this
+// executable.
+func staticBinary(binary string) ([]byte, error) {
+	if binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find this executable: %w (give --binary)", err)
+		}
+		binary = exe
+	}
+	if err := image.CheckStatic(binary); err != nil {
+		return nil, fmt.Errorf("--binary %s: %w (build it with CGO_ENABLED=0 go build ./cmd/mlsgate)", binary, err)
+	}
+	return os.ReadFile(binary)
 }
 
 // qemuImageInitrd writes out: the image's initramfs with virtio-net, the
@@ -213,7 +310,8 @@ func newImagePruneCmd() *cobra.Command {
 		Long: `prune removes the cached images no build or boot handed out for longer than
 --older-than, then the kernel packages older than that which no remaining
 image came from. It waits for a build in progress. The Xen dom0 images under
-<cache>/xen are not touched.`,
+<cache>/xen are pruned by the same rule, with the Xen packages no remaining
+dom0 image came from.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			age, err := parseImageAge(olderThan)

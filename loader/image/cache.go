@@ -69,7 +69,7 @@ func CurrentKey() (string, error) {
 // Entry is one item of the cache: a built image or a downloaded kernel
 // package.
 type Entry struct {
-	Kind           string    `json:"kind"` // "image" or "kernel-package"
+	Kind           string    `json:"kind"` // "image", "xen-image", "kernel-package" or "xen-package"
 	Path           string    `json:"path"`
 	KernelRelease  string    `json:"kernel_release,omitempty"`
 	PackageVersion string    `json:"package_version,omitempty"`
@@ -116,6 +116,27 @@ func List(cacheDir string) ([]Entry, error) {
 			Key: name[strings.LastIndexByte(name, '_')+1:], Built: m.Built, LastUsed: used, Bytes: treeSize(dir),
 		})
 	}
+	xdirs, _ := os.ReadDir(filepath.Join(XenCacheDir(cacheDir), "images"))
+	for _, d := range xdirs {
+		if !d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			continue
+		}
+		dir := filepath.Join(XenCacheDir(cacheDir), "images", d.Name())
+		img, err := loadXenImage(dir)
+		if err != nil {
+			continue
+		}
+		used, err := lastUse(dir)
+		if err != nil {
+			continue
+		}
+		var built time.Time
+		if fi, err := os.Stat(filepath.Join(dir, "manifest.json")); err == nil {
+			built = fi.ModTime()
+		}
+		out = append(out, Entry{Kind: "xen-image", Path: dir, KernelRelease: img.KernelRelease, PackageVersion: img.PackageVersion,
+			Key: img.Key(), Built: built, LastUsed: used, Bytes: treeSize(dir)})
+	}
 	debs, _ := filepath.Glob(filepath.Join(cacheDir, "debs", "*.deb"))
 	slices.Sort(debs)
 	for _, p := range debs {
@@ -129,6 +150,13 @@ func List(cacheDir string) ([]Entry, error) {
 			e.PackageVersion = strings.ReplaceAll(f[1], "%3a", ":")
 		}
 		out = append(out, e)
+	}
+	xdebs, _ := filepath.Glob(filepath.Join(XenCacheDir(cacheDir), "debs", "*.deb"))
+	slices.Sort(xdebs)
+	for _, p := range xdebs {
+		if fi, err := os.Stat(p); err == nil {
+			out = append(out, Entry{Kind: "xen-package", Path: p, Built: fi.ModTime(), LastUsed: fi.ModTime(), Bytes: fi.Size()})
+		}
 	}
 	return out, nil
 }

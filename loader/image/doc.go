@@ -26,13 +26,23 @@
 // is kept for diagnostics. `mlsgate image build|list|prune` is the operator's
 // front end.
 //
+// PrepareXen builds the Xen host the xen backend runs on: Xen 4.17's
+// hypervisor and userspace (Debian packages, downloaded and unpacked, never
+// installed), the same Debian kernel as dom0 (and as the PV guests' raw
+// vmlinux), mlsgate's vif hotplug script (XenOptions.VifScript, from
+// deploy/xen) and the SELinux userland with the module store, so the host's
+// modules are installed with semodule in dom0 as the guests' are. It is
+// cached beside the guest images (XenCacheDir), keyed the same way, listed
+// and pruned with them; (*XenImage).Run boots it under QEMU and runs one
+// static binary in dom0. kernel-tests/xendom0 is the tests' view of it.
+//
 // The Stage* helpers, LockDir, FindTool and CopyFile let other image builders
-// (the Xen dom0 harness in kernel-tests/xendom0) reuse the same download
-// cache and initramfs writer.
+// reuse the same download cache and initramfs writer.
 //
 // It runs host commands (apt-get, dpkg-deb, depmod, modprobe, checkpolicy,
 // checkmodule, semodule -p, xz, qemu-system-x86_64) and never touches the
-// host's network or kernel state. It imports nothing of mlsgate: the
+// host's network or kernel state. It imports nothing of mlsgate (callers
+// pass the vif script, deploy/xen's VifScript): the
 // loader, its backends, bench, cmd/mlsgate and kernel-tests import it, and it
 // must never import kernel-tests (a layering test in cmd/mlsgate checks).
 package image

@@ -49,8 +49,9 @@ func lastUse(dir string) (time.Time, error) {
 // used for longer than maxAge before now, then the kernel packages older
 // than maxAge that no remaining image was built from. It waits for builds
 // in progress (the cache lock) and returns what it removed. Entries it
-// cannot read are left alone; other directories of the cache (the Xen
-// dom0's) are not touched.
+// cannot read are left alone. The Xen dom0 images (XenCacheDir) are pruned
+// by the same rule, with the Xen packages no remaining dom0 image came
+// from.
 func Prune(ctx context.Context, cacheDir string, maxAge time.Duration, now time.Time) ([]string, error) {
 	if cacheDir == "" {
 		cacheDir = DefaultCacheDir()
@@ -63,7 +64,70 @@ func Prune(ctx context.Context, cacheDir string, maxAge time.Duration, now time.
 		return nil, err
 	}
 	defer unlock()
-	return prune(cacheDir, maxAge, now)
+	removed, err := prune(cacheDir, maxAge, now)
+	if err != nil {
+		return removed, err
+	}
+	xdir := XenCacheDir(cacheDir)
+	if _, err := os.Stat(xdir); err != nil {
+		return removed, nil
+	}
+	xunlock, err := lockDir(ctx, xdir)
+	if err != nil {
+		return removed, err
+	}
+	defer xunlock()
+	more, err := pruneXen(xdir, maxAge, now)
+	return append(removed, more...), err
+}
+
+// pruneXen is prune for the dom0 images in xdir (XenCacheDir), with its
+// lock held: the images unused for longer than maxAge, then the Xen
+// packages older than that which no remaining image names.
+func pruneXen(xdir string, maxAge time.Duration, now time.Time) ([]string, error) {
+	var removed []string
+	keep := map[string]bool{}
+	entries, err := os.ReadDir(filepath.Join(xdir, "images"))
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		dir := filepath.Join(xdir, "images", e.Name())
+		used, err := lastUse(dir)
+		if err != nil {
+			continue
+		}
+		if now.Sub(used) <= maxAge {
+			if b, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err == nil {
+				var m xenManifest
+				if json.Unmarshal(b, &m) == nil {
+					for _, d := range m.XenDebs {
+						keep[d] = true
+					}
+				}
+			}
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			return removed, fmt.Errorf("prune %s: %w", dir, err)
+		}
+		removed = append(removed, dir)
+	}
+	debs, _ := filepath.Glob(filepath.Join(xdir, "debs", "*.deb"))
+	for _, d := range debs {
+		fi, err := os.Stat(d)
+		if err != nil || keep[filepath.Base(d)] || now.Sub(fi.ModTime()) <= maxAge {
+			continue
+		}
+		if err := os.Remove(d); err != nil {
+			return removed, fmt.Errorf("prune %s: %w", d, err)
+		}
+		removed = append(removed, d)
+	}
+	return removed, nil
 }
 
 // prune is Prune with the cache lock held.
@@ -96,6 +160,20 @@ func prune(cacheDir string, maxAge time.Duration, now time.Time) ([]string, erro
 			return removed, fmt.Errorf("prune %s: %w", dir, err)
 		}
 		removed = append(removed, dir)
+	}
+	// A dom0 image in use keeps the kernel package it came from too.
+	xen, _ := filepath.Glob(filepath.Join(XenCacheDir(cacheDir), "images", "*", "manifest.json"))
+	for _, mf := range xen {
+		used, err := lastUse(filepath.Dir(mf))
+		if err != nil || now.Sub(used) > maxAge {
+			continue
+		}
+		if b, err := os.ReadFile(mf); err == nil {
+			var m xenManifest
+			if json.Unmarshal(b, &m) == nil && m.PackageVersion != "" {
+				keepDebs[debName("linux-image-"+m.KernelRelease, m.PackageVersion)] = true
+			}
+		}
 	}
 	debs, _ := filepath.Glob(filepath.Join(cacheDir, "debs", "*.deb"))
 	for _, d := range debs {

@@ -1,7 +1,9 @@
 #!/bin/sh
-# PID 1 of the Xen dom0 packed by kernel-tests/xendom0 (Debian's kernel as a
-# PV dom0 under Xen 4.17). It loads the Xen and network modules, starts the
-# Xen daemons (xenstored, xen-init-dom0, xenconsoled), runs the job the host left in the 9p share under
+# PID 1 of the Xen dom0 packed by loader/image.PrepareXen (Debian's kernel as
+# a PV dom0 under Xen 4.17). It loads the Xen and network modules, mounts
+# selinuxfs where the kernel runs SELinux (no policy is loaded: whoever wants
+# one runs load_policy on the image's module store), starts the Xen daemons
+# (xenstored, xen-init-dom0, xenconsoled), runs the job the host left in the 9p share under
 # /mnt/.xendom0/<job>/, writes its exit code and times beside it, and powers
 # off. Console lines start with "xendom0:".
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
@@ -15,6 +17,9 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
+if grep -qw selinuxfs /proc/filesystems; then
+	mount -t selinuxfs selinuxfs /sys/fs/selinux 2>/dev/null
+fi
 mkdir -p /run/xen /run/xenstored /run/lock /var/log/xen/console /var/lib/xen
 JOB=
 for w in $(cat /proc/cmdline); do

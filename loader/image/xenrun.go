@@ -1,4 +1,4 @@
-package xendom0
+package image
 
 import (
 	"bytes"
@@ -16,25 +16,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/mlsgate/mlsgate/loader/image"
 )
 
-// Defaults of RunOptions and the machine Run boots.
+// Defaults of XenRunOptions and the machine (*XenImage).Run boots.
 const (
-	DefaultTimeout = 6 * time.Minute
-	// machineMemory is QEMU's RAM (MiB); dom0 gets dom0Memory of it, the
+	XenDefaultTimeout = 6 * time.Minute
+	// xenMachineMemory is QEMU's RAM (MiB); dom0 gets xenDom0Memory of it, the
 	// rest is Xen's for guests.
-	machineMemory = 1024
-	dom0Memory    = "512M"
-	shareTag      = "host0"
-	pollInterval  = 100 * time.Millisecond
+	xenMachineMemory = 1024
+	xenDom0Memory    = "512M"
+	xenShareTag      = "host0"
+	xenPollInterval  = 100 * time.Millisecond
 )
 
-// RunOptions say what one boot of Xen and dom0 runs.
-type RunOptions struct {
-	// Binary is the host path of a static executable (guestvm's
-	// BuildTestBinary makes one), run in dom0 from the share.
+// XenRunOptions say what one boot of Xen and dom0 runs.
+type XenRunOptions struct {
+	// Binary is the host path of a static executable (BuildTestBinary
+	// makes one), run in dom0 from the share.
 	Binary string
 	Args   []string
 	// Files are extra host files (name → host path) copied beside the
@@ -43,14 +41,27 @@ type RunOptions struct {
 	// Env is added to the binary's environment, which always has
 	// MLSGATE_IN_DOM0=1 and XENDOM0_JOB.
 	Env map[string]string
-	// Timeout bounds the whole boot (DefaultTimeout when 0).
+	// Timeout bounds the whole boot (XenDefaultTimeout when 0).
 	Timeout time.Duration
 	// Progress, when set, receives the binary's output while it runs.
 	Progress io.Writer
+	// Cmdline is added to dom0's kernel command line, e.g. XenSELinuxArg
+	// for a dom0 that loads an SELinux policy (no commas: QEMU's -initrd
+	// list carries it).
+	Cmdline string
+	// Memory is QEMU's RAM in MiB (xenMachineMemory when 0); dom0 keeps
+	// xenDom0Memory of it, the rest is Xen's for guests.
+	Memory int
 }
 
-// Result is what one boot produced.
-type Result struct {
+// XenSELinuxArg, in XenRunOptions.Cmdline, runs SELinux as dom0's major
+// LSM in place of Debian's AppArmor (the minor ones, bpf among them, stay);
+// no policy is loaded until the job loads the image's store (load_policy).
+// Not lsm=a,b,c: QEMU's -initrd list separates its modules with commas.
+const XenSELinuxArg = "security=selinux"
+
+// XenResult is what one boot of Xen and dom0 produced.
+type XenResult struct {
 	Output       string            // the binary's standard output and error
 	ExitCode     int               // its exit status
 	Serial       string            // Xen's and dom0's console
@@ -65,19 +76,19 @@ type Result struct {
 // binary did not run to its end (QEMU failed, the timeout ended the boot, or
 // dom0 never wrote an exit code; the error quotes the end of the console); a
 // binary that fails is a Result with a non-zero ExitCode.
-func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
+func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, error) {
 	if opts.Binary == "" {
-		return nil, errors.New("xendom0: RunOptions.Binary is empty; give the path of a static binary")
+		return nil, errors.New("xendom0: XenRunOptions.Binary is empty; give the path of a static binary")
 	}
-	if err := image.CheckStatic(opts.Binary); err != nil {
+	if err := CheckStatic(opts.Binary); err != nil {
 		return nil, fmt.Errorf("dom0 binary %s: %w (build it with CGO_ENABLED=0)", opts.Binary, err)
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = DefaultTimeout
+		opts.Timeout = XenDefaultTimeout
 	}
-	qemu, err := image.FindTool("qemu-system-x86_64")
+	qemu, err := FindTool("qemu-system-x86_64")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", image.ErrMissingTools, err)
+		return nil, fmt.Errorf("%w: %v; run 'make deps-guest'", ErrMissingTools, err)
 	}
 	share, err := os.MkdirTemp("", "xendom0-share-")
 	if err != nil {
@@ -95,9 +106,9 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	maps.Copy(files, opts.Files)
 	for name, src := range files {
 		if strings.ContainsAny(name, "/ ") || name == "" {
-			return nil, fmt.Errorf("xendom0: RunOptions.Files name %q must be a plain file name", name)
+			return nil, fmt.Errorf("xendom0: XenRunOptions.Files name %q must be a plain file name", name)
 		}
-		if err := image.CopyFile(src, filepath.Join(job, name), 0o755); err != nil {
+		if err := CopyFile(src, filepath.Join(job, name), 0o755); err != nil {
 			return nil, fmt.Errorf("copy %s into the share: %w", src, err)
 		}
 	}
@@ -122,16 +133,27 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	defer cancel()
 	serialPath := filepath.Join(share, "serial.log")
 	dom0Args := "console=hvc0 quiet xendom0.job=" + id
+	if opts.Cmdline != "" {
+		if strings.ContainsAny(opts.Cmdline, ",\n") {
+			return nil, fmt.Errorf("xendom0: XenRunOptions.Cmdline %q holds a comma or newline, which QEMU's -initrd list cannot carry", opts.Cmdline)
+		}
+		dom0Args += " " + opts.Cmdline
+	}
+	memory := xenMachineMemory
+	if opts.Memory > 0 {
+		memory = opts.Memory
+	}
+	initrd := img.Initrd
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + serialPath,
-		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(machineMemory),
+		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(memory),
 		"-kernel", img.Xen,
-		"-append", "console=com1 dom0_mem=" + dom0Memory + " dom0_max_vcpus=1 dom0_vcpus_pin",
-		"-initrd", img.Kernel + " " + dom0Args + "," + img.Initrd,
-		"-virtfs", "local,path=" + share + ",mount_tag=" + shareTag + ",security_model=none,id=" + shareTag,
+		"-append", "console=com1 dom0_mem=" + xenDom0Memory + " dom0_max_vcpus=1 dom0_vcpus_pin",
+		"-initrd", img.Kernel + " " + dom0Args + "," + initrd,
+		"-virtfs", "local,path=" + share + ",mount_tag=" + xenShareTag + ",security_model=none,id=" + xenShareTag,
 	}
-	for _, p := range []string{img.Kernel, img.Initrd} {
+	for _, p := range []string{img.Kernel, initrd} {
 		if strings.ContainsAny(p, ", ") {
 			return nil, fmt.Errorf("xen image path %s holds a comma or space, which QEMU's -initrd list cannot carry; set MLSGATE_GUEST_CACHE to a plain path", p)
 		}
@@ -147,7 +169,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var copied int64
-	tick := time.NewTicker(pollInterval)
+	tick := time.NewTicker(xenPollInterval)
 	defer tick.Stop()
 	var qerr error
 	for waiting := true; waiting; {
@@ -160,7 +182,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 			copied = copyNew(opts.Progress, filepath.Join(job, "output"), copied)
 		}
 	}
-	res := &Result{Wall: time.Since(start), Files: map[string]string{}}
+	res := &XenResult{Wall: time.Since(start), Files: map[string]string{}}
 	serial, _ := os.ReadFile(serialPath)
 	res.Serial = string(serial)
 	if out, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
@@ -176,14 +198,14 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 			b, _ := os.ReadFile(f)
 			res.Files[n] = string(b)
 		default:
-			if strings.HasSuffix(n, ".log") {
+			if strings.HasSuffix(n, ".log") || strings.HasSuffix(n, ".json") || strings.HasSuffix(n, ".md") {
 				b, _ := os.ReadFile(f)
 				res.Files[n] = string(b)
 			}
 		}
 	}
 	if ctx.Err() != nil {
-		return res, fmt.Errorf("dom0 did not finish within %v (RunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(res.Serial, 3000))
+		return res, fmt.Errorf("dom0 did not finish within %v (XenRunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(res.Serial, 3000))
 	}
 	if qerr != nil {
 		return res, fmt.Errorf("qemu: %w\n%s\nconsole ends:\n%s", qerr, tail(stderr.String(), 2000), tail(res.Serial, 3000))
@@ -204,23 +226,4 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	res.BootDuration = time.Duration(s * float64(time.Second))
 	res.RunDuration = time.Duration((e - s) * float64(time.Second))
 	return res, nil
-}
-
-// copyNew writes what the file at path holds beyond offset to w.
-func copyNew(w io.Writer, path string, offset int64) int64 {
-	f, err := os.Open(path)
-	if err != nil {
-		return offset
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return offset
-	}
-	n, _ := io.Copy(w, f)
-	return offset + n
-}
-
-// shellQuote quotes s for sh as one word.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
