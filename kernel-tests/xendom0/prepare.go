@@ -72,11 +72,15 @@ var XenPackages = []string{
 
 // Dom0Modules are loaded by dom0's init, in order: Xen's back ends and
 // devices (no bridge: guests get routed vifs), what the fast path and the
-// agent need on a kernel without tcx (clsact, cls_bpf, xfrm_user), and the
-// 9p share.
+// agent need on a kernel without tcx (clsact, cls_bpf, xfrm_user), the ESP
+// transform the host's labeled IPsec needs (the demo's web servers; the
+// random-number generators first, as in loader/image.Modules), and the 9p
+// share.
 var Dom0Modules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
 	"veth", "sch_ingress", "cls_bpf", "xfrm_user",
+	"sha3_generic", "jitterentropy_rng", "drbg", "xfrm_algo", "authenc", "authencesn", "gcm", "ghash_generic",
+	"ghash_clmulni_intel", "ctr", "seqiv", "echainiv", "aesni_intel", "esp4",
 	"virtio_pci", "9pnet_virtio", "9p",
 }
 

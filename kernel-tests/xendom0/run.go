@@ -47,6 +47,13 @@ type RunOptions struct {
 	Timeout time.Duration
 	// Progress, when set, receives the binary's output while it runs.
 	Progress io.Writer
+	// Cmdline is added to dom0's kernel command line (e.g.
+	// "lsm=lockdown,yama,selinux,bpf" for a dom0 that loads an SELinux
+	// policy).
+	Cmdline string
+	// Memory is QEMU's RAM in MiB (machineMemory when 0); dom0 keeps
+	// dom0Memory of it, the rest is Xen's for guests.
+	Memory int
 }
 
 // Result is what one boot produced.
@@ -122,10 +129,20 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	defer cancel()
 	serialPath := filepath.Join(share, "serial.log")
 	dom0Args := "console=hvc0 quiet xendom0.job=" + id
+	if opts.Cmdline != "" {
+		if strings.ContainsAny(opts.Cmdline, ",\n") {
+			return nil, fmt.Errorf("xendom0: RunOptions.Cmdline %q holds a comma or newline, which QEMU's -initrd list cannot carry", opts.Cmdline)
+		}
+		dom0Args += " " + opts.Cmdline
+	}
+	memory := machineMemory
+	if opts.Memory > 0 {
+		memory = opts.Memory
+	}
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + serialPath,
-		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(machineMemory),
+		"-accel", "tcg", "-cpu", "max,-smap", "-smp", "2", "-m", strconv.Itoa(memory),
 		"-kernel", img.Xen,
 		"-append", "console=com1 dom0_mem=" + dom0Memory + " dom0_max_vcpus=1 dom0_vcpus_pin",
 		"-initrd", img.Kernel + " " + dom0Args + "," + img.Initrd,
