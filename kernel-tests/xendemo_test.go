@@ -27,7 +27,7 @@ type XenDemo struct {
 
 // xenDemoMemory is QEMU's RAM for the demo: dom0's 512 MiB and three
 // guests (the browser, an idle one in the pool, the osint guest).
-const xenDemoMemory = 1536
+const xenDemoMemory = 1408
 
 // PrepareXenDemo builds (or finds cached) the dom0 and guest images and
 // writes the demo's job: the static mlsgate at bin (run in dom0 as
@@ -72,7 +72,7 @@ func PrepareXenDemo(ctx context.Context, t *testing.T, bin, appsDir, work string
 		Binary: bin,
 		Args: []string{"demo", "--inside", "--backend", "xen", "--apps", ".", "--xen-kernel", xendom0.GuestKernel,
 			"--xen-ramdisk", "guest-demo.cpio", "--load-policy", "policy.33"},
-		Files: files, Cmdline: "lsm=lockdown,yama,selinux,bpf", Memory: xenDemoMemory,
+		Files: files, Cmdline: "security=selinux", Memory: xenDemoMemory,
 	}}, nil
 }
 
@@ -119,6 +119,15 @@ func TestPrivilegedXenDemo(t *testing.T) {
 	t.Logf("Xen demo under QEMU TCG: dom0 boot %.1fs, demo %.1fs, QEMU %.1fs, test %.1fs; init: %s",
 		res.BootDuration.Seconds(), res.RunDuration.Seconds(), res.Wall.Seconds(), time.Since(start).Seconds(), strings.ReplaceAll(res.Boot, "\n", ", "))
 	if res.ExitCode != 0 {
+		if l := res.Files["demo-log.log"]; l != "" {
+			var denied []string
+			for _, line := range strings.Split(l, "\n") {
+				if strings.Contains(line, `"denied"`) {
+					denied = append(denied, line)
+				}
+			}
+			t.Logf("the agent's denial events:\n%s", strings.Join(denied, "\n"))
+		}
 		for name, s := range res.Files {
 			if strings.HasPrefix(name, "guest-") {
 				t.Logf("%s:\n%s", name, lastLines(s, 25))

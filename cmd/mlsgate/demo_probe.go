@@ -249,6 +249,13 @@ func xenConsoleGuest(name string, domid uint32, wait time.Duration) (*consoleGue
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return openConsoleGuest(name, tty, time.Until(deadline))
+}
+
+// openConsoleGuest opens the console pty tty and waits, bounded by wait,
+// until the demo probe at its other end answers.
+func openConsoleGuest(name, tty string, wait time.Duration) (*consoleGuest, error) {
+	deadline := time.Now().Add(wait)
 	f, err := os.OpenFile(tty, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: console %s: %w", name, tty, err)

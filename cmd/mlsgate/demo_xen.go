@@ -40,7 +40,7 @@ func (xo *xenDemoOptions) flags(cmd *cobra.Command) {
 	f.StringVar(&xo.Backend, "backend", "netns", "where guests run: netns (network namespaces) or xen (Xen PV domains; run in dom0, or make demo-xen)")
 	f.StringVar(&xo.Kernel, "xen-kernel", "", "--backend xen: the guests' kernel in dom0 (a raw vmlinux boots fastest)")
 	f.StringVar(&xo.Ramdisk, "xen-ramdisk", "", "--backend xen: the guests' demo initramfs in dom0 (update daemon, SELinux store, xen-netfront, the demo probe)")
-	f.IntVar(&xo.Memory, "xen-memory", 160, "--backend xen: each guest's RAM in MiB")
+	f.IntVar(&xo.Memory, "xen-memory", 256, "--backend xen: each guest's RAM in MiB")
 	f.StringVar(&xo.Policy, "load-policy", "", "--backend xen: load this binary SELinux MLS policy into dom0's kernel first (the harness's dom0 boots without one)")
 	f.MarkHidden("load-policy")
 	xo.ProbeWait = 90 * time.Second
@@ -93,6 +93,17 @@ func runXenDemo(ctx context.Context, out io.Writer, apps string, inside bool, xo
 		}
 		if err := mountBPFFS(); err != nil {
 			return err
+		}
+		// dom0 repeats its own MLD reports at random within a second of
+		// each vif's carrier change; toward a guest the fast path denies
+		// them (deny_control), and one landing while a flow is counted
+		// is charged to that flow (the counters are per direction, not
+		// per vif). Send them at once when a vif comes up, as the attack
+		// lab's host does (kernel-tests/attacks_test.go).
+		for _, v := range []string{"mldv1_unsolicited_report_interval", "mldv2_unsolicited_report_interval"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/"+v, []byte("0"), 0); err != nil {
+				return fmt.Errorf("dom0 sysctl net.ipv6.conf.default.%s: %w", v, err)
+			}
 		}
 	}
 	if why := kernelLacks(); why != "" {

@@ -47,9 +47,9 @@ type RunOptions struct {
 	Timeout time.Duration
 	// Progress, when set, receives the binary's output while it runs.
 	Progress io.Writer
-	// Cmdline is added to dom0's kernel command line (e.g.
-	// "lsm=lockdown,yama,selinux,bpf" for a dom0 that loads an SELinux
-	// policy).
+	// Cmdline is added to dom0's kernel command line, e.g.
+	// "security=selinux" for a dom0 that loads an SELinux policy (no
+	// commas: QEMU's -initrd list carries it).
 	Cmdline string
 	// Memory is QEMU's RAM in MiB (machineMemory when 0); dom0 keeps
 	// dom0Memory of it, the rest is Xen's for guests.
