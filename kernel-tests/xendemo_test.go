@@ -122,11 +122,11 @@ func TestPrivilegedXenDemo(t *testing.T) {
 		if l := res.Files["demo-log.log"]; l != "" {
 			var denied []string
 			for _, line := range strings.Split(l, "\n") {
-				if strings.Contains(line, `"denied"`) {
+				if strings.Contains(line, `"denied"`) || strings.Contains(line, `"xen backend"`) {
 					denied = append(denied, line)
 				}
 			}
-			t.Logf("the agent's denial events:\n%s", strings.Join(denied, "\n"))
+			t.Logf("the agent's denial events and the backend's steps:\n%s", strings.Join(denied, "\n"))
 		}
 		for name, s := range res.Files {
 			if strings.HasPrefix(name, "guest-") {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -202,8 +203,13 @@ type scenario struct {
 	servers   []*demoServer
 	// drive opens the driver of a guest the loader booted (nsGuest,
 	// consoleGuest); drivers keeps them by VM.
-	drive   func(*loader.Guest) (guestDriver, error)
-	drivers map[uint32]guestDriver
+	drive     func(*loader.Guest) (guestDriver, error)
+	driversMu sync.Mutex
+	drivers   map[uint32]guestDriver
+	// beforeModules is, per guest booted by a backend with a Ready step
+	// of the demo's (Xen), whether a socket of each application's type
+	// could be created before any bundle reached the guest.
+	beforeModules map[uint32]map[string]error
 }
 
 // serverStats is every web server's XFRM and TCP statistics, keyed
@@ -432,18 +438,32 @@ func (s *scenario) loadFromGuest(g *loader.Guest, rawURL string) (*loader.Result
 // guest is the driver of g, opened on first use and kept until the
 // scenario ends.
 func (s *scenario) guest(g *loader.Guest) (guestDriver, error) {
-	if d, ok := s.drivers[g.VM]; ok {
+	s.driversMu.Lock()
+	d, ok := s.drivers[g.VM]
+	s.driversMu.Unlock()
+	if ok {
 		return d, nil
 	}
+	// Opening may wait for the guest (seconds on Xen): the lock is not
+	// held meanwhile, so a guest the pool boots in the background does
+	// not hold up the flows of another.
 	d, err := s.drive(g)
 	if err != nil {
 		return nil, err
+	}
+	s.driversMu.Lock()
+	defer s.driversMu.Unlock()
+	if old, ok := s.drivers[g.VM]; ok {
+		d.Close()
+		return old, nil
 	}
 	s.drivers[g.VM] = d
 	return d, nil
 }
 
 func (s *scenario) closeDrivers() {
+	s.driversMu.Lock()
+	defer s.driversMu.Unlock()
 	for vm, d := range s.drivers {
 		d.Close()
 		delete(s.drivers, vm)
@@ -470,7 +490,7 @@ func hostMapperPolicy(apps []*policystore.Application) string {
 	return b.String()
 }
 
-func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoOptions) error {
+func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoOptions) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -507,6 +527,14 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 		return err
 	}
 	defer logf.Close()
+	defer func() {
+		if job := os.Getenv("XENDOM0_JOB"); err != nil && job != "" {
+			// The harness collects the *.log files of its job
+			// directory: the agent's denial events name the vif of
+			// every deny, the backend's steps their times.
+			image.CopyFile(filepath.Join(state, "demo.log"), filepath.Join(job, "demo-log.log"), 0o644)
+		}
+	}()
 	log := slog.New(slog.NewJSONHandler(logf, nil))
 
 	// The host agent.
@@ -563,6 +591,13 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 			return err
 		}
 		be = xb
+		s.beforeModules = map[uint32]map[string]error{}
+		xb.Ready = func(ctx context.Context, g *loader.Guest) error {
+			if err := backend.WaitReady(ctx, g); err != nil {
+				return err
+			}
+			return s.socketsBefore(g, apps)
+		}
 		// vif-mlsgate declares each new vif to the agent on its socket
 		// (root only) before the loader does, as in a real dom0.
 		lns, err := bindListeners("", "", cfg.Socket, "the agent's socket", "")
@@ -640,6 +675,7 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 		s.compromisedSA(bns, &browser, home, lk)
 	}
 
+	var og loader.Guest // the other application's guest
 	if s.plan.Other == nil {
 		fmt.Fprintln(out, "\n4. (no other application loadable from the analyst's guest with a label outside its range: skipped)")
 	} else {
@@ -652,7 +688,7 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 		}
 		fmt.Fprintln(out, "   VMLoad, asked by the browser over its link, gives the page a guest of its own:")
 		printResult(out, res)
-		og := res.Guest
+		og = res.Guest
 		took := s.read(&og, other, opg, "read "+opg.Server.Name+" page")
 		s.timings, s.firstPage = append(s.timings, res), append(s.firstPage, took)
 		ons, err := s.guest(&og)
@@ -678,13 +714,15 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 		}
 		s.record(f, observed{})
 	}
+	if s.beforeModules != nil {
+		fmt.Fprintln(out, "\n5. Each guest's SELinux knows an application's type only from the module of its bundle:")
+		s.modules(&browser, home)
+		if s.plan.Other != nil {
+			s.modules(&og, s.plan.Other)
+		}
+	}
 
 	err = s.report(out, xo.Backend)
-	if job := os.Getenv("XENDOM0_JOB"); err != nil && job != "" {
-		// The harness collects *.log files of its job directory: the
-		// agent's denial events name the vif of every deny.
-		image.CopyFile(filepath.Join(state, "demo.log"), filepath.Join(job, "demo-log.log"), 0o644)
-	}
 	fmt.Fprintf(out, "\nDemo finished in %v.\n", time.Since(start).Round(100*time.Millisecond))
 	return err
 }

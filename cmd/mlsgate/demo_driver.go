@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/loader"
@@ -53,6 +54,10 @@ type guestDriver interface {
 	// Load is the guest's browser asking VMLoad for rawURL over the
 	// guest's link, at api (the host's address on that link).
 	Load(api netip.AddrPort, rawURL string) (*loader.Result, error)
+	// Socket creates (and closes) a TCP socket of SELinux context ctx:
+	// it fails while the guest kernel's policy does not know the
+	// context's type.
+	Socket(ctx string) error
 	Close() error
 }
 
@@ -159,6 +164,19 @@ func (g nsGuest) Load(api netip.AddrPort, rawURL string) (*loader.Result, error)
 	}
 	var r loader.Result
 	return &r, json.Unmarshal(b, &r)
+}
+
+func (g nsGuest) Socket(ctx string) error {
+	return inNS(g.ns, func() error {
+		if err := sockCreate(ctx); err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("socket at %s: %w", ctx, err)
+		}
+		return unix.Close(fd)
+	})
 }
 
 // guestLabel asks the guest's label mapper, from inside the guest.

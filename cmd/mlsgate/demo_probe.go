@@ -42,7 +42,7 @@ const probeTag = "mlsgate-probe: "
 // probeRequest is one console request. ID is echoed in the answer.
 type probeRequest struct {
 	ID        uint64        `json:"id"`
-	Verb      string        `json:"verb"` // ping, label, fetch, post, xfrm_stat, policies, add_policy, delete_policy, esp, load
+	Verb      string        `json:"verb"` // ping, label, fetch, post, xfrm_stat, policies, add_policy, delete_policy, esp, socket, load
 	URL       string        `json:"url,omitempty"`
 	Ctx       string        `json:"ctx,omitempty"`
 	Dst       string        `json:"dst,omitempty"` // addr:port, or addr for esp
@@ -206,6 +206,8 @@ func answerProbe(g guestDriver, req probeRequest) probeOutcome {
 			n := min(max(req.N, 0), 100)
 			out.Sent, err = g.SendESP(dst, req.SPI, n)
 		}
+	case "socket":
+		err = g.Socket(req.Ctx)
 	case "load":
 		var api netip.AddrPort
 		if api, err = addrPort(); err == nil {
@@ -378,4 +380,9 @@ func (c *consoleGuest) Load(api netip.AddrPort, rawURL string) (*loader.Result, 
 		return nil, fmt.Errorf("%s: the probe's load answer is empty", c.name)
 	}
 	return out.Load, nil
+}
+
+func (c *consoleGuest) Socket(ctx string) error {
+	_, err := c.call(probeRequest{Verb: "socket", Ctx: ctx}, callFor(0))
+	return err
 }

@@ -56,6 +56,10 @@ func (f *fakeGuest) SendESP(dst netip.Addr, spi uint32, n int) (int, error) {
 	f.calls = append(f.calls, fmt.Sprintf("esp %s %#x %d", dst, spi, n))
 	return n, nil
 }
+func (f *fakeGuest) Socket(ctx string) error {
+	f.calls = append(f.calls, "socket "+ctx)
+	return errors.New("socket context \"" + ctx + "\": invalid argument")
+}
 func (f *fakeGuest) Load(api netip.AddrPort, u string) (*loader.Result, error) {
 	return nil, errors.New("forbidden: osint may not load analyst")
 }

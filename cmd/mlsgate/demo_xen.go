@@ -14,7 +14,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/backend"
+	"github.com/mlsgate/mlsgate/policystore"
 )
 
 // The demo on Xen: the same scenario (runScenario: agent, policy store,
@@ -172,4 +174,61 @@ func mountBPFFS() error {
 		return fmt.Errorf("mount bpffs on /sys/fs/bpf: %w", err)
 	}
 	return nil
+}
+
+// socketsBefore records, for the guest g a backend just booted (no bundle
+// has reached it yet: the loader pushes one only after Boot returns),
+// whether a socket of each application's type can be created there. The
+// guest's policy store has the project's base policy alone, so none can.
+func (s *scenario) socketsBefore(g *loader.Guest, apps []*policystore.Application) error {
+	d, err := s.guest(g)
+	if err != nil {
+		return err
+	}
+	res := map[string]error{}
+	for _, a := range apps {
+		res[a.Type] = d.Socket(secCtx(a.Type, a.Guest.Low))
+	}
+	s.driversMu.Lock()
+	s.beforeModules[g.VM] = res
+	s.driversMu.Unlock()
+	return nil
+}
+
+// modules records two flows for guest g of app: a socket of the
+// application's type before its bundle's SELinux module reached the guest
+// (refused by the guest kernel's SELinux: the type is unknown) and after
+// (created). Together they show that the module the update daemon
+// installed with semodule, not the image, made the application's labeled
+// sockets possible.
+func (s *scenario) modules(g *loader.Guest, app *policystore.Application) {
+	ctx := secCtx(app.Type, app.Guest.Low)
+	from := g.Name + " (" + app.Name + ")"
+	s.driversMu.Lock()
+	before, ok := s.beforeModules[g.VM][app.Type]
+	booted := s.beforeModules[g.VM] != nil
+	s.driversMu.Unlock()
+	f := flow{What: "labeled socket before the bundle's SELinux module", From: from, To: "guest kernel", Label: app.Guest.Low.String(),
+		Want: expect{"refused", enforcer{Kind: byGuestSELinux}}, By: byGuestSELinux}
+	switch {
+	case !booted || !ok:
+		f.Result, f.Detail = "error", fmt.Sprintf("no check of %s's sockets was made when %s booted", app.Type, g.Name)
+	case before == nil:
+		f.Result, f.Detail = "delivered", fmt.Sprintf("a socket of %s was created before any bundle: the image's policy already knows the type", ctx)
+	default:
+		f.Result, f.Detail = "refused", before.Error()
+	}
+	s.record(f, observed{})
+	f = flow{What: "labeled socket after the bundle's SELinux module", From: from, To: "guest kernel", Label: app.Guest.Low.String(),
+		Want: expect{"delivered", enforcer{Kind: byGuestSELinux}}, By: byGuestSELinux}
+	d, err := s.guest(g)
+	if err == nil {
+		err = d.Socket(ctx)
+	}
+	if err != nil {
+		f.Result, f.Detail = "refused", err.Error()
+	} else {
+		f.Result = "delivered"
+	}
+	s.record(f, observed{})
 }
