@@ -96,17 +96,6 @@ func runXenDemo(ctx context.Context, out io.Writer, apps string, inside bool, xo
 		if err := mountBPFFS(); err != nil {
 			return err
 		}
-		// dom0 repeats its own MLD reports at random within a second of
-		// each vif's carrier change; toward a guest the fast path denies
-		// them (deny_control), and one landing while a flow is counted
-		// is charged to that flow (the counters are per direction, not
-		// per vif). Send them at once when a vif comes up, as the attack
-		// lab's host does (kernel-tests/attacks_test.go).
-		for _, v := range []string{"mldv1_unsolicited_report_interval", "mldv2_unsolicited_report_interval"} {
-			if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/"+v, []byte("0"), 0); err != nil {
-				return fmt.Errorf("dom0 sysctl net.ipv6.conf.default.%s: %w", v, err)
-			}
-		}
 	}
 	if why := kernelLacks(); why != "" {
 		return fmt.Errorf("dom0's kernel %s: the host side of the demo (labeled IPsec toward the web servers) needs both", why)
