@@ -148,6 +148,14 @@ func TestPrivilegedXenDemo(t *testing.T) {
 		t.Errorf("the demo did not report every flow checked against its enforcer")
 	}
 	checkFlows(t, table, analystFlows)
+	// Each guest's SELinux refused the application's type before its
+	// bundle's module was installed, and took it after.
+	checkFlows(t, table, []wantFlow{
+		{"labeled socket before the bundle's SELinux module", "s0/i5", "refused", "guest SELinux"},
+		{"labeled socket after the bundle's SELinux module", "s0/i5", "delivered", "guest SELinux"},
+		{"labeled socket before the bundle's SELinux module", "s0/i0", "refused", "guest SELinux"},
+		{"labeled socket after the bundle's SELinux module", "s0/i0", "delivered", "guest SELinux"},
+	})
 	if !regexp.MustCompile(`(?m)^read feed page\s+\S+ \(osint\).*delivered`).MatchString(table) {
 		t.Errorf("the osint guest did not read the feed")
 	}

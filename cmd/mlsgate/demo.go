@@ -210,6 +210,7 @@ type scenario struct {
 	// of the demo's (Xen), whether a socket of each application's type
 	// could be created before any bundle reached the guest.
 	beforeModules map[uint32]map[string]error
+	beforeTook    map[uint32]time.Duration
 }
 
 // serverStats is every web server's XFRM and TCP statistics, keyed
@@ -591,7 +592,7 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 			return err
 		}
 		be = xb
-		s.beforeModules = map[uint32]map[string]error{}
+		s.beforeModules, s.beforeTook = map[uint32]map[string]error{}, map[uint32]time.Duration{}
 		xb.Ready = func(ctx context.Context, g *loader.Guest) error {
 			if err := backend.WaitReady(ctx, g); err != nil {
 				return err
