@@ -10,7 +10,8 @@
 // xen-hypervisor-4.17-amd64, xen-utils-4.17 and their libraries (downloaded
 // with apt-get download, never installed on the host). The dom0 initramfs
 // holds busybox, iproute2's ip, the Xen daemons and xl with their libraries,
-// the dom0 modules (xen-netback, the fast path's clsact and cls_bpf),
+// the dom0 modules (xen-netback, the fast path's clsact and cls_bpf, the
+// ESP transform for the demo's labeled IPsec),
 // mlsgate's vif hotplug script (deploy/xen/vif-mlsgate, as VifScript) and a
 // guest payload: the raw vmlinux (GuestKernel) and a tiny guest initramfs
 // (GuestRamdisk) whose init brings eth0 up from the loader backend's
