@@ -133,6 +133,7 @@ func TestPrivilegedXenDemo(t *testing.T) {
 				t.Logf("%s:\n%s", name, lastLines(s, 25))
 			}
 		}
+		t.Logf("xl dmesg ends:\n%s\ndom0 dmesg ends:\n%s", lastLines(res.Files["xl-dmesg"], 15), lastLines(res.Files["dmesg"], 15))
 		t.Fatalf("the Xen demo failed in dom0 (exit %d); console ends:\n%s", res.ExitCode, lastLines(res.Serial, 20))
 	}
 	text := res.Output

@@ -640,14 +640,28 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 	first := s.plan.Pages[0]
 	// 1. Cold: the analyst opens the browser from the host; the pool is empty.
 	fmt.Fprintf(out, "\n1. The analyst asks VMLoad, from the host, for %s (empty pool: a guest boots).\n", first.URL)
-	cold, err := v.loader.Load(ctx, loader.Caller{Host: true}, first.URL)
+	// A boot is bounded by backend.DefaultBootTimeout unless the caller
+	// gives a deadline; Xen under QEMU's emulation on a loaded host needs
+	// more (xo.BootWait).
+	bootCtx := func() (context.Context, context.CancelFunc) {
+		if xo.Backend == "xen" {
+			return context.WithTimeout(ctx, xo.BootWait)
+		}
+		return context.WithCancel(ctx)
+	}
+	lctx, lcancel := bootCtx()
+	cold, err := v.loader.Load(lctx, loader.Caller{Host: true}, first.URL)
+	lcancel()
 	if err != nil {
 		return fmt.Errorf("cold load: %w", err)
 	}
 	printResult(out, cold)
 	browser := cold.Guest
 	// Let the pool pre-load an idle guest, as it does in the background.
-	if err := v.pool.Refill(ctx); err != nil {
+	rctx, rcancel := bootCtx()
+	err = v.pool.Refill(rctx)
+	rcancel()
+	if err != nil {
 		return fmt.Errorf("pool refill: %w", err)
 	}
 

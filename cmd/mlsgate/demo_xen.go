@@ -35,6 +35,9 @@ type xenDemoOptions struct {
 	Memory          int    // guest RAM, MiB
 	Policy          string // an MLS policy dom0 loads before the demo (the harness's dom0 has none)
 	ProbeWait       time.Duration
+	// BootWait bounds a guest's boot (backend.DefaultBootTimeout is too
+	// short for Xen under TCG on a loaded host).
+	BootWait time.Duration
 }
 
 func (xo *xenDemoOptions) flags(cmd *cobra.Command) {
@@ -46,6 +49,7 @@ func (xo *xenDemoOptions) flags(cmd *cobra.Command) {
 	f.StringVar(&xo.Policy, "load-policy", "", "--backend xen: load this binary SELinux MLS policy into dom0's kernel first (the harness's dom0 boots without one)")
 	f.MarkHidden("load-policy")
 	xo.ProbeWait = 90 * time.Second
+	f.DurationVar(&xo.BootWait, "xen-boot-wait", 5*time.Minute, "--backend xen: how long a guest's boot may take (xl create to the update daemon answering)")
 }
 
 // backend is the Xen backend of the demo: the guests' vifs routed by
