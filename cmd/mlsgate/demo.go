@@ -586,6 +586,10 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 	}
 	exe, _ := os.Executable()
 	var be loader.Backend = &backend.Netns{Binary: exe, StateDir: filepath.Join(state, "guests")}
+	var stepTimeout time.Duration // the loader's default
+	if xo.Backend == "xen" {
+		stepTimeout = xo.BootWait
+	}
 	if xo.Backend == "xen" {
 		xb, err := xo.backend(exe, cfg.Socket, filepath.Join(state, "xen"), log)
 		if err != nil {
@@ -616,7 +620,7 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 	}
 	v, err := startLoader(ctx, loaderSetup{
 		StateDir: filepath.Join(state, "loader"), AppsDir: appsDir, APIPort: demoAPIPort, PoolSize: 1, MaxLoads: 8,
-		Backend: be, Agent: a, HostXFRM: hostX,
+		Backend: be, Agent: a, HostXFRM: hostX, StepTimeout: stepTimeout,
 		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots,
 	})
 	if err != nil {
