@@ -20,7 +20,7 @@ APT_bench := nftables
 APT_monitoring := prometheus
 
 .DEFAULT_GOAL := help
-.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build man test test-unit test-kernel lint demo bench
+.PHONY: help deps deps-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitoring generate check-generate build man test test-unit test-kernel lint demo demo-xen bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -101,6 +101,9 @@ lint: ## gofmt, go vet, and C warnings as errors
 demo: deps-kernel deps-guest ## the paper's analyst scenario with real enforcement (root; boots the Debian guest kernel where this one lacks ESP or SELinux)
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate
 	./bin/mlsgate demo --apps examples/analyst
+
+demo-xen: deps-kernel deps-guest ## the analyst scenario on Xen 4.17: mlsgate demo --backend xen in a Debian dom0, guests as PV domains (root; Xen under QEMU TCG, minutes)
+	$(GO) test ./kernel-tests -run 'TestPrivilegedXenDemo$$' -count=1 -v -timeout 40m
 
 bench: deps-kernel deps-guest deps-bench ## the full harness (root): per-packet cost, real traffic against nftables, agent, mapper, bundle, Table 1; report in bench/results/<date>
 	CGO_ENABLED=0 $(GO) build -o bin/mlsgate ./cmd/mlsgate

@@ -1,17 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"debug/elf"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -19,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -42,6 +38,7 @@ const demoAPIPort = 7443
 func newDemoCmd() *cobra.Command {
 	var apps, cache string
 	var inside bool
+	var xo xenDemoOptions
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "the paper's analyst scenario with real enforcement (root)",
@@ -62,14 +59,21 @@ image) and runs the scenario there, and says so.`,
 			if os.Geteuid() != 0 {
 				return errors.New("the demo needs root (BPF, network namespaces, XFRM): run 'sudo make demo'")
 			}
+			switch xo.Backend {
+			case "netns":
+			case "xen":
+				return runXenDemo(cmd.Context(), out, apps, inside, xo)
+			default:
+				return fmt.Errorf("--backend %q: give netns (guests are network namespaces) or xen (guests are Xen PV domains)", xo.Backend)
+			}
 			if inside {
-				return runScenario(cmd.Context(), out, apps)
+				return runScenario(cmd.Context(), out, apps, xo)
 			}
 			if why := kernelLacks(); why == "" {
-				fmt.Fprintln(out, "This kernel has ESP and an active SELinux MLS policy: running the demo here.")
-				return runScenario(cmd.Context(), out, apps)
+				fmt.Fprintln(out, "This kernel has ESP and an active SELinux MLS policy: running the demo here, guests are network namespaces.")
+				return runScenario(cmd.Context(), out, apps, xo)
 			} else {
-				fmt.Fprintf(out, "This kernel %s, so the demo runs inside the Debian guest kernel of the test harness\n(QEMU with software emulation: times below are emulated, not native).\n\n", why)
+				fmt.Fprintf(out, "This kernel %s, so the demo runs inside the Debian guest kernel of the test harness,\nguests are network namespaces there (QEMU with software emulation: times below are emulated, not native).\n\n", why)
 			}
 			return runInGuest(cmd.Context(), out, apps, cache)
 		},
@@ -78,6 +82,8 @@ image) and runs the scenario there, and says so.`,
 	cmd.Flags().StringVar(&cache, "guest-cache", "", "guest image cache (default $MLSGATE_GUEST_CACHE or /var/cache/mlsgate/guest)")
 	cmd.Flags().BoolVar(&inside, "inside", false, "run the scenario on this kernel without checking it (used inside the guest)")
 	cmd.Flags().MarkHidden("inside")
+	xo.flags(cmd)
+	cmd.AddCommand(newDemoProbeCmd())
 	return cmd
 }
 
@@ -195,6 +201,16 @@ type scenario struct {
 	timings   []*loader.Result
 	firstPage []time.Duration // per timing: the first page load through the new guest
 	servers   []*demoServer
+	// drive opens the driver of a guest the loader booted (nsGuest,
+	// consoleGuest); drivers keeps them by VM.
+	drive     func(*loader.Guest) (guestDriver, error)
+	driversMu sync.Mutex
+	drivers   map[uint32]guestDriver
+	// beforeModules is, per guest booted by a backend with a Ready step
+	// of the demo's (Xen), whether a socket of each application's type
+	// could be created before any bundle reached the guest.
+	beforeModules map[uint32]map[string]error
+	beforeTook    map[uint32]time.Duration
 }
 
 // serverStats is every web server's XFRM and TCP statistics, keyed
@@ -279,20 +295,30 @@ type probe struct {
 	host, gx   map[string]uint64
 	srv        map[string]uint64
 	start      time.Time
-	ns         netns.NsHandle
+	g          guestDriver
 	s          *scenario
 	sentDirect int64 // packets the flow sent itself, when it counts them; -1 otherwise
 }
 
-func (s *scenario) probe(ns netns.NsHandle) *probe {
-	return &probe{fp: s.counters(), host: xfrmStat(), gx: xfrmStatIn(ns), srv: s.serverStats(), start: time.Now(), ns: ns, s: s, sentDirect: -1}
+func (s *scenario) probe(g guestDriver) *probe {
+	return &probe{fp: s.counters(), host: xfrmStat(), gx: guestXFRMStat(g), srv: s.serverStats(), start: time.Now(), g: g, s: s, sentDirect: -1}
+}
+
+// guestXFRMStat is the guest kernel's XFRM statistics, empty when they
+// cannot be read (a flow whose check needs them then fails).
+func guestXFRMStat(g guestDriver) map[string]uint64 {
+	m, err := g.XFRMStat()
+	if err != nil {
+		return map[string]uint64{}
+	}
+	return m
 }
 
 // done waits for the flow's last packets and reads what it changed: the
 // printed enforcement and the observation its expectation is checked on.
 func (p *probe) done() (string, observed) {
 	time.Sleep(200 * time.Millisecond)
-	fp, host, gx := p.s.counters(), xfrmStat(), xfrmStatIn(p.ns)
+	fp, host, gx := p.s.counters(), xfrmStat(), guestXFRMStat(p.g)
 	o := observed{FastPath: counterDelta(p.fp, fp), GuestX: statDelta(p.gx, gx), Sent: p.sentDirect, Servers: statDelta(p.srv, p.s.serverStats())}
 	return enforcement(p.fp, fp, p.host, host, p.gx, gx), o
 }
@@ -310,13 +336,12 @@ func (s *scenario) read(g *loader.Guest, app *policystore.Application, pg page, 
 	if !app.Guest.Contains(pg.Label) {
 		want = expect{"refused", enforcer{Kind: byGuestPolicy}}
 	}
-	ns, err := netns.GetFromName(backend.NetnsName(g.VM))
+	gd, err := s.guest(g)
 	if err != nil {
 		s.record(flow{What: what, From: from, To: pg.URL, Result: "error", Detail: err.Error(), Want: want}, observed{})
 		return 0
 	}
-	defer ns.Close()
-	ans, err := guestLabel(ns, pg.URL)
+	ans, err := gd.Label(pg.URL)
 	if err != nil {
 		s.record(flow{What: what, From: from, To: pg.URL, Result: "error", Detail: "guest mapper: " + err.Error(), Want: want}, observed{})
 		return 0
@@ -340,8 +365,8 @@ func (s *scenario) read(g *loader.Guest, app *policystore.Application, pg page, 
 	if path == "" {
 		path = "/"
 	}
-	pr := s.probe(ns)
-	status, body, err := fetch(ns, secCtx(app.Type, l), dst, http.MethodGet, u.Host, path, "", 10*time.Second)
+	pr := s.probe(gd)
+	status, body, err := gd.Fetch(secCtx(app.Type, l), dst, http.MethodGet, u.Host, path, 10*time.Second)
 	took := time.Since(pr.start)
 	var o observed
 	f.By, o = pr.done()
@@ -365,21 +390,15 @@ func (s *scenario) read(g *loader.Guest, app *policystore.Application, pg page, 
 // context ctx (none when empty) toward dst. Every such attempt must be
 // refused, so the connection is bounded by a short timeout, and the
 // packets the flow sent are the socket's own count of its segments.
-func (s *scenario) post(ns netns.NsHandle, from, ctx string, dst netip.AddrPort, host, lbl, what string, want expect) {
-	pr := s.probe(ns)
-	c, segs, err := tryConnect(ns, ctx, dst, 2*time.Second)
+func (s *scenario) post(g guestDriver, from, ctx string, dst netip.AddrPort, host, lbl, what string, want expect) {
+	pr := s.probe(g)
+	status, segs, err := g.Post(ctx, dst, host, "data at "+lbl, 2*time.Second)
 	pr.sentDirect = segs
 	f := flow{What: what, From: from, To: host, Label: lbl, Want: want}
-	if err == nil {
-		var status int
-		status, err = postOn(c, host, "data at "+lbl, 2*time.Second)
-		c.Close()
-		if err == nil {
-			f.Result, f.Detail = "delivered", fmt.Sprintf("HTTP %d", status)
-		}
-	}
 	if err != nil {
 		f.Result, f.Detail = "refused", err.Error()
+	} else {
+		f.Result, f.Detail = "delivered", fmt.Sprintf("HTTP %d", status)
 	}
 	var o observed
 	f.By, o = pr.done()
@@ -407,47 +426,49 @@ func ifNotEmpty(s, cond string) string {
 	return s
 }
 
-// guestLabel asks the guest's label mapper, from inside the guest.
-func guestLabel(ns netns.NsHandle, rawURL string) (mapper.Answer, error) {
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dialIn(ns)}}
-	var a mapper.Answer
-	resp, err := c.Get("http://127.0.0.1:7070/v1/label?url=" + url.QueryEscape(rawURL))
+// loadFromGuest is the browser of g asking VMLoad for rawURL, over its
+// link.
+func (s *scenario) loadFromGuest(g *loader.Guest, rawURL string) (*loader.Result, error) {
+	gd, err := s.guest(g)
 	if err != nil {
-		return a, err
+		return nil, err
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		return a, fmt.Errorf("%s: %s", resp.Status, b)
-	}
-	return a, json.Unmarshal(b, &a)
+	return gd.Load(netip.AddrPortFrom(g.HostAddr, demoAPIPort), rawURL)
 }
 
-// loadFromGuest is the browser asking VMLoad for a guest, over its link.
-func loadFromGuest(g *loader.Guest, rawURL string) (*loader.Result, error) {
-	ns, err := netns.GetFromName(backend.NetnsName(g.VM))
+// guest is the driver of g, opened on first use and kept until the
+// scenario ends.
+func (s *scenario) guest(g *loader.Guest) (guestDriver, error) {
+	s.driversMu.Lock()
+	d, ok := s.drivers[g.VM]
+	s.driversMu.Unlock()
+	if ok {
+		return d, nil
+	}
+	// Opening may wait for the guest (seconds on Xen): the lock is not
+	// held meanwhile, so a guest the pool boots in the background does
+	// not hold up the flows of another.
+	d, err := s.drive(g)
 	if err != nil {
 		return nil, err
 	}
-	defer ns.Close()
-	c := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{DialContext: dialIn(ns)}}
-	// Guests must name each request (single-use, at most 64 bytes).
-	id := make([]byte, 12)
-	rand.Read(id)
-	body, _ := json.Marshal(loader.LoadRequest{URL: rawURL, ID: hex.EncodeToString(id)})
-	resp, err := c.Post("http://"+netip.AddrPortFrom(g.HostAddr, demoAPIPort).String()+"/v1/load", "application/json", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	s.driversMu.Lock()
+	defer s.driversMu.Unlock()
+	if old, ok := s.drivers[g.VM]; ok {
+		d.Close()
+		return old, nil
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		var le loader.LoadError
-		json.Unmarshal(b, &le)
-		return nil, fmt.Errorf("%s: %s", le.Reason, le.Error)
+	s.drivers[g.VM] = d
+	return d, nil
+}
+
+func (s *scenario) closeDrivers() {
+	s.driversMu.Lock()
+	defer s.driversMu.Unlock()
+	for vm, d := range s.drivers {
+		d.Close()
+		delete(s.drivers, vm)
 	}
-	var r loader.Result
-	return &r, json.Unmarshal(b, &r)
 }
 
 // hostMapperPolicy is the host's labeling policy: every application's
@@ -470,7 +491,7 @@ func hostMapperPolicy(apps []*policystore.Application) string {
 	return b.String()
 }
 
-func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
+func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoOptions) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -482,7 +503,9 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 	if err != nil {
 		return fmt.Errorf("applications in %s: %w", appsDir, err)
 	}
-	s := &scenario{out: out, plan: plan, addrs: map[string]netip.Addr{}}
+	s := &scenario{out: out, plan: plan, addrs: map[string]netip.Addr{}, drivers: map[uint32]guestDriver{},
+		drive: func(g *loader.Guest) (guestDriver, error) { return netnsGuest(g.VM) }}
+	defer s.closeDrivers()
 	integ := map[string]label.Integrity{}
 	for _, a := range apps {
 		for t, i := range a.Integrity {
@@ -505,6 +528,14 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		return err
 	}
 	defer logf.Close()
+	defer func() {
+		if job := os.Getenv("XENDOM0_JOB"); err != nil && job != "" {
+			// The harness collects the *.log files of its job
+			// directory: the agent's denial events name the vif of
+			// every deny, the backend's steps their times.
+			image.CopyFile(filepath.Join(state, "demo.log"), filepath.Join(job, "demo-log.log"), 0o644)
+		}
+	}()
 	log := slog.New(slog.NewJSONHandler(logf, nil))
 
 	// The host agent.
@@ -554,9 +585,42 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		return err
 	}
 	exe, _ := os.Executable()
+	var be loader.Backend = &backend.Netns{Binary: exe, StateDir: filepath.Join(state, "guests")}
+	var stepTimeout time.Duration // the loader's default
+	if xo.Backend == "xen" {
+		stepTimeout = xo.BootWait
+	}
+	if xo.Backend == "xen" {
+		xb, err := xo.backend(exe, cfg.Socket, filepath.Join(state, "xen"), log)
+		if err != nil {
+			return err
+		}
+		be = xb
+		s.beforeModules, s.beforeTook = map[uint32]map[string]error{}, map[uint32]time.Duration{}
+		xb.Ready = func(ctx context.Context, g *loader.Guest) error {
+			if err := backend.WaitReady(ctx, g); err != nil {
+				return err
+			}
+			return s.socketsBefore(g, apps)
+		}
+		// vif-mlsgate declares each new vif to the agent on its socket
+		// (root only) before the loader does, as in a real dom0.
+		lns, err := bindListeners("", "", cfg.Socket, "the agent's socket", "")
+		if err != nil {
+			return err
+		}
+		defer lns.close()
+		go lns.serve(ctx, daemon{log: log, public: a.PublicHandler(), admin: a.AdminHandler(), ready: a.ReadyC(), onRefuse: a.APIRefused})
+		undo, err := vifDefaults(exe, cfg.Socket)
+		if err != nil {
+			return err
+		}
+		defer undo()
+		s.drive = func(g *loader.Guest) (guestDriver, error) { return xenConsoleGuest(g.Name, g.VM, xo.ProbeWait) }
+	}
 	v, err := startLoader(ctx, loaderSetup{
 		StateDir: filepath.Join(state, "loader"), AppsDir: appsDir, APIPort: demoAPIPort, PoolSize: 1, MaxLoads: 8,
-		Backend: &backend.Netns{Binary: exe, StateDir: filepath.Join(state, "guests")}, Agent: a, HostXFRM: hostX,
+		Backend: be, Agent: a, HostXFRM: hostX, StepTimeout: stepTimeout,
 		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots,
 	})
 	if err != nil {
@@ -580,14 +644,28 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 	first := s.plan.Pages[0]
 	// 1. Cold: the analyst opens the browser from the host; the pool is empty.
 	fmt.Fprintf(out, "\n1. The analyst asks VMLoad, from the host, for %s (empty pool: a guest boots).\n", first.URL)
-	cold, err := v.loader.Load(ctx, loader.Caller{Host: true}, first.URL)
+	// A boot is bounded by backend.DefaultBootTimeout unless the caller
+	// gives a deadline; Xen under QEMU's emulation on a loaded host needs
+	// more (xo.BootWait).
+	bootCtx := func() (context.Context, context.CancelFunc) {
+		if xo.Backend == "xen" {
+			return context.WithTimeout(ctx, xo.BootWait)
+		}
+		return context.WithCancel(ctx)
+	}
+	lctx, lcancel := bootCtx()
+	cold, err := v.loader.Load(lctx, loader.Caller{Host: true}, first.URL)
+	lcancel()
 	if err != nil {
 		return fmt.Errorf("cold load: %w", err)
 	}
 	printResult(out, cold)
 	browser := cold.Guest
 	// Let the pool pre-load an idle guest, as it does in the background.
-	if err := v.pool.Refill(ctx); err != nil {
+	rctx, rcancel := bootCtx()
+	err = v.pool.Refill(rctx)
+	rcancel()
+	if err != nil {
 		return fmt.Errorf("pool refill: %w", err)
 	}
 
@@ -599,11 +677,10 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		}
 	}
 
-	bns, err := netns.GetFromName(backend.NetnsName(browser.VM))
+	bns, err := s.guest(&browser)
 	if err != nil {
 		return err
 	}
-	defer bns.Close()
 	fmt.Fprintln(out, "\n3. Data of each server must never reach a server whose range excludes its label:")
 	from := browser.Name + " (" + home.Name + ")"
 	for _, lk := range s.plan.Leaks {
@@ -617,22 +694,23 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		s.compromisedSA(bns, &browser, home, lk)
 	}
 
+	var og loader.Guest // the other application's guest
 	if s.plan.Other == nil {
 		fmt.Fprintln(out, "\n4. (no other application loadable from the analyst's guest with a label outside its range: skipped)")
 	} else {
 		other, opg := s.plan.Other, s.plan.OtherPage
 		fmt.Fprintf(out, "\n4. %s, at %s outside the %s guest's range, must be handled in a guest of its own:\n", opg.URL, opg.Label, home.Name)
 		s.read(&browser, home, opg, "read "+opg.Server.Name+" page")
-		res, err := loadFromGuest(&browser, opg.URL)
+		res, err := s.loadFromGuest(&browser, opg.URL)
 		if err != nil {
 			return fmt.Errorf("the %s browser asked VMLoad for %s: %w", home.Name, opg.URL, err)
 		}
 		fmt.Fprintln(out, "   VMLoad, asked by the browser over its link, gives the page a guest of its own:")
 		printResult(out, res)
-		og := res.Guest
+		og = res.Guest
 		took := s.read(&og, other, opg, "read "+opg.Server.Name+" page")
 		s.timings, s.firstPage = append(s.timings, res), append(s.firstPage, took)
-		ons, err := netns.GetFromName(backend.NetnsName(og.VM))
+		ons, err := s.guest(&og)
 		if err != nil {
 			return err
 		}
@@ -643,24 +721,30 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		withoutPolicies(ons, func(p xfrm.Policy) bool { return p.Action == xfrm.ActionBlock }, func() {
 			s.forgedESP(ons, &og, &browser, ofrom, fmt.Sprintf("forge ESP on the %s guest's SA", home.Name))
 		})
-		ons.Close()
 		want := expect{"refused", enforcer{Kind: byLoader}}
 		if home.MayBeLoadedBy(other.Name) {
 			want.Result = "delivered"
 		}
 		f := flow{What: fmt.Sprintf("%s guest asks VMLoad for %s", other.Name, home.Name), From: ofrom, To: "VMLoad", By: byLoader, Want: want}
-		if _, err := loadFromGuest(&og, first.URL); err != nil {
+		if _, err := s.loadFromGuest(&og, first.URL); err != nil {
 			f.Result, f.Detail = "refused", err.Error()
 		} else {
 			f.Result = "delivered"
 		}
 		s.record(f, observed{})
 	}
+	if s.beforeModules != nil {
+		fmt.Fprintln(out, "\n5. Each guest's SELinux knows an application's type only from the module of its bundle:")
+		s.modules(&browser, home)
+		if s.plan.Other != nil {
+			s.modules(&og, s.plan.Other)
+		}
+	}
 
 	if err := demoReadyHit(ctx, out, v, appsDir, home.Name); err != nil { // demo_ready.go
 		return err
 	}
-	err = s.report(out)
+	err = s.report(out, xo.Backend)
 	fmt.Fprintf(out, "\nDemo finished in %v.\n", time.Since(start).Round(100*time.Millisecond))
 	return err
 }
@@ -669,18 +753,12 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 // lk.Label) to lk.To through the SA it holds toward lk.Via at that label:
 // the fast path sees a valid SA of the guest, and after the host's XFRM
 // decrypts it, a packet for lk.To at a label outside lk.To's range.
-func (s *scenario) compromisedSA(ns netns.NsHandle, g *loader.Guest, app *policystore.Application, lk leak) {
+func (s *scenario) compromisedSA(h guestDriver, g *loader.Guest, app *policystore.Application, lk leak) {
 	what := fmt.Sprintf("reroute %s data to %s through %s's SA", lk.Via.Name, lk.To.Name, lk.Via.Name)
 	want := expect{"refused", enforcer{Kind: byFastPath, Reason: verdict.DenyPeerRange}}
 	fail := func(err error) {
 		s.record(flow{What: what, From: g.Name + " (compromised)", To: lk.To.Hosts[0], Label: lk.Label.String(), Result: "error", Detail: err.Error(), Want: want}, observed{})
 	}
-	h, err := xfrm.NewHandleAt(ns)
-	if err != nil {
-		fail(err)
-		return
-	}
-	defer h.Close()
 	pols, err := h.Policies()
 	if err != nil {
 		fail(err)
@@ -706,11 +784,11 @@ func (s *scenario) compromisedSA(ns netns.NsHandle, g *loader.Guest, app *policy
 	}
 	defer h.DeletePolicy(evil)
 	dst := netip.AddrPortFrom(lk.To.Addresses[0], uint16(labelPort(lk.Label)))
-	s.post(ns, g.Name+" (compromised)", secCtx(app.Type, lk.Label), dst, lk.To.Hosts[0], lk.Label.String(), what, want)
+	s.post(h, g.Name+" (compromised)", secCtx(app.Type, lk.Label), dst, lk.To.Hosts[0], lk.Label.String(), what, want)
 }
 
 // forgedESP: guest g sends ESP on an SPI of victim's SA toward its host.
-func (s *scenario) forgedESP(ns netns.NsHandle, g, victim *loader.Guest, from, what string) {
+func (s *scenario) forgedESP(gd guestDriver, g, victim *loader.Guest, from, what string) {
 	want := expect{"refused", enforcer{Kind: byFastPath, Reason: verdict.DenyForeignSA}}
 	state, err := s.k.ReadState()
 	if err != nil || len(state.Slots) == 0 {
@@ -732,25 +810,9 @@ func (s *scenario) forgedESP(ns netns.NsHandle, g, victim *loader.Guest, from, w
 	chosen := state.Slots[slot]
 	daddr := netip.AddrFrom4([4]byte(chosen.Daddr[:4]))
 	const forged = 3
-	pr := s.probe(ns)
-	pr.sentDirect = 0
-	err = inNS(ns, func() error {
-		c, err := net.Dial("ip4:50", daddr.String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		pkt := make([]byte, 64)
-		pkt[0], pkt[1], pkt[2], pkt[3] = byte(spi>>24), byte(spi>>16), byte(spi>>8), byte(spi)
-		pkt[7] = 1
-		for i := 0; i < forged; i++ {
-			if _, err := c.Write(pkt); err != nil {
-				return err
-			}
-			pr.sentDirect++
-		}
-		return nil
-	})
+	pr := s.probe(gd)
+	sent, err := gd.SendESP(daddr, spi, forged)
+	pr.sentDirect = int64(sent)
 	f := flow{What: what, From: from, To: "host " + daddr.String(), Label: fmt.Sprintf("spi %#x", spi), Result: "refused", Want: want}
 	var o observed
 	f.By, o = pr.done()
@@ -762,7 +824,7 @@ func (s *scenario) forgedESP(ns netns.NsHandle, g, victim *loader.Guest, from, w
 
 // report prints the flow table and the timings, and fails when a flow's
 // outcome or enforcer is not the one its applications require.
-func (s *scenario) report(out io.Writer) error {
+func (s *scenario) report(out io.Writer, where string) error {
 	fmt.Fprintln(out, "\nFlows (every verdict is the kernel's: the fast path's reason counters on the vifs, or XFRM's statistics;")
 	fmt.Fprintln(out, "each checked against the enforcer its applications require):")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -792,7 +854,12 @@ func (s *scenario) report(out io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", r.URL, r.How, strings.Join(steps, ", "), r.Total.Round(time.Millisecond), page)
 	}
 	tw.Flush()
-	fmt.Fprintln(out, "(netns guests: \"boot\" is a namespace and an update daemon, not a kernel; see the bench for QEMU and Xen.")
+	if where == "xen" {
+		fmt.Fprintln(out, "(Xen PV guests: \"boot\" is xl create -p of Debian's kernel, the vif attached, unpause, the update daemon;")
+		fmt.Fprintln(out, "Xen and dom0 run under QEMU with software emulation (TCG): the times are emulated, not hardware figures.")
+	} else {
+		fmt.Fprintln(out, "(netns guests: \"boot\" is a namespace and an update daemon, not a kernel; see the bench for QEMU and Xen.")
+	}
 	fmt.Fprintln(out, "FIRST PAGE is the guest's first HTTP GET through its labeled tunnel, after the load.)")
 	if len(bad) > 0 {
 		fmt.Fprintf(out, "\n%d of %d flows not as their applications require:\n%s\n", len(bad), len(s.flows), strings.Join(bad, "\n"))
@@ -805,13 +872,7 @@ func (s *scenario) report(out io.Writer) error {
 // withoutPolicies runs fn while the (compromised) guest has deleted its own
 // XFRM policies that match: a guest with root can, and the host must not
 // depend on it.
-func withoutPolicies(ns netns.NsHandle, match func(xfrm.Policy) bool, fn func()) {
-	h, err := xfrm.NewHandleAt(ns)
-	if err != nil {
-		fn()
-		return
-	}
-	defer h.Close()
+func withoutPolicies(h guestDriver, match func(xfrm.Policy) bool, fn func()) {
 	pols, _ := h.Policies()
 	var removed []xfrm.Policy
 	for _, p := range pols {
@@ -830,7 +891,7 @@ func withoutPolicies(ns netns.NsHandle, match func(xfrm.Policy) bool, fn func())
 
 // inClear: the compromised guest deletes its policies toward to and its
 // catch-all block, and sends in clear.
-func (s *scenario) inClear(ns netns.NsHandle, g *loader.Guest, to policystore.Server) {
+func (s *scenario) inClear(ns guestDriver, g *loader.Guest, to policystore.Server) {
 	dst := netip.AddrPortFrom(to.Addresses[0], 80)
 	match := func(p xfrm.Policy) bool {
 		return p.Action == xfrm.ActionBlock || p.Dst.Contains(dst.Addr()) || p.Src.Contains(dst.Addr())

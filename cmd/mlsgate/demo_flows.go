@@ -265,7 +265,7 @@ func appLeaks(app *policystore.Application) []leak {
 
 // enforcer is who must carry or stop a flow.
 type enforcer struct {
-	Kind   string // byFastPath, byGuestXFRM, byGuestPolicy, byLoader
+	Kind   string // byFastPath, byGuestXFRM, byGuestPolicy, byLoader, byGuestSELinux
 	Reason verdict.Reason
 }
 
@@ -274,6 +274,9 @@ const (
 	byGuestXFRM   = "guest XFRM"
 	byGuestPolicy = "guest policy"
 	byLoader      = "loader"
+	// byGuestSELinux: the guest kernel's SELinux policy, which knows an
+	// application's type only once its bundle's module is installed.
+	byGuestSELinux = "guest SELinux"
 )
 
 func (e enforcer) String() string {

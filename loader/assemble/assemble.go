@@ -27,6 +27,9 @@ import (
 
 // Setup is everything VMLoad runs with.
 type Setup struct {
+	// StepTimeout bounds each step of a load, a guest's boot included
+	// (loader.Config.StepTimeout; its default when 0).
+	StepTimeout time.Duration
 	// HostSemodule installs the host's modules with semodule: set it
 	// where the host's running policy was loaded from its semodule store
 	// (selinux.SELinux.Semodule).
@@ -431,7 +434,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 		}
 	}
 	pa := &poolAdapter{p: p, pauser: pauser}
-	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits,
+	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits, StepTimeout: s.StepTimeout,
 		ReadyBasis: readyBasis(authority.CertPEM())},
 		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {

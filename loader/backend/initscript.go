@@ -23,6 +23,11 @@ type InitOptions struct {
 	// (QEMU.ExtraAppend "lsm=lockdown,yama,selinux,bpf"). A guest that
 	// cannot load the policy powers off: it never runs the daemon without.
 	SELinux bool
+	// DemoProbe starts `<Binary> demo probe` on the Xen PV console
+	// (/dev/hvc0) before the daemon: the demo's Xen guests only. The
+	// probe answers dom0 on the console and opens no listening socket;
+	// no image an operator builds should set it.
+	DemoProbe bool
 }
 
 // InitScript returns a busybox sh script to be a QEMU or Xen guest's /init
@@ -82,6 +87,10 @@ fi
 say "SELinux policy loaded from the store, enforce=$(cat /sys/fs/selinux/enforce)"
 `
 	}
+	probe := ""
+	if opts.DemoProbe {
+		probe = fmt.Sprintf("%s demo probe --console /dev/hvc0 &\nsay \"demo probe started (pid $!) on /dev/hvc0\"\n", shellQuote(bin))
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `#!/bin/sh
 # PID 1 of an mlsgate guest, written by loader/backend.InitScript: it sets
@@ -136,13 +145,13 @@ say "$IF $ADDR via $GW"
 
 mkdir -p %[6]s
 chmod 700 %[6]s
-%[7]s %[8]s &
+%[10]s%[7]s %[8]s &
 say "update daemon started (pid $!) on $LISTEN"
 wait $!
 say "update daemon exited with status $?; powering off"
 poweroff -f
 `, KeyAddr, KeyGateway, KeyPort, strings.Join(mods, " "), shellQuote(iface),
-		shellQuote(GuestStateDir), shellQuote(bin), strings.Join(args, " "), sel)
+		shellQuote(GuestStateDir), shellQuote(bin), strings.Join(args, " "), sel, probe)
 	return b.String()
 }
 

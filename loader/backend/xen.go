@@ -285,6 +285,11 @@ func (x *Xen) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest, 
 	return g, nil
 }
 
+// WaitReady is what Boot waits for when Xen.Ready is nil: g's interface
+// in the caller's namespace, then its update daemon. A Ready that adds a
+// step of its own calls it first.
+func WaitReady(ctx context.Context, g *loader.Guest) error { return defaultReady(ctx, g) }
+
 // defaultReady waits for g's interface in the caller's namespace, then for
 // its update daemon.
 func defaultReady(ctx context.Context, g *loader.Guest) error {
