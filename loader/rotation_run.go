@@ -357,12 +357,7 @@ func (l *Loader) RunRotations(ctx context.Context) {
 		case <-t.C:
 		}
 		rs.run.Lock()
-		if js, err := rs.r.pending(); err == nil && len(js) > 0 {
-			_, _, err := rs.r.Recover(ctx)
-			rs.mu.Lock()
-			rs.recoverErr = err
-			rs.mu.Unlock()
-		}
+		l.recoverPending(ctx, rs)
 		rs.run.Unlock()
 		now := l.now()
 		rs.mu.Lock()
@@ -377,6 +372,17 @@ func (l *Loader) RunRotations(ctx context.Context) {
 		for _, iface := range due {
 			_, _ = l.rotateOne(ctx, rs, iface, "lifetime")
 		}
+	}
+}
+
+// recoverPending finishes or rolls back the rotations left journalled (a
+// peer was down). Called with rs.run held.
+func (l *Loader) recoverPending(ctx context.Context, rs *rotations) {
+	if js, err := rs.r.pending(); err == nil && len(js) > 0 {
+		_, _, err := rs.r.Recover(ctx)
+		rs.mu.Lock()
+		rs.recoverErr = err
+		rs.mu.Unlock()
 	}
 }
 
