@@ -125,6 +125,7 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	}
 	rs.r.Lifetime = h.Lifetime
 	rs.r.Done = rs.record
+	rs.r.Commit = func(g *Guest, nb *policystore.Bundle) error { return l.commitRotation(rs, g, nb) }
 	rs.total = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_total",
 		Help: "Guest SA rotations by result: ok, rolled_back (undone before the guest switched), failed (the journal stays and the next start finishes it), refused_relabel (a successor would carry another label; nothing installed).",
@@ -156,29 +157,28 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	})
 	rs.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_in_flight", Help: "Rotations running now."})
 	l.metrics.reg.MustRegister(rs.total, rs.latency, rs.oldest, rs.inFlight)
-	// Rotations a crash interrupted: finished or rolled back now; one
-	// that cannot be (its guest unreachable) keeps its journal, is
-	// counted failed, and is retried by RunRotations. It never stops the
-	// loader from starting.
-	got, _, err := rs.r.Recover(ctx)
-	if err != nil {
-		rs.recoverErr = err
-	}
 	// The sets in force before the restart, so their rotations go on.
 	saved, err := rs.r.loadInForce()
 	if err != nil {
 		return fmt.Errorf("rotation: %w", err)
 	}
 	for _, f := range saved {
-		if b := got[f.Guest.Interface]; b != nil {
-			f.Bundle, f.Since = b, l.now() // a recovered rotation's outcome wins
-		}
+		rs.guests[f.Guest.Interface] = &rotGuest{guest: f.Guest, bundle: f.Bundle, since: f.Since, due: rs.dueAfter(f.Since), generation: f.Generation}
+	}
+	// Rotations a crash interrupted: finished (commit records the new set)
+	// or rolled back (the recorded set stays in force) now; one that
+	// cannot be (its guest unreachable) keeps its journal, is counted
+	// failed, and is retried by RunRotations. It never stops the loader
+	// from starting.
+	if _, _, err := rs.r.Recover(ctx); err != nil {
+		rs.recoverErr = err
+	}
+	for _, g := range rs.guests {
 		var spis []uint32
-		for _, s := range f.Bundle.States {
+		for _, s := range g.bundle.States {
 			spis = append(spis, s.SPI)
 		}
 		l.MarkSPIsInUse(spis)
-		rs.guests[f.Guest.Interface] = &rotGuest{guest: f.Guest, bundle: f.Bundle, since: f.Since, due: rs.dueAfter(f.Since), generation: f.Generation}
 	}
 	l.mu.Lock()
 	l.rot = rs
@@ -301,26 +301,38 @@ func (l *Loader) rotateOne(ctx context.Context, rs *rotations, iface, trigger st
 	}
 	rs.inFlight.Inc()
 	defer rs.inFlight.Dec()
-	nb, res, err := rs.r.Rotate(ctx, &guest, b, trigger)
-	if err != nil {
-		return res, err
-	}
+	_, res, err := rs.r.Rotate(ctx, &guest, b, trigger)
+	return res, err // a finished rotation was committed (commitRotation)
+}
+
+// commitRotation is the Rotator's Commit: nb, the successors, is now in
+// force on g. It runs before the rotation's journal is removed, for a
+// rotation Rotate finished and for one Recover finished after a crash
+// (at start or from RunRotations), so the next rotation starts from the
+// set the guest holds and the host's record deletes those states at
+// teardown.
+func (l *Loader) commitRotation(rs *rotations, g *Guest, nb *policystore.Bundle) error {
 	now := l.now()
 	rs.mu.Lock()
-	var rec *inForce
-	if cur, ok := rs.guests[iface]; ok && cur.bundle == b {
-		cur.bundle, cur.since, cur.due = nb, now, rs.dueAfter(now)
-		cur.generation++
-		rec = &inForce{Guest: guest, Bundle: nb, Since: now, Generation: cur.generation}
+	cur, ok := rs.guests[g.Interface]
+	if ok && cur.bundle != nil && cur.bundle.Version > nb.Version {
+		// The guest was loaded again while it rotated: that bundle
+		// (numbered later) is in force, and its own SAs with it.
+		rs.mu.Unlock()
+		return nil
 	}
+	if !ok {
+		cur = &rotGuest{guest: *g}
+		rs.guests[g.Interface] = cur
+	}
+	cur.bundle, cur.since, cur.due = nb, now, rs.dueAfter(now)
+	cur.generation++
+	rec := inForce{Guest: cur.guest, Bundle: nb, Since: now, Generation: cur.generation}
 	rs.mu.Unlock()
-	if rec != nil {
-		_ = rs.r.saveInForce(*rec)
-	}
 	if h, ok := l.host.(*Host); ok {
-		h.replaceStates(iface, nb.States)
+		h.replaceStates(g.Interface, nb.States)
 	}
-	return res, nil
+	return rs.r.saveInForce(rec)
 }
 
 // replaceStates records the states now in force on the host's end of
@@ -376,7 +388,8 @@ func (l *Loader) RunRotations(ctx context.Context) {
 }
 
 // recoverPending finishes or rolls back the rotations left journalled (a
-// peer was down). Called with rs.run held.
+// peer was down); what they leave in force is committed. Called with
+// rs.run held.
 func (l *Loader) recoverPending(ctx context.Context, rs *rotations) {
 	if js, err := rs.r.pending(); err == nil && len(js) > 0 {
 		_, _, err := rs.r.Recover(ctx)
