@@ -3,6 +3,7 @@ package xfrm
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 
@@ -161,6 +162,30 @@ type State struct {
 	// as nil.
 	Selector *Selector
 	Lifetime Lifetime
+	// ESN turns on 64-bit extended sequence numbers (RFC 4303 2.2.1,
+	// XFRM_STATE_ESN): the sequence number cannot wrap within the SA's
+	// life. Both ends of an SA must agree. It needs a replay window.
+	ESN bool
+	// OSeq and Seq are read back from the kernel, never installed: the
+	// last sequence number sent on the SA (outbound) and the highest
+	// received (inbound), all 64 bits with ESN. Without ESN they must
+	// stay below 2^32: SeqHeadroom says how far.
+	OSeq, Seq uint64
+}
+
+// SeqHeadroom is how many more packets the SA can carry before its
+// sequence number, sent or received, is exhausted: 2^32-1 minus the
+// larger of OSeq and Seq without ESN (the kernel then drops every
+// packet: RFC 4303 requires a new SA first), 2^64-1 minus it with ESN.
+func (s *State) SeqHeadroom() uint64 {
+	used := max(s.OSeq, s.Seq)
+	if s.ESN {
+		return math.MaxUint64 - used
+	}
+	if used >= math.MaxUint32 {
+		return 0
+	}
+	return math.MaxUint32 - used
 }
 
 // Family is the SA's address family, AF_INET or AF_INET6, taken from its
@@ -185,6 +210,9 @@ func (s State) String() string {
 	}
 	if s.ReplayWindow != 0 {
 		fmt.Fprintf(&b, " replay-window %d", s.ReplayWindow)
+	}
+	if s.ESN {
+		b.WriteString(" esn")
 	}
 	if s.Selector != nil {
 		fmt.Fprintf(&b, " sel %s", s.Selector)
@@ -346,6 +374,9 @@ func (s *State) Validate() error {
 		if err := s.Selector.check(); err != nil {
 			return fmt.Errorf("SA spi 0x%x to %s: selector: %w", s.SPI, s.Dst, err)
 		}
+	}
+	if s.ESN && (s.ReplayWindow == 0 || (s.Proto != ProtoESP && s.Proto != unix.IPPROTO_AH)) {
+		return fmt.Errorf("SA spi 0x%x to %s: ESN needs ESP or AH and a replay window (the kernel keeps the high sequence bits there); set ReplayWindow", s.SPI, s.Dst)
 	}
 	return nil
 }
