@@ -176,6 +176,8 @@ func checkSuccessor(old, s policystore.XFRMState) error {
 		return fmt.Errorf("spi %#x → %#x: a successor needs a new SPI", old.SPI, s.SPI)
 	case s.AEAD.Name != old.AEAD.Name || s.AEAD.ICVBits != old.AEAD.ICVBits || len(s.AEAD.Key) != len(old.AEAD.Key):
 		return fmt.Errorf("spi %#x → %#x changes the cipher", old.SPI, s.SPI)
+	case s.ESN != old.ESN:
+		return fmt.Errorf("spi %#x → %#x turns extended sequence numbers %s (both ends must agree, and without them the SA must be rotated before 2^32 packets)", old.SPI, s.SPI, map[bool]string{true: "on", false: "off"}[s.ESN])
 	}
 	return s.Validate()
 }
@@ -433,22 +435,40 @@ func (r *Rotator) bundle(j *rotationJournal, i int, states []policystore.XFRMSta
 
 func ref(s policystore.XFRMState) agent.SARef { return agent.SARef{SPI: s.SPI, Daddr: s.Dst} }
 
+// declare tells the agent every successor, all at once: each declaration
+// returns once a reconcile has the successor in the maps, and concurrent
+// ones share that reconcile.
 func (r *Rotator) declare(j *rotationJournal) error {
-	for i, s := range j.NewStates {
+	return eachState(j.NewStates, func(i int, s policystore.XFRMState) error {
 		if err := r.Agent.DeclareRotation(ref(j.Old.States[i]), ref(s)); err != nil {
 			return fmt.Errorf("declare %v → %v to the agent: %w", ref(j.Old.States[i]), ref(s), err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (r *Rotator) undeclare(j *rotationJournal) error {
-	var errs []error
-	for _, s := range j.NewStates {
+	return eachState(j.NewStates, func(_ int, s policystore.XFRMState) error {
 		if err := r.Agent.DropRotation(ref(s)); err != nil && !errors.Is(err, ErrNoRotationRecord) {
-			errs = append(errs, err)
+			return err
 		}
+		return nil
+	})
+}
+
+// eachState runs fn for every state concurrently (a bundle holds a few
+// dozen at most) and joins the errors in order.
+func eachState(states []policystore.XFRMState, fn func(int, policystore.XFRMState) error) error {
+	errs := make([]error, len(states))
+	var wg sync.WaitGroup
+	for i, s := range states {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i, s)
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

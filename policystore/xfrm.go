@@ -103,6 +103,10 @@ type XFRMState struct {
 	// the integrity SELinux does not carry.
 	Label label.Label `json:"label" yaml:"label"`
 	AEAD  XFRMAEAD    `json:"aead" yaml:"aead"`
+	// ESN: 64-bit extended sequence numbers (both ends install the SA
+	// with XFRM_STATE_ESN), so its sequence number never wraps; without
+	// it the SA must be rotated before 2^32 packets.
+	ESN bool `json:"esn,omitempty" yaml:"esn,omitempty"`
 }
 
 // XFRMAEAD is the SA's authenticated cipher. The key is drawn by

@@ -28,6 +28,7 @@ func StateFromStore(s policystore.XFRMState) State {
 		Reqid:        s.Reqid,
 		Context:      s.Context,
 		ReplayWindow: DefaultReplayWindow,
+		ESN:          s.ESN,
 	}
 	if s.AEAD.Name != "" {
 		st.AEAD = &Algo{Name: s.AEAD.Name, Key: slices.Clone(s.AEAD.Key), ICVBits: s.AEAD.ICVBits}
