@@ -278,3 +278,44 @@ func TestLoaderFinishesFailedRotation(t *testing.T) {
 		})
 	}
 }
+
+// TestLoaderRotatesOnSeqHeadroom: a guest one of whose SAs on the host has
+// used more than half its 32-bit sequence space is due; one with ESN is
+// not, however far it went.
+func TestLoaderRotatesOnSeqHeadroom(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	r.host.Agent = &rotFakeAgent{fakeAgent: r.agent}
+	cfg := DefaultRotationConfig()
+	cfg.StateDir, cfg.Grace = t.TempDir(), time.Millisecond
+	if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := r.l.SAStatus()
+	s0 := st[0].SAs[0]
+	var oseq uint64
+	esn := false
+	r.l.rot.dump = func() ([]xfrm.State, error) {
+		return []xfrm.State{{Dst: netip.MustParseAddr(s0.Dst), SPI: s0.SPI, Proto: xfrm.ProtoESP, OSeq: oseq, ESN: esn}}, nil
+	}
+	for _, c := range []struct {
+		oseq uint64
+		esn  bool
+		due  bool
+	}{{1000, false, false}, {1<<31 - 1, false, false}, {1<<31 + 1, false, true}, {1 << 40, true, false}} {
+		oseq, esn = c.oseq, c.esn
+		got := r.l.rot.lowHeadroom()
+		if (len(got) == 1) != c.due {
+			t.Errorf("oseq %#x esn %v: due %v, want %v", c.oseq, c.esn, got, c.due)
+		}
+	}
+	want := `# HELP mlsgate_loader_sa_seq_headroom Least sequence-number headroom among the guests' SAs on the host at the last check (packets left before a 32-bit sequence number is exhausted; 2^64 scale with ESN; -1 before a check).
+# TYPE mlsgate_loader_sa_seq_headroom gauge
+mlsgate_loader_sa_seq_headroom 1.8446742974197924e+19
+`
+	if err := testutil.GatherAndCompare(r.l.Registry(), strings.NewReader(want), "mlsgate_loader_sa_seq_headroom"); err != nil {
+		t.Error(err)
+	}
+}
