@@ -556,8 +556,8 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 	exe, _ := os.Executable()
 	v, err := startLoader(ctx, loaderSetup{
 		StateDir: filepath.Join(state, "loader"), AppsDir: appsDir, APIPort: demoAPIPort, PoolSize: 1, MaxLoads: 8,
-		Backend: &backend.Netns{Binary: exe, StateDir: filepath.Join(state, "guests")}, Agent: a, HostXFRM: hostX,
-		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots,
+		Backend: &backend.Netns{Binary: exe, StateDir: filepath.Join(state, "guests")}, Agent: loader.InProcessAgent{Agent: a}, HostXFRM: hostX,
+		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots, Rotation: demoRotation(),
 	})
 	if err != nil {
 		return err
@@ -656,6 +656,12 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string) error {
 		}
 		s.record(f, observed{})
 	}
+
+	fmt.Fprintf(out, "\n5. The loader rotates the %s browser's SAs (make-before-break), and the browser reads a page again:\n", home.Name)
+	if err := rotateOnce(ctx, out, v.loader, &browser); err != nil {
+		return err
+	}
+	s.read(&browser, home, first, "read "+first.Server.Name+" page after the SA rotation")
 
 	err = s.report(out)
 	fmt.Fprintf(out, "\nDemo finished in %v.\n", time.Since(start).Round(100*time.Millisecond))
