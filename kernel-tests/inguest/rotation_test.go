@@ -183,13 +183,21 @@ type seqFlow struct {
 }
 
 // passSec turns IP_PASSSEC on: each datagram comes with its peer context.
+// It also gives the socket an 8 MiB receive buffer: under TCG on a loaded
+// host the reading goroutine can stall for a second or more (an agent's
+// verifier run takes the one vCPU), and datagrams the socket had no room
+// for would count as lost in the rotations (UDP RcvbufErrors, logged).
 func passSec(c *net.UDPConn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_PASSSEC, 1) }); err != nil {
+	if err := rc.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_PASSSEC, 1); serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+		}
+	}); err != nil {
 		return err
 	}
 	return serr
@@ -352,8 +360,12 @@ func rtXFRMStat(t *testing.T, states bool) {
 		if err != nil {
 			continue
 		}
-		var stat []byte
-		inNetNS(h, func() error { stat, _ = os.ReadFile("/proc/thread-self/net/xfrm_stat"); return nil })
+		var stat, snmp []byte
+		inNetNS(h, func() error {
+			stat, _ = os.ReadFile("/proc/thread-self/net/xfrm_stat")
+			snmp, _ = os.ReadFile("/proc/thread-self/net/snmp")
+			return nil
+		})
 		h.Close()
 		var nz []string
 		for _, l := range strings.Split(string(stat), "\n") {
@@ -361,8 +373,27 @@ func rtXFRMStat(t *testing.T, states bool) {
 				nz = append(nz, f[0]+" "+f[1])
 			}
 		}
+		// Udp: the header line names the values of the next.
+		var udp []string
+		var names []string
+		for _, l := range strings.Split(string(snmp), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 0 || f[0] != "Udp:" {
+				continue
+			}
+			if names == nil {
+				names = f
+				continue
+			}
+			for i := 1; i < len(f) && i < len(names); i++ {
+				if strings.Contains(names[i], "Errors") && f[i] != "0" {
+					udp = append(udp, names[i]+" "+f[i])
+				}
+			}
+		}
+		nz = append(nz, udp...)
 		if !states {
-			t.Logf("%s: xfrm_stat %v", ns, nz)
+			t.Logf("%s: xfrm_stat and UDP errors %v", ns, nz)
 			continue
 		}
 		st, _ := ipTry("-n", ns, "-s", "xfrm", "state")
