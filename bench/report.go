@@ -21,7 +21,7 @@ import (
 )
 
 // The benchmarks Run knows, in the order it runs them.
-var Benchmarks = []string{"fastpath", "traffic", "agent", "xfrm", "mapper", "bundle", "vmstart"}
+var Benchmarks = []string{"fastpath", "traffic", "agent", "xfrm", "rotation", "mapper", "bundle", "vmstart"}
 
 // Files WriteReport writes into the results folder.
 const (
@@ -92,6 +92,8 @@ type Report struct {
 	Mapper   *mapper.Result      `json:"mapper,omitempty"`
 	// XFRM is the SA install rate and SA→map sync in the guest kernel.
 	XFRM *XFRMSyncResult `json:"xfrm,omitempty"`
+	// Rotation is SA rotation latency and loss in the guest kernel.
+	Rotation *RotationResult `json:"rotation,omitempty"`
 	// MapperAPI is the same mapper's lookups over its HTTP API on loopback.
 	MapperAPI *MapperAPIResult `json:"mapper_api,omitempty"`
 	Bundle    *BundleTiming    `json:"bundle,omitempty"`
@@ -186,6 +188,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 				r.Skipped[w] = "quick mode boots a guest only when its image is already cached: " + err.Error()
 				err = nil
 			}
+		case "rotation":
+			if cfg.Quick {
+				r.Skipped[w] = "quick mode boots no guest for it: make test runs the same rotations (TestGuestSARotation); make bench measures them"
+				break
+			}
+			r.Rotation, err = MeasureRotation(ctx, RotationConfig{Progress: progress})
 		case "mapper":
 			rules, n := 10_000, 200_000
 			if cfg.Quick {
@@ -428,11 +436,14 @@ func FormatReport(r *Report) string {
 		b.WriteString(FormatVMStart(r.VMStart))
 		fmt.Fprintf(&b, "\n![VM-start phases per backend](%s)\n", PlotVMStart)
 	}
-	if len(r.Agent) > 0 || r.Mapper != nil || r.MapperAPI != nil || r.Bundle != nil || r.XFRM != nil {
-		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation, except the XFRM table, which is measured in a guest kernel under QEMU.\n", r.Host)
+	if len(r.Agent) > 0 || r.Mapper != nil || r.MapperAPI != nil || r.Bundle != nil || r.XFRM != nil || r.Rotation != nil {
+		fmt.Fprintf(&b, "\n## Control plane\n\nOn this host (%s), no emulation, except the XFRM and SA rotation tables, which are measured in a guest kernel under QEMU.\n", r.Host)
 	}
 	if r.XFRM != nil {
 		b.WriteString(FormatXFRMSync(r.XFRM))
+	}
+	if r.Rotation != nil {
+		b.WriteString(FormatRotation(r.Rotation))
 	}
 	if len(r.Agent) > 0 {
 		b.WriteString("\nAgent: SAs with SELinux contexts synced into real pinned maps (simulated vifs and SA source).\n\n")

@@ -2,6 +2,7 @@ package ipsec
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -212,6 +213,31 @@ type State struct {
 	// as nil.
 	Selector *Selector `json:"selector,omitempty"`
 	Lifetime Lifetime  `json:"lifetime,omitzero"`
+	// ESN turns on 64-bit extended sequence numbers (RFC 4303 2.2.1,
+	// XFRM_STATE_ESN): the sequence number cannot wrap within the SA's
+	// life. Both ends of an SA must agree. It needs a replay window.
+	ESN bool `json:"esn,omitempty"`
+	// OSeq and Seq are read back from the kernel, never installed: the
+	// last sequence number sent on the SA (outbound) and the highest
+	// received (inbound), all 64 bits with ESN. Without ESN they must
+	// stay below 2^32: SeqHeadroom says how far.
+	OSeq uint64 `json:"-"`
+	Seq  uint64 `json:"-"`
+}
+
+// SeqHeadroom is how many more packets the SA can carry before its
+// sequence number, sent or received, is exhausted: 2^32-1 minus the
+// larger of OSeq and Seq without ESN (the kernel then drops every
+// packet: RFC 4303 requires a new SA first), 2^64-1 minus it with ESN.
+func (s *State) SeqHeadroom() uint64 {
+	used := max(s.OSeq, s.Seq)
+	if s.ESN {
+		return math.MaxUint64 - used
+	}
+	if used >= math.MaxUint32 {
+		return 0
+	}
+	return math.MaxUint32 - used
 }
 
 // Family is the SA's address family, AF_INET or AF_INET6, taken from its
@@ -236,6 +262,9 @@ func (s State) String() string {
 	}
 	if s.ReplayWindow != 0 {
 		fmt.Fprintf(&b, " replay-window %d", s.ReplayWindow)
+	}
+	if s.ESN {
+		b.WriteString(" esn")
 	}
 	if s.Selector != nil {
 		fmt.Fprintf(&b, " sel %s", s.Selector)
@@ -390,6 +419,9 @@ func (s *State) Validate() error {
 		if err := s.Selector.check(); err != nil {
 			return fmt.Errorf("SA spi 0x%x to %s: selector: %w", s.SPI, s.Dst, err)
 		}
+	}
+	if s.ESN && (s.ReplayWindow == 0 || (s.Proto != ProtoESP && s.Proto != ProtoAH)) {
+		return fmt.Errorf("SA spi 0x%x to %s: ESN needs ESP or AH and a replay window (the kernel keeps the high sequence bits there); set ReplayWindow", s.SPI, s.Dst)
 	}
 	return nil
 }

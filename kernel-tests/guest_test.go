@@ -21,8 +21,8 @@ const inguestPkg = "github.com/mlsgate/mlsgate/kernel-tests/inguest"
 // guestTimeout bounds one guest boot; the guest's own go test gives up a
 // minute earlier, with the stacks of what hung.
 const (
-	guestTimeout      = 5 * time.Minute
-	guestInnerTimeout = "4m"
+	guestTimeout      = 15 * time.Minute
+	guestInnerTimeout = "14m"
 )
 
 // TestPrivilegedGuestKernel runs kernel-tests/inguest inside Debian's own

@@ -119,6 +119,11 @@ type Rotator struct {
 	Inject func(step string) error
 	// Done, when set, learns each finished rotation.
 	Done func(RotationResult)
+	// Commit, when set, records the bundle now in force on g (the
+	// successors) once the rotation is complete and before its journal
+	// is removed: a loader that dies in between finds the journal, and
+	// Recover commits again. An error keeps the journal.
+	Commit func(g *Guest, b *policystore.Bundle) error
 	// Lifetime is given to the successors the host installs.
 	Lifetime xfrm.Lifetime
 
@@ -173,6 +178,8 @@ func checkSuccessor(old, s xfrm.State) error {
 		return fmt.Errorf("spi %#x → %#x: both need a cipher", old.SPI, s.SPI)
 	case s.AEAD.Name != old.AEAD.Name || s.AEAD.ICVBits != old.AEAD.ICVBits || len(s.AEAD.Key) != len(old.AEAD.Key):
 		return fmt.Errorf("spi %#x → %#x changes the cipher", old.SPI, s.SPI)
+	case s.ESN != old.ESN:
+		return fmt.Errorf("spi %#x → %#x turns extended sequence numbers %s (both ends must agree, and without them the SA must be rotated before 2^32 packets)", old.SPI, s.SPI, map[bool]string{true: "on", false: "off"}[s.ESN])
 	}
 	return policystore.CheckState(&s)
 }
@@ -220,11 +227,30 @@ func (r *Rotator) Rotate(ctx context.Context, g *Guest, b *policystore.Bundle, t
 	defer r.mu.Unlock()
 	start := r.now()
 	res := RotationResult{Guest: g.Name, VM: g.VM, Trigger: trigger}
+	// A rotation of g that failed after the guest switched (its journal
+	// stayed) is finished first, or rolled back, and this one starts from
+	// what is in force after it: starting from b would overwrite that
+	// journal and leave its states behind.
+	js, err := r.pending()
+	if err != nil {
+		res.Result, res.Error = "failed", err.Error()
+		return b, res, fmt.Errorf("rotate %s: %w", g.Name, err)
+	}
+	for _, pj := range js {
+		if pj.Guest.Interface != g.Interface {
+			continue
+		}
+		nb, pres, err := r.recoverOne(ctx, pj)
+		if err != nil {
+			res.Result, res.Error = "failed", err.Error()
+			return b, res, fmt.Errorf("rotate %s: an earlier rotation is unfinished: %w (%s)", g.Name, err, pres.Result)
+		}
+		b = nb
+	}
 	if b == nil || len(b.States) == 0 {
 		return b, res, fmt.Errorf("rotate %s: no bundle with SAs in force; load an application first", g.Name)
 	}
 	j := &rotationJournal{Guest: *g, Trigger: trigger, Started: start.UTC(), Old: b.GuestPart()}
-	var err error
 	if j.NewStates, err = r.plan(b); err != nil {
 		res.Result, res.Error = "failed", err.Error()
 		return b, res, fmt.Errorf("rotate %s: %w", g.Name, err)
@@ -353,6 +379,11 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 		}
 		j.Step = st.name
 		if st.name == stepDone {
+			if r.Commit != nil {
+				if err := r.Commit(g, r.bundle(j, 2, j.NewStates)); err != nil {
+					return finish("failed", fmt.Errorf("record the bundle in force (the journal stays, Recover retries): %w", err))
+				}
+			}
 			if err := r.remove(j); err != nil {
 				return finish("failed", fmt.Errorf("remove the journal: %w", err))
 			}
@@ -412,22 +443,40 @@ func (r *Rotator) bundle(j *rotationJournal, i int, states []xfrm.State) *policy
 
 func ref(s xfrm.State) agent.SARef { return agent.SARef{SPI: s.SPI, Daddr: s.Dst} }
 
+// declare tells the agent every successor, all at once: each declaration
+// returns once a reconcile has the successor in the maps, and concurrent
+// ones share that reconcile.
 func (r *Rotator) declare(j *rotationJournal) error {
-	for i, s := range j.NewStates {
+	return eachState(j.NewStates, func(i int, s xfrm.State) error {
 		if err := r.Agent.DeclareRotation(ref(j.Old.States[i]), ref(s)); err != nil {
 			return fmt.Errorf("declare %v → %v to the agent: %w", ref(j.Old.States[i]), ref(s), err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (r *Rotator) undeclare(j *rotationJournal) error {
-	var errs []error
-	for _, s := range j.NewStates {
+	return eachState(j.NewStates, func(_ int, s xfrm.State) error {
 		if err := r.Agent.DropRotation(ref(s)); err != nil && !errors.Is(err, ErrNoRotationRecord) {
-			errs = append(errs, err)
+			return err
 		}
+		return nil
+	})
+}
+
+// eachState runs fn for every state concurrently (a bundle holds a few
+// dozen at most) and joins the errors in order.
+func eachState(states []xfrm.State, fn func(int, xfrm.State) error) error {
+	errs := make([]error, len(states))
+	var wg sync.WaitGroup
+	for i, s := range states {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(i, s)
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -625,6 +674,29 @@ func (r *Rotator) pending() ([]*rotationJournal, error) {
 	return out, nil
 }
 
+// recoverOne finishes or rolls back one journalled rotation and returns
+// the bundle in force after it.
+func (r *Rotator) recoverOne(ctx context.Context, j *rotationJournal) (*policystore.Bundle, RotationResult, error) {
+	res := RotationResult{Guest: j.Guest.Name, VM: j.Guest.VM, Trigger: "recover"}
+	if stepIndex(j.Step) >= stepIndex(stepGuestBoth) {
+		return r.run(ctx, j, res)
+	}
+	err := r.rollback(ctx, j)
+	res.Result = "rolled_back"
+	if err != nil {
+		res.Result, res.Error = "failed", err.Error()
+		err = fmt.Errorf("roll back the rotation of %s: %w", j.Guest.Name, err)
+	}
+	res.Took = r.now().Sub(j.Started)
+	if r.Done != nil {
+		r.Done(res)
+	}
+	if err != nil {
+		return nil, res, err
+	}
+	return j.Old, res, nil
+}
+
 // Abandon drops the journalled rotation of a guest that is gone: its
 // host states, old and new, are deleted, the agent's records dropped, the
 // journal removed. Without a journal it does nothing.
@@ -667,24 +739,7 @@ func (r *Rotator) Recover(ctx context.Context) (map[string]*policystore.Bundle, 
 	var results []RotationResult
 	var errs []error
 	for _, j := range js {
-		res := RotationResult{Guest: j.Guest.Name, VM: j.Guest.VM, Trigger: "recover"}
-		if stepIndex(j.Step) < stepIndex(stepGuestBoth) {
-			err := r.rollback(ctx, j)
-			res.Result = "rolled_back"
-			if err != nil {
-				res.Result, res.Error = "failed", err.Error()
-				errs = append(errs, fmt.Errorf("roll back the rotation of %s: %w", j.Guest.Name, err))
-			} else {
-				out[j.Guest.Interface] = j.Old
-			}
-			res.Took = r.now().Sub(j.Started)
-			if r.Done != nil {
-				r.Done(res)
-			}
-			results = append(results, res)
-			continue
-		}
-		b, res, err := r.run(ctx, j, res)
+		b, res, err := r.recoverOne(ctx, j)
 		results = append(results, res)
 		if err != nil {
 			errs = append(errs, err)

@@ -397,12 +397,13 @@ func TestCheckSuccessorRefusesRelabel(t *testing.T) {
 		"reqid":   func(s *xfrm.State) { s.Reqid = 2 },
 		"dst":     func(s *xfrm.State) { s.Dst = netip.MustParseAddr("10.70.0.9") },
 		"spi":     func(s *xfrm.State) { s.SPI = old.SPI },
+		"esn":     func(s *xfrm.State) { s.ESN = !s.ESN },
 	} {
 		m := n
 		mut(&m)
 		if err := checkSuccessor(old, m); err == nil {
 			t.Errorf("%s changed: accepted", name)
-		} else if name != "spi" && !errors.Is(err, ErrRelabel) {
+		} else if name != "spi" && name != "esn" && !errors.Is(err, ErrRelabel) {
 			t.Errorf("%s changed: %v, want ErrRelabel", name, err)
 		}
 	}

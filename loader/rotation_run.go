@@ -43,6 +43,13 @@ type RotationConfig struct {
 	// counts its packets, and a 32-bit one (no ESN) must never wrap, so
 	// it stays far below 2^32. 0 turns a limit off.
 	SoftBytes, SoftPackets uint64
+	// MinSeqHeadroom: every Check, the host's SAs are read back, and a
+	// guest one of whose SAs has fewer sequence numbers left than this is
+	// rotated (xfrm.State.SeqHeadroom: without ESN, 2^32-1 less the
+	// highest sent or received; with ESN practically never). It backs up
+	// SoftPackets, whose expire event can be lost, and counts what the
+	// sender used rather than what arrived. 0 turns it off.
+	MinSeqHeadroom uint64
 	// OnResult, when set, learns every rotation's outcome (the loader
 	// command logs it: one event per rotation). It never sees a key.
 	OnResult func(RotationResult)
@@ -52,7 +59,16 @@ type RotationConfig struct {
 // 2-second grace window.
 func DefaultRotationConfig() RotationConfig {
 	return RotationConfig{Lifetime: time.Hour, Jitter: 5 * time.Minute, Grace: 2 * time.Second, Check: 10 * time.Second,
-		SoftBytes: 1 << 36, SoftPackets: MaxSoftPackets}
+		SoftBytes: 1 << 36, SoftPackets: MaxSoftPackets, MinSeqHeadroom: DefaultMinSeqHeadroom}
+}
+
+// DefaultMinSeqHeadroom rotates an SA without ESN once half its 32-bit
+// sequence space is used.
+const DefaultMinSeqHeadroom = 1 << 31
+
+// stateDumper is a host XFRM that lists its SAs (*xfrm.Handle).
+type stateDumper interface {
+	States() ([]xfrm.State, error)
 }
 
 // MaxSoftPackets is the highest soft packet limit: half the 32-bit
@@ -78,6 +94,10 @@ type rotations struct {
 	recoverErr error                // the last Recover's, for status
 	guests     map[string]*rotGuest // by interface
 	events     []RotationResult     // the last maxRotationEvents, oldest first
+
+	// dump lists the host's SAs for the headroom check; nil without one.
+	dump     func() ([]xfrm.State, error)
+	headroom float64 // the least sequence-number headroom seen, for the gauge (-1: none)
 
 	total    *prometheus.CounterVec
 	latency  prometheus.Histogram
@@ -114,7 +134,10 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 		return fmt.Errorf("rotation: soft packet limit %d leaves less than 2^31 sequence numbers of headroom; use at most %d", cfg.SoftPackets, uint64(MaxSoftPackets))
 	}
 	h.Lifetime = xfrm.Lifetime{SoftBytes: cfg.SoftBytes, SoftPackets: cfg.SoftPackets}
-	rs := &rotations{cfg: cfg, guests: map[string]*rotGuest{}}
+	rs := &rotations{cfg: cfg, guests: map[string]*rotGuest{}, headroom: -1}
+	if d, ok := h.XFRM.(stateDumper); ok {
+		rs.dump = d.States
+	}
 	rs.r = &Rotator{
 		Agent: ra, Push: l.push.Push, SPI: l.allocSPI, FreeSPIs: l.freeSPIs,
 		NextVersion: func(app string) (uint64, error) { return l.catalog.Store.NextVersion(app) },
@@ -125,6 +148,7 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	}
 	rs.r.Lifetime = h.Lifetime
 	rs.r.Done = rs.record
+	rs.r.Commit = func(g *Guest, nb *policystore.Bundle) error { return l.commitRotation(rs, g, nb) }
 	rs.total = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_total",
 		Help: "Guest SA rotations by result: ok, rolled_back (undone before the guest switched), failed (the journal stays and the next start finishes it), refused_relabel (a successor would carry another label; nothing installed).",
@@ -155,30 +179,37 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 		return l.now().Sub(oldest).Seconds()
 	})
 	rs.inFlight = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "mlsgate", Subsystem: "loader", Name: "sa_rotations_in_flight", Help: "Rotations running now."})
-	l.metrics.reg.MustRegister(rs.total, rs.latency, rs.oldest, rs.inFlight)
-	// Rotations a crash interrupted: finished or rolled back now; one
-	// that cannot be (its guest unreachable) keeps its journal, is
-	// counted failed, and is retried by RunRotations. It never stops the
-	// loader from starting.
-	got, _, err := rs.r.Recover(ctx)
-	if err != nil {
-		rs.recoverErr = err
-	}
+	seqHeadroom := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "mlsgate", Subsystem: "loader", Name: "sa_seq_headroom",
+		Help: "Least sequence-number headroom among the guests' SAs on the host at the last check (packets left before a 32-bit sequence number is exhausted; 2^64 scale with ESN; -1 before a check).",
+	}, func() float64 {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.headroom
+	})
+	l.metrics.reg.MustRegister(rs.total, rs.latency, rs.oldest, rs.inFlight, seqHeadroom)
 	// The sets in force before the restart, so their rotations go on.
 	saved, err := rs.r.loadInForce()
 	if err != nil {
 		return fmt.Errorf("rotation: %w", err)
 	}
 	for _, f := range saved {
-		if b := got[f.Guest.Interface]; b != nil {
-			f.Bundle, f.Since = b, l.now() // a recovered rotation's outcome wins
-		}
+		rs.guests[f.Guest.Interface] = &rotGuest{guest: f.Guest, bundle: f.Bundle, since: f.Since, due: rs.dueAfter(f.Since), generation: f.Generation}
+	}
+	// Rotations a crash interrupted: finished (commit records the new set)
+	// or rolled back (the recorded set stays in force) now; one that
+	// cannot be (its guest unreachable) keeps its journal, is counted
+	// failed, and is retried by RunRotations. It never stops the loader
+	// from starting.
+	if _, _, err := rs.r.Recover(ctx); err != nil {
+		rs.recoverErr = err
+	}
+	for _, g := range rs.guests {
 		var spis []uint32
-		for _, s := range f.Bundle.States {
+		for _, s := range g.bundle.States {
 			spis = append(spis, s.SPI)
 		}
 		l.MarkSPIsInUse(spis)
-		rs.guests[f.Guest.Interface] = &rotGuest{guest: f.Guest, bundle: f.Bundle, since: f.Since, due: rs.dueAfter(f.Since), generation: f.Generation}
 	}
 	l.mu.Lock()
 	l.rot = rs
@@ -301,26 +332,38 @@ func (l *Loader) rotateOne(ctx context.Context, rs *rotations, iface, trigger st
 	}
 	rs.inFlight.Inc()
 	defer rs.inFlight.Dec()
-	nb, res, err := rs.r.Rotate(ctx, &guest, b, trigger)
-	if err != nil {
-		return res, err
-	}
+	_, res, err := rs.r.Rotate(ctx, &guest, b, trigger)
+	return res, err // a finished rotation was committed (commitRotation)
+}
+
+// commitRotation is the Rotator's Commit: nb, the successors, is now in
+// force on g. It runs before the rotation's journal is removed, for a
+// rotation Rotate finished and for one Recover finished after a crash
+// (at start or from RunRotations), so the next rotation starts from the
+// set the guest holds and the host's record deletes those states at
+// teardown.
+func (l *Loader) commitRotation(rs *rotations, g *Guest, nb *policystore.Bundle) error {
 	now := l.now()
 	rs.mu.Lock()
-	var rec *inForce
-	if cur, ok := rs.guests[iface]; ok && cur.bundle == b {
-		cur.bundle, cur.since, cur.due = nb, now, rs.dueAfter(now)
-		cur.generation++
-		rec = &inForce{Guest: guest, Bundle: nb, Since: now, Generation: cur.generation}
+	cur, ok := rs.guests[g.Interface]
+	if ok && cur.bundle != nil && cur.bundle.Version > nb.Version {
+		// The guest was loaded again while it rotated: that bundle
+		// (numbered later) is in force, and its own SAs with it.
+		rs.mu.Unlock()
+		return nil
 	}
+	if !ok {
+		cur = &rotGuest{guest: *g}
+		rs.guests[g.Interface] = cur
+	}
+	cur.bundle, cur.since, cur.due = nb, now, rs.dueAfter(now)
+	cur.generation++
+	rec := inForce{Guest: cur.guest, Bundle: nb, Since: now, Generation: cur.generation}
 	rs.mu.Unlock()
-	if rec != nil {
-		_ = rs.r.saveInForce(*rec)
-	}
 	if h, ok := l.host.(*Host); ok {
-		h.replaceStates(iface, nb.States)
+		h.replaceStates(g.Interface, nb.States)
 	}
-	return res, nil
+	return rs.r.saveInForce(rec)
 }
 
 // replaceStates records the states now in force on the host's end of
@@ -357,12 +400,7 @@ func (l *Loader) RunRotations(ctx context.Context) {
 		case <-t.C:
 		}
 		rs.run.Lock()
-		if js, err := rs.r.pending(); err == nil && len(js) > 0 {
-			_, _, err := rs.r.Recover(ctx)
-			rs.mu.Lock()
-			rs.recoverErr = err
-			rs.mu.Unlock()
-		}
+		l.recoverPending(ctx, rs)
 		rs.run.Unlock()
 		now := l.now()
 		rs.mu.Lock()
@@ -377,7 +415,67 @@ func (l *Loader) RunRotations(ctx context.Context) {
 		for _, iface := range due {
 			_, _ = l.rotateOne(ctx, rs, iface, "lifetime")
 		}
+		for _, iface := range rs.lowHeadroom() {
+			_, _ = l.rotateOne(ctx, rs, iface, "seq_headroom")
+		}
 	}
+}
+
+// recoverPending finishes or rolls back the rotations left journalled (a
+// peer was down); what they leave in force is committed. Called with
+// rs.run held.
+func (l *Loader) recoverPending(ctx context.Context, rs *rotations) {
+	if js, err := rs.r.pending(); err == nil && len(js) > 0 {
+		_, _, err := rs.r.Recover(ctx)
+		rs.mu.Lock()
+		rs.recoverErr = err
+		rs.mu.Unlock()
+	}
+}
+
+// lowHeadroom reads the host's SAs back and names the guests one of whose
+// SAs in force has less sequence-number headroom than MinSeqHeadroom.
+func (rs *rotations) lowHeadroom() []string {
+	if rs.dump == nil || rs.cfg.MinSeqHeadroom == 0 {
+		return nil
+	}
+	states, err := rs.dump()
+	if err != nil {
+		return nil // the next tick reads again; the soft limit still holds
+	}
+	type key struct {
+		dst netip.Addr
+		spi uint32
+	}
+	left := map[key]uint64{}
+	for _, s := range states {
+		if s.Proto == xfrm.ProtoESP {
+			left[key{s.Dst, s.SPI}] = s.SeqHeadroom()
+		}
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	least := -1.0
+	var out []string
+	for iface, g := range rs.guests {
+		low := false
+		for _, s := range g.bundle.States {
+			h, ok := left[key{s.Dst, s.SPI}]
+			if !ok {
+				continue
+			}
+			if least < 0 || float64(h) < least {
+				least = float64(h)
+			}
+			low = low || h < rs.cfg.MinSeqHeadroom
+		}
+		if low {
+			out = append(out, iface)
+		}
+	}
+	rs.headroom = least
+	sort.Strings(out)
+	return out
 }
 
 // WatchExpires rotates the guest whose SA the kernel reports soft-expired

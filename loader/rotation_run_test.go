@@ -2,7 +2,9 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -200,5 +202,120 @@ func TestLoaderRotationSurvivesRestart(t *testing.T) {
 	}
 	if st, _ := r3.l.SAStatus(); len(st) != 0 {
 		t.Fatalf("a destroyed guest's set is still in force after a restart: %+v", st)
+	}
+}
+
+// TestLoaderFinishesFailedRotation: a rotation that failed after the
+// guest switched (its update daemon died before the old-out push) keeps
+// its journal; whatever finishes it, the loader's record of the set in
+// force must follow, or the next rotation starts from SAs that are gone
+// and the finished rotation's states are never deleted. Both ways are
+// tried: RunRotations' periodic Recover, and the next rotation of the
+// guest (by hand, before that tick).
+func TestLoaderFinishesFailedRotation(t *testing.T) {
+	for _, how := range []string{"recover", "next rotation"} {
+		t.Run(how, func(t *testing.T) {
+			r := newRig(t, policystore.SystemPolicy{})
+			r.host.Agent = &rotFakeAgent{fakeAgent: r.agent}
+			cfg := DefaultRotationConfig()
+			cfg.StateDir, cfg.Grace = t.TempDir(), time.Millisecond
+			if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			res, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The daemon dies once the guest holds old + new.
+			r.l.rot.r.Inject = func(step string) error {
+				if step == stepHostOut {
+					r.push.mu.Lock()
+					r.push.fail = errors.New("connection refused: no update daemon listens there")
+					r.push.mu.Unlock()
+				}
+				return nil
+			}
+			out, err := r.l.RotateGuests(context.Background(), []string{res.Guest.Name}, false, "manual")
+			if err == nil || out[0].Result != "failed" {
+				t.Fatalf("rotation with the daemon gone: %+v %v", out, err)
+			}
+			r.l.rot.r.Inject = nil
+			r.push.mu.Lock()
+			r.push.fail = nil
+			r.push.mu.Unlock()
+			newSPIs := out[0].NewSPIs
+			switch how {
+			case "recover": // what RunRotations does on its next tick
+				r.l.rot.run.Lock()
+				r.l.recoverPending(context.Background(), r.l.rot)
+				r.l.rot.run.Unlock()
+				st, _ := r.l.SAStatus()
+				for i, s := range st[0].SAs {
+					if !slices.Contains(newSPIs, s.SPI) {
+						t.Fatalf("after the rotation was finished, the loader records spi %#x (sa %d) in force, want one of %x", s.SPI, i, newSPIs)
+					}
+				}
+			case "next rotation":
+			}
+			out, err = r.l.RotateGuests(context.Background(), []string{res.Guest.Name}, false, "manual")
+			if err != nil || out[len(out)-1].Result != "ok" {
+				t.Fatalf("the next rotation: %+v %v", out, err)
+			}
+			st, _ := r.l.SAStatus()
+			var inForce []uint32
+			for _, s := range st[0].SAs {
+				inForce = append(inForce, s.SPI)
+			}
+			var host []uint32
+			for spi := range r.xfrm.states {
+				host = append(host, spi)
+			}
+			slices.Sort(inForce)
+			slices.Sort(host)
+			if !slices.Equal(host, inForce) {
+				t.Fatalf("the host holds SPIs %x, the loader records %x in force (stale states of the failed rotation: %x)", host, inForce, newSPIs)
+			}
+		})
+	}
+}
+
+// TestLoaderRotatesOnSeqHeadroom: a guest one of whose SAs on the host has
+// used more than half its 32-bit sequence space is due; one with ESN is
+// not, however far it went.
+func TestLoaderRotatesOnSeqHeadroom(t *testing.T) {
+	r := newRig(t, policystore.SystemPolicy{})
+	r.host.Agent = &rotFakeAgent{fakeAgent: r.agent}
+	cfg := DefaultRotationConfig()
+	cfg.StateDir, cfg.Grace = t.TempDir(), time.Millisecond
+	if err := r.l.EnableRotation(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.l.Load(context.Background(), Caller{Host: true}, "http://ws1.analyst.example/profile"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := r.l.SAStatus()
+	s0 := st[0].SAs[0]
+	var oseq uint64
+	esn := false
+	r.l.rot.dump = func() ([]xfrm.State, error) {
+		return []xfrm.State{{Dst: netip.MustParseAddr(s0.Dst), SPI: s0.SPI, Proto: xfrm.ProtoESP, OSeq: oseq, ESN: esn}}, nil
+	}
+	for _, c := range []struct {
+		oseq uint64
+		esn  bool
+		due  bool
+	}{{1000, false, false}, {1<<31 - 1, false, false}, {1<<31 + 1, false, true}, {1 << 40, true, false}} {
+		oseq, esn = c.oseq, c.esn
+		got := r.l.rot.lowHeadroom()
+		if (len(got) == 1) != c.due {
+			t.Errorf("oseq %#x esn %v: due %v, want %v", c.oseq, c.esn, got, c.due)
+		}
+	}
+	want := `# HELP mlsgate_loader_sa_seq_headroom Least sequence-number headroom among the guests' SAs on the host at the last check (packets left before a 32-bit sequence number is exhausted; 2^64 scale with ESN; -1 before a check).
+# TYPE mlsgate_loader_sa_seq_headroom gauge
+mlsgate_loader_sa_seq_headroom 1.8446742974197924e+19
+`
+	if err := testutil.GatherAndCompare(r.l.Registry(), strings.NewReader(want), "mlsgate_loader_sa_seq_headroom"); err != nil {
+		t.Error(err)
 	}
 }

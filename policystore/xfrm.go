@@ -105,6 +105,10 @@ type xfrmState struct {
 	// the integrity SELinux does not carry.
 	Label label.Label `json:"label" yaml:"label"`
 	AEAD  xfrmAEAD    `json:"aead" yaml:"aead"`
+	// ESN: 64-bit extended sequence numbers (both ends install the SA
+	// with XFRM_STATE_ESN), so its sequence number never wraps; without
+	// it the SA must be rotated before 2^32 packets.
+	ESN bool `json:"esn,omitempty" yaml:"esn,omitempty"`
 }
 
 // xfrmAEAD is the SA's authenticated cipher. The key is drawn by
@@ -385,7 +389,7 @@ func (p *xfrmPolicy) value() ipsec.Policy {
 func (s *xfrmState) value() ipsec.State {
 	return ipsec.State{
 		Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: ipsec.ProtoESP, Mode: modeValue(s.Mode), Reqid: s.Reqid,
-		Context: s.Context, Label: s.Label, ReplayWindow: ipsec.DefaultReplayWindow,
+		Context: s.Context, Label: s.Label, ReplayWindow: ipsec.DefaultReplayWindow, ESN: s.ESN,
 		AEAD: &ipsec.Algo{Name: s.AEAD.Name, Key: s.AEAD.Key, ICVBits: s.AEAD.ICVBits},
 	}
 }
@@ -404,7 +408,7 @@ func modeValue(m string) ipsec.Mode {
 // level, the store's replay window, and none of what the store never
 // writes (separate auth and enc algorithms, a selector, lifetimes).
 func CheckState(s *ipsec.State) error {
-	d := xfrmState{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: s.Proto.String(), Mode: s.Mode.String(), Reqid: s.Reqid, Context: s.Context, Label: s.Label}
+	d := xfrmState{Src: s.Src, Dst: s.Dst, SPI: s.SPI, Proto: s.Proto.String(), Mode: s.Mode.String(), Reqid: s.Reqid, Context: s.Context, Label: s.Label, ESN: s.ESN}
 	if s.AEAD != nil {
 		d.AEAD = xfrmAEAD{Name: s.AEAD.Name, Key: s.AEAD.Key, ICVBits: s.AEAD.ICVBits}
 	}

@@ -380,11 +380,17 @@ func encodeUsersaInfo(s *State) []byte {
 	ne.PutUint32(b[208:], s.Reqid)
 	ne.PutUint16(b[212:], fam)
 	b[214] = uint8(s.Mode)
-	if s.ReplayWindow <= math.MaxUint8 {
+	if s.ReplayWindow <= math.MaxUint8 && !s.ESN {
 		b[215] = uint8(s.ReplayWindow)
+	}
+	if s.ESN {
+		b[216] |= stateFlagESN // the window goes in XFRMA_REPLAY_ESN_VAL
 	}
 	return b
 }
+
+// stateFlagESN is XFRM_STATE_ESN in xfrm_usersa_info's flags.
+const stateFlagESN = 128
 
 // decodeUsersaInfo reads struct xfrm_usersa_info; b holds at least
 // sizeofUsersaInfo bytes.
@@ -402,6 +408,7 @@ func (d decoder) decodeUsersaInfo(b []byte) (State, error) {
 		Reqid:        ne.Uint32(b[208:]),
 		Mode:         Mode(b[214]),
 		ReplayWindow: uint32(b[215]),
+		ESN:          b[216]&stateFlagESN != 0,
 	}
 	sel, err := d.getSelector(b[0:])
 	if err != nil {
@@ -664,7 +671,7 @@ func encodeSA(s *State) ([]byte, error) {
 		}
 		b = appendAttr(b, attrSecCtx, c)
 	}
-	if s.ReplayWindow > math.MaxUint8 {
+	if s.ReplayWindow > math.MaxUint8 || s.ESN {
 		b = appendAttr(b, attrReplayESNVal, encodeReplayESN(s.ReplayWindow))
 	}
 	return b, nil
@@ -710,6 +717,15 @@ func (d decoder) decodeSAAttrs(s *State, b []byte) error {
 				return ad.errorf(0, "XFRMA_REPLAY_ESN_VAL of %d bytes is shorter than %d", len(a.data), sizeofReplayESN)
 			}
 			s.ReplayWindow = ne.Uint32(a.data[20:])
+			// oseq, seq, oseq_hi, seq_hi
+			s.OSeq = uint64(ne.Uint32(a.data[12:]))<<32 | uint64(ne.Uint32(a.data[4:]))
+			s.Seq = uint64(ne.Uint32(a.data[16:]))<<32 | uint64(ne.Uint32(a.data[8:]))
+		case attrReplayVal:
+			// struct xfrm_replay_state: oseq, seq, bitmap
+			if len(a.data) < 12 {
+				return ad.errorf(0, "XFRMA_REPLAY_VAL of %d bytes is shorter than 12", len(a.data))
+			}
+			s.OSeq, s.Seq = uint64(ne.Uint32(a.data[0:])), uint64(ne.Uint32(a.data[4:]))
 		}
 	}
 	if s.Auth == nil {

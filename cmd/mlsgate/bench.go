@@ -33,6 +33,10 @@ SVG plots.
   xfrm      SA install rate through agent/xfrm and SA→map sync latency
             (p50/p99) in Debian's kernel under QEMU (1,000 SAs; --quick:
             200, and only when the guest image is already cached)
+  rotation  SA rotation in Debian's kernel under QEMU: latency from trigger
+            to old states deleted (p50/p99) over 100 rotations, and the
+            datagrams lost (must be 0) between a guest and a server beyond
+            the host meanwhile (not in --quick; make test runs it)
   mapper    label-mapper lookups at 10,000 rules, in process and over its
             HTTP API on 127.0.0.1 (one client goroutine, then 4)
   bundle    policy-store bundle generation for the analyst application

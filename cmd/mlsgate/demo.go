@@ -620,8 +620,8 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 	}
 	v, err := startLoader(ctx, loaderSetup{
 		StateDir: filepath.Join(state, "loader"), AppsDir: appsDir, APIPort: demoAPIPort, PoolSize: 1, MaxLoads: 8,
-		Backend: be, Agent: a, HostXFRM: hostX, StepTimeout: stepTimeout,
-		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots,
+		Backend: be, Agent: loader.InProcessAgent{Agent: a}, HostXFRM: hostX, StepTimeout: stepTimeout,
+		SPIBase: cfg.SPIBase, SPISlots: cfg.SPISlots, Rotation: demoRotation(),
 	})
 	if err != nil {
 		return err
@@ -733,13 +733,21 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 		}
 		s.record(f, observed{})
 	}
+	step := 5
 	if s.beforeModules != nil {
+		step++
 		fmt.Fprintln(out, "\n5. Each guest's SELinux knows an application's type only from the module of its bundle:")
 		s.modules(&browser, home)
 		if s.plan.Other != nil {
 			s.modules(&og, s.plan.Other)
 		}
 	}
+
+	fmt.Fprintf(out, "\n%d. The loader rotates the %s browser's SAs (make-before-break), and the browser reads a page again:\n", step, home.Name)
+	if err := rotateOnce(ctx, out, v.loader, &browser); err != nil {
+		return err
+	}
+	s.read(&browser, home, first, "read "+first.Server.Name+" page after the SA rotation")
 
 	if err := demoReadyHit(ctx, out, v, appsDir, home.Name); err != nil { // demo_ready.go
 		return err

@@ -52,8 +52,13 @@ func agCtx(level string) string { return "system_u:system_r:analyst_t:" + level 
 // TestMain runs the agent when the test binary is started as one (see
 // startAgent), and the tests otherwise.
 func TestMain(m *testing.M) {
-	if os.Getenv("MLSGATE_INGUEST_AGENT") == "1" {
+	switch {
+	case os.Getenv("MLSGATE_INGUEST_AGENT") == "1":
 		os.Exit(runAgent())
+	case os.Getenv(envUpdated) == "1":
+		os.Exit(runUpdatedProc())
+	case os.Getenv(envLoader) == "1":
+		os.Exit(runLoaderProc())
 	}
 	os.Exit(m.Run())
 }
@@ -65,6 +70,9 @@ func runAgent() int {
 	cfg := agent.DefaultConfig()
 	cfg.StateDir, cfg.PinDir, cfg.Socket, cfg.Listen = os.Getenv("AGENT_STATE"), os.Getenv("AGENT_PINS"), os.Getenv("AGENT_SOCK"), ""
 	cfg.SPISlots = 4096
+	if p, err := strconv.ParseUint(os.Getenv("AGENT_API_PORT"), 10, 16); err == nil {
+		cfg.APIPort = uint16(p) // the host reaches the guest's update daemon there
+	}
 	cfg.Integrity = map[string]label.Integrity{"analyst_t": 5}
 	a, k, err := agent.Start(cfg, log, nil)
 	if err != nil {
@@ -113,8 +121,9 @@ func (s *syncBuf) Write(p []byte) (int, error) {
 func (s *syncBuf) String() string { s.mu.Lock(); defer s.mu.Unlock(); return string(s.b) }
 
 // startAgent starts this binary as the agent inside the named namespace,
-// with its pins on a bpffs of the test's own ('ip netns exec' remounts /sys).
-func startAgent(t *testing.T, ns string) *guestAgent {
+// with its pins on a bpffs of the test's own ('ip netns exec' remounts /sys),
+// and env added to its environment.
+func startAgent(t *testing.T, ns string, env ...string) *guestAgent {
 	t.Helper()
 	dir := t.TempDir()
 	bpffs := filepath.Join(dir, "bpffs")
@@ -136,6 +145,7 @@ func startAgent(t *testing.T, ns string) *guestAgent {
 	g.cmd = exec.Command(ipPath, "netns", "exec", ns, exe)
 	g.cmd.Env = append(os.Environ(), "MLSGATE_INGUEST_AGENT=1", "AGENT_STATE="+filepath.Join(dir, "state"),
 		"AGENT_PINS="+filepath.Join(bpffs, "mlsgate"), "AGENT_SOCK="+g.sock)
+	g.cmd.Env = append(g.cmd.Env, env...)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -296,7 +296,7 @@ func xfrmHint(err error) string {
 // sameState reports whether the kernel's SA old already is s. Contexts are
 // compared only where the kernel keeps them.
 func sameState(old, s xfrm.State, contexts bool) bool {
-	if old.Src != s.Src || old.Mode != s.Mode || old.Reqid != s.Reqid {
+	if old.Src != s.Src || old.Mode != s.Mode || old.Reqid != s.Reqid || old.ESN != s.ESN {
 		return false
 	}
 	if old.Context != s.Context && (contexts || old.Context != "") {

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mlsgate/mlsgate/loader"
+)
+
+// The demo's SA rotation: the loader rotates the browser guest's SAs once,
+// make-before-break, and the demo reads a page through the new SAs.
+
+// demoRotation is the demo loader's rotation: by hand only (no lifetime),
+// with a short grace window.
+func demoRotation() *loader.RotationConfig {
+	rc := loader.DefaultRotationConfig()
+	rc.Lifetime, rc.Jitter, rc.Grace = 0, 0, 200*time.Millisecond
+	return &rc
+}
+
+// rotateOnce rotates g's SAs and prints one line with the timing.
+func rotateOnce(ctx context.Context, out io.Writer, l *loader.Loader, g *loader.Guest) error {
+	res, err := l.RotateGuests(ctx, []string{g.Name}, false, "demo")
+	if err != nil {
+		return fmt.Errorf("rotate the SAs of %s: %w", g.Name, err)
+	}
+	r := res[0]
+	fmt.Fprintf(out, "   SA rotation of %s: %s in %v from trigger to old states deleted (grace %v), %d SAs, SPIs %#x… → %#x…, each with its predecessor's label\n",
+		g.Name, r.Result, r.Took.Round(time.Millisecond), demoRotation().Grace, len(r.NewSPIs), r.OldSPIs[0], r.NewSPIs[0])
+	return nil
+}
