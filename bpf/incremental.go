@@ -30,7 +30,7 @@ type Incremental struct {
 
 	guests  map[uint32]verdict.Guest // the policy's guests by ifindex
 	owners  map[uint32]verdict.Guest // the planned guests by VM (PlanFrom's owners)
-	sas     map[SAKey]verdict.SA
+	sas     map[SAKey]saRec
 	slotOf  map[uint32]SAKey // the SA in each slot
 	byOwner map[uint32]map[SAKey]struct{}
 	peers   []verdict.Peer
@@ -58,6 +58,17 @@ type SAKey struct {
 	Daddr netip.Addr
 }
 
+// saRec is an SA of the policy as the Incremental keeps it: 16 bytes,
+// the label by its id, rather than a verdict.SA's 180.
+type saRec struct {
+	owner, app, label uint32
+	family            verdict.Family
+}
+
+func (in *Incremental) sa(k SAKey, r saRec) verdict.SA {
+	return verdict.SA{SPI: k.SPI, Daddr: k.Daddr, Family: r.family, Owner: r.owner, App: r.app, Label: in.labelOf[r.label]}
+}
+
 type was[V any] struct {
 	v   V
 	had bool
@@ -68,7 +79,7 @@ type was[V any] struct {
 func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 	in := &Incremental{
 		cur: s, spiBase: p.SPIBase, spiSlots: p.SPISlots,
-		guests: make(map[uint32]verdict.Guest, len(p.Guests)), sas: make(map[SAKey]verdict.SA, len(p.SAs)),
+		guests: make(map[uint32]verdict.Guest, len(p.Guests)), sas: make(map[SAKey]saRec, len(p.SAs)),
 		slotOf: map[uint32]SAKey{}, byOwner: map[uint32]map[SAKey]struct{}{},
 		peers: append([]verdict.Peer(nil), p.Peers...), refs: map[uint32]int{}, labelOf: map[uint32]label.Label{},
 		maybeGone: map[uint32]struct{}{},
@@ -83,7 +94,11 @@ func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 		if _, dup := in.sas[k]; dup {
 			return nil, planErr("%s: listed twice for destination %s", saName(&sa), sa.Daddr)
 		}
-		in.sas[k] = sa
+		id, ok := s.LabelIDs[sa.Label]
+		if !ok {
+			return nil, fmt.Errorf("%w: %s has a label the state lacks: not the plan of this policy", ErrPlan, saName(&sa))
+		}
+		in.sas[k] = saRec{sa.Owner, sa.App, id, sa.Family}
 		in.own(k, sa.Owner)
 		if slot, ok := in.slot(sa.SPI); ok {
 			in.slotOf[slot] = k
@@ -183,7 +198,7 @@ func (in *Incremental) SetSA(sa verdict.SA) error {
 		return in.err
 	}
 	k := SAKey{sa.SPI, sa.Daddr}
-	if old, ok := in.sas[k]; ok && old == sa {
+	if old, ok := in.sas[k]; ok && old.owner == sa.Owner && old.app == sa.App && old.family == sa.Family && in.labelOf[old.label] == sa.Label {
 		return nil
 	}
 	if err := checkSA(&sa); err != nil {
@@ -214,7 +229,7 @@ func (in *Incremental) SetSA(sa verdict.SA) error {
 		}
 		in.setHashSA(hk, v, true)
 	}
-	in.sas[k] = sa
+	in.sas[k] = saRec{sa.Owner, sa.App, id, sa.Family}
 	in.own(k, sa.Owner)
 	return nil
 }
@@ -230,7 +245,8 @@ func (in *Incremental) DeleteSA(k SAKey) error {
 	return nil
 }
 
-func (in *Incremental) dropSA(k SAKey, sa verdict.SA) {
+func (in *Incremental) dropSA(k SAKey, r saRec) {
+	sa := in.sa(k, r)
 	if slot, ok := in.slot(sa.SPI); ok {
 		delete(in.slotOf, slot)
 		in.setSlot(slot, FastpathSa{}, false)
@@ -305,7 +321,7 @@ func (in *Incremental) SetGuests(guests map[uint32]verdict.Guest) error {
 
 // refreshSA rewrites an SA's entry after its owner's range changed.
 func (in *Incremental) refreshSA(k SAKey) {
-	sa := in.sas[k]
+	sa := in.sa(k, in.sas[k])
 	o, hasOwner := in.owners[sa.Owner]
 	if slot, ok := in.slot(sa.SPI); ok {
 		v := saEntry(&sa, in.cur.Slots[slot].LabelId, o, hasOwner)
@@ -456,8 +472,8 @@ func journal[K comparable, V any](cur map[K]V, j map[K]was[V], k K, v V, keep bo
 
 // Commit ends the batch: it drops the labels no entry refers to any more
 // and returns the entries the batch touched, as they were (prev) and as
-// they are (next), for Apply(prev, next). An empty batch gives two empty
-// States.
+// they are (next), for Apply(prev, next). next's LabelIDs and Unplanned
+// are the whole State's. An empty batch gives two empty States.
 func (in *Incremental) Commit() (prev, next *State, err error) {
 	if in.err != nil {
 		return nil, nil, in.err
@@ -491,15 +507,11 @@ func (in *Incremental) Commit() (prev, next *State, err error) {
 	prev.Slots, next.Slots = split(in.cur.Slots, in.jSlots)
 	prev.SAs, next.SAs = split(in.cur.SAs, in.jSAs)
 	prev.Peers, next.Peers = split(in.cur.Peers, in.jPeers)
+	next.LabelIDs, next.Unplanned = in.cur.LabelIDs, in.cur.Unplanned
 	in.reset()
 	in.free = append(in.free, in.released...)
 	in.released = in.released[:0]
 	return prev, next, nil
-}
-
-// Empty reports whether a Commit's delta writes nothing.
-func (s *State) Empty() bool {
-	return len(s.Vifs) == 0 && len(s.Labels) == 0 && len(s.Slots) == 0 && len(s.SAs) == 0 && len(s.Peers) == 0
 }
 
 func split[K comparable, V comparable](cur map[K]V, j map[K]was[V]) (prev, next map[K]V) {
