@@ -88,7 +88,7 @@ type Agent struct {
 	kernelSAs map[saID]KernelSA
 	saView    saStats
 	applied   *bpf.State
-	inc       incState // incremental.go
+	inc       incState  // incremental.go
 	pendingAt time.Time // oldest change not yet applied
 	lastErr   error
 	linksSync bool
