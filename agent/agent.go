@@ -85,7 +85,8 @@ type Agent struct {
 	present   map[string]int // managed-pattern interfaces that exist: name → ifindex
 	attached  map[int]string // ifindex → name, programs attached (or adopted)
 	modes     map[int]string
-	kernelSAs map[saID]KernelSA
+	kernelSAs saSeq        // ktab.all
+	ktab      *kernelTable // kerneltable.go
 	saView    saStats
 	applied   *bpf.State
 	inc       incState  // incremental.go
@@ -138,9 +139,10 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, log: log, maps: o.Maps, attacher: o.Attacher, links: o.Links, sas: o.SAs, now: o.Now,
-		desired: d, present: map[string]int{}, kernelSAs: map[saID]KernelSA{}, attached: map[int]string{}, modes: map[int]string{},
+		desired: d, present: map[string]int{}, ktab: newKernelTable(), attached: map[int]string{}, modes: map[int]string{},
 		kick: make(chan struct{}, 1), readyC: make(chan struct{}),
 	}
+	a.kernelSAs = a.ktab.all()
 	a.metrics = newMetrics(a)
 	a.inc.drift = newDriftCounter(a.metrics.reg)
 	a.driftRepairs = newDriftRepairs(a.metrics.reg)
@@ -253,22 +255,24 @@ func (a *Agent) onLink(e LinkEvent) {
 // onSAs takes the complete set of the kernel's SAs; only the SAs that
 // differ from the last set are planned again.
 func (a *Agent) onSAs(sas []KernelSA) {
-	next := make(map[saID]KernelSA, len(sas))
-	for _, k := range sas {
-		next[saID{k.Dst, k.SPI, k.Proto}] = k
-	}
 	a.mu.Lock()
-	for id, k := range next {
-		if old, ok := a.kernelSAs[id]; !ok || old != k {
+	now := make(map[kkey]struct{}, len(sas))
+	for _, k := range sas {
+		if k.Proto != 50 {
+			continue
+		}
+		now[kkey{k.SPI, compact(k.Dst)}] = struct{}{}
+		if a.ktab.set(k) {
+			a.inc.dirtySA(saID{k.Dst, k.SPI, 50})
+		}
+	}
+	for key := range a.ktab.sas {
+		if _, ok := now[key]; !ok {
+			id := saID{key.dst.addr(), key.spi, 50}
+			a.ktab.del(id)
 			a.inc.dirtySA(id)
 		}
 	}
-	for id := range a.kernelSAs {
-		if _, ok := next[id]; !ok {
-			a.inc.dirtySA(id)
-		}
-	}
-	a.kernelSAs = next
 	a.sasSync = true
 	a.markPending()
 	a.mu.Unlock()
@@ -350,7 +354,7 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 	// Checked without the kernel's SAs, whose count the plan of a change
 	// must not cost; a kernel SA the change makes unplannable shows as a
 	// reconcile error.
-	if _, err := a.plan(next, a.present, nil); err != nil {
+	if _, err := a.plan(next, a.present, noSAs); err != nil {
 		a.mu.Unlock()
 		return old, err
 	}
@@ -368,7 +372,7 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 
 // policyFor builds the verdict policy of a desired state on the present
 // interfaces with the kernel's SAs.
-func (a *Agent) policyFor(d Desired, present map[string]int, ksas map[saID]KernelSA) (*verdict.Policy, saStats) {
+func (a *Agent) policyFor(d Desired, present map[string]int, ksas saSeq) (*verdict.Policy, saStats) {
 	return a.policyRes(d, present, ksas, nil)
 }
 
@@ -389,7 +393,7 @@ func guestsByAddr(d Desired) map[netip.Addr]GuestSpec {
 
 // policyRes is policyFor that also notes, in res (when not nil), what it
 // made of each SA (incremental.go).
-func (a *Agent) policyRes(d Desired, present map[string]int, ksas map[saID]KernelSA, res map[saKey]saRes) (*verdict.Policy, saStats) {
+func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map[saKey]saRes) (*verdict.Policy, saStats) {
 	p := &verdict.Policy{
 		Guests: a.guestsFor(d, present), SPIBase: a.cfg.SPIBase, SPISlots: a.cfg.SPISlots,
 		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce, Peers: peersFor(d),
@@ -541,7 +545,7 @@ type saKey struct {
 	daddr netip.Addr
 }
 
-func (a *Agent) plan(d Desired, present map[string]int, ksas map[saID]KernelSA) (*bpf.State, error) {
+func (a *Agent) plan(d Desired, present map[string]int, ksas saSeq) (*bpf.State, error) {
 	p, _ := a.policyFor(d, present, ksas)
 	return bpf.PlanFrom(p, a.applied)
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,7 +95,9 @@ type incState struct {
 	// failed halfway); the next full plan reads the maps back first.
 	stale   bool
 	fullDue bool // the safety net asked for a full plan
-	res     map[saKey]saRes
+	// res: what the agent made of each SA other than a plain bound one
+	// (most of them), which an SA planned without a note is.
+	res map[saKey]saRes
 	dirty   map[saKey]struct{}
 	guests  bool // the guest set or the interfaces changed
 	peers   bool
@@ -157,12 +160,9 @@ func (a *Agent) onSADelta(cs []SAChange) {
 	a.mu.Lock()
 	for _, c := range cs {
 		id := saID{c.SA.Dst, c.SA.SPI, c.SA.Proto}
-		if c.Gone {
-			delete(a.kernelSAs, id)
-		} else {
-			a.kernelSAs[id] = c.SA
+		if c.Gone && a.ktab.del(id) || !c.Gone && a.ktab.set(c.SA) {
+			a.inc.dirtySA(id)
 		}
-		a.inc.dirtySA(id)
 	}
 	a.markPending()
 	a.mu.Unlock()
@@ -184,11 +184,11 @@ func (a *Agent) desiredChanged(old, next Desired) {
 		for _, g := range old.Guests {
 			was[g.Interface] = g
 		}
-		addrs := map[netip.Addr]bool{}
+		addrs := map[caddr]bool{}
 		note := func(g GuestSpec) {
 			for _, x := range []netip.Addr{g.Addr4, g.Addr6} {
 				if x.IsValid() {
-					addrs[x] = true
+					addrs[compact(x)] = true
 				}
 			}
 		}
@@ -205,9 +205,9 @@ func (a *Agent) desiredChanged(old, next Desired) {
 		// A scan of the SAs' addresses (no planning): the SAs a changed
 		// guest binds, or may bind now.
 		if len(addrs) > 0 {
-			for id, k := range a.kernelSAs {
-				if addrs[k.Src] || addrs[k.Dst] || addrs[k.SelSrc] || addrs[k.SelDst] {
-					in.dirtySA(id)
+			for key, r := range a.ktab.sas {
+				if addrs[r.src] || addrs[key.dst] || addrs[r.selSrc] || addrs[r.selDst] {
+					in.dirtyKey(saKey{key.spi, key.dst.addr()})
 				}
 			}
 		}
@@ -248,7 +248,7 @@ func (a *Agent) resolve(k saKey) (saRes, verdict.SA, bool, saStats) {
 		r |= resStatic
 		out, mapped = staticSA(s), true
 	}
-	if ks, ok := a.kernelSAs[saID{k.daddr, k.spi, 50}]; ok {
+	if ks, ok := a.ktab.get(k.spi, k.daddr); ok {
 		sa, kr := bindKernelSA(a.desired.Rotations, a.inc.byAddr, a.integrity(), &ks, &st)
 		r |= kr
 		if kr&resClass == classBound && !mapped {
@@ -297,6 +297,10 @@ func (a *Agent) reconcileIncremental() error {
 		}
 	}
 	for k := range in.dirty {
+		old, noted := in.res[k]
+		if !noted && in.eng.HasSA(bpf.SAKey{SPI: k.spi, Daddr: k.daddr}) {
+			old = classBound
+		}
 		r, sa, mapped, st := a.resolve(k)
 		var err error
 		if mapped {
@@ -307,13 +311,12 @@ func (a *Agent) reconcileIncremental() error {
 		if err != nil {
 			return err
 		}
-		old := in.res[k]
 		if r == old {
 			continue
 		}
 		a.saView.count(old, -1)
 		a.saView.count(r, 1)
-		if r == 0 {
+		if r == classBound || r == 0 {
 			delete(in.res, k)
 		} else {
 			in.res[k] = r
@@ -403,8 +406,18 @@ func (a *Agent) reconcileFull() error {
 		a.log.Error("incremental sync off until the next full plan", "error", err)
 		return nil
 	}
-	in.eng, in.res = eng, res
+	in.eng, in.res = eng, map[saKey]saRes{}
+	for k, r := range res {
+		if r != classBound {
+			in.res[k] = r
+		}
+	}
 	in.cache(a.desired)
+	// The full plan's garbage (the policy, the maps of a whole State) is
+	// several times what the agent keeps: hand it back to the system now
+	// rather than keep it as headroom (most of the RSS at 100k SAs).
+	res, p = nil, nil
+	debug.FreeOSMemory()
 	return nil
 }
 

@@ -50,7 +50,7 @@ func propAgent(t *testing.T, seed uint64, steps int) {
 	gaddr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, 0, byte(1 + i)}) }
 	contexts := []string{"system_u:system_r:analyst_t:s6", "system_u:system_r:analyst_t:s9:c1", "system_u:system_r:analyst_t:s3:c0.c3", "system_u:system_r:other_t:s2", "", "not a context"}
 	ranges := []string{"s0-s15:c0.c1023/i0-i10", "s5-s9:c0.c3/i1-i7", "s0-s3/i0-i1"}
-	kernel := map[saID]KernelSA{}
+	kernel := map[saID]KernelSA{} // the test's own view
 	newSA := func() KernelSA {
 		spi := cfg.SPIBase + uint32(rng.IntN(int(cfg.SPISlots)))
 		if rng.IntN(4) == 0 {

@@ -146,7 +146,7 @@ func rotationAllows(rs []RotationSpec, k *KernelSA, sa *verdict.SA, st *saStats)
 // cannot wait for the agent to sync the new SA). Once the kernel holds
 // the successor, rotationAllows checks it, and one that differs leaves
 // the maps.
-func rotationPremap(d Desired, ksas map[saID]KernelSA, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
+func rotationPremap(d Desired, ksas saSeq, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
 	if len(d.Rotations) == 0 {
 		return nil
 	}

@@ -28,12 +28,9 @@ type Incremental struct {
 	cur               *State
 	spiBase, spiSlots uint32
 
-	guests  map[uint32]verdict.Guest // the policy's guests by ifindex
-	owners  map[uint32]verdict.Guest // the planned guests by VM (PlanFrom's owners)
-	sas     map[SAKey]saRec
-	slotOf  map[uint32]SAKey // the SA in each slot
-	byOwner map[uint32]map[SAKey]struct{}
-	peers   []verdict.Peer
+	// The SAs are their entries in cur (an entry holds all of the SA the
+	// plan uses): no second copy of 100k SAs.
+	owners map[uint32]verdict.Guest // the planned guests by VM (PlanFrom's owners)
 
 	refs      map[uint32]int // label id → entries of cur that refer to it
 	labelOf   map[uint32]label.Label
@@ -58,17 +55,6 @@ type SAKey struct {
 	Daddr netip.Addr
 }
 
-// saRec is an SA of the policy as the Incremental keeps it: 16 bytes,
-// the label by its id, rather than a verdict.SA's 180.
-type saRec struct {
-	owner, app, label uint32
-	family            verdict.Family
-}
-
-func (in *Incremental) sa(k SAKey, r saRec) verdict.SA {
-	return verdict.SA{SPI: k.SPI, Daddr: k.Daddr, Family: r.family, Owner: r.owner, App: r.app, Label: in.labelOf[r.label]}
-}
-
 type was[V any] struct {
 	v   V
 	had bool
@@ -78,32 +64,10 @@ type was[V any] struct {
 // maps hold): s is updated in place from now on, and State returns it.
 func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 	in := &Incremental{
-		cur: s, spiBase: p.SPIBase, spiSlots: p.SPISlots,
-		guests: make(map[uint32]verdict.Guest, len(p.Guests)), sas: make(map[SAKey]saRec, len(p.SAs)),
-		slotOf: map[uint32]SAKey{}, byOwner: map[uint32]map[SAKey]struct{}{},
-		peers: append([]verdict.Peer(nil), p.Peers...), refs: map[uint32]int{}, labelOf: map[uint32]label.Label{},
-		maybeGone: map[uint32]struct{}{},
+		cur: s, spiBase: p.SPIBase, spiSlots: p.SPISlots, owners: plannedOwners(p.Guests),
+		refs: map[uint32]int{}, labelOf: map[uint32]label.Label{}, maybeGone: map[uint32]struct{}{},
 	}
 	in.reset()
-	for k, g := range p.Guests {
-		in.guests[k] = g
-	}
-	in.owners = plannedOwners(in.guests)
-	for _, sa := range p.SAs {
-		k := SAKey{sa.SPI, sa.Daddr}
-		if _, dup := in.sas[k]; dup {
-			return nil, planErr("%s: listed twice for destination %s", saName(&sa), sa.Daddr)
-		}
-		id, ok := s.LabelIDs[sa.Label]
-		if !ok {
-			return nil, fmt.Errorf("%w: %s has a label the state lacks: not the plan of this policy", ErrPlan, saName(&sa))
-		}
-		in.sas[k] = saRec{sa.Owner, sa.App, id, sa.Family}
-		in.own(k, sa.Owner)
-		if slot, ok := in.slot(sa.SPI); ok {
-			in.slotOf[slot] = k
-		}
-	}
 	for l, id := range s.LabelIDs {
 		in.labelOf[id] = l
 		in.hiID = max(in.hiID, id)
@@ -130,8 +94,8 @@ func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 			in.maybeGone[id] = struct{}{}
 		}
 	}
-	if len(in.sas) != len(s.Slots)+len(s.SAs) {
-		return nil, fmt.Errorf("%w: the state holds %d SA entries for %d SAs: not the plan of this policy", ErrPlan, len(s.Slots)+len(s.SAs), len(in.sas))
+	if len(p.SAs) != len(s.Slots)+len(s.SAs) {
+		return nil, fmt.Errorf("%w: the state holds %d SA entries for %d SAs: not the plan of this policy", ErrPlan, len(s.Slots)+len(s.SAs), len(p.SAs))
 	}
 	return in, nil
 }
@@ -174,22 +138,25 @@ func (in *Incremental) slot(spi uint32) (uint32, bool) {
 	return 0, false
 }
 
-func (in *Incremental) own(k SAKey, vm uint32) {
-	m := in.byOwner[vm]
-	if m == nil {
-		m = map[SAKey]struct{}{}
-		in.byOwner[vm] = m
+// find is the entry of the SA k: in its slot, or in the hash.
+func (in *Incremental) find(k SAKey) (v FastpathSa, slot uint32, hk FastpathSaKey, inSlot, ok bool) {
+	d := addr16(k.Daddr)
+	fams := []verdict.Family{verdict.FamilyOf(k.Daddr)}
+	if !k.Daddr.IsValid() { // host-terminated: keyed by the zero address of its family
+		fams = []verdict.Family{verdict.AFInet, verdict.AFInet6}
 	}
-	m[k] = struct{}{}
-}
-
-func (in *Incremental) disown(k SAKey, vm uint32) {
-	if m := in.byOwner[vm]; m != nil {
-		delete(m, k)
-		if len(m) == 0 {
-			delete(in.byOwner, vm)
+	if slot, inSlot = in.slot(k.SPI); inSlot {
+		v, ok = in.cur.Slots[slot]
+		ok = ok && v.Daddr == d && (!k.Daddr.IsValid() || v.Family == uint16(fams[0]))
+		return v, slot, hk, true, ok
+	}
+	for _, f := range fams {
+		hk = FastpathSaKey{Spi: k.SPI, Family: uint16(f), Daddr: d}
+		if v, ok = in.cur.SAs[hk]; ok {
+			return v, 0, hk, false, true
 		}
 	}
+	return v, 0, hk, false, false
 }
 
 // SetSA adds sa, or replaces the SA with its SPI and destination.
@@ -198,7 +165,8 @@ func (in *Incremental) SetSA(sa verdict.SA) error {
 		return in.err
 	}
 	k := SAKey{sa.SPI, sa.Daddr}
-	if old, ok := in.sas[k]; ok && old.owner == sa.Owner && old.app == sa.App && old.family == sa.Family && in.labelOf[old.label] == sa.Label {
+	old, oslot, ohk, oInSlot, had := in.find(k)
+	if had && old.OwnerVm == sa.Owner && old.AppId == sa.App && old.Family == uint16(sa.Family) && in.labelOf[old.LabelId] == sa.Label {
 		return nil
 	}
 	if err := checkSA(&sa); err != nil {
@@ -208,16 +176,15 @@ func (in *Incremental) SetSA(sa verdict.SA) error {
 	if err != nil {
 		return in.fail(fmt.Errorf("%w: %s: %w", ErrPlan, saName(&sa), err))
 	}
-	if old, ok := in.sas[k]; ok {
-		in.dropSA(k, old)
+	if had {
+		in.drop(oslot, ohk, oInSlot)
 	}
 	o, hasOwner := in.owners[sa.Owner]
 	v := saEntry(&sa, id, o, hasOwner)
 	if slot, ok := in.slot(sa.SPI); ok {
-		if other, dup := in.slotOf[slot]; dup {
-			return in.fail(planErr("%s: two SAs with one SPI in the host's range (destinations %s and %s); the host allocates each SPI once", saName(&sa), other.Daddr, sa.Daddr))
+		if _, dup := in.cur.Slots[slot]; dup {
+			return in.fail(planErr("%s: two SAs with one SPI in the host's range; the host allocates each SPI once", saName(&sa)))
 		}
-		in.slotOf[slot] = k
 		in.setSlot(slot, v, true)
 	} else {
 		hk := FastpathSaKey{Spi: sa.SPI, Family: uint16(sa.Family), Daddr: v.Daddr}
@@ -229,9 +196,13 @@ func (in *Incremental) SetSA(sa verdict.SA) error {
 		}
 		in.setHashSA(hk, v, true)
 	}
-	in.sas[k] = saRec{sa.Owner, sa.App, id, sa.Family}
-	in.own(k, sa.Owner)
 	return nil
+}
+
+// HasSA reports whether the SA with this SPI and destination is planned.
+func (in *Incremental) HasSA(k SAKey) bool {
+	_, _, _, _, ok := in.find(k)
+	return ok
 }
 
 // DeleteSA removes the SA with this SPI and destination, if there is one.
@@ -239,22 +210,18 @@ func (in *Incremental) DeleteSA(k SAKey) error {
 	if in.err != nil {
 		return in.err
 	}
-	if old, ok := in.sas[k]; ok {
-		in.dropSA(k, old)
+	if _, slot, hk, inSlot, ok := in.find(k); ok {
+		in.drop(slot, hk, inSlot)
 	}
 	return nil
 }
 
-func (in *Incremental) dropSA(k SAKey, r saRec) {
-	sa := in.sa(k, r)
-	if slot, ok := in.slot(sa.SPI); ok {
-		delete(in.slotOf, slot)
+func (in *Incremental) drop(slot uint32, hk FastpathSaKey, inSlot bool) {
+	if inSlot {
 		in.setSlot(slot, FastpathSa{}, false)
 	} else {
-		in.setHashSA(FastpathSaKey{Spi: sa.SPI, Family: uint16(sa.Family), Daddr: addr16(sa.Dest())}, FastpathSa{}, false)
+		in.setHashSA(hk, FastpathSa{}, false)
 	}
-	delete(in.sas, k)
-	in.disown(k, sa.Owner)
 }
 
 // SetGuests replaces the guests (the policy's Guests, by ifindex). It
@@ -300,36 +267,46 @@ func (in *Incremental) SetGuests(guests map[uint32]verdict.Guest) error {
 	}
 	in.cur.Unplanned = unplanned
 	owners := plannedOwners(guests)
-	in.guests = make(map[uint32]verdict.Guest, len(guests))
-	for k, g := range guests {
-		in.guests[k] = g
-	}
-	prevOwners := in.owners
-	in.owners = owners
-	for vm := range in.byOwner {
-		o, had := prevOwners[vm]
-		n, has := owners[vm]
-		if had == has && o.Range == n.Range {
-			continue
+	changed := map[uint32]bool{}
+	for vm, o := range in.owners {
+		if n, ok := owners[vm]; !ok || n.Range != o.Range {
+			changed[vm] = true
 		}
-		for k := range in.byOwner[vm] {
-			in.refreshSA(k)
+	}
+	for vm := range owners {
+		if _, ok := in.owners[vm]; !ok {
+			changed[vm] = true
+		}
+	}
+	in.owners = owners
+	if len(changed) == 0 {
+		return nil
+	}
+	// The SAs of the VMs whose planned range changed: a scan of the
+	// entries (no planning), then a rewrite of those whose in-range flag
+	// moves.
+	inRange := func(v FastpathSa) FastpathSa {
+		o, ok := owners[v.OwnerVm]
+		sa := verdict.SA{Owner: v.OwnerVm, Label: in.labelOf[v.LabelId]}
+		w := saEntry(&sa, v.LabelId, o, ok)
+		v.Flags = v.Flags&^uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE) | w.Flags&uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE)
+		return v
+	}
+	for slot, v := range in.cur.Slots {
+		if changed[v.OwnerVm] {
+			if w := inRange(v); w != v {
+				in.setSlot(slot, w, true)
+			}
+		}
+	}
+	for hk, v := range in.cur.SAs {
+		if changed[v.OwnerVm] {
+			if w := inRange(v); w != v {
+				in.setHashSA(hk, w, true)
+			}
 		}
 	}
 	return nil
-}
-
-// refreshSA rewrites an SA's entry after its owner's range changed.
-func (in *Incremental) refreshSA(k SAKey) {
-	sa := in.sa(k, in.sas[k])
-	o, hasOwner := in.owners[sa.Owner]
-	if slot, ok := in.slot(sa.SPI); ok {
-		v := saEntry(&sa, in.cur.Slots[slot].LabelId, o, hasOwner)
-		in.setSlot(slot, v, true)
-		return
-	}
-	hk := FastpathSaKey{Spi: sa.SPI, Family: uint16(sa.Family), Daddr: addr16(sa.Dest())}
-	in.setHashSA(hk, saEntry(&sa, in.cur.SAs[hk].LabelId, o, hasOwner), true)
 }
 
 // SetPeers replaces the peer list. It costs the number of peers.
@@ -363,6 +340,7 @@ func (in *Incremental) SetPeers(peers []verdict.Peer) error {
 		}
 		next[k] = peerEntry(pe, lo, hi)
 	}
+
 	for k := range in.cur.Peers {
 		if _, ok := next[k]; !ok {
 			in.setPeer(k, FastpathPeer{}, false)
@@ -371,7 +349,6 @@ func (in *Incremental) SetPeers(peers []verdict.Peer) error {
 	for k, v := range next {
 		in.setPeer(k, v, true)
 	}
-	in.peers = append(in.peers[:0:0], peers...)
 	return nil
 }
 
