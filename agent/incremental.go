@@ -97,10 +97,10 @@ type incState struct {
 	fullDue bool // the safety net asked for a full plan
 	// res: what the agent made of each SA other than a plain bound one
 	// (most of them), which an SA planned without a note is.
-	res map[saKey]saRes
-	dirty   map[saKey]struct{}
-	guests  bool // the guest set or the interfaces changed
-	peers   bool
+	res    map[saKey]saRes
+	dirty  map[saKey]struct{}
+	guests bool // the guest set or the interfaces changed
+	peers  bool
 	// Caches of the desired state for binding one SA.
 	byAddr  map[netip.Addr]GuestSpec
 	statics map[saKey]SASpec
