@@ -256,21 +256,30 @@ func (a *Agent) onLink(e LinkEvent) {
 // differ from the last set are planned again.
 func (a *Agent) onSAs(sas []KernelSA) {
 	a.mu.Lock()
-	now := make(map[kkey]struct{}, len(sas))
-	for _, k := range sas {
-		if k.Proto != 50 {
-			continue
+	if a.ktab.len() == 0 { // the first dump: nothing to compare with
+		a.ktab.sas = make(map[kkey]krec, len(sas))
+		for _, k := range sas {
+			if a.ktab.set(k) {
+				a.inc.dirtySA(saID{k.Dst, k.SPI, k.Proto})
+			}
 		}
-		now[kkey{k.SPI, compact(k.Dst)}] = struct{}{}
-		if a.ktab.set(k) {
-			a.inc.dirtySA(saID{k.Dst, k.SPI, 50})
+	} else {
+		now := make(map[kkey]struct{}, len(sas))
+		for _, k := range sas {
+			if k.Proto != 50 {
+				continue
+			}
+			now[kkey{k.SPI, compact(k.Dst)}] = struct{}{}
+			if a.ktab.set(k) {
+				a.inc.dirtySA(saID{k.Dst, k.SPI, 50})
+			}
 		}
-	}
-	for key := range a.ktab.sas {
-		if _, ok := now[key]; !ok {
-			id := saID{key.dst.addr(), key.spi, 50}
-			a.ktab.del(id)
-			a.inc.dirtySA(id)
+		for key := range a.ktab.sas {
+			if _, ok := now[key]; !ok {
+				id := saID{key.dst.addr(), key.spi, 50}
+				a.ktab.del(id)
+				a.inc.dirtySA(id)
+			}
 		}
 	}
 	a.sasSync = true
@@ -397,9 +406,13 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 	p := &verdict.Policy{
 		Guests: a.guestsFor(d, present), SPIBase: a.cfg.SPIBase, SPISlots: a.cfg.SPISlots,
 		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce, Peers: peersFor(d),
+		SAs: make([]verdict.SA, 0, len(d.SAs)+a.ktab.len()),
 	}
 	byAddr := guestsByAddr(d)
 	var st saStats
+	// seen: the statics. A kernel SA's key is never premapped anyway
+	// (rotationPremap skips what the kernel holds), so the kernel's SAs,
+	// unique by key, need no entry: no 100k inserts at 100k SAs.
 	seen := map[saKey]bool{}
 	for _, s := range d.SAs {
 		sa := staticSA(s)
@@ -417,8 +430,10 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 		}
 		sa, r := bindKernelSA(d.Rotations, byAddr, integ, &k, &st)
 		key := saKey{k.SPI, k.Dst}
-		if res != nil {
+		if res != nil && r != classBound {
 			res[key] |= r
+		} else if _, noted := res[key]; noted {
+			res[key] |= r // a static's key
 		}
 		if r&resClass != classBound {
 			continue
@@ -426,7 +441,6 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 		if seen[key] {
 			continue // a static declaration wins
 		}
-		seen[key] = true
 		p.SAs = append(p.SAs, sa)
 		st.Synced++
 	}

@@ -46,6 +46,9 @@ type AgentScaleConfig struct {
 type AgentScaleResult struct {
 	Vifs, SAs   int
 	InitialSync time.Duration // start to the first full reconcile
+	// InitialSyncCPU is the process's CPU time (user+system) over the
+	// initial sync: unlike the wall time, hardly moved by other load.
+	InitialSyncCPU time.Duration `json:",omitempty"`
 	// ChangeP50/P99: one SA change, handed to the agent as an XFRM event
 	// → its entry in the maps (read back from the pinned map).
 	ChangeP50   time.Duration
@@ -277,7 +280,7 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	go func() { done <- a.Run(ctx) }()
 	res := &AgentScaleResult{Vifs: cfg.Vifs, SAs: cfg.SAs}
 	synced := func(n int) bool {
@@ -287,7 +290,7 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	if !waitFor(func() bool { return synced(cfg.SAs) }, 10*time.Minute) {
 		return nil, fmt.Errorf("initial sync of %d SAs did not finish: %+v", cfg.SAs, a.Status())
 	}
-	res.InitialSync = time.Since(start)
+	res.InitialSync, res.InitialSyncCPU = time.Since(start), cpuTime()-cpu0
 
 	// One change: from the event handed to the agent to the entries in
 	// the pinned map, read back with one lookup per SPI.
@@ -461,14 +464,55 @@ func readRSS() uint64 {
 	return 0
 }
 
+// cpuTime is the CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // FormatAgentScale prints the result as a Markdown table.
 func FormatAgentScale(rs []*AgentScaleResult) string {
 	var b strings.Builder
-	b.WriteString("| vifs | SAs | initial sync | one SA change p50 / p99 | agent RSS | Go heap | maps (kernel memlock) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("One SA change: an SA added, rotated (successor added, predecessor deleted in one burst) or deleted, in turn, handed to the agent as XFRM events → its entries in the pinned map. Initial sync CPU: the process's CPU time over the sync (wall time counts other load on shared cores).\n\n")
+	b.WriteString("| vifs | SAs | initial sync (CPU) | one SA change p50 / p99 (n) | agent RSS | Go heap | maps (kernel memlock) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| %d | %d | %v | %v / %v | %.1f MiB | %.1f MiB | %.1f MiB |\n", r.Vifs, r.SAs,
-			r.InitialSync.Round(time.Millisecond), r.ChangeP50.Round(time.Microsecond*10), r.ChangeP99.Round(time.Microsecond*10),
-			float64(r.RSSBytes)/(1<<20), float64(r.GoHeapBytes)/(1<<20), float64(r.Maps.Total)/(1<<20))
+		fmt.Fprintf(&b, "| %d | %d | %v (%v) | %v / %v (%d) | %.1f MiB | %.1f MiB | %.1f MiB |\n", r.Vifs, r.SAs,
+			r.InitialSync.Round(time.Millisecond), r.InitialSyncCPU.Round(time.Millisecond), r.ChangeP50.Round(time.Microsecond*10), r.ChangeP99.Round(time.Microsecond*10), r.Changes,
+			mib(r.RSSBytes), mib(r.GoHeapBytes), mib(r.Maps.Total))
 	}
 	return b.String()
+}
+
+// FormatSoak prints the soak's samples and the growth after warm-up (the
+// first tenth of the soak): the last sample against the first one after it.
+func FormatSoak(r *AgentScaleResult) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nChurn soak at %d SAs / %d vifs: %d changes/s (add, rotate, delete in turn); one change p99 over the soak %v.\n\n| time | changes | live SAs | RSS | Go heap |\n|---:|---:|---:|---:|---:|\n",
+		r.SAs, r.Vifs, r.SoakRate, r.SoakChangeP99.Round(time.Microsecond*10))
+	for _, s := range r.Soak {
+		fmt.Fprintf(&b, "| %v | %d | %d | %.1f MiB | %.1f MiB |\n", s.At, s.Changes, s.LiveSAs, mib(s.RSSBytes), mib(s.GoHeapBytes))
+	}
+	if g, ok := soakGrowth(r.Soak); ok {
+		fmt.Fprintf(&b, "\nAfter warm-up: RSS %+.1f %%, Go heap %+.1f %%.\n", g.rss, g.heap)
+	}
+	return b.String()
+}
+
+type growth struct{ rss, heap float64 }
+
+func soakGrowth(ss []SoakSample) (growth, bool) {
+	if len(ss) < 2 {
+		return growth{}, false
+	}
+	warm := ss[len(ss)-1].At / 10
+	i := 0
+	for i < len(ss)-1 && ss[i].At < warm {
+		i++
+	}
+	first, last := ss[i], ss[len(ss)-1]
+	pct := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(a) * 100 }
+	return growth{pct(first.RSSBytes, last.RSSBytes), pct(first.GoHeapBytes, last.GoHeapBytes)}, true
 }
