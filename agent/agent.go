@@ -93,6 +93,10 @@ type Agent struct {
 	pendingAt time.Time // oldest change not yet applied
 	lastErr   error
 	linksSync bool
+	// topoDirty: the interfaces or the declarations changed (or the last
+	// reconcile failed) since the attach/detach steps last ran; an SA
+	// change alone skips them (they cost the number of vifs).
+	topoDirty bool
 	sasSync   bool
 
 	kick    chan struct{}
@@ -247,6 +251,7 @@ func (a *Agent) onLink(e LinkEvent) {
 		}
 	}
 	a.inc.guests = true
+	a.topoDirty = true
 	a.markPending()
 	a.mu.Unlock()
 	a.poke()
@@ -373,6 +378,7 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 	}
 	a.desired = next
 	a.desiredChanged(old, next)
+	a.topoDirty = true
 	a.markPending()
 	a.mu.Unlock()
 	a.poke()
@@ -578,13 +584,19 @@ func (a *Agent) reconcile() {
 	start := a.now()
 	pending := a.pendingAt
 	a.pendingAt = time.Time{}
+	topo := a.topoDirty || a.lastErr != nil || a.inc.eng == nil || a.inc.fullDue
 	declared := map[string]bool{}
-	for _, g := range a.desired.Guests {
-		declared[g.Interface] = true
+	if topo {
+		for _, g := range a.desired.Guests {
+			declared[g.Interface] = true
+		}
 	}
 	var errs []error
 	// 1. Detach where the guest is gone or the interface is.
 	for idx, name := range a.attached {
+		if !topo {
+			break
+		}
 		cur, exists := a.present[name]
 		if name != "" && exists && cur == idx && a.wanted(declared, name) {
 			continue
@@ -615,7 +627,7 @@ func (a *Agent) reconcile() {
 		a.metrics.reconcileErrors.Inc()
 	}
 	// 3. Attach to the declared, present interfaces (after their entries).
-	if err == nil {
+	if err == nil && topo {
 		for name, idx := range a.present {
 			if !a.wanted(declared, name) {
 				continue
@@ -635,6 +647,9 @@ func (a *Agent) reconcile() {
 		}
 	}
 	a.lastErr = errors.Join(errs...)
+	if a.lastErr == nil {
+		a.topoDirty = false
+	}
 	if a.lastErr != nil {
 		a.log.Error("reconcile", "error", a.lastErr)
 		a.markPending() // try again on the next change or resync
