@@ -15,7 +15,7 @@ import (
 	"github.com/mlsgate/mlsgate/label"
 )
 
-var incSteps = flag.Int("incremental.steps", 1500, "random changes per seed in TestIncrementalMatchesFullPlan")
+var incSteps = flag.Int("incremental.steps", 1000, "random changes per seed in TestIncrementalMatchesFullPlan")
 
 // fakeMaps stands in for the kernel maps: it records every write Apply
 // makes, one entry at a time, and after each checks the invariant the
