@@ -14,7 +14,11 @@ const batchSize = 4096
 // (nil prev: everything). New labels, their accepted ranges and SAs go in
 // before the vifs and peers that refer to them; entries that disappear go last, vifs first.
 func (m *Maps) Apply(prev, next *State) error {
-	return applyTo(mapSet{m.Labels, m.SASlots, m.SAs, m.Peers, m.Vifs, m.VifsBig}, prev, next)
+	ms := mapSet{Labels: m.Labels, Accepts: m.Accepts, SASlots: m.SASlots, SAs: m.SAs, Peers: m.Peers, Vifs: m.Vifs, VifsBig: m.VifsBig}
+	if m.GuestCtr != nil { // a nil *ebpf.Map in the interface would not compare nil
+		ms.GuestCtr = m.GuestCtr
+	}
+	return applyTo(ms, prev, next)
 }
 
 // kvMap is what Apply needs of a map: *ebpf.Map, or a recording fake in
@@ -27,9 +31,11 @@ type kvMap interface {
 	MaxEntries() uint32
 }
 
-// mapSet names the policy maps Apply writes.
+// mapSet names the policy maps Apply writes, and the per-guest counters
+// it zeroes before a vif takes a slot (nil: none loaded).
 type mapSet struct {
-	Labels, SASlots, SAs, Peers, Vifs, VifsBig kvMap
+	Labels, Accepts, SASlots, SAs, Peers, Vifs, VifsBig kvMap
+	GuestCtr                                            kvMap
 }
 
 func applyTo(m mapSet, prev, next *State) error {

@@ -22,6 +22,20 @@ import (
 // still hold points at an id that is written with another label), and a
 // new label takes an id no entry of the maps refers to.
 //
+// The lattice tables follow the same rules. Peer ranges have ids as labels
+// do: a range keeps its id while a peer has it, and a range that loses its
+// last peer gives its id back only after the Commit that removed the peers
+// (its accepts bits stay as they are until then, so the peers the maps
+// still hold go on reading true bits). A new label's accepts entry is
+// computed over every range whose id is not free; a new range id has its
+// bit written in every label's entry; Apply writes both before the SAs and
+// peers that lead a packet to them. A freed range id's bits are left stale
+// (no peer points at them) and rewritten when the id is handed out again.
+// Guest counter slots are assigned as PlanFrom does, against the vifs the
+// maps hold (the state of the last Commit), so a slot still counting for
+// a vif the maps hold is never handed to another, and Apply zeroes a new
+// slot before the vif that takes it.
+//
 // After an error the Incremental is spent (every later call returns the
 // error): the caller plans in full (PlanFrom) and starts a new one.
 type Incremental struct {
@@ -39,12 +53,20 @@ type Incremental struct {
 	released  []uint32            // ids dropped in this batch: free after Commit
 	hiID      uint32              // no id above was ever handed out
 
+	// Range ids: rangeOf holds every id that is not free (the ranges of
+	// cur, and those dropped in this batch that the maps' peers may still
+	// point at); rangeRefs counts the peers of cur by range id.
+	rangeOf       map[uint32]label.Bounds
+	rangeRefs     map[uint32]int
+	rangeReleased []uint32 // dropped at this Commit: free after it
+
 	// The batch: the old value of every entry touched since the last Commit.
 	jVifs   map[uint32]was[FastpathVif]
 	jLabels map[uint32]was[FastpathMlsLabel]
 	jSlots  map[uint32]was[FastpathSa]
 	jSAs    map[FastpathSaKey]was[FastpathSa]
 	jPeers  map[FastpathPeerKey]was[FastpathPeer]
+	jAcc    map[uint32]was[FastpathLabelAccepts]
 
 	err error
 }
@@ -66,6 +88,16 @@ func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 	in := &Incremental{
 		cur: s, spiBase: p.SPIBase, spiSlots: p.SPISlots, owners: plannedOwners(p.Guests),
 		refs: map[uint32]int{}, labelOf: map[uint32]label.Label{}, maybeGone: map[uint32]struct{}{},
+		rangeOf: map[uint32]label.Bounds{}, rangeRefs: map[uint32]int{},
+	}
+	if s.Accepts == nil {
+		s.Accepts = map[uint32]FastpathLabelAccepts{}
+	}
+	if s.RangeIDs == nil {
+		s.RangeIDs = map[label.Bounds]uint32{}
+	}
+	for b, id := range s.RangeIDs {
+		in.rangeOf[id] = b
 	}
 	in.reset()
 	for l, id := range s.LabelIDs {
@@ -86,7 +118,10 @@ func NewIncremental(p *verdict.Policy, s *State) (*Incremental, error) {
 	for _, v := range s.SAs {
 		in.refSA(v, 1)
 	}
-	for _, v := range s.Peers {
+	for k, v := range s.Peers {
+		if _, ok := in.rangeOf[uint32(v.RangeId)]; !ok {
+			return nil, fmt.Errorf("%w: peer %+v has range id %d, which the state's RangeIDs lack: not a plan", ErrPlan, k, v.RangeId)
+		}
 		in.refPeer(v, 1)
 	}
 	for id := range in.labelOf {
@@ -110,6 +145,7 @@ func (in *Incremental) Err() error { return in.err }
 func (in *Incremental) reset() {
 	in.jVifs, in.jLabels, in.jSlots = map[uint32]was[FastpathVif]{}, map[uint32]was[FastpathMlsLabel]{}, map[uint32]was[FastpathSa]{}
 	in.jSAs, in.jPeers = map[FastpathSaKey]was[FastpathSa]{}, map[FastpathPeerKey]was[FastpathPeer]{}
+	in.jAcc = map[uint32]was[FastpathLabelAccepts]{}
 }
 
 func (in *Incremental) fail(err error) error {
@@ -233,6 +269,7 @@ func (in *Incremental) SetGuests(guests map[uint32]verdict.Guest) error {
 	}
 	problems := (&verdict.Policy{Guests: guests}).GuestProblems()
 	unplanned := map[uint32]error{}
+	vifs := make(map[uint32]FastpathVif, len(guests))
 	for ifindex, g := range guests {
 		var v FastpathVif
 		switch {
@@ -258,6 +295,23 @@ func (in *Incremental) SetGuests(guests map[uint32]verdict.Guest) error {
 				return in.fail(fmt.Errorf("%w: vm %d on ifindex %d: %w", ErrPlan, g.VM, ifindex, err))
 			}
 		}
+		vifs[ifindex] = v
+	}
+	// The slots, against the vifs the maps hold: cur with this batch's
+	// changes undone.
+	held := make(map[uint32]FastpathVif, len(in.cur.Vifs))
+	for k, v := range in.cur.Vifs {
+		held[k] = v
+	}
+	for k, w := range in.jVifs {
+		if w.had {
+			held[k] = w.v
+		} else {
+			delete(held, k)
+		}
+	}
+	AssignGuestSlots(vifs, held)
+	for ifindex, v := range vifs {
 		in.setVif(ifindex, v, true)
 	}
 	for ifindex := range in.cur.Vifs {
@@ -338,7 +392,11 @@ func (in *Incremental) SetPeers(peers []verdict.Peer) error {
 		if len(next) >= PeersMax {
 			return in.fail(planErr("more than %d peers", PeersMax))
 		}
-		next[k] = peerEntry(pe, lo, hi)
+		rid, ok := in.internRange(pe.Range)
+		if !ok {
+			return in.fail(planErr("peer %s: more than %d distinct peer ranges (with those still in the maps); raise RANGES_MAX", pfx, RangesMax))
+		}
+		next[k] = peerEntry(pe, lo, hi, rid)
 	}
 
 	for k := range in.cur.Peers {
@@ -375,7 +433,41 @@ func (in *Incremental) intern(l label.Label) (uint32, error) {
 	in.labelOf[id] = l
 	in.maybeGone[id] = struct{}{}
 	journal(in.cur.Labels, in.jLabels, id, KernelLabel(l), true)
+	journal(in.cur.Accepts, in.jAcc, id, AcceptedRanges(l, in.rangeOf), true)
 	return id, nil
+}
+
+// internRange returns the id of the peer range b, handing it the lowest id
+// no range of the maps or of cur has (false: none left) and writing its
+// bit in every label's accepts entry.
+func (in *Incremental) internRange(b label.Bounds) (uint32, bool) {
+	if id, ok := in.cur.RangeIDs[b]; ok {
+		return id, true
+	}
+	id := uint32(0)
+	for ; id < RangesMax; id++ {
+		if _, used := in.rangeOf[id]; !used {
+			break
+		}
+	}
+	if id >= RangesMax {
+		return 0, false
+	}
+	in.cur.RangeIDs[b] = id
+	in.rangeOf[id] = b
+	word, bit := id/64, uint64(1)<<(id%64)
+	for lid, l := range in.labelOf {
+		a := in.cur.Accepts[lid]
+		if b.Contains(l) {
+			a.Ranges[word] |= bit
+		} else {
+			a.Ranges[word] &^= bit
+		}
+		if a != in.cur.Accepts[lid] {
+			journal(in.cur.Accepts, in.jAcc, lid, a, true)
+		}
+	}
+	return id, true
 }
 
 func (in *Incremental) ref(id uint32, d int) {
@@ -393,6 +485,7 @@ func (in *Incremental) refSA(v FastpathSa, d int)   { in.ref(v.LabelId, d) }
 func (in *Incremental) refPeer(v FastpathPeer, d int) {
 	in.ref(v.RangeLo, d)
 	in.ref(v.RangeHi, d)
+	in.rangeRefs[uint32(v.RangeId)] += d
 }
 
 func (in *Incremental) setVif(k uint32, v FastpathVif, keep bool) {
@@ -449,8 +542,8 @@ func journal[K comparable, V any](cur map[K]V, j map[K]was[V], k K, v V, keep bo
 
 // Commit ends the batch: it drops the labels no entry refers to any more
 // and returns the entries the batch touched, as they were (prev) and as
-// they are (next), for Apply(prev, next). next's LabelIDs and Unplanned
-// are the whole State's. An empty batch gives two empty States.
+// they are (next), for Apply(prev, next). next's LabelIDs, RangeIDs and
+// Unplanned are the whole State's. An empty batch gives two empty States.
 func (in *Incremental) Commit() (prev, next *State, err error) {
 	if in.err != nil {
 		return nil, nil, in.err
@@ -464,9 +557,21 @@ func (in *Incremental) Commit() (prev, next *State, err error) {
 		delete(in.labelOf, id)
 		delete(in.cur.LabelIDs, l)
 		journal(in.cur.Labels, in.jLabels, id, FastpathMlsLabel{}, false)
+		// Its accepts entry stays in this Commit's next: the SAs the
+		// maps still hold with this label read it until Apply deletes
+		// them, and a range id handed out in this batch has its bit there.
 		in.released = append(in.released, id)
 	}
 	clear(in.maybeGone)
+	if len(in.jPeers) > 0 {
+		for b, id := range in.cur.RangeIDs {
+			if in.rangeRefs[id] == 0 {
+				delete(in.cur.RangeIDs, b)
+				delete(in.rangeRefs, id)
+				in.rangeReleased = append(in.rangeReleased, id)
+			}
+		}
+	}
 	if len(in.jVifs) > 0 {
 		big := 0
 		for k := range in.cur.Vifs {
@@ -484,10 +589,18 @@ func (in *Incremental) Commit() (prev, next *State, err error) {
 	prev.Slots, next.Slots = split(in.cur.Slots, in.jSlots)
 	prev.SAs, next.SAs = split(in.cur.SAs, in.jSAs)
 	prev.Peers, next.Peers = split(in.cur.Peers, in.jPeers)
-	next.LabelIDs, next.Unplanned = in.cur.LabelIDs, in.cur.Unplanned
+	prev.Accepts, next.Accepts = split(in.cur.Accepts, in.jAcc)
+	for _, id := range in.released {
+		delete(in.cur.Accepts, id)
+	}
+	next.LabelIDs, next.RangeIDs, next.Unplanned = in.cur.LabelIDs, in.cur.RangeIDs, in.cur.Unplanned
 	in.reset()
 	in.free = append(in.free, in.released...)
 	in.released = in.released[:0]
+	for _, id := range in.rangeReleased {
+		delete(in.rangeOf, id)
+	}
+	in.rangeReleased = in.rangeReleased[:0]
 	return prev, next, nil
 }
 

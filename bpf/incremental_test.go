@@ -20,13 +20,23 @@ var incSteps = flag.Int("incremental.steps", 1000, "random changes per seed in T
 // fakeMaps stands in for the kernel maps: it records every write Apply
 // makes, one entry at a time, and after each checks the invariant the
 // stable label ids exist for. An entry never refers to a label id whose
-// label is not (yet) the one the State being applied gives it, and a label
-// id is never rewritten with another label while an entry refers to it.
+// label is not (yet) the one the State being applied gives it, and a
+// label id is never rewritten with another label while an entry refers to it.
+// It checks the lattice tables as well, from the maps alone (label ids
+// decoded through the labels map): every live peer's range bit in the
+// accepts entry of every live SA's label tells whether the range contains
+// the label, and its flags are its range's; every planned vif's
+// DEFAULT_IN_RANGE flag is its range's; two live vifs never share a
+// counter slot, a slot is zeroed only when no live vif has it, and a vif
+// takes a slot only once it was zeroed since another vif counted in it.
 type fakeMaps struct {
 	t     *testing.T
 	maps  map[string]*fakeMap
 	want  map[uint32]FastpathMlsLabel // the labels of the State being applied
 	where string
+	// ctrOwner: the vif (ifindex, VM) whose packets a slot's counters
+	// hold since it was last zeroed.
+	ctrOwner map[uint16][2]uint32
 }
 
 type fakeMap struct {
@@ -38,12 +48,13 @@ type fakeMap struct {
 }
 
 func newFakeMaps(t *testing.T) *fakeMaps {
-	f := &fakeMaps{t: t, maps: map[string]*fakeMap{}}
+	f := &fakeMaps{t: t, maps: map[string]*fakeMap{}, ctrOwner: map[uint16][2]uint32{}}
 	for _, m := range []struct {
 		name string
 		typ  ebpf.MapType
 		max  uint32
-	}{{"labels", ebpf.Array, LabelsMax}, {"sa_slots", ebpf.Array, 64}, {"sas", ebpf.Hash, SAsMax}, {"peers", ebpf.LPMTrie, PeersMax}, {"vifs", ebpf.Array, VifsMax}, {"vifs_big", ebpf.Hash, VifsBigMax}} {
+	}{{"labels", ebpf.Array, LabelsMax}, {"sa_slots", ebpf.Array, 64}, {"sas", ebpf.Hash, SAsMax}, {"peers", ebpf.LPMTrie, PeersMax}, {"vifs", ebpf.Array, VifsMax}, {"vifs_big", ebpf.Hash, VifsBigMax},
+		{"accepts", ebpf.Array, LabelsMax}, {"guest_ctr", ebpf.PerCPUArray, GuestsMax * 2 * uint32(verdict.NumReasons)}} {
 		f.maps[m.name] = &fakeMap{f: f, name: m.name, typ: m.typ, max: m.max, data: map[any]any{}}
 	}
 	return f
@@ -51,7 +62,7 @@ func newFakeMaps(t *testing.T) *fakeMaps {
 
 func (f *fakeMaps) set() mapSet {
 	m := f.maps
-	return mapSet{m["labels"], m["sa_slots"], m["sas"], m["peers"], m["vifs"], m["vifs_big"]}
+	return mapSet{Labels: m["labels"], Accepts: m["accepts"], SASlots: m["sa_slots"], SAs: m["sas"], Peers: m["peers"], Vifs: m["vifs"], VifsBig: m["vifs_big"], GuestCtr: m["guest_ctr"]}
 }
 
 // apply is Apply on the fake maps, with the invariant checked at each
@@ -81,6 +92,37 @@ func (m *fakeMap) BatchUpdate(keys, values any, _ *ebpf.BatchOptions) (int, erro
 func (m *fakeMap) Update(key, value any, _ ebpf.MapUpdateFlags) error {
 	f := m.f
 	f.t.Helper()
+	if m.name == "guest_ctr" {
+		slot := uint16(key.(uint32) / (2 * uint32(verdict.NumReasons)))
+		for _, c := range value.([]FastpathCounter) {
+			if c != (FastpathCounter{}) {
+				f.t.Fatalf("%s: guest counter %d written with %+v, want zero", f.where, key, c)
+			}
+		}
+		for _, name := range []string{"vifs", "vifs_big"} {
+			for k, v := range f.maps[name].data {
+				if v := v.(FastpathVif); v.Flags != 0 && v.Slot == slot {
+					f.t.Fatalf("%s: counters of slot %d zeroed while vif %v (vm %d) counts in it", f.where, slot, k, v.VmId)
+				}
+			}
+		}
+		delete(f.ctrOwner, slot)
+		return nil
+	}
+	if v, ok := value.(FastpathVif); ok && v.Flags != 0 && v.Slot != 0 {
+		me := [2]uint32{key.(uint32), v.VmId}
+		if o, counted := f.ctrOwner[v.Slot]; counted && o != me {
+			f.t.Fatalf("%s: vif %d (vm %d) takes slot %d, which still counts for ifindex %d vm %d (not zeroed)", f.where, me[0], me[1], v.Slot, o[0], o[1])
+		}
+		for _, name := range []string{"vifs", "vifs_big"} {
+			for k, w := range f.maps[name].data {
+				if w := w.(FastpathVif); k != key && w.Flags != 0 && w.Slot == v.Slot {
+					f.t.Fatalf("%s: vif %v and vif %v share counter slot %d", f.where, k, key, v.Slot)
+				}
+			}
+		}
+		f.ctrOwner[v.Slot] = me
+	}
 	if m.name == "labels" {
 		id := key.(uint32)
 		if old, ok := m.data[id]; ok && old != value {
@@ -97,7 +139,73 @@ func (m *fakeMap) Update(key, value any, _ ebpf.MapUpdateFlags) error {
 		}
 	}
 	m.data[key] = value
+	f.checkLattice(m.name, key)
 	return nil
+}
+
+// label decodes a label id through the fake labels map.
+func (f *fakeMaps) label(id uint32) (label.Label, bool) {
+	v, ok := f.maps["labels"].data[id]
+	if !ok {
+		return label.Label{}, false
+	}
+	return LabelOf(v.(FastpathMlsLabel)), true
+}
+
+// checkLattice checks, after a write, the decisions the lattice tables
+// encode against the labels the maps hold.
+func (f *fakeMaps) checkLattice(name string, key any) {
+	f.t.Helper()
+	rng := func(lo, hi uint32) label.Bounds {
+		l, okl := f.label(lo)
+		h, okh := f.label(hi)
+		if !okl || !okh {
+			f.t.Fatalf("%s: after writing %s %+v: a range refers to label ids %d-%d, missing", f.where, name, key, lo, hi)
+		}
+		return label.Bounds{Low: l, High: h}
+	}
+	for _, mn := range []string{"vifs", "vifs_big"} {
+		for k, v := range f.maps[mn].data {
+			if v := v.(FastpathVif); v.Flags != 0 && v.Deny == 0 {
+				if got, want := v.Flags&uint32(FastpathVifFlagVIF_F_DEFAULT_IN_RANGE), DefaultInRange(rng(v.RangeLo, v.RangeHi)); got != want {
+					f.t.Fatalf("%s: after writing %s %+v: vif %v default-in-range flag %#x, its range says %#x", f.where, name, key, k, got, want)
+				}
+			}
+		}
+	}
+	saLabels := map[uint32]bool{}
+	for _, mn := range []string{"sa_slots", "sas"} {
+		for _, v := range f.maps[mn].data {
+			if v := v.(FastpathSa); v.Flags != 0 {
+				saLabels[v.LabelId] = true
+			}
+		}
+	}
+	type peerRange struct{ rid, lo, hi uint32 }
+	seen := map[peerRange]bool{}
+	for k, v := range f.maps["peers"].data {
+		v := v.(FastpathPeer)
+		r := rng(v.RangeLo, v.RangeHi)
+		if got, want := v.Flags, PeerFlags(r); got != want {
+			f.t.Fatalf("%s: after writing %s %+v: peer %+v flags %#x, its range says %#x", f.where, name, key, k, got, want)
+		}
+		pr := peerRange{uint32(v.RangeId), v.RangeLo, v.RangeHi}
+		if seen[pr] {
+			continue
+		}
+		seen[pr] = true
+		for lid := range saLabels {
+			l, _ := f.label(lid)
+			var a FastpathLabelAccepts
+			if x, ok := f.maps["accepts"].data[lid]; ok {
+				a = x.(FastpathLabelAccepts)
+			}
+			got := a.Ranges[pr.rid/64]&(1<<(pr.rid%64)) != 0
+			if want := r.Contains(l); got != want {
+				f.t.Fatalf("%s: after writing %s %+v: peer %+v (range id %d) reads accepts bit %v for SA label id %d %v, its range %v says %v", f.where, name, key, k, pr.rid, got, lid, l, r, want)
+			}
+		}
+	}
 }
 
 func (m *fakeMap) Delete(key any) error {
@@ -162,21 +270,32 @@ func (f *fakeMaps) content() *State {
 	for k, v := range f.maps["peers"].data {
 		s.Peers[k.(FastpathPeerKey)] = v.(FastpathPeer)
 	}
+	s.Accepts = map[uint32]FastpathLabelAccepts{}
+	for k, v := range f.maps["accepts"].data {
+		s.Accepts[k.(uint32)] = v.(FastpathLabelAccepts)
+	}
 	return s
 }
 
-// canon is a State with every label id replaced by its label: two States
-// are the same plan modulo id assignment when their canons are equal.
+// canon is a State with every label id replaced by its label, every range
+// id by its range and every counter slot by whether there is one: two
+// States are the same plan modulo id assignment when their canons are
+// equal. Accepts: by label, the ranges (of RangeIDs) whose bit is set;
+// bits of range ids no peer has are not part of the plan (a freed id's
+// bits are rewritten when it is handed out again).
 type canon struct {
-	Vifs   map[uint32]canonVif
-	Slots  map[uint32]canonSA
-	SAs    map[FastpathSaKey]canonSA
-	Peers  map[FastpathPeerKey]canonPeer
-	Labels map[FastpathMlsLabel]bool // the labels some entry refers to
+	Vifs    map[uint32]canonVif
+	Slots   map[uint32]canonSA
+	SAs     map[FastpathSaKey]canonSA
+	Peers   map[FastpathPeerKey]canonPeer
+	Labels  map[FastpathMlsLabel]bool // the labels some entry refers to
+	Ranges  map[label.Bounds]bool     // RangeIDs' ranges
+	Accepts map[FastpathMlsLabel]map[label.Bounds]bool
 }
 type canonVif struct {
-	V      FastpathVif
-	Lo, Hi FastpathMlsLabel
+	V       FastpathVif
+	Lo, Hi  FastpathMlsLabel
+	HasSlot bool
 }
 type canonSA struct {
 	V FastpathSa
@@ -185,11 +304,22 @@ type canonSA struct {
 type canonPeer struct {
 	V      FastpathPeer
 	Lo, Hi FastpathMlsLabel
+	Range  label.Bounds
 }
 
 func canonical(t *testing.T, s *State, what string) canon {
 	t.Helper()
-	c := canon{Vifs: map[uint32]canonVif{}, Slots: map[uint32]canonSA{}, SAs: map[FastpathSaKey]canonSA{}, Peers: map[FastpathPeerKey]canonPeer{}, Labels: map[FastpathMlsLabel]bool{}}
+	c := canon{Vifs: map[uint32]canonVif{}, Slots: map[uint32]canonSA{}, SAs: map[FastpathSaKey]canonSA{}, Peers: map[FastpathPeerKey]canonPeer{}, Labels: map[FastpathMlsLabel]bool{},
+		Ranges: map[label.Bounds]bool{}, Accepts: map[FastpathMlsLabel]map[label.Bounds]bool{}}
+	rangeOf := map[uint32]label.Bounds{}
+	for b, id := range s.RangeIDs {
+		if o, dup := rangeOf[id]; dup || id >= RangesMax {
+			t.Fatalf("%s: range id %d given to %v and %v (or beyond RANGES_MAX)", what, id, o, b)
+		}
+		rangeOf[id] = b
+		c.Ranges[b] = true
+	}
+	slots := map[uint16]uint32{}
 	lab := func(id uint32) FastpathMlsLabel {
 		l, ok := s.Labels[id]
 		if !ok {
@@ -199,8 +329,12 @@ func canonical(t *testing.T, s *State, what string) canon {
 		return l
 	}
 	for k, v := range s.Vifs {
-		cv := canonVif{Lo: lab(v.RangeLo), Hi: lab(v.RangeHi)}
-		v.RangeLo, v.RangeHi = 0, 0
+		cv := canonVif{Lo: lab(v.RangeLo), Hi: lab(v.RangeHi), HasSlot: v.Slot != 0}
+		if o, dup := slots[v.Slot]; dup && v.Slot != 0 {
+			t.Fatalf("%s: vifs %d and %d share counter slot %d", what, o, k, v.Slot)
+		}
+		slots[v.Slot] = k
+		v.RangeLo, v.RangeHi, v.Slot = 0, 0, 0
 		cv.V = v
 		c.Vifs[k] = cv
 	}
@@ -216,9 +350,27 @@ func canonical(t *testing.T, s *State, what string) canon {
 	}
 	for k, v := range s.Peers {
 		cp := canonPeer{Lo: lab(v.RangeLo), Hi: lab(v.RangeHi)}
-		v.RangeLo, v.RangeHi = 0, 0
+		r, ok := rangeOf[uint32(v.RangeId)]
+		if !ok {
+			t.Fatalf("%s: peer %+v has range id %d, which RangeIDs lacks", what, k, v.RangeId)
+		}
+		cp.Range = r
+		v.RangeLo, v.RangeHi, v.RangeId = 0, 0, 0
 		cp.V = v
 		c.Peers[k] = cp
+	}
+	for l, id := range s.LabelIDs {
+		a, ok := s.Accepts[id]
+		if !ok {
+			t.Fatalf("%s: label id %d (%v) has no accepts entry", what, id, l)
+		}
+		set := map[label.Bounds]bool{}
+		for rid, b := range rangeOf {
+			if a.Ranges[rid/64]&(1<<(rid%64)) != 0 {
+				set[b] = true
+			}
+		}
+		c.Accepts[KernelLabel(l)] = set
 	}
 	return c
 }
@@ -259,7 +411,14 @@ func (m *model) policy() *verdict.Policy {
 
 // checkedState copies a State (the engine updates its own in place).
 func copyState(s *State) *State {
-	c := &State{Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{}, SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{}}
+	c := &State{Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{}, SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{},
+		Accepts: map[uint32]FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{}}
+	for k, v := range s.Accepts {
+		c.Accepts[k] = v
+	}
+	for k, v := range s.RangeIDs {
+		c.RangeIDs[k] = v
+	}
 	for k, v := range s.Vifs {
 		c.Vifs[k] = v
 	}
@@ -498,7 +657,12 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 				t.Fatalf("%s: label id %d holds %+v in the maps, %+v in the state", where, id, inMaps.Labels[id], l)
 			}
 		}
-		inMaps.Labels = applied.Labels
+		for id, a := range applied.Accepts {
+			if inMaps.Accepts[id] != a {
+				t.Fatalf("%s: accepts of label id %d hold %v in the maps, %v in the state", where, id, inMaps.Accepts[id], a)
+			}
+		}
+		inMaps.Labels, inMaps.LabelIDs, inMaps.RangeIDs = applied.Labels, applied.LabelIDs, applied.RangeIDs
 		if !reflect.DeepEqual(canonical(t, inMaps, where+" maps"), got) {
 			t.Fatalf("%s: the maps differ from the incremental state", where)
 		}
@@ -544,6 +708,21 @@ func diffCount(a, b *State) int {
 	for k, v := range b.Labels {
 		if a.Labels[k] != v {
 			n++
+		}
+	}
+	// Accepts: the bits of b's ranges (those of ids no peer has are not
+	// part of the plan).
+	var live FastpathLabelAccepts
+	for _, id := range b.RangeIDs {
+		live.Ranges[id/64] |= 1 << (id % 64)
+	}
+	for k, v := range b.Accepts {
+		w := a.Accepts[k]
+		for i := range v.Ranges {
+			if v.Ranges[i]&live.Ranges[i] != w.Ranges[i]&live.Ranges[i] {
+				n++
+				break
+			}
 		}
 	}
 	return n
