@@ -636,6 +636,19 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 			in, applied = restart(applied, where+" restart")
 			continue
 		}
+		if step%7 == 3 {
+			// The agent's full path under a change (start, safety net,
+			// after an error): PlanFrom's State applied over the maps, with
+			// the same checks at every write, the Incremental started anew.
+			if err := fake.apply(applied, full, full.Labels, where+" full plan"); err != nil {
+				t.Fatal(err)
+			}
+			good, applied = m, copyState(full)
+			if in, err = NewIncremental(good.policy(), copyState(full)); err != nil {
+				t.Fatalf("%s: %v", where, err)
+			}
+			continue
+		}
 		if err := fake.apply(prev, next, in.State().Labels, where); err != nil {
 			t.Fatal(err)
 		}
@@ -741,4 +754,55 @@ func diffMap[K, V comparable](a, b map[K]V) int {
 		}
 	}
 	return n
+}
+
+// TestFullPlanAcceptsOfDroppedLabels: a full plan that drops an SA's label
+// and hands a peer range an id whose accepts bits are stale (freed by an
+// earlier Commit) must still write the dropped label's accepts entry: the
+// SA stays live until Apply deletes it, after the new peer is written, and
+// a packet on it to that peer reads the bit.
+func TestFullPlanAcceptsOfDroppedLabels(t *testing.T) {
+	l, err := label.ParseLabel("s5:c1/i2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide, narrow := bounds(t, "s0-s15:c0.c1023/i0-i15"), bounds(t, "s9-s12:c0.c5/i7-i9")
+	sa := verdict.SA{SPI: propSPIBase + 1, Daddr: netip.MustParseAddr("10.0.0.1"), Family: verdict.AFInet, Owner: 1, App: 1, Label: l}
+	p := &verdict.Policy{Guests: map[uint32]verdict.Guest{}, SAs: []verdict.SA{sa}, SPIBase: propSPIBase, SPISlots: propSPISlots,
+		Peers: []verdict.Peer{{Prefix: netip.MustParsePrefix("10.0.0.0/8"), App: 1, Range: wide}}}
+	fake := newFakeMaps(t)
+	s1, err := PlanFrom(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.apply(nil, s1, s1.Labels, "start"); err != nil {
+		t.Fatal(err)
+	}
+	in, err := NewIncremental(p, copyState(s1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.SetPeers(nil); err != nil {
+		t.Fatal(err)
+	}
+	prev, next, err := in.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.apply(prev, next, in.State().Labels, "peers dropped"); err != nil {
+		t.Fatal(err)
+	}
+	applied := copyState(in.State())
+	p3 := &verdict.Policy{Guests: map[uint32]verdict.Guest{}, SPIBase: propSPIBase, SPISlots: propSPISlots,
+		Peers: []verdict.Peer{{Prefix: netip.MustParsePrefix("10.2.0.0/16"), App: 1, Range: narrow}}}
+	s3, err := PlanFrom(p3, applied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s3.RangeIDs[narrow] != s1.RangeIDs[wide] {
+		t.Fatalf("the narrow range took id %d, the wide one had %d: the test wants the id reused", s3.RangeIDs[narrow], s1.RangeIDs[wide])
+	}
+	if err := fake.apply(applied, s3, s3.Labels, "full plan: SA dropped, range id reused"); err != nil {
+		t.Fatal(err)
+	}
 }
