@@ -59,6 +59,13 @@ func (k *fakeKernel) Apply(prev, next *bpf.State) error {
 	for id, l := range next.Labels {
 		s.Labels[id] = l
 	}
+	for id, acc := range next.Accepts { // an array, like labels
+		s.Accepts[id] = acc
+	}
+	s.RangeIDs = map[label.Bounds]uint32{}
+	for b, id := range next.RangeIDs {
+		s.RangeIDs[b] = id
+	}
 	s.LabelIDs, s.Unplanned = map[label.Label]uint32{}, map[uint32]error{}
 	for l, id := range next.LabelIDs {
 		s.LabelIDs[l] = id
@@ -84,9 +91,16 @@ func mergeInto[K comparable, V any](dst, prev, next map[K]V) {
 
 func copyState(s *bpf.State) *bpf.State {
 	c := &bpf.State{Vifs: map[uint32]bpf.FastpathVif{}, Labels: map[uint32]bpf.FastpathMlsLabel{}, Slots: map[uint32]bpf.FastpathSa{},
-		SAs: map[bpf.FastpathSaKey]bpf.FastpathSa{}, Peers: map[bpf.FastpathPeerKey]bpf.FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{}}
+		SAs: map[bpf.FastpathSaKey]bpf.FastpathSa{}, Peers: map[bpf.FastpathPeerKey]bpf.FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{},
+		Accepts: map[uint32]bpf.FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{}}
 	if s == nil {
 		return c
+	}
+	for k, v := range s.Accepts {
+		c.Accepts[k] = v
+	}
+	for k, v := range s.RangeIDs {
+		c.RangeIDs[k] = v
 	}
 	for k, v := range s.Vifs {
 		c.Vifs[k] = v

@@ -431,6 +431,28 @@ func diffStates(prev, next *bpf.State) int {
 			n++
 		}
 	}
+	return n + diffAccepts(prev, next)
+}
+
+// diffAccepts counts the accepts entries of next whose bits for next's
+// peer ranges differ from prev's. The bits of range ids no peer has are no
+// part of the plan: a freed id keeps stale bits until it is handed out
+// again, when every label's bit is rewritten (bpf/incremental.go).
+func diffAccepts(prev, next *bpf.State) int {
+	var live bpf.FastpathLabelAccepts
+	for _, id := range next.RangeIDs {
+		live.Ranges[id/64] |= 1 << (id % 64)
+	}
+	n := 0
+	for id, a := range next.Accepts {
+		old := prev.Accepts[id]
+		for i := range a.Ranges {
+			if a.Ranges[i]&live.Ranges[i] != old.Ranges[i]&live.Ranges[i] {
+				n++
+				break
+			}
+		}
+	}
 	return n
 }
 
