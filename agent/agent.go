@@ -85,12 +85,18 @@ type Agent struct {
 	present   map[string]int // managed-pattern interfaces that exist: name → ifindex
 	attached  map[int]string // ifindex → name, programs attached (or adopted)
 	modes     map[int]string
-	kernelSAs []KernelSA
+	kernelSAs saSeq        // ktab.all
+	ktab      *kernelTable // kerneltable.go
 	saView    saStats
 	applied   *bpf.State
+	inc       incState  // incremental.go
 	pendingAt time.Time // oldest change not yet applied
 	lastErr   error
 	linksSync bool
+	// topoDirty: the interfaces or the declarations changed (or the last
+	// reconcile failed) since the attach/detach steps last ran; an SA
+	// change alone skips them (they cost the number of vifs).
+	topoDirty bool
 	sasSync   bool
 
 	kick    chan struct{}
@@ -137,10 +143,12 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, log: log, maps: o.Maps, attacher: o.Attacher, links: o.Links, sas: o.SAs, now: o.Now,
-		desired: d, present: map[string]int{}, attached: map[int]string{}, modes: map[int]string{},
+		desired: d, present: map[string]int{}, ktab: newKernelTable(), attached: map[int]string{}, modes: map[int]string{},
 		kick: make(chan struct{}, 1), readyC: make(chan struct{}),
 	}
+	a.kernelSAs = a.ktab.all()
 	a.metrics = newMetrics(a)
+	a.inc.drift = newDriftCounter(a.metrics.reg)
 	a.driftRepairs = newDriftRepairs(a.metrics.reg)
 	a.rot = newRotationState(a.metrics.reg)
 	return a, nil
@@ -181,6 +189,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}()
 	go func() {
+		if w, ok := a.sas.(SADeltaWatcher); ok {
+			errc <- w.WatchDeltas(ctx, a.onSAs, a.onSADelta)
+			return
+		}
 		errc <- a.sas.Watch(ctx, a.onSAs)
 	}()
 	go a.driftLoop(ctx)
@@ -202,6 +214,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.kick:
 			a.reconcile()
 		case <-resync:
+			a.mu.Lock()
+			a.inc.fullDue = true // the safety net: plan in full, count the drift
+			a.mu.Unlock()
 			a.reconcile()
 		}
 	}
@@ -235,14 +250,43 @@ func (a *Agent) onLink(e LinkEvent) {
 			a.attached[e.Index] = e.Name
 		}
 	}
+	a.inc.guests = true
+	a.topoDirty = true
 	a.markPending()
 	a.mu.Unlock()
 	a.poke()
 }
 
+// onSAs takes the complete set of the kernel's SAs; only the SAs that
+// differ from the last set are planned again.
 func (a *Agent) onSAs(sas []KernelSA) {
 	a.mu.Lock()
-	a.kernelSAs = sas
+	if a.ktab.len() == 0 { // the first dump: nothing to compare with
+		a.ktab.sas = make(map[kkey]krec, len(sas))
+		for _, k := range sas {
+			if a.ktab.set(k) {
+				a.inc.dirtySA(saID{k.Dst, k.SPI, k.Proto})
+			}
+		}
+	} else {
+		now := make(map[kkey]struct{}, len(sas))
+		for _, k := range sas {
+			if k.Proto != 50 {
+				continue
+			}
+			now[kkey{k.SPI, compact(k.Dst)}] = struct{}{}
+			if a.ktab.set(k) {
+				a.inc.dirtySA(saID{k.Dst, k.SPI, 50})
+			}
+		}
+		for key := range a.ktab.sas {
+			if _, ok := now[key]; !ok {
+				id := saID{key.dst.addr(), key.spi, 50}
+				a.ktab.del(id)
+				a.inc.dirtySA(id)
+			}
+		}
+	}
 	a.sasSync = true
 	a.markPending()
 	a.mu.Unlock()
@@ -321,7 +365,10 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 		a.mu.Unlock()
 		return old, err
 	}
-	if _, err := a.plan(next, a.present, a.kernelSAs); err != nil {
+	// Checked without the kernel's SAs, whose count the plan of a change
+	// must not cost; a kernel SA the change makes unplannable shows as a
+	// reconcile error.
+	if _, err := a.plan(next, a.present, noSAs); err != nil {
 		a.mu.Unlock()
 		return old, err
 	}
@@ -330,6 +377,8 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 		return old, fmt.Errorf("save desired state: %w", err)
 	}
 	a.desired = next
+	a.desiredChanged(old, next)
+	a.topoDirty = true
 	a.markPending()
 	a.mu.Unlock()
 	a.poke()
@@ -338,11 +387,13 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 
 // policyFor builds the verdict policy of a desired state on the present
 // interfaces with the kernel's SAs.
-func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*verdict.Policy, saStats) {
-	p := &verdict.Policy{
-		Guests: map[uint32]verdict.Guest{}, SPIBase: a.cfg.SPIBase, SPISlots: a.cfg.SPISlots,
-		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce,
-	}
+func (a *Agent) policyFor(d Desired, present map[string]int, ksas saSeq) (*verdict.Policy, saStats) {
+	return a.policyRes(d, present, ksas, nil)
+}
+
+// guestsByAddr: the declared guests by address (the last declaration of
+// an address wins).
+func guestsByAddr(d Desired) map[netip.Addr]GuestSpec {
 	byAddr := map[netip.Addr]GuestSpec{}
 	for _, g := range d.Guests {
 		if g.Addr4.IsValid() {
@@ -351,12 +402,131 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 		if g.Addr6.IsValid() {
 			byAddr[g.Addr6] = g
 		}
+	}
+	return byAddr
+}
+
+// policyRes is policyFor that also notes, in res (when not nil), what it
+// made of each SA (incremental.go).
+func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map[saKey]saRes) (*verdict.Policy, saStats) {
+	p := &verdict.Policy{
+		Guests: a.guestsFor(d, present), SPIBase: a.cfg.SPIBase, SPISlots: a.cfg.SPISlots,
+		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce, Peers: peersFor(d),
+		SAs: make([]verdict.SA, 0, len(d.SAs)+a.ktab.len()),
+	}
+	byAddr := guestsByAddr(d)
+	var st saStats
+	// seen: the statics. A kernel SA's key is never premapped anyway
+	// (rotationPremap skips what the kernel holds), so the kernel's SAs,
+	// unique by key, need no entry: no 100k inserts at 100k SAs.
+	seen := map[saKey]bool{}
+	for _, s := range d.SAs {
+		sa := staticSA(s)
+		p.SAs = append(p.SAs, sa)
+		seen[saKey{sa.SPI, sa.Daddr}] = true
+		st.Static++
+		if res != nil {
+			res[saKey{sa.SPI, sa.Daddr}] |= resStatic
+		}
+	}
+	integ := a.integrity()
+	for _, k := range ksas {
+		if k.Proto != 50 {
+			continue // only ESP carries traffic the vif programs see
+		}
+		sa, r := bindKernelSA(d.Rotations, byAddr, integ, &k, &st)
+		key := saKey{k.SPI, k.Dst}
+		if res != nil && r != classBound {
+			res[key] |= r
+		} else if _, noted := res[key]; noted {
+			res[key] |= r // a static's key
+		}
+		if r&resClass != classBound {
+			continue
+		}
+		if seen[key] {
+			continue // a static declaration wins
+		}
+		p.SAs = append(p.SAs, sa)
+		st.Synced++
+	}
+	n := len(st.rotations)
+	p.SAs = append(p.SAs, rotationPremap(d, ksas, seen, integ, &st)...)
+	if res != nil {
+		for _, v := range st.rotations[n:] {
+			res[v.key] |= resPremapped
+		}
+	}
+	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
+	return p, st
+}
+
+func staticSA(s SASpec) verdict.SA {
+	return verdict.SA{SPI: s.SPI, Daddr: s.Daddr, Owner: s.Owner, App: s.App, Label: s.Label, Family: verdict.FamilyOf(s.Daddr)}
+}
+
+func peersFor(d Desired) []verdict.Peer {
+	var out []verdict.Peer
+	for _, pe := range d.Peers {
+		out = append(out, verdict.Peer{Prefix: pe.Prefix, App: pe.App, Range: pe.Range, Kind: pe.Kind})
+	}
+	return out
+}
+
+func (a *Agent) integrity() label.IntegrityPolicy {
+	return label.IntegrityPolicy{Default: a.cfg.DefaultIntegrity, ByType: a.cfg.Integrity}
+}
+
+// bindKernelSA is what policyFor makes of one of the kernel's ESP SAs:
+// its class (unlabeled, bad context, no guest, refused as a relabel, or
+// bound to a guest, then with sa), with the counters in st.
+func bindKernelSA(rs []RotationSpec, byAddr map[netip.Addr]GuestSpec, integ label.IntegrityPolicy, k *KernelSA, st *saStats) (verdict.SA, saRes) {
+	if k.Context == "" {
+		st.Unlabeled++
+		return verdict.SA{}, classUnlabeled
+	}
+	ctx, err := label.ParseContext(k.Context)
+	if err != nil || !ctx.HasRange {
+		// Never an allow: an SA whose label we cannot read is left out
+		// of the maps, so its packets meet deny_unknown_sa.
+		st.BadContext++
+		return verdict.SA{}, classBadContext
+	}
+	// The guest that owns the SA: the sender of outbound SAs, the
+	// receiver of inbound ones.
+	var g GuestSpec
+	var ok bool
+	for _, addr := range []netip.Addr{k.Src, k.Dst, k.SelSrc, k.SelDst} {
+		if g, ok = byAddr[addr]; ok && addr.IsValid() {
+			break
+		}
+	}
+	if !ok {
+		st.NoGuest++
+		return verdict.SA{}, classNoGuest
+	}
+	sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
+	n := len(st.rotations)
+	if !rotationAllows(rs, k, &sa, st) {
+		return verdict.SA{}, classRefused // a rotation that would relabel: never an allow
+	}
+	if len(st.rotations) > n {
+		return sa, classBound | resAccepted
+	}
+	return sa, classBound
+}
+
+// guestsFor is the policy's guests: the declared guests on the present
+// interfaces, and the undeclared interfaces denied.
+func (a *Agent) guestsFor(d Desired, present map[string]int) map[uint32]verdict.Guest {
+	guests := map[uint32]verdict.Guest{}
+	for _, g := range d.Guests {
 		idx, ok := present[g.Interface]
 		if !ok || !a.cfg.manages(g.Interface) {
 			continue
 		}
 		mac, _ := g.mac() // validated with the desired state
-		p.Guests[uint32(idx)] = verdict.Guest{
+		guests[uint32(idx)] = verdict.Guest{
 			VM: g.VM, App: g.App, Range: g.Range, Addr4: g.Addr4, Addr6: g.Addr6,
 			HostAddr4: g.HostAddr4, HostAddr6: g.HostAddr6, MAC: mac,
 			AllowUnlabeled: g.AllowUnlabeled, Audit: g.Audit,
@@ -366,65 +536,12 @@ func (a *Agent) policyFor(d Desired, present map[string]int, ksas []KernelSA) (*
 	// denied everything, unless the configuration says pass.
 	if a.cfg.undeclaredMode() == UndeclaredDeny {
 		for name, idx := range present {
-			if _, ok := p.Guests[uint32(idx)]; !ok && !declaredIn(d, name) && a.cfg.manages(name) {
-				p.Guests[uint32(idx)] = verdict.Guest{Deny: verdict.DenyUndeclared}
+			if _, ok := guests[uint32(idx)]; !ok && !declaredIn(d, name) && a.cfg.manages(name) {
+				guests[uint32(idx)] = verdict.Guest{Deny: verdict.DenyUndeclared}
 			}
 		}
 	}
-	for _, pe := range d.Peers {
-		p.Peers = append(p.Peers, verdict.Peer{Prefix: pe.Prefix, App: pe.App, Range: pe.Range, Kind: pe.Kind})
-	}
-	var st saStats
-	seen := map[saKey]bool{}
-	for _, s := range d.SAs {
-		sa := verdict.SA{SPI: s.SPI, Daddr: s.Daddr, Owner: s.Owner, App: s.App, Label: s.Label, Family: verdict.FamilyOf(s.Daddr)}
-		p.SAs = append(p.SAs, sa)
-		seen[saKey{sa.SPI, sa.Daddr}] = true
-		st.Static++
-	}
-	integ := label.IntegrityPolicy{Default: a.cfg.DefaultIntegrity, ByType: a.cfg.Integrity}
-	for _, k := range ksas {
-		if k.Proto != 50 {
-			continue // only ESP carries traffic the vif programs see
-		}
-		if k.Context == "" {
-			st.Unlabeled++
-			continue
-		}
-		ctx, err := label.ParseContext(k.Context)
-		if err != nil || !ctx.HasRange {
-			// Never an allow: an SA whose label we cannot read is left out
-			// of the maps, so its packets meet deny_unknown_sa.
-			st.BadContext++
-			continue
-		}
-		// The guest that owns the SA: the sender of outbound SAs, the
-		// receiver of inbound ones.
-		var g GuestSpec
-		var ok bool
-		for _, addr := range []netip.Addr{k.Src, k.Dst, k.SelSrc, k.SelDst} {
-			if g, ok = byAddr[addr]; ok && addr.IsValid() {
-				break
-			}
-		}
-		if !ok {
-			st.NoGuest++
-			continue
-		}
-		sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
-		if !rotationAllows(d.Rotations, &k, &sa, &st) {
-			continue // a rotation that would relabel: never an allow
-		}
-		if seen[saKey{sa.SPI, sa.Daddr}] {
-			continue // a static declaration wins
-		}
-		seen[saKey{sa.SPI, sa.Daddr}] = true
-		p.SAs = append(p.SAs, sa)
-		st.Synced++
-	}
-	p.SAs = append(p.SAs, rotationPremap(d, ksas, seen, integ, &st)...)
-	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
-	return p, st
+	return guests
 }
 
 func declaredIn(d Desired, name string) bool {
@@ -448,7 +565,7 @@ type saKey struct {
 	daddr netip.Addr
 }
 
-func (a *Agent) plan(d Desired, present map[string]int, ksas []KernelSA) (*bpf.State, error) {
+func (a *Agent) plan(d Desired, present map[string]int, ksas saSeq) (*bpf.State, error) {
 	p, _ := a.policyFor(d, present, ksas)
 	return bpf.PlanFrom(p, a.applied)
 }
@@ -467,13 +584,19 @@ func (a *Agent) reconcile() {
 	start := a.now()
 	pending := a.pendingAt
 	a.pendingAt = time.Time{}
+	topo := a.topoDirty || a.lastErr != nil || a.inc.eng == nil || a.inc.fullDue
 	declared := map[string]bool{}
-	for _, g := range a.desired.Guests {
-		declared[g.Interface] = true
+	if topo {
+		for _, g := range a.desired.Guests {
+			declared[g.Interface] = true
+		}
 	}
 	var errs []error
 	// 1. Detach where the guest is gone or the interface is.
 	for idx, name := range a.attached {
+		if !topo {
+			break
+		}
 		cur, exists := a.present[name]
 		if name != "" && exists && cur == idx && a.wanted(declared, name) {
 			continue
@@ -487,22 +610,24 @@ func (a *Agent) reconcile() {
 		a.metrics.detaches.Inc()
 		a.log.Info("detached", "interface", name, "ifindex", idx)
 	}
-	// 2. Maps.
-	p, st := a.policyFor(a.desired, a.present, a.kernelSAs)
-	next, err := bpf.PlanFrom(p, a.applied)
-	if err == nil {
-		err = a.maps.Apply(a.applied, next)
+	// 2. Maps: by difference (incremental.go), or in full at start, as
+	// the periodic safety net, and after an error.
+	var err error
+	if a.inc.eng != nil && !a.inc.fullDue {
+		if err = a.reconcileIncremental(); err != nil {
+			a.log.Warn("incremental sync failed; planning in full", "error", err)
+			a.inc.drop(true)
+		}
+	}
+	if a.inc.eng == nil || a.inc.fullDue {
+		err = a.reconcileFull()
 	}
 	if err != nil {
 		errs = append(errs, err)
 		a.metrics.reconcileErrors.Inc()
-	} else {
-		a.applied = next
-		a.saView = st
-		a.noteRotations(st)
 	}
 	// 3. Attach to the declared, present interfaces (after their entries).
-	if err == nil {
+	if err == nil && topo {
 		for name, idx := range a.present {
 			if !a.wanted(declared, name) {
 				continue
@@ -522,6 +647,9 @@ func (a *Agent) reconcile() {
 		}
 	}
 	a.lastErr = errors.Join(errs...)
+	if a.lastErr == nil {
+		a.topoDirty = false
+	}
 	if a.lastErr != nil {
 		a.log.Error("reconcile", "error", a.lastErr)
 		a.markPending() // try again on the next change or resync
@@ -534,7 +662,7 @@ func (a *Agent) reconcile() {
 	if !a.ready.Load() {
 		a.ready.Store(true)
 		close(a.readyC)
-		a.log.Info("ready", "guests", len(p.Guests), "sas", len(p.SAs), "peers", len(p.Peers))
+		a.log.Info("ready", "vifs", len(a.applied.Vifs), "sa_slots", len(a.applied.Slots), "sas", len(a.applied.SAs), "peers", len(a.applied.Peers))
 	}
 }
 

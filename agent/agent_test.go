@@ -41,12 +41,89 @@ func (k *fakeKernel) ReadState() (*bpf.State, error) {
 	return k.state, nil
 }
 
+// Apply does what bpf.Maps.Apply does: it writes the entries of next that
+// differ from prev and clears those of prev that next lacks (labels stay),
+// so the agent may hand it the whole state or only a difference. The fake
+// keeps its own copy.
 func (k *fakeKernel) Apply(prev, next *bpf.State) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.state = next
-	k.log = append(k.log, fmt.Sprintf("apply vifs=%d sas=%d slots=%d", len(next.Vifs), len(next.SAs), len(next.Slots)))
+	if prev == nil {
+		prev = &bpf.State{}
+	}
+	s := copyState(k.state)
+	mergeInto(s.Vifs, prev.Vifs, next.Vifs)
+	mergeInto(s.Slots, prev.Slots, next.Slots)
+	mergeInto(s.SAs, prev.SAs, next.SAs)
+	mergeInto(s.Peers, prev.Peers, next.Peers)
+	for id, l := range next.Labels {
+		s.Labels[id] = l
+	}
+	for id, acc := range next.Accepts { // an array, like labels
+		s.Accepts[id] = acc
+	}
+	s.RangeIDs = map[label.Bounds]uint32{}
+	for b, id := range next.RangeIDs {
+		s.RangeIDs[b] = id
+	}
+	s.LabelIDs, s.Unplanned = map[label.Label]uint32{}, map[uint32]error{}
+	for l, id := range next.LabelIDs {
+		s.LabelIDs[l] = id
+	}
+	for i, err := range next.Unplanned {
+		s.Unplanned[i] = err
+	}
+	k.state = s
+	k.log = append(k.log, fmt.Sprintf("apply vifs=%d sas=%d slots=%d", len(s.Vifs), len(s.SAs), len(s.Slots)))
 	return nil
+}
+
+func mergeInto[K comparable, V any](dst, prev, next map[K]V) {
+	for key := range prev {
+		if _, ok := next[key]; !ok {
+			delete(dst, key)
+		}
+	}
+	for key, v := range next {
+		dst[key] = v
+	}
+}
+
+func copyState(s *bpf.State) *bpf.State {
+	c := &bpf.State{Vifs: map[uint32]bpf.FastpathVif{}, Labels: map[uint32]bpf.FastpathMlsLabel{}, Slots: map[uint32]bpf.FastpathSa{},
+		SAs: map[bpf.FastpathSaKey]bpf.FastpathSa{}, Peers: map[bpf.FastpathPeerKey]bpf.FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{},
+		Accepts: map[uint32]bpf.FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{}}
+	if s == nil {
+		return c
+	}
+	for k, v := range s.Accepts {
+		c.Accepts[k] = v
+	}
+	for k, v := range s.RangeIDs {
+		c.RangeIDs[k] = v
+	}
+	for k, v := range s.Vifs {
+		c.Vifs[k] = v
+	}
+	for k, v := range s.Labels {
+		c.Labels[k] = v
+	}
+	for k, v := range s.Slots {
+		c.Slots[k] = v
+	}
+	for k, v := range s.SAs {
+		c.SAs[k] = v
+	}
+	for k, v := range s.Peers {
+		c.Peers[k] = v
+	}
+	for k, v := range s.LabelIDs {
+		c.LabelIDs[k] = v
+	}
+	for k, v := range s.Unplanned {
+		c.Unplanned[k] = v
+	}
+	return c
 }
 
 func (k *fakeKernel) Attach(i int) (string, error) {

@@ -146,7 +146,7 @@ func rotationAllows(rs []RotationSpec, k *KernelSA, sa *verdict.SA, st *saStats)
 // cannot wait for the agent to sync the new SA). Once the kernel holds
 // the successor, rotationAllows checks it, and one that differs leaves
 // the maps.
-func rotationPremap(d Desired, ksas []KernelSA, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
+func rotationPremap(d Desired, ksas saSeq, seen map[saKey]bool, integ label.IntegrityPolicy, st *saStats) []verdict.SA {
 	if len(d.Rotations) == 0 {
 		return nil
 	}
@@ -368,6 +368,9 @@ type RotationStatus struct {
 
 // rotationStatus reports the records; called with a.mu held.
 func (a *Agent) rotationStatus() []RotationStatus {
+	if len(a.desired.Rotations) == 0 {
+		return nil // and no pass over 100k SAs at every status request
+	}
 	inKernel := map[saKey]bool{}
 	for _, k := range a.kernelSAs {
 		if k.Proto == 50 {

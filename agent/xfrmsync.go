@@ -32,8 +32,39 @@ func (w XFRMWatcher) handle() (*xfrm.Handle, error) {
 	return xfrm.NewHandle()
 }
 
-// Watch implements SAWatcher.
+// Watch implements SAWatcher: the complete set after every change, kept
+// from WatchDeltas.
 func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
+	sas := map[saID]KernelSA{}
+	publish := func() {
+		out := make([]KernelSA, 0, len(sas))
+		for _, s := range sas {
+			out = append(out, s)
+		}
+		update(out)
+	}
+	return w.WatchDeltas(ctx, func(all []KernelSA) {
+		clear(sas)
+		for _, k := range all {
+			sas[saID{k.Dst, k.SPI, k.Proto}] = k
+		}
+		publish()
+	}, func(cs []SAChange) {
+		for _, c := range cs {
+			if c.Gone {
+				delete(sas, saID{c.SA.Dst, c.SA.SPI, c.SA.Proto})
+			} else {
+				sas[saID{c.SA.Dst, c.SA.SPI, c.SA.Proto}] = c.SA
+			}
+		}
+		publish()
+	})
+}
+
+// WatchDeltas implements SADeltaWatcher: the dump, then each burst of
+// events as one list of changes in the kernel's order; a flush or an
+// overrun (Resync) is a new dump.
+func (w XFRMWatcher) WatchDeltas(ctx context.Context, full func([]KernelSA), changes func([]SAChange)) error {
 	ns := netns.None()
 	if w.NS != nil {
 		ns = *w.NS
@@ -47,30 +78,22 @@ func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
 		return fmt.Errorf("XFRM netlink: %w", err)
 	}
 	defer h.Close()
-	sas := map[saID]KernelSA{}
 	dump := func() error {
 		states, err := h.States()
 		if err != nil {
 			return fmt.Errorf("dump SAs: %w", err)
 		}
-		clear(sas)
+		out := make([]KernelSA, 0, len(states))
 		for i := range states {
-			k := kernelSA(&states[i])
-			sas[saID{k.Dst, k.SPI, k.Proto}] = k
+			out = append(out, kernelSA(&states[i]))
 		}
+		full(out)
 		return nil
 	}
 	if err := dump(); err != nil {
 		return err
 	}
-	publish := func() {
-		out := make([]KernelSA, 0, len(sas))
-		for _, s := range sas {
-			out = append(out, s)
-		}
-		update(out)
-	}
-	publish()
+	var batch []SAChange
 	for {
 		var e xfrm.Event
 		var ok bool
@@ -83,21 +106,21 @@ func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
 			}
 		}
 		redump := false
-		// Apply this event and everything already queued, then publish once.
+		batch = batch[:0]
+		// Take this event and everything already queued, then hand over once.
 		for {
 			switch e.Kind {
 			case xfrm.NewSA, xfrm.UpdSA:
 				if e.State != nil {
-					k := kernelSA(e.State)
-					sas[saID{k.Dst, k.SPI, k.Proto}] = k
+					batch = append(batch, SAChange{SA: kernelSA(e.State)})
 				}
 			case xfrm.DelSA:
 				if e.State != nil {
-					delete(sas, saID{e.State.Dst, e.State.SPI, uint8(e.State.Proto)})
+					batch = append(batch, SAChange{SA: KernelSA{Dst: e.State.Dst, SPI: e.State.SPI, Proto: uint8(e.State.Proto)}, Gone: true})
 				}
 			case xfrm.ExpireSA:
 				if e.Hard && e.State != nil {
-					delete(sas, saID{e.State.Dst, e.State.SPI, uint8(e.State.Proto)})
+					batch = append(batch, SAChange{SA: KernelSA{Dst: e.State.Dst, SPI: e.State.SPI, Proto: uint8(e.State.Proto)}, Gone: true})
 				}
 			case xfrm.FlushSA, xfrm.Resync:
 				redump = true
@@ -118,8 +141,9 @@ func (w XFRMWatcher) Watch(ctx context.Context, update func([]KernelSA)) error {
 			if err := dump(); err != nil {
 				return err
 			}
+		} else if len(batch) > 0 {
+			changes(batch)
 		}
-		publish()
 	}
 }
 

@@ -29,12 +29,16 @@ const (
 	ReportMarkdown = "report.md"
 	PlotPerPacket  = "per-packet.svg"
 	PlotVMStart    = "vmstart.svg"
+	PlotAgent      = "agent-one-change.svg"
 )
 
 // RunConfig says what Run measures and how big.
 type RunConfig struct {
 	// What lists benchmarks of Benchmarks; empty or "all" is every one.
 	What []string
+	// AgentSoak, when positive, adds a churn soak of this length to the
+	// agent benchmark at 100,000 SAs (--quick: 2,000), sampling memory.
+	AgentSoak time.Duration
 	// Quick runs every benchmark at small sizes (CI smoke: it asserts
 	// nothing about speed).
 	Quick bool
@@ -166,10 +170,17 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 				r.Skipped["traffic: nftables"] = r.Traffic.NftSkipped
 			}
 		case "agent":
-			sizes := []AgentScaleConfig{{Vifs: 100, SAs: 10_000, Changes: 50}, {Vifs: 1000, SAs: 100_000, Changes: 50}}
-			if cfg.Quick {
-				sizes = []AgentScaleConfig{{Vifs: 10, SAs: 500, Changes: 10}}
+			// The "one change" curve: 1,000 vifs, 1k to 100k SAs; the
+			// largest also gives the memory, and the soak if asked.
+			var sizes []AgentScaleConfig
+			for _, n := range []int{1000, 3000, 10_000, 30_000, 100_000} {
+				sizes = append(sizes, AgentScaleConfig{Vifs: 1000, SAs: n, Changes: 300})
 			}
+			if cfg.Quick {
+				sizes = []AgentScaleConfig{{Vifs: 10, SAs: 500, Changes: 10}, {Vifs: 10, SAs: 2000, Changes: 10}}
+			}
+			last := &sizes[len(sizes)-1]
+			last.Soak, last.Progress = cfg.AgentSoak, progress
 			for _, s := range sizes {
 				progress("agent: %d vifs, %d SAs", s.Vifs, s.SAs)
 				var a *AgentScaleResult
@@ -398,6 +409,9 @@ func WriteReport(dir string, r *Report) error {
 	if r.VMStart != nil {
 		files[PlotVMStart] = []byte(VMStartSVG(r.VMStart))
 	}
+	if len(r.Agent) > 0 {
+		files[PlotAgent] = []byte(AgentSVG(r))
+	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			return err
@@ -448,6 +462,12 @@ func FormatReport(r *Report) string {
 	if len(r.Agent) > 0 {
 		b.WriteString("\nAgent: SAs with SELinux contexts synced into real pinned maps (simulated vifs and SA source).\n\n")
 		b.WriteString(FormatAgentScale(r.Agent))
+		fmt.Fprintf(&b, "\n![one SA change against the number of SAs](%s)\n", PlotAgent)
+		for _, a := range r.Agent {
+			if len(a.Soak) > 0 {
+				b.WriteString(FormatSoak(a))
+			}
+		}
 	}
 	if m := r.Mapper; m != nil {
 		fmt.Fprintf(&b, "\nLabel mapper, in process, one goroutine, %d rules, %d lookups:\n\n| lookup | lookups/s | p50 | p99 |\n|---|---:|---:|---:|\n", m.Rules, m.Lookups)

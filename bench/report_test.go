@@ -122,7 +122,7 @@ func TestPrivilegedBenchQuick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Fastpath == nil || len(r.Fastpath.Cases) != 44 || r.Traffic == nil || len(r.Agent) != 1 || r.Mapper == nil || r.MapperAPI == nil || r.Bundle == nil {
+	if r.Fastpath == nil || len(r.Fastpath.Cases) != 44 || r.Traffic == nil || len(r.Agent) != 2 || r.Mapper == nil || r.MapperAPI == nil || r.Bundle == nil {
 		t.Fatalf("report lacks a benchmark: %+v", r)
 	}
 	if _, skipped := r.Skipped["xfrm"]; skipped == (r.XFRM != nil) {

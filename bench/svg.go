@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"html"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -304,4 +305,30 @@ func VMStartSVG(r *VMStartResult) string {
 	}
 	d.text(svgLeft, svgH-8, "start", 10, strings.Join(hw, "; "))
 	return d.close()
+}
+
+// AgentSVG is the "one change" plot: one SA change, p50 and p99, against
+// the number of SAs the agent holds, log-scale on both axes.
+func AgentSVG(r *Report) string {
+	byVifs := map[int][]*AgentScaleResult{}
+	for _, a := range r.Agent {
+		byVifs[a.Vifs] = append(byVifs[a.Vifs], a)
+	}
+	var series []svgSeries
+	for _, v := range slices.Sorted(maps.Keys(byVifs)) {
+		as := byVifs[v]
+		slices.SortFunc(as, func(a, b *AgentScaleResult) int { return a.SAs - b.SAs })
+		p50 := svgSeries{Name: fmt.Sprintf("p50, %d vifs", v)}
+		p99 := svgSeries{Name: fmt.Sprintf("p99, %d vifs", v), Dashed: true}
+		for _, a := range as {
+			if a.Changes == 0 {
+				continue
+			}
+			p50.Points = append(p50.Points, svgPoint{X: float64(a.SAs), Y: float64(max(a.ChangeP50, time.Microsecond))})
+			p99.Points = append(p99.Points, svgPoint{X: float64(a.SAs), Y: float64(max(a.ChangeP99, time.Microsecond))})
+		}
+		series = append(series, p50, p99)
+	}
+	note := fmt.Sprintf("%s. An SA added, rotated or deleted (XFRM events) → its entries in the pinned map.", r.Host)
+	return logLogPlot("One SA change against the number of SAs", "SAs the agent holds", "time to the maps", note, series)
 }

@@ -88,3 +88,22 @@ func TestVMStartSVG(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentPlotAndSoak(t *testing.T) {
+	r := &Report{Agent: []*AgentScaleResult{
+		{Vifs: 1000, SAs: 100_000, Changes: 300, ChangeP50: 300 * time.Microsecond, ChangeP99: 2 * time.Millisecond, SoakRate: 30,
+			Soak: []SoakSample{{At: time.Minute, RSSBytes: 60 << 20, GoHeapBytes: 20 << 20}, {At: 5 * time.Minute, RSSBytes: 61 << 20, GoHeapBytes: 20 << 20}, {At: 10 * time.Minute, RSSBytes: 63 << 20, GoHeapBytes: 22 << 20}}},
+		{Vifs: 1000, SAs: 1000, Changes: 300, ChangeP50: 250 * time.Microsecond, ChangeP99: time.Millisecond},
+	}}
+	svg := AgentSVG(r)
+	for _, want := range []string{"p50, 1000 vifs", "p99, 1000 vifs", "<polyline", "100k"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("one-change plot lacks %q", want)
+		}
+	}
+	md := FormatSoak(r.Agent[0])
+	// warm-up is the first tenth (1 min): 60 → 63 MiB RSS, 20 → 22 MiB heap
+	if !strings.Contains(md, "RSS +5.0 %, Go heap +10.0 %") || !strings.Contains(md, "| 10m0s | 0 | 0 | 63.0 MiB | 22.0 MiB |") {
+		t.Errorf("soak table:\n%s", md)
+	}
+}

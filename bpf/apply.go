@@ -14,6 +14,31 @@ const batchSize = 4096
 // (nil prev: everything). New labels, their accepted ranges and SAs go in
 // before the vifs and peers that refer to them; entries that disappear go last, vifs first.
 func (m *Maps) Apply(prev, next *State) error {
+	ms := mapSet{Labels: m.Labels, Accepts: m.Accepts, SASlots: m.SASlots, SAs: m.SAs, Peers: m.Peers, Vifs: m.Vifs, VifsBig: m.VifsBig}
+	if m.GuestCtr != nil { // a nil *ebpf.Map in the interface would not compare nil
+		ms.GuestCtr = m.GuestCtr
+	}
+	return applyTo(ms, prev, next)
+}
+
+// kvMap is what Apply needs of a map: *ebpf.Map, or a recording fake in
+// the tests that check the order of the writes (incremental_test.go).
+type kvMap interface {
+	BatchUpdate(keys, values any, opts *ebpf.BatchOptions) (int, error)
+	Update(key, value any, flags ebpf.MapUpdateFlags) error
+	Delete(key any) error
+	Type() ebpf.MapType
+	MaxEntries() uint32
+}
+
+// mapSet names the policy maps Apply writes, and the per-guest counters
+// it zeroes before a vif takes a slot (nil: none loaded).
+type mapSet struct {
+	Labels, Accepts, SASlots, SAs, Peers, Vifs, VifsBig kvMap
+	GuestCtr                                            kvMap
+}
+
+func applyTo(m mapSet, prev, next *State) error {
 	if prev == nil {
 		prev = &State{}
 	}
@@ -75,7 +100,7 @@ func maxKey[V any](m map[uint32]V) uint32 {
 	return k
 }
 
-func putChanged[K, V comparable](m *ebpf.Map, prev, next map[K]V) error {
+func putChanged[K, V comparable](m kvMap, prev, next map[K]V) error {
 	var keys []K
 	var vals []V
 	for k, v := range next {
@@ -90,7 +115,7 @@ func putChanged[K, V comparable](m *ebpf.Map, prev, next map[K]V) error {
 
 // clearGone removes entries of prev that next lacks; arrays cannot delete,
 // so their entries are zeroed (flags 0: unmanaged vif, invalid SA).
-func clearGone[K, V comparable](m *ebpf.Map, prev, next map[K]V, array bool) error {
+func clearGone[K, V comparable](m kvMap, prev, next map[K]V, array bool) error {
 	var keys []K
 	for k := range prev {
 		if _, ok := next[k]; !ok {
@@ -110,7 +135,7 @@ func clearGone[K, V comparable](m *ebpf.Map, prev, next map[K]V, array bool) err
 
 // put writes in batches where the map type has them (arrays, hashes) and
 // one by one where it does not (LPM tries).
-func put[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+func put[K, V any](m kvMap, keys []K, vals []V) error {
 	for len(keys) > 0 {
 		n := min(len(keys), batchSize)
 		if m.Type() != ebpf.LPMTrie {

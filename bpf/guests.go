@@ -73,14 +73,14 @@ func newSlots(prev, next map[uint32]FastpathVif) []uint16 {
 }
 
 // zeroGuestSlots clears every counter of the slots.
-func (m *Maps) zeroGuestSlots(slots []uint16) error {
+func (m mapSet) zeroGuestSlots(slots []uint16) error {
 	if len(slots) == 0 || m.GuestCtr == nil {
 		return nil
 	}
 	zero := make([]FastpathCounter, ebpf.MustPossibleCPU())
 	for _, s := range slots {
 		for k := range guestKeys(s) {
-			if err := m.GuestCtr.Put(k, zero); err != nil {
+			if err := m.GuestCtr.Update(k, zero, ebpf.UpdateAny); err != nil {
 				return fmt.Errorf("zero guest counters of slot %d: %w", s, err)
 			}
 		}

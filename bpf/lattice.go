@@ -119,7 +119,11 @@ func (r *rangeIDs) intern(b label.Bounds) (uint32, bool) {
 
 // planAccepts fills s.Accepts: every label's accepted ranges, over the
 // ranges of s and those of prev that s dropped (their peers still point
-// at them until Apply has written the new peers).
+// at them until Apply has written the new peers). The labels of prev that
+// s dropped get their entry too: the SAs the maps still hold with them
+// read it until Apply deletes them, and a range id new in s (free in
+// prev, so its bit in their entry is a stale one) must read true there.
+// PlanFrom never gives their ids to a new label.
 func planAccepts(s, prev *State) {
 	ranges := make(map[uint32]label.Bounds, len(s.RangeIDs))
 	if prev != nil {
@@ -133,6 +137,13 @@ func planAccepts(s, prev *State) {
 	s.Accepts = make(map[uint32]FastpathLabelAccepts, len(s.LabelIDs))
 	for l, id := range s.LabelIDs {
 		s.Accepts[id] = AcceptedRanges(l, ranges)
+	}
+	if prev != nil {
+		for l, id := range prev.LabelIDs {
+			if _, kept := s.LabelIDs[l]; !kept {
+				s.Accepts[id] = AcceptedRanges(l, ranges)
+			}
+		}
 	}
 }
 

@@ -130,7 +130,7 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 	problems := p.GuestProblems()
 	owners := make(map[uint32]verdict.Guest)
 	deny := func(ifindex uint32, g verdict.Guest, r verdict.Reason) {
-		s.Vifs[ifindex] = FastpathVif{VmId: g.VM, Flags: uint32(FastpathVifFlagVIF_F_MANAGED), Deny: uint8(r)}
+		s.Vifs[ifindex] = denyVif(g, r)
 	}
 	for ifindex, g := range p.Guests {
 		if g.Deny != 0 {
@@ -150,16 +150,7 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: vm %d on ifindex %d: %w", ErrPlan, g.VM, ifindex, err)
 		}
-		v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED) | DefaultInRange(g.Range),
-			Addr4: addr4(g.Addr4), Addr6: addr16(g.Addr6), Host4: addr4(g.HostAddr4), Host6: addr16(g.HostAddr6),
-			Ll6: addr16(verdict.LinkLocal(g.MAC)), Mac: g.MAC}
-		if g.Audit {
-			v.Flags |= uint32(FastpathVifFlagVIF_F_AUDIT)
-		}
-		if g.AllowUnlabeled {
-			v.Flags |= uint32(FastpathVifFlagVIF_F_ALLOW_UNLABELED)
-		}
-		s.Vifs[ifindex] = v
+		s.Vifs[ifindex] = vifEntry(g, lo, hi)
 	}
 
 	var prevVifs map[uint32]FastpathVif
@@ -173,42 +164,26 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 	}
 	for i := range p.SAs {
 		sa := &p.SAs[i]
-		name := fmt.Sprintf("SA spi %#x", sa.SPI)
-		if sa.SPI < 256 {
-			return nil, planErr("%s: SPIs 0-255 are reserved (RFC 4303)", name)
-		}
-		if sa.Family != verdict.AFInet && sa.Family != verdict.AFInet6 {
-			return nil, planErr("%s: family %d, want AF_INET (2) or AF_INET6 (10)", name, sa.Family)
-		}
-		if sa.Daddr.IsUnspecified() {
-			return nil, planErr("%s: destination %s; leave it unset for an SA the host terminates", name, sa.Daddr)
-		}
-		if sa.Daddr.Is4In6() {
-			return nil, planErr("%s: destination %s is IPv4-mapped; write %s", name, sa.Daddr, sa.Daddr.Unmap())
-		}
-		if sa.Daddr.IsValid() && verdict.FamilyOf(sa.Daddr) != sa.Family {
-			return nil, planErr("%s: destination %s is not of family %d", name, sa.Daddr, sa.Family)
+		if err := checkSA(sa); err != nil {
+			return nil, err
 		}
 		id, err := intern(sa.Label)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrPlan, name, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrPlan, saName(sa), err)
 		}
-		v := FastpathSa{OwnerVm: sa.Owner, AppId: sa.App, LabelId: id, Family: uint16(sa.Family), Flags: uint8(FastpathSaFlagSA_F_VALID)}
-		if o, ok := owners[sa.Owner]; ok && o.Range.Contains(sa.Label) {
-			v.Flags |= uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE)
-		}
-		v.Daddr = addr16(sa.Dest())
+		o, ok := owners[sa.Owner]
+		v := saEntry(sa, id, o, ok)
 		if sa.SPI >= p.SPIBase && sa.SPI-p.SPIBase < p.SPISlots {
 			slot := sa.SPI - p.SPIBase
 			if _, dup := s.Slots[slot]; dup {
-				return nil, planErr("%s: two SAs with one SPI in the host's range; the host allocates each SPI once", name)
+				return nil, planErr("%s: two SAs with one SPI in the host's range; the host allocates each SPI once", saName(sa))
 			}
 			s.Slots[slot] = v
 			continue
 		}
 		k := FastpathSaKey{Spi: sa.SPI, Family: uint16(sa.Family), Daddr: v.Daddr}
 		if _, dup := s.SAs[k]; dup {
-			return nil, planErr("%s: two SAs with one SPI for destination %s", name, sa.Dest())
+			return nil, planErr("%s: two SAs with one SPI for destination %s", saName(sa), sa.Dest())
 		}
 		if len(s.SAs) >= SAsMax {
 			return nil, planErr("more than %d SAs outside the host's SPI range", SAsMax)
@@ -241,6 +216,61 @@ func PlanFrom(p *verdict.Policy, prev *State) (*State, error) {
 	s.RangeIDs = ranges.ids
 	planAccepts(s, prev)
 	return s, nil
+}
+
+// The entries of one guest, SA and peer, shared by PlanFrom and
+// Incremental (incremental.go) so that both write the same values.
+
+func denyVif(g verdict.Guest, r verdict.Reason) FastpathVif {
+	return FastpathVif{VmId: g.VM, Flags: uint32(FastpathVifFlagVIF_F_MANAGED), Deny: uint8(r)}
+}
+
+// vifEntry is the entry of a planned guest whose range has the label ids lo
+// and hi.
+func vifEntry(g verdict.Guest, lo, hi uint32) FastpathVif {
+	v := FastpathVif{VmId: g.VM, AppId: g.App, RangeLo: lo, RangeHi: hi, Flags: uint32(FastpathVifFlagVIF_F_MANAGED) | DefaultInRange(g.Range),
+		Addr4: addr4(g.Addr4), Addr6: addr16(g.Addr6), Host4: addr4(g.HostAddr4), Host6: addr16(g.HostAddr6),
+		Ll6: addr16(verdict.LinkLocal(g.MAC)), Mac: g.MAC}
+	if g.Audit {
+		v.Flags |= uint32(FastpathVifFlagVIF_F_AUDIT)
+	}
+	if g.AllowUnlabeled {
+		v.Flags |= uint32(FastpathVifFlagVIF_F_ALLOW_UNLABELED)
+	}
+	return v
+}
+
+func saName(sa *verdict.SA) string { return fmt.Sprintf("SA spi %#x", sa.SPI) }
+
+// checkSA refuses an SA the fast path cannot hold, naming it.
+func checkSA(sa *verdict.SA) error {
+	if sa.SPI < 256 {
+		return planErr("%s: SPIs 0-255 are reserved (RFC 4303)", saName(sa))
+	}
+	if sa.Family != verdict.AFInet && sa.Family != verdict.AFInet6 {
+		return planErr("%s: family %d, want AF_INET (2) or AF_INET6 (10)", saName(sa), sa.Family)
+	}
+	if sa.Daddr.IsUnspecified() {
+		return planErr("%s: destination %s; leave it unset for an SA the host terminates", saName(sa), sa.Daddr)
+	}
+	if sa.Daddr.Is4In6() {
+		return planErr("%s: destination %s is IPv4-mapped; write %s", saName(sa), sa.Daddr, sa.Daddr.Unmap())
+	}
+	if sa.Daddr.IsValid() && verdict.FamilyOf(sa.Daddr) != sa.Family {
+		return planErr("%s: destination %s is not of family %d", saName(sa), sa.Daddr, sa.Family)
+	}
+	return nil
+}
+
+// saEntry is the entry of a checked SA whose label has the id id; owner is
+// the planned guest of its owner VM, if hasOwner.
+func saEntry(sa *verdict.SA, id uint32, owner verdict.Guest, hasOwner bool) FastpathSa {
+	v := FastpathSa{OwnerVm: sa.Owner, AppId: sa.App, LabelId: id, Family: uint16(sa.Family), Flags: uint8(FastpathSaFlagSA_F_VALID)}
+	if hasOwner && owner.Range.Contains(sa.Label) {
+		v.Flags |= uint8(FastpathSaFlagSA_F_IN_OWNER_RANGE)
+	}
+	v.Daddr = addr16(sa.Dest())
+	return v
 }
 
 // PeerKey is the LPM trie key of a prefix: the family byte, then the address.

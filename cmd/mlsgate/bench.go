@@ -16,6 +16,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var out, apps string
 	var quick bool
+	var soak time.Duration
 	cmd := &cobra.Command{
 		Use:   "bench <" + strings.Join(bench.Benchmarks, " | ") + " | all>...",
 		Short: "measure mlsgate against its baselines and write a report (root)",
@@ -29,7 +30,10 @@ SVG plots.
   traffic   real ESP packets between two namespaces over vif7.0: packets/s and
             request/response latency with no filter, mlsgate, nftables rules
             and an nftables set (10, 1,000, 10,000 SAs)
-  agent     the agent's sync time and memory at 10,000 and 100,000 SAs
+  agent     the agent's initial sync, one SA change (p50/p99, plotted) at
+            1,000 vifs and 1k to 100k SAs, and its memory at 100,000 SAs;
+            --soak DURATION adds a churn soak at 100,000 SAs (SAs added,
+            rotated and deleted at 30/s) reporting RSS and Go heap over time
   xfrm      SA install rate through agent/xfrm and SA→map sync latency
             (p50/p99) in Debian's kernel under QEMU (1,000 SAs; --quick:
             200, and only when the guest image is already cached)
@@ -49,7 +53,7 @@ be quoted). Everything but mapper and bundle needs root.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w := cmd.OutOrStdout()
-			cfg := bench.RunConfig{What: args, Quick: quick, AppsDir: apps,
+			cfg := bench.RunConfig{What: args, Quick: quick, AppsDir: apps, AgentSoak: soak,
 				Progress: func(f string, a ...any) {
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s "+f+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
 				}}
@@ -75,6 +79,7 @@ be quoted). Everything but mapper and bundle needs root.`,
 	cmd.Flags().StringVar(&out, "out", "", "results folder (default bench/results/<date>)")
 	cmd.Flags().StringVar(&apps, "apps", "examples/analyst", "application files for the bundle and VM-start benchmarks")
 	cmd.Flags().BoolVar(&quick, "quick", false, "every benchmark at small sizes; asserts nothing about speed")
+	cmd.Flags().DurationVar(&soak, "soak", 0, "agent: churn this long at 100,000 SAs after the timed changes, sampling RSS and Go heap (e.g. 10m)")
 	return cmd
 }
 
