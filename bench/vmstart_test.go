@@ -258,7 +258,7 @@ func TestVMStartConfigRefuses(t *testing.T) {
 		cfg  VMStartConfig
 		want string
 	}{
-		"backend": {VMStartConfig{Backends: []string{"xen"}, AppsDir: "."}, `backend "xen"`},
+		"backend": {VMStartConfig{Backends: []string{"vbox"}, AppsDir: "."}, `backend "vbox": want netns, qemu or xen`},
 		"no apps": {VMStartConfig{}, "AppsDir is empty"},
 		"missing": {VMStartConfig{AppsDir: "/no/such/apps"}, "AppsDir"},
 	} {
