@@ -85,6 +85,7 @@ test: check-generate deps-kernel deps-selinux deps-guest deps-bench deps-monitor
 test-unit: ## unprivileged tests of every package
 	$(GO) vet ./...
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v -e /kernel-tests -e /bench)
+	$(GO) test -count=1 -skip Privileged ./bench/...
 
 test-kernel: ## privileged tests against the running kernel (root; skipped otherwise)
 	@if [ "$$(id -u)" != 0 ]; then \
