@@ -137,12 +137,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 		output: filepath.Join(job, "output"), progress: opts.Progress,
 	})
 	res := &Result{Serial: serial, Accel: accel, Wall: wall}
-	if out, rerr := os.ReadFile(filepath.Join(job, "output")); rerr == nil {
-		res.Output = string(out)
-	}
-	if b, rerr := os.ReadFile(filepath.Join(job, "boot")); rerr == nil {
-		res.Boot = strings.TrimSpace(string(b))
-	}
+	res.Output, res.Boot = jobReport(job)
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("guest did not finish within %v (RunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(serial, 3000))
 	}
@@ -161,6 +156,18 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	res.BootDuration = start
 	res.RunDuration = end - start
 	return res, nil
+}
+
+// jobReport reads what the init left in the job directory: the binary's
+// output and the boot report (trimmed); "" for a file it did not write.
+func jobReport(job string) (output, boot string) {
+	if b, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
+		output = string(b)
+	}
+	if b, err := os.ReadFile(filepath.Join(job, "boot")); err == nil {
+		boot = strings.TrimSpace(string(b))
+	}
+	return output, boot
 }
 
 // bootSpec is one QEMU run.

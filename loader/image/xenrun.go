@@ -162,12 +162,7 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 	res := &XenResult{Wall: run.wall, Files: map[string]string{}}
 	serial, _ := os.ReadFile(serialPath)
 	res.Serial = string(serial)
-	if out, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
-		res.Output = string(out)
-	}
-	if b, err := os.ReadFile(filepath.Join(job, "boot")); err == nil {
-		res.Boot = strings.TrimSpace(string(b))
-	}
+	res.Output, res.Boot = jobReport(job)
 	left, _ := filepath.Glob(filepath.Join(job, "*"))
 	for _, f := range left {
 		switch n := filepath.Base(f); n {
