@@ -201,15 +201,7 @@ func (c *conn) batch(msgs []outMsg, timeout time.Duration) ([]error, error) {
 			b = append(b, 0)
 		}
 	}
-	var serr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-		return serr != unix.EAGAIN
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
+	if err := c.sendto(b); err != nil {
 		for i := range answers {
 			answers[i] = errNoAnswer
 		}

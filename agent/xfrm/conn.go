@@ -146,6 +146,15 @@ func (c *conn) send(typ, flags uint16, payload []byte) (uint32, error) {
 	ne.PutUint32(b[8:], c.seq)
 	ne.PutUint32(b[12:], c.pid)
 	b = append(b, payload...)
+	if err := c.sendto(b); err != nil {
+		return 0, fmt.Errorf("send %s: %w", msgName(typ), err)
+	}
+	return c.seq, nil
+}
+
+// sendto writes the datagram b to the kernel, waiting while the socket's
+// send buffer is full.
+func (c *conn) sendto(b []byte) error {
 	var serr error
 	err := c.rc.Write(func(fd uintptr) bool {
 		serr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
@@ -154,10 +163,7 @@ func (c *conn) send(typ, flags uint16, payload []byte) (uint32, error) {
 	if err == nil {
 		err = serr
 	}
-	if err != nil {
-		return 0, fmt.Errorf("send %s: %w", msgName(typ), err)
-	}
-	return c.seq, nil
+	return err
 }
 
 // recv reads one datagram. It returns the bytes, valid until the next read.

@@ -175,15 +175,7 @@ func elfClosure(name string) (string, []string, error) {
 			return "", nil, fmt.Errorf("read %s for its libraries: %w", queue[0], err)
 		}
 		queue = queue[1:]
-		needed, err := f.ImportedLibraries()
-		var interp string
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				b, _ := io.ReadAll(p.Open())
-				interp = strings.TrimRight(string(b), "\x00")
-			}
-		}
-		f.Close()
+		interp, needed, err := elfNeeds(f)
 		if err != nil {
 			return "", nil, fmt.Errorf("libraries of %s: %w", src, err)
 		}
@@ -351,4 +343,18 @@ func writeArchive(stage, out string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// elfNeeds reads the program interpreter (empty for none) and the
+// DT_NEEDED libraries of f, and closes f.
+func elfNeeds(f *elf.File) (interp string, needed []string, err error) {
+	needed, err = f.ImportedLibraries()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			b, _ := io.ReadAll(p.Open())
+			interp = strings.TrimRight(string(b), "\x00")
+		}
+	}
+	f.Close()
+	return interp, needed, err
 }

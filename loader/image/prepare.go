@@ -184,23 +184,16 @@ func Prepare(ctx context.Context, cacheDir string, log io.Writer) (*Image, error
 	markUsed(dir)
 	// The cache grows by an image per kernel and builder change: drop
 	// what nobody used for PruneAge.
-	if removed, err := prune(cacheDir, PruneAge, time.Now()); err != nil {
-		fmt.Fprintf(log, "image: pruning the cache: %v\n", err)
-	} else if len(removed) > 0 {
-		fmt.Fprintf(log, "image: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
-	}
+	removed, err := prune(cacheDir, PruneAge, time.Now())
+	logPruned(log, "the cache", removed, err)
 	return loadImage(dir, cacheDir)
 }
 
 // loadImage opens a complete cache entry.
 func loadImage(dir, cacheDir string) (*Image, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		return nil, err
-	}
 	var m manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s/manifest.json: %w (remove the directory)", dir, err)
+	if err := readManifest(dir, &m); err != nil {
+		return nil, err
 	}
 	img := &Image{
 		Dir:            dir,
@@ -590,4 +583,26 @@ func tail(s string, n int) string {
 		s = s[i+1:]
 	}
 	return "…" + s
+}
+
+// readManifest decodes dir's manifest.json into m.
+func readManifest(dir string, m any) error {
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("%s/manifest.json: %w (remove the directory)", dir, err)
+	}
+	return nil
+}
+
+// logPruned tells log what pruning cache (for the message) removed, or
+// why it failed.
+func logPruned(log io.Writer, cache string, removed []string, err error) {
+	if err != nil {
+		fmt.Fprintf(log, "image: pruning %s: %v\n", cache, err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(log, "image: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
+	}
 }

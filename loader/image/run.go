@@ -137,12 +137,7 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 		output: filepath.Join(job, "output"), progress: opts.Progress,
 	})
 	res := &Result{Serial: serial, Accel: accel, Wall: wall}
-	if out, rerr := os.ReadFile(filepath.Join(job, "output")); rerr == nil {
-		res.Output = string(out)
-	}
-	if b, rerr := os.ReadFile(filepath.Join(job, "boot")); rerr == nil {
-		res.Boot = strings.TrimSpace(string(b))
-	}
+	res.Output, res.Boot = jobReport(job)
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("guest did not finish within %v (RunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(serial, 3000))
 	}
@@ -161,6 +156,18 @@ func (img *Image) Run(ctx context.Context, opts RunOptions) (*Result, error) {
 	res.BootDuration = start
 	res.RunDuration = end - start
 	return res, nil
+}
+
+// jobReport reads what the init left in the job directory: the binary's
+// output and the boot report (trimmed); "" for a file it did not write.
+func jobReport(job string) (output, boot string) {
+	if b, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
+		output = string(b)
+	}
+	if b, err := os.ReadFile(filepath.Join(job, "boot")); err == nil {
+		boot = strings.TrimSpace(string(b))
+	}
+	return output, boot
 }
 
 // bootSpec is one QEMU run.
@@ -208,42 +215,68 @@ func (img *Image) boot(ctx context.Context, spec bootSpec) (serial, qerr string,
 	}
 	qctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	silent := false
+	onTick := func(start time.Time) {
+		if spec.silent > 0 && !silent && time.Since(start) > spec.silent {
+			if fi, serr := os.Stat(serialPath); serr != nil || fi.Size() == 0 {
+				silent = true
+				cancel()
+			}
+		}
+	}
+	run, err := runQEMU(qctx, qemu, args, pollInterval, onTick, spec.progress, spec.output)
+	if err != nil {
+		return "", "", 0, err
+	}
+	b, _ := os.ReadFile(serialPath)
+	err = run.err
+	if silent {
+		err = fmt.Errorf("%w for %v", errSilent, spec.silent)
+	}
+	return string(b), run.stderr, run.wall, err
+}
+
+// qemuRun is how one QEMU process ended.
+type qemuRun struct {
+	stderr string        // QEMU's own output (stdout and stderr)
+	wall   time.Duration // from start to exit
+	err    error         // cmd.Wait's
+}
+
+// runQEMU runs qemu with args under ctx until it exits. Every interval it
+// calls onTick (when set) with the start time, then copies the growth of
+// the file output to progress (when both are set), and once more after
+// the exit. The error is for a QEMU that did not start; how it ended is in
+// the qemuRun.
+func runQEMU(ctx context.Context, qemu string, args []string, interval time.Duration, onTick func(start time.Time), progress io.Writer, output string) (qemuRun, error) {
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(qctx, qemu, args...)
+	cmd := exec.CommandContext(ctx, qemu, args...)
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return "", "", 0, fmt.Errorf("start %s: %w", qemu, err)
+		return qemuRun{}, fmt.Errorf("start %s: %w", qemu, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	var copied int64
-	silent := false
-	tick := time.NewTicker(pollInterval)
+	var werr error
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for waiting := true; waiting; {
 		select {
-		case err = <-done:
+		case werr = <-done:
 			waiting = false
 		case <-tick.C:
-			if spec.silent > 0 && !silent && time.Since(start) > spec.silent {
-				if fi, serr := os.Stat(serialPath); serr != nil || fi.Size() == 0 {
-					silent = true
-					cancel()
-				}
+			if onTick != nil {
+				onTick(start)
 			}
 		}
-		if spec.progress != nil && spec.output != "" {
-			copied = copyNew(spec.progress, spec.output, copied)
+		if progress != nil && output != "" {
+			copied = copyNew(progress, output, copied)
 		}
 	}
-	wall = time.Since(start)
-	b, _ := os.ReadFile(serialPath)
-	if silent {
-		err = fmt.Errorf("%w for %v", errSilent, spec.silent)
-	}
-	return string(b), stderr.String(), wall, err
+	return qemuRun{stderr: stderr.String(), wall: time.Since(start), err: werr}, nil
 }
 
 // copyNew writes what the file at path holds beyond offset to w and returns

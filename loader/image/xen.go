@@ -229,22 +229,15 @@ func PrepareXen(ctx context.Context, cacheDir string, opts XenOptions, log io.Wr
 	}
 	fmt.Fprintf(log, "image: Xen dom0 image %s ready in %.1fs\n", filepath.Base(dir), time.Since(start).Seconds())
 	markUsed(dir)
-	if removed, err := pruneXen(xdir, PruneAge, time.Now()); err != nil {
-		fmt.Fprintf(log, "image: pruning the Xen cache: %v\n", err)
-	} else if len(removed) > 0 {
-		fmt.Fprintf(log, "image: pruned %s (unused for %v)\n", strings.Join(removed, ", "), PruneAge)
-	}
+	removed, err := pruneXen(xdir, PruneAge, time.Now())
+	logPruned(log, "the Xen cache", removed, err)
 	return loadXenImage(dir)
 }
 
 func loadXenImage(dir string) (*XenImage, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		return nil, err
-	}
 	var m xenManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s/manifest.json: %w (remove the directory)", dir, err)
+	if err := readManifest(dir, &m); err != nil {
+		return nil, err
 	}
 	img := &XenImage{
 		Dir: dir, Xen: filepath.Join(dir, "xen"), Kernel: filepath.Join(dir, m.Kernel),
@@ -533,15 +526,7 @@ func copyXenELF(root, path, stage string) error {
 		if err != nil {
 			continue // a script
 		}
-		needed, err := f.ImportedLibraries()
-		var interp string
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				b, _ := io.ReadAll(p.Open())
-				interp = strings.TrimRight(string(b), "\x00")
-			}
-		}
-		f.Close()
+		interp, needed, err := elfNeeds(f)
 		if err != nil {
 			return fmt.Errorf("libraries of %s: %w", it.rel, err)
 		}

@@ -1,16 +1,12 @@
 package image
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -95,9 +91,10 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 		return nil, err
 	}
 	defer os.RemoveAll(share)
-	b := make([]byte, 6)
-	rand.Read(b)
-	id := hex.EncodeToString(b)
+	id, err := jobID()
+	if err != nil {
+		return nil, err
+	}
 	job := filepath.Join(share, ".xendom0", id)
 	if err := os.MkdirAll(job, 0o755); err != nil {
 		return nil, err
@@ -158,39 +155,14 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 			return nil, fmt.Errorf("xen image path %s holds a comma or space, which QEMU's -initrd list cannot carry; set MLSGATE_GUEST_CACHE to a plain path", p)
 		}
 	}
-	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, qemu, args...)
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	cmd.WaitDelay = 5 * time.Second
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", qemu, err)
+	run, err := runQEMU(ctx, qemu, args, xenPollInterval, nil, opts.Progress, filepath.Join(job, "output"))
+	if err != nil {
+		return nil, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var copied int64
-	tick := time.NewTicker(xenPollInterval)
-	defer tick.Stop()
-	var qerr error
-	for waiting := true; waiting; {
-		select {
-		case qerr = <-done:
-			waiting = false
-		case <-tick.C:
-		}
-		if opts.Progress != nil {
-			copied = copyNew(opts.Progress, filepath.Join(job, "output"), copied)
-		}
-	}
-	res := &XenResult{Wall: time.Since(start), Files: map[string]string{}}
+	res := &XenResult{Wall: run.wall, Files: map[string]string{}}
 	serial, _ := os.ReadFile(serialPath)
 	res.Serial = string(serial)
-	if out, err := os.ReadFile(filepath.Join(job, "output")); err == nil {
-		res.Output = string(out)
-	}
-	if b, err := os.ReadFile(filepath.Join(job, "boot")); err == nil {
-		res.Boot = strings.TrimSpace(string(b))
-	}
+	res.Output, res.Boot = jobReport(job)
 	left, _ := filepath.Glob(filepath.Join(job, "*"))
 	for _, f := range left {
 		switch n := filepath.Base(f); n {
@@ -207,8 +179,8 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 	if ctx.Err() != nil {
 		return res, fmt.Errorf("dom0 did not finish within %v (XenRunOptions.Timeout or the context); console ends:\n%s", opts.Timeout, tail(res.Serial, 3000))
 	}
-	if qerr != nil {
-		return res, fmt.Errorf("qemu: %w\n%s\nconsole ends:\n%s", qerr, tail(stderr.String(), 2000), tail(res.Serial, 3000))
+	if run.err != nil {
+		return res, fmt.Errorf("qemu: %w\n%s\nconsole ends:\n%s", run.err, tail(run.stderr, 2000), tail(res.Serial, 3000))
 	}
 	exit, err := os.ReadFile(filepath.Join(job, "exit"))
 	if err != nil {
