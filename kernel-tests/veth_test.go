@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -380,6 +381,18 @@ func vethPair(t *testing.T, guest netns.NsHandle, gh *netlink.Handle) (vif, eth0
 		// traffic) crosses the link unasked.
 		if err := e.h.LinkSetIP6AddrGenMode(e.link, vethAddrGenModeNone); err != nil {
 			t.Fatalf("%s: addrgenmode none: %v", name, err)
+		}
+		if e.h == hh {
+			// The host end's MLD reports (from ::, it has no link-local)
+			// are repeated at random within a second of its addresses
+			// coming up, and toward the guest they are deny_control: send
+			// them at once, before the counters are reset, as the attack
+			// lab does. /proc/sys/net is this thread's namespace.
+			for _, k := range []string{"mldv1_unsolicited_report_interval", "mldv2_unsolicited_report_interval"} {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/"+k, []byte("0"), 0); err != nil {
+					t.Fatalf("%s: %s: %v", name, k, err)
+				}
+			}
 		}
 		if err := e.h.LinkSetUp(e.link); err != nil {
 			t.Fatalf("%s up: %v", name, err)
