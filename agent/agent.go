@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -160,25 +162,12 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 // until ctx ends. Pins stay when it returns: the fast path keeps enforcing
 // the last state (fail closed).
 func (a *Agent) Run(ctx context.Context) error {
-	applied, err := a.maps.ReadState()
-	if err != nil {
-		return fmt.Errorf("read pinned maps: %w", err)
-	}
-	pinned, err := a.attacher.Pinned()
-	if err != nil {
-		return fmt.Errorf("list pinned links: %w", err)
-	}
-	a.mu.Lock()
-	a.applied = applied
-	for _, i := range pinned {
-		a.attached[i] = "" // name learnt from the link watcher
-		a.modes[i] = "adopted"
-	}
-	a.mu.Unlock()
-	a.log.Info("adopted pinned state", "vifs", len(applied.Vifs), "sa_slots", len(applied.Slots), "sas", len(applied.SAs), "peers", len(applied.Peers), "links", len(pinned))
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The watchers start first: the kernel's SA dump and the reading of
+	// the pinned maps (at 100k SAs each ~0.1 s, mostly in the kernel) run
+	// side by side. No reconcile runs before both are done: the loop
+	// below starts after the pinned state is read.
 	errc := make(chan error, 2)
 	go func() {
 		errc <- a.links.Watch(ctx, a.onLink, func() {
@@ -195,6 +184,29 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		errc <- a.sas.Watch(ctx, a.onSAs)
 	}()
+	applied, err := a.maps.ReadState()
+	if err != nil {
+		return fmt.Errorf("read pinned maps: %w", err)
+	}
+	pinned, err := a.attacher.Pinned()
+	if err != nil {
+		return fmt.Errorf("list pinned links: %w", err)
+	}
+	a.mu.Lock()
+	a.applied = applied
+	// The link watcher may have named some interfaces already; the rest
+	// are named as their events come (onLink).
+	nameOf := make(map[int]string, len(a.present))
+	for name, idx := range a.present {
+		nameOf[idx] = name
+	}
+	for _, i := range pinned {
+		a.attached[i] = nameOf[i]
+		a.modes[i] = "adopted"
+	}
+	a.mu.Unlock()
+	a.log.Info("adopted pinned state", "vifs", len(applied.Vifs), "sa_slots", len(applied.Slots), "sas", len(applied.SAs), "peers", len(applied.Peers), "links", len(pinned))
+
 	go a.driftLoop(ctx)
 	var resync <-chan time.Time
 	if a.cfg.ResyncInterval > 0 {
@@ -430,11 +442,12 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 		}
 	}
 	integ := a.integrity()
+	labels := labelCache{}
 	for _, k := range ksas {
 		if k.Proto != 50 {
 			continue // only ESP carries traffic the vif programs see
 		}
-		sa, r := bindKernelSA(d.Rotations, byAddr, integ, &k, &st)
+		sa, r := bindKernelSA(d.Rotations, byAddr, integ, labels, &k, &st)
 		key := saKey{k.SPI, k.Dst}
 		if res != nil && r != classBound {
 			res[key] |= r
@@ -457,7 +470,7 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 			res[v.key] |= resPremapped
 		}
 	}
-	sort.Slice(p.SAs, func(i, j int) bool { return p.SAs[i].SPI < p.SAs[j].SPI })
+	slices.SortFunc(p.SAs, func(x, y verdict.SA) int { return cmp.Or(cmp.Compare(x.SPI, y.SPI), x.Daddr.Compare(y.Daddr)) })
 	return p, st
 }
 
@@ -477,16 +490,43 @@ func (a *Agent) integrity() label.IntegrityPolicy {
 	return label.IntegrityPolicy{Default: a.cfg.DefaultIntegrity, ByType: a.cfg.Integrity}
 }
 
+// labelCache interns the labels of the SA contexts one full plan meets:
+// a host's SAs carry few distinct contexts, each parsed once rather than
+// once per SA. It lives as long as the plan; nil parses every time.
+type labelCache map[string]labelOf
+
+type labelOf struct {
+	l  label.Label
+	ok bool
+}
+
+// contextLabel is the label of an SA's context, ok false when it has
+// none we can read.
+func (c labelCache) contextLabel(context string, integ label.IntegrityPolicy) (label.Label, bool) {
+	if v, hit := c[context]; hit {
+		return v.l, v.ok
+	}
+	var v labelOf
+	if ctx, err := label.ParseContext(context); err == nil && ctx.HasRange {
+		v = labelOf{label.FromContext(ctx, integ), true}
+	}
+	if c != nil {
+		c[context] = v
+	}
+	return v.l, v.ok
+}
+
 // bindKernelSA is what policyFor makes of one of the kernel's ESP SAs:
 // its class (unlabeled, bad context, no guest, refused as a relabel, or
-// bound to a guest, then with sa), with the counters in st.
-func bindKernelSA(rs []RotationSpec, byAddr map[netip.Addr]GuestSpec, integ label.IntegrityPolicy, k *KernelSA, st *saStats) (verdict.SA, saRes) {
+// bound to a guest, then with sa), with the counters in st. labels may be
+// nil.
+func bindKernelSA(rs []RotationSpec, byAddr map[netip.Addr]GuestSpec, integ label.IntegrityPolicy, labels labelCache, k *KernelSA, st *saStats) (verdict.SA, saRes) {
 	if k.Context == "" {
 		st.Unlabeled++
 		return verdict.SA{}, classUnlabeled
 	}
-	ctx, err := label.ParseContext(k.Context)
-	if err != nil || !ctx.HasRange {
+	l, ok := labels.contextLabel(k.Context, integ)
+	if !ok {
 		// Never an allow: an SA whose label we cannot read is left out
 		// of the maps, so its packets meet deny_unknown_sa.
 		st.BadContext++
@@ -495,8 +535,7 @@ func bindKernelSA(rs []RotationSpec, byAddr map[netip.Addr]GuestSpec, integ labe
 	// The guest that owns the SA: the sender of outbound SAs, the
 	// receiver of inbound ones.
 	var g GuestSpec
-	var ok bool
-	for _, addr := range []netip.Addr{k.Src, k.Dst, k.SelSrc, k.SelDst} {
+	for _, addr := range [...]netip.Addr{k.Src, k.Dst, k.SelSrc, k.SelDst} {
 		if g, ok = byAddr[addr]; ok && addr.IsValid() {
 			break
 		}
@@ -505,7 +544,7 @@ func bindKernelSA(rs []RotationSpec, byAddr map[netip.Addr]GuestSpec, integ labe
 		st.NoGuest++
 		return verdict.SA{}, classNoGuest
 	}
-	sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: label.FromContext(ctx, integ), Family: verdict.FamilyOf(k.Dst)}
+	sa := verdict.SA{SPI: k.SPI, Daddr: k.Dst, Owner: g.VM, App: g.App, Label: l, Family: verdict.FamilyOf(k.Dst)}
 	n := len(st.rotations)
 	if !rotationAllows(rs, k, &sa, st) {
 		return verdict.SA{}, classRefused // a rotation that would relabel: never an allow

@@ -249,7 +249,7 @@ func (a *Agent) resolve(k saKey) (saRes, verdict.SA, bool, saStats) {
 		out, mapped = staticSA(s), true
 	}
 	if ks, ok := a.ktab.get(k.spi, k.daddr); ok {
-		sa, kr := bindKernelSA(a.desired.Rotations, a.inc.byAddr, a.integrity(), &ks, &st)
+		sa, kr := bindKernelSA(a.desired.Rotations, a.inc.byAddr, a.integrity(), nil, &ks, &st)
 		r |= kr
 		if kr&resClass == classBound && !mapped {
 			out, mapped = sa, true

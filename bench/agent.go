@@ -38,6 +38,9 @@ type AgentScaleConfig struct {
 	SoakInterval time.Duration
 	// HeapProfile: where to write a heap profile once the changes are done.
 	HeapProfile string
+	// SyncProfile: where to write a CPU profile of the initial sync alone
+	// (from the agent's start to its first full reconcile).
+	SyncProfile string
 	// Progress, when set, reports the soak's samples as they come.
 	Progress func(string, ...any) `json:"-"`
 }
@@ -280,6 +283,17 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
+	if cfg.SyncProfile != "" {
+		f, err := os.Create(cfg.SyncProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile() // after an error; else stopped below
+	}
 	start, cpu0 := time.Now(), cpuTime()
 	go func() { done <- a.Run(ctx) }()
 	res := &AgentScaleResult{Vifs: cfg.Vifs, SAs: cfg.SAs}
@@ -291,6 +305,9 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 		return nil, fmt.Errorf("initial sync of %d SAs did not finish: %+v", cfg.SAs, a.Status())
 	}
 	res.InitialSync, res.InitialSyncCPU = time.Since(start), cpuTime()-cpu0
+	if cfg.SyncProfile != "" {
+		pprof.StopCPUProfile()
+	}
 
 	// One change: from the event handed to the agent to the entries in
 	// the pinned map, read back with one lookup per SPI.

@@ -101,8 +101,12 @@ func maxKey[V any](m map[uint32]V) uint32 {
 }
 
 func putChanged[K, V comparable](m kvMap, prev, next map[K]V) error {
-	var keys []K
-	var vals []V
+	// Sized for a start, when every entry is new (100k SAs: no regrowth).
+	n := 0
+	if len(prev) == 0 {
+		n = len(next)
+	}
+	keys, vals := make([]K, 0, n), make([]V, 0, n)
 	for k, v := range next {
 		if old, ok := prev[k]; ok && old == v {
 			continue

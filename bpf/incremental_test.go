@@ -81,6 +81,18 @@ func (m *fakeMap) BatchUpdate(keys, values any, _ *ebpf.BatchOptions) (int, erro
 		return 0, ebpf.ErrNotSupported
 	}
 	ks, vs := reflect.ValueOf(keys), reflect.ValueOf(values)
+	if m.typ == ebpf.PerCPUArray { // a value per possible CPU for each key
+		ncpu := ebpf.MustPossibleCPU()
+		if vs.Len() != ks.Len()*ncpu {
+			m.f.t.Fatalf("%s: batch of %d keys with %d per-CPU values, want %d", m.name, ks.Len(), vs.Len(), ks.Len()*ncpu)
+		}
+		for i := range ks.Len() {
+			if err := m.Update(ks.Index(i).Interface(), vs.Slice(i*ncpu, (i+1)*ncpu).Interface(), ebpf.UpdateAny); err != nil {
+				return i, err
+			}
+		}
+		return ks.Len(), nil
+	}
 	for i := range ks.Len() {
 		if err := m.Update(ks.Index(i).Interface(), vs.Index(i).Interface(), ebpf.UpdateAny); err != nil {
 			return i, err
