@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +85,7 @@ type Agent struct {
 
 	mu        sync.Mutex
 	desired   Desired
+	store     *desiredStore  // desiredlog.go
 	present   map[string]int // managed-pattern interfaces that exist: name → ifindex
 	attached  map[int]string // ifindex → name, programs attached (or adopted)
 	modes     map[int]string
@@ -139,13 +141,13 @@ func New(cfg Config, log *slog.Logger, o Options) (*Agent, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	d, err := loadDesired(cfg.StateDir)
+	d, store, err := openDesired(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{
 		cfg: cfg, log: log, maps: o.Maps, attacher: o.Attacher, links: o.Links, sas: o.SAs, now: o.Now,
-		desired: d, present: map[string]int{}, ktab: newKernelTable(), attached: map[int]string{}, modes: map[int]string{},
+		desired: d, store: store, present: map[string]int{}, ktab: newKernelTable(), attached: map[int]string{}, modes: map[int]string{},
 		kick: make(chan struct{}, 1), readyC: make(chan struct{}),
 	}
 	a.kernelSAs = a.ktab.all()
@@ -310,7 +312,7 @@ func (a *Agent) SetGuest(g GuestSpec) error {
 	if err := a.cfg.checkManaged(g.Interface); err != nil {
 		return err
 	}
-	_, err := a.changeDesired(setGuest(g))
+	_, err := a.changeGuest(journalOp{Set: &g})
 	return err
 }
 
@@ -329,9 +331,8 @@ func setGuest(g GuestSpec) func(*Desired) {
 // RemoveGuest forgets the guest on an interface; its programs are
 // detached. It reports whether there was one.
 func (a *Agent) RemoveGuest(iface string) (bool, error) {
-	found := false
-	_, err := a.changeDesired(removeGuest(iface, &found))
-	return found, err
+	prev, err := a.changeGuest(journalOp{Remove: iface})
+	return prev != nil, err
 }
 
 func removeGuest(iface string, found *bool) func(*Desired) {
@@ -358,6 +359,87 @@ func (a *Agent) SetStaticSAs(s []SASpec) error {
 	return err
 }
 
+// changeGuest is changeDesired for one guest, set or removed, at a cost
+// that does not grow with the number of guests while the agent has not
+// synced yet (a host declaring its guests at start): the change is checked
+// alone, made in place and appended to the journal (desiredlog.go). Only
+// a guest on an interface that exists is planned first (the plan covers
+// the present interfaces; an absent one adds nothing to it), and once the
+// incremental sync runs the change is compared with the whole state as
+// any other. It returns the guest the change replaced or removed, nil
+// when there was none.
+func (a *Agent) changeGuest(op journalOp) (*GuestSpec, error) {
+	iface := op.Remove
+	if op.Set != nil {
+		iface = op.Set.Interface
+	}
+	a.mu.Lock()
+	gs := a.desired.Guests
+	i, found := slices.BinarySearchFunc(gs, iface, byInterface)
+	var prev *GuestSpec
+	if found {
+		p := gs[i]
+		prev = &p
+	}
+	if op.Set == nil && !found {
+		a.mu.Unlock()
+		return nil, nil
+	}
+	if op.Set != nil {
+		check := Desired{Guests: []GuestSpec{*op.Set}}
+		err := check.validateGuest(0)
+		if _, present := a.present[iface]; err == nil && present {
+			next := a.desired
+			next.Guests = withGuest(slices.Clone(gs), i, found, *op.Set)
+			// As change: without the kernel's SAs.
+			_, err = a.plan(next, a.present, noSAs)
+		}
+		if err != nil {
+			a.mu.Unlock()
+			return prev, err
+		}
+	}
+	var old Desired
+	if a.inc.eng != nil { // desiredChanged compares with the state before
+		old = a.desired
+		old.Guests = slices.Clone(gs)
+	}
+	if err := a.store.appendOp(op); err != nil {
+		a.mu.Unlock()
+		return prev, fmt.Errorf("save desired state: %w", err)
+	}
+	if op.Set != nil {
+		a.desired.Guests = withGuest(gs, i, found, *op.Set)
+	} else {
+		a.desired.Guests = slices.Delete(gs, i, i+1)
+	}
+	if a.store.compactDue() {
+		if err := a.store.saveAll(a.desired); err != nil {
+			a.log.Warn("could not fold the desired state's journal into desired.json; the journal keeps the changes", "error", err)
+		}
+	}
+	if a.inc.eng != nil {
+		a.desiredChanged(old, a.desired)
+	}
+	a.topoDirty = true
+	a.markPending()
+	a.mu.Unlock()
+	a.poke()
+	return prev, nil
+}
+
+func byInterface(g GuestSpec, iface string) int { return strings.Compare(g.Interface, iface) }
+
+// withGuest puts g at i of the sorted gs: over the guest there (found) or
+// inserted.
+func withGuest(gs []GuestSpec, i int, found bool, g GuestSpec) []GuestSpec {
+	if found {
+		gs[i] = g
+		return gs
+	}
+	return slices.Insert(gs, i, g)
+}
+
 // changeDesired validates, persists, then applies a change: the desired
 // state on disk is what a restarted agent enforces. It returns the state
 // the change replaced.
@@ -365,11 +447,11 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 	a.mu.Lock()
 	old := a.desired
 	next := Desired{
-		Guests: append([]GuestSpec(nil), a.desired.Guests...),
-		Peers:  append([]PeerSpec(nil), a.desired.Peers...),
-		SAs:    append([]SASpec(nil), a.desired.SAs...),
+		Guests: slices.Clone(a.desired.Guests),
+		Peers:  slices.Clone(a.desired.Peers),
+		SAs:    slices.Clone(a.desired.SAs),
 
-		Rotations: append([]RotationSpec(nil), a.desired.Rotations...),
+		Rotations: slices.Clone(a.desired.Rotations),
 	}
 	fn(&next)
 	next.sort()
@@ -384,7 +466,7 @@ func (a *Agent) changeDesired(fn func(*Desired)) (Desired, error) {
 		a.mu.Unlock()
 		return old, err
 	}
-	if err := saveDesired(a.cfg.StateDir, next); err != nil {
+	if err := a.store.saveAll(next); err != nil {
 		a.mu.Unlock()
 		return old, fmt.Errorf("save desired state: %w", err)
 	}
@@ -426,7 +508,7 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 		APIPort: a.cfg.APIPort, Enforce: a.cfg.Enforce, Peers: peersFor(d),
 		SAs: make([]verdict.SA, 0, len(d.SAs)+a.ktab.len()),
 	}
-	byAddr := guestsByAddr(d)
+	var byAddr map[netip.Addr]GuestSpec // at the first kernel SA: the check of a desired change has none
 	var st saStats
 	// seen: the statics. A kernel SA's key is never premapped anyway
 	// (rotationPremap skips what the kernel holds), so the kernel's SAs,
@@ -446,6 +528,9 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 	for _, k := range ksas {
 		if k.Proto != 50 {
 			continue // only ESP carries traffic the vif programs see
+		}
+		if byAddr == nil {
+			byAddr = guestsByAddr(d)
 		}
 		sa, r := bindKernelSA(d.Rotations, byAddr, integ, labels, &k, &st)
 		key := saKey{k.SPI, k.Dst}

@@ -85,35 +85,14 @@ type Desired struct {
 // Validate checks the desired state and names the bad entry.
 func (d *Desired) Validate() error {
 	ifs := map[string]bool{}
-	for i, g := range d.Guests {
-		if g.Interface == "" || len(g.Interface) > 15 {
-			return fmt.Errorf("guests[%d]: interface %q: want a Linux interface name (1-15 characters)", i, g.Interface)
+	for i := range d.Guests {
+		if ifs[d.Guests[i].Interface] {
+			return fmt.Errorf("guests[%d]: interface %s declared twice", i, d.Guests[i].Interface)
 		}
-		if ifs[g.Interface] {
-			return fmt.Errorf("guests[%d]: interface %s declared twice", i, g.Interface)
+		if err := d.validateGuest(i); err != nil {
+			return err
 		}
-		ifs[g.Interface] = true
-		if g.VM == 0 {
-			return fmt.Errorf("guests[%d] (%s): vm 0 is reserved; give the guest's VM id", i, g.Interface)
-		}
-		if err := g.Range.Validate(); err != nil {
-			return fmt.Errorf("guests[%d] (%s): range: %w", i, g.Interface, err)
-		}
-		if g.Addr4.IsValid() && !g.Addr4.Is4() {
-			return fmt.Errorf("guests[%d] (%s): addr4 %s is not IPv4", i, g.Interface, g.Addr4)
-		}
-		if g.Addr6.IsValid() && (!g.Addr6.Is6() || g.Addr6.Is4In6()) {
-			return fmt.Errorf("guests[%d] (%s): addr6 %s is not IPv6", i, g.Interface, g.Addr6)
-		}
-		if g.HostAddr4.IsValid() && (!g.HostAddr4.Is4() || g.HostAddr4.IsUnspecified() || g.HostAddr4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
-			return fmt.Errorf("guests[%d] (%s): host_addr4 %s: want the host's unicast IPv4 address on the guest's link", i, g.Interface, g.HostAddr4)
-		}
-		if g.HostAddr6.IsValid() && (!g.HostAddr6.Is6() || !g.HostAddr6.IsLinkLocalUnicast()) {
-			return fmt.Errorf("guests[%d] (%s): host_addr6 %s: want the host-side interface's IPv6 link-local address (fe80::/10)", i, g.Interface, g.HostAddr6)
-		}
-		if _, err := g.mac(); err != nil {
-			return fmt.Errorf("guests[%d] (%s): %w", i, g.Interface, err)
-		}
+		ifs[d.Guests[i].Interface] = true
 	}
 	for i, p := range d.Peers {
 		if !p.Prefix.IsValid() {
@@ -132,6 +111,37 @@ func (d *Desired) Validate() error {
 		}
 	}
 	return validateRotations(d.Rotations)
+}
+
+// validateGuest checks d.Guests[i] alone (Validate checks them all and
+// that no interface is declared twice).
+func (d *Desired) validateGuest(i int) error {
+	g := &d.Guests[i]
+	if g.Interface == "" || len(g.Interface) > 15 {
+		return fmt.Errorf("guests[%d]: interface %q: want a Linux interface name (1-15 characters)", i, g.Interface)
+	}
+	if g.VM == 0 {
+		return fmt.Errorf("guests[%d] (%s): vm 0 is reserved; give the guest's VM id", i, g.Interface)
+	}
+	if err := g.Range.Validate(); err != nil {
+		return fmt.Errorf("guests[%d] (%s): range: %w", i, g.Interface, err)
+	}
+	if g.Addr4.IsValid() && !g.Addr4.Is4() {
+		return fmt.Errorf("guests[%d] (%s): addr4 %s is not IPv4", i, g.Interface, g.Addr4)
+	}
+	if g.Addr6.IsValid() && (!g.Addr6.Is6() || g.Addr6.Is4In6()) {
+		return fmt.Errorf("guests[%d] (%s): addr6 %s is not IPv6", i, g.Interface, g.Addr6)
+	}
+	if g.HostAddr4.IsValid() && (!g.HostAddr4.Is4() || g.HostAddr4.IsUnspecified() || g.HostAddr4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		return fmt.Errorf("guests[%d] (%s): host_addr4 %s: want the host's unicast IPv4 address on the guest's link", i, g.Interface, g.HostAddr4)
+	}
+	if g.HostAddr6.IsValid() && (!g.HostAddr6.Is6() || !g.HostAddr6.IsLinkLocalUnicast()) {
+		return fmt.Errorf("guests[%d] (%s): host_addr6 %s: want the host-side interface's IPv6 link-local address (fe80::/10)", i, g.Interface, g.HostAddr6)
+	}
+	if _, err := g.mac(); err != nil {
+		return fmt.Errorf("guests[%d] (%s): %w", i, g.Interface, err)
+	}
+	return nil
 }
 
 func (d *Desired) sort() {

@@ -84,11 +84,11 @@ func (a *Agent) AdminHandler() http.Handler {
 			return
 		}
 		err := a.cfg.checkManaged(g.Interface)
-		var old Desired
+		var prev *GuestSpec
 		if err == nil {
-			old, err = a.changeDesired(setGuest(g))
+			prev, err = a.changeGuest(journalOp{Set: &g})
 		}
-		a.recordChange(r, changeGuestSet, oldGuest(old, g.Interface), g, err)
+		a.recordChange(r, changeGuestSet, guestOrNil(prev), g, err)
 		if err != nil {
 			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
 			return
@@ -97,13 +97,12 @@ func (a *Agent) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("DELETE /v1/guests/{iface}", func(w http.ResponseWriter, r *http.Request) {
 		iface := r.PathValue("iface")
-		found := false
-		old, err := a.changeDesired(removeGuest(iface, &found))
-		if err == nil && !found {
+		prev, err := a.changeGuest(journalOp{Remove: iface})
+		if err == nil && prev == nil {
 			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no guest declared on %s", iface)))
 			return
 		}
-		a.recordChange(r, changeGuestRemove, oldGuest(old, iface), nil, err)
+		a.recordChange(r, changeGuestRemove, guestOrNil(prev), nil, err)
 		if err != nil {
 			writeJSON(w, http.StatusInternalServerError, errBody(err))
 			return
@@ -154,14 +153,12 @@ const (
 
 var changeKinds = []string{changeGuestSet, changeGuestRemove, changePeers, changeSAs, changeRotation, changeRotationDrop}
 
-// oldGuest is the guest declared on iface before a change, or nil.
-func oldGuest(d Desired, iface string) any {
-	for _, g := range d.Guests {
-		if g.Interface == iface {
-			return g
-		}
+// guestOrNil is the guest a change replaced or removed, or nil.
+func guestOrNil(g *GuestSpec) any {
+	if g == nil {
+		return nil
 	}
-	return nil
+	return *g
 }
 
 // maxLoggedSAs bounds the SAs a change log line carries in full; a larger
