@@ -168,8 +168,10 @@ func propAgent(t *testing.T, seed uint64, steps int) {
 			did = fmt.Sprintf("statics (%v)", a.SetStaticSAs(ss))
 		}
 		kinds[strings.SplitN(did, " (", 2)[0]]++
-		a.reconcile()
 		where := fmt.Sprintf("seed %d step %d (%s)", seed, step, did)
+		checkBindings(t, a, kernel, where+", before its reconcile")
+		a.reconcile()
+		checkBindings(t, a, kernel, where)
 		a.mu.Lock()
 		if a.lastErr != nil {
 			a.mu.Unlock()
@@ -214,4 +216,32 @@ func propAgent(t *testing.T, seed uint64, steps int) {
 	}
 	st := a.Status()
 	t.Logf("seed %d: %d steps; finally %+v; ops %v", seed, steps, st.SAs, kinds)
+}
+
+// checkBindings: what DeclareRotation and DropRotation learn of an SA
+// (binding, by the incremental machinery) is what the full plan makes of
+// it, for every kernel SA, static SA and rotation end, changes pending or
+// not.
+func checkBindings(t *testing.T, a *Agent, kernel map[saID]KernelSA, where string) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inc.eng == nil {
+		return
+	}
+	keys := map[saKey]bool{}
+	for id := range kernel {
+		keys[saKey{id.spi, id.dst}] = true
+	}
+	for _, s := range a.desired.SAs {
+		keys[saKey{s.SPI, s.Daddr}] = true
+	}
+	for _, r := range a.desired.Rotations {
+		keys[r.Old.key()], keys[r.New.key()] = true, true
+	}
+	for k := range keys {
+		if got, want := a.binding(k), a.bindingFull(k); got != want {
+			t.Fatalf("%s: spi %#x dst %s: incremental binding %+v, full plan %+v", where, k.spi, k.daddr, got, want)
+		}
+	}
 }

@@ -237,24 +237,13 @@ func (a *Agent) DeclareRotation(old, newRef SARef) (RotationSpec, error) {
 				return
 			}
 		}
-		p, st := a.policyFor(a.desired, a.present, a.kernelSAs)
-		if slicesContainsKey(st.rotations, old.key(), rotationRefusedRelabel) {
+		b := a.binding(old.key())
+		if b.refused {
 			err = fmt.Errorf("%w: %v was itself refused as a relabel", ErrRotation, old)
 			return
 		}
-		var bound *verdict.SA
-		for i := range p.SAs {
-			if p.SAs[i].SPI == old.SPI && p.SAs[i].Daddr == old.Daddr {
-				bound = &p.SAs[i]
-			}
-		}
-		var ctx string
-		for _, k := range a.kernelSAs {
-			if k.Proto == 50 && k.SPI == old.SPI && k.Dst == old.Daddr {
-				ctx = k.Context
-			}
-		}
-		if bound == nil || ctx == "" {
+		bound, ctx := b.sa, b.context
+		if !b.mapped || ctx == "" {
 			err = fmt.Errorf("%w: the predecessor %v is not an SA the agent enforces (not in the kernel, unlabeled, or of no declared guest); rotate only installed, labeled SAs", ErrRotation, old)
 			return
 		}
@@ -306,6 +295,46 @@ func (a *Agent) waitMapped(ctx context.Context, k saKey) error {
 	return fmt.Errorf("%w: spi %#x dst %s declared but not in the maps after 5 s (last reconcile error: %v); the rotation must not switch to it", ErrRotation, k.spi, k.daddr, a.lastErr)
 }
 
+// saBinding is what the rotation declarations need of the SA at one key.
+type saBinding struct {
+	refused bool       // a rotation successor refused as a relabel
+	sa      verdict.SA // the SA the plan maps there, when mapped
+	mapped  bool
+	context string // the kernel's ESP SA there: its context ("" when none)
+}
+
+// binding is the binding of the SA at k as the full plan makes it: by the
+// incremental machinery when it runs (resolve binds the one key, O(1) in
+// the SAs), else by the full plan (bindingFull, O(all)).
+// TestIncrementalAgentMatchesFullPlan checks the two agree.
+func (a *Agent) binding(k saKey) saBinding {
+	if a.inc.eng == nil {
+		return a.bindingFull(k)
+	}
+	r, sa, mapped, _ := a.resolve(k)
+	b := saBinding{refused: r&resClass == classRefused, sa: sa, mapped: mapped}
+	if ks, ok := a.ktab.get(k.spi, k.daddr); ok {
+		b.context = ks.Context
+	}
+	return b
+}
+
+func (a *Agent) bindingFull(k saKey) saBinding {
+	p, st := a.policyFor(a.desired, a.present, a.kernelSAs)
+	b := saBinding{refused: slicesContainsKey(st.rotations, k, rotationRefusedRelabel)}
+	for i := range p.SAs {
+		if p.SAs[i].SPI == k.spi && p.SAs[i].Daddr == k.daddr {
+			b.sa, b.mapped = p.SAs[i], true
+		}
+	}
+	for _, ks := range a.kernelSAs {
+		if ks.Proto == 50 && ks.SPI == k.spi && ks.Dst == k.daddr {
+			b.context = ks.Context
+		}
+	}
+	return b
+}
+
 // ErrRotationInUse is returned when a record cannot be dropped.
 var ErrRotationInUse = errors.New("rotation record in use")
 
@@ -314,9 +343,9 @@ var ErrRotationInUse = errors.New("rotation record in use")
 // refused: without the record it would pass for a fresh SA.
 func (a *Agent) DropRotation(newRef SARef) (bool, error) {
 	a.mu.Lock()
-	_, st := a.policyFor(a.desired, a.present, a.kernelSAs)
+	refused := a.binding(newRef.key()).refused
 	a.mu.Unlock()
-	if slicesContainsKey(st.rotations, newRef.key(), rotationRefusedRelabel) {
+	if refused {
 		return false, fmt.Errorf("%w: %v is installed and was refused as a relabel; delete the SA first", ErrRotationInUse, newRef)
 	}
 	found := false
