@@ -1,16 +1,19 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -741,3 +744,29 @@ func TestAgentLogsAndCountsChanges(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// sortSAs orders by SPI, then destination, whatever the input order.
+func TestSortSAs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for n := range 200 {
+		sas := make([]verdict.SA, n)
+		for i := range sas {
+			sas[i] = verdict.SA{SPI: uint32(rng.IntN(50)), Daddr: netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(4))}), Owner: uint32(i)}
+		}
+		want := slices.Clone(sas)
+		slices.SortStableFunc(want, func(x, y verdict.SA) int {
+			return cmp.Or(cmp.Compare(x.SPI, y.SPI), x.Daddr.Compare(y.Daddr))
+		})
+		sortSAs(sas)
+		owners := map[uint32]bool{}
+		for i := range sas {
+			if sas[i].SPI != want[i].SPI || sas[i].Daddr != want[i].Daddr {
+				t.Fatalf("n=%d: at %d spi %d %s, want %d %s", n, i, sas[i].SPI, sas[i].Daddr, want[i].SPI, want[i].Daddr)
+			}
+			owners[sas[i].Owner] = true
+		}
+		if len(owners) != n {
+			t.Fatalf("n=%d: %d distinct SAs after the sort: some were lost or doubled", n, len(owners))
+		}
+	}
+}
