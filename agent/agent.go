@@ -566,14 +566,29 @@ func (a *Agent) policyRes(d Desired, present map[string]int, ksas saSeq, res map
 // moves O(n log n) times (100k SAs: ~50 ms), and a sorted copy would add
 // its size to the start's peak memory.
 func sortSAs(sas []verdict.SA) {
-	idx := make([]int32, len(sas))
-	for i := range idx {
-		idx[i] = int32(i)
+	// SPI and index in one word: a sort of plain integers, then the runs
+	// of one SPI (rare: the host allocates its SPIs once) by destination.
+	keys := make([]uint64, len(sas))
+	for i := range sas {
+		keys[i] = uint64(sas[i].SPI)<<32 | uint64(i)
 	}
-	slices.SortFunc(idx, func(i, j int32) int {
-		x, y := &sas[i], &sas[j]
-		return cmp.Or(cmp.Compare(x.SPI, y.SPI), x.Daddr.Compare(y.Daddr))
-	})
+	slices.Sort(keys)
+	for i := 0; i < len(keys); {
+		j := i + 1
+		for j < len(keys) && keys[j]>>32 == keys[i]>>32 {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortFunc(keys[i:j], func(x, y uint64) int {
+				return cmp.Or(sas[uint32(x)].Daddr.Compare(sas[uint32(y)].Daddr), cmp.Compare(x, y))
+			})
+		}
+		i = j
+	}
+	idx := make([]int32, len(keys))
+	for i, k := range keys {
+		idx[i] = int32(uint32(k))
+	}
 	// sas[i] must become the old sas[idx[i]].
 	for i := range idx {
 		if idx[i] < 0 || int(idx[i]) == i {
