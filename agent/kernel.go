@@ -47,7 +47,7 @@ func LoadKernel(cfg Config) (*Kernel, error) {
 // directory; the pins keep everything.
 func (k *Kernel) Close() error { return errors.Join(k.Objs.Close(), k.lock.Close()) }
 
-func (k *Kernel) ReadState() (*bpf.State, error)    { return k.Objs.Maps.ReadState() }
+func (k *Kernel) ReadState() (*bpf.State, error)    { return k.Objs.ReadState() }
 func (k *Kernel) Apply(prev, next *bpf.State) error { return k.Objs.Maps.Apply(prev, next) }
 func (k *Kernel) Detach(ifindex int) error          { return bpf.DetachPinned(k.PinDir, ifindex) }
 func (k *Kernel) Pinned() ([]int, error)            { return bpf.PinnedIfindexes(k.PinDir) }

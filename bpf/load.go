@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/mlsgate/mlsgate/verdict"
@@ -117,6 +118,8 @@ type Objects struct {
 	// LegacyPinsRemoved: maps pinned under their unprefixed names by an
 	// older agent, which LoadPinned unpinned.
 	LegacyPinsRemoved []string
+	// fresh: LoadPinned created every map, and ReadState has not run yet.
+	fresh atomic.Bool
 }
 
 // Close closes the programs and maps; links and pins keep what they hold.
