@@ -41,6 +41,11 @@ type AgentScaleConfig struct {
 	// SyncProfile: where to write a CPU profile of the initial sync alone
 	// (from the agent's start to its first full reconcile).
 	SyncProfile string
+	// Restart: at the end, stop the agent, close the maps and start a new
+	// agent on the pins and the state directory (the restart path: pinned
+	// maps adopted and read back, the desired state and its journal read),
+	// and time its sync (profiled to SyncProfile+".restart").
+	Restart bool
 	// Progress, when set, reports the soak's samples as they come.
 	Progress func(string, ...any) `json:"-"`
 }
@@ -52,6 +57,11 @@ type AgentScaleResult struct {
 	// InitialSyncCPU is the process's CPU time (user+system) over the
 	// initial sync: unlike the wall time, hardly moved by other load.
 	InitialSyncCPU time.Duration `json:",omitempty"`
+	// RestartSync/RestartSyncCPU: with Restart, a new agent's agent.New
+	// (desired state read) to its first full reconcile over the adopted
+	// pins.
+	RestartSync    time.Duration `json:",omitempty"`
+	RestartSyncCPU time.Duration `json:",omitempty"`
 	// ChangeP50/P99: one SA change, handed to the agent as an XFRM event
 	// → its entry in the maps (read back from the pinned map).
 	ChangeP50   time.Duration
@@ -266,7 +276,7 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer k.Close()
+	defer func() { k.Close() }() // k is replaced by a restart
 
 	sim := newSimSAs(cfg.Vifs, cfg.SAs, int(ac.SPISlots), ac.SPIBase)
 	src := chanSAs{initial: sim.all, ch: make(chan []agent.SAChange)}
@@ -386,7 +396,51 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	res.LabelsInUse, res.SlotsInUse, res.VifEntries, res.ReconcileError = st.Maps.Labels, st.Maps.Slots, st.Maps.Vifs, st.Error
 	cancel()
 	<-done
+	if cfg.Restart {
+		if err := restart(&k, ac, cfg, res, sim); err != nil {
+			return nil, err
+		}
+	}
 	return res, nil
+}
+
+// restart closes the agent's maps, loads them again from their pins and
+// times a new agent's sync over them, from agent.New.
+func restart(k **agent.Kernel, ac agent.Config, cfg AgentScaleConfig, res *AgentScaleResult, sim *simSAs) error {
+	(*k).Close()
+	var err error
+	if *k, err = agent.LoadKernel(ac); err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	if cfg.SyncProfile != "" {
+		f, err := os.Create(cfg.SyncProfile + ".restart")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	start, cpu0 := time.Now(), cpuTime()
+	src := chanSAs{initial: sim.all, ch: make(chan []agent.SAChange)}
+	a, err := agent.New(ac, slog.New(slog.NewTextHandler(io.Discard, nil)), agent.Options{Maps: *k, Attacher: fakeAttacher{}, Links: listLinks{cfg.Vifs}, SAs: src})
+	if err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if !waitFor(func() bool {
+		st := a.Status()
+		return st.Ready && st.SAs.Synced == len(sim.live) && st.Maps.Vifs == cfg.Vifs
+	}, 10*time.Minute) {
+		return fmt.Errorf("restart: the sync of %d SAs did not finish: %+v", len(sim.live), a.Status())
+	}
+	res.RestartSync, res.RestartSyncCPU = time.Since(start), cpuTime()-cpu0
+	return nil
 }
 
 // soak churns at cfg.SoakRate changes per second for cfg.Soak, sampling
@@ -499,6 +553,12 @@ func FormatAgentScale(rs []*AgentScaleResult) string {
 		fmt.Fprintf(&b, "| %d | %d | %v (%v) | %v / %v (%d) | %.1f MiB | %.1f MiB | %.1f MiB |\n", r.Vifs, r.SAs,
 			r.InitialSync.Round(time.Millisecond), r.InitialSyncCPU.Round(time.Millisecond), r.ChangeP50.Round(time.Microsecond*10), r.ChangeP99.Round(time.Microsecond*10), r.Changes,
 			mib(r.RSSBytes), mib(r.GoHeapBytes), mib(r.Maps.Total))
+	}
+	for _, r := range rs {
+		if r.RestartSync > 0 {
+			fmt.Fprintf(&b, "\nRestart at %d SAs / %d vifs (a new agent on the pinned maps, read back, and the state directory): synced in %v (CPU %v).\n",
+				r.SAs, r.Vifs, r.RestartSync.Round(time.Millisecond), r.RestartSyncCPU.Round(time.Millisecond))
+		}
 	}
 	return b.String()
 }
