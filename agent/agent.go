@@ -404,6 +404,10 @@ func (a *Agent) changeGuest(op journalOp) (*GuestSpec, error) {
 		old = a.desired
 		old.Guests = slices.Clone(gs)
 	}
+	if err := a.store.ready(a.desired); err != nil {
+		a.mu.Unlock()
+		return prev, fmt.Errorf("save desired state: %w", err)
+	}
 	if err := a.store.appendOp(op); err != nil {
 		a.mu.Unlock()
 		return prev, fmt.Errorf("save desired state: %w", err)
@@ -416,6 +420,8 @@ func (a *Agent) changeGuest(op journalOp) (*GuestSpec, error) {
 	if a.store.compactDue() {
 		if err := a.store.saveAll(a.desired); err != nil {
 			a.log.Warn("could not fold the desired state's journal into desired.json; the journal keeps the changes", "error", err)
+		} else if a.store.emptyErr != nil {
+			a.log.Warn("desired.json written, but its journal could not be emptied; the next change tries again", "error", a.store.emptyErr)
 		}
 	}
 	if a.inc.eng != nil {

@@ -72,6 +72,8 @@ type desiredStore struct {
 	// written: bytes written to both files since open (the tests bound
 	// it by the state's size times a constant).
 	written int64
+	// emptyErr: why the last saveAll could not empty the journal.
+	emptyErr error
 }
 
 // openDesired reads the desired state (desired.json with its journal
@@ -245,16 +247,15 @@ func (s *desiredStore) appendOp(op journalOp) error {
 	return nil
 }
 
-// compactDue: the journal has outgrown desired.json (saveAll is due), or
-// its tail is unknown after a failed append (saveAll must run before the
-// next record).
+// compactDue: the journal has outgrown desired.json (saveAll is due).
 func (s *desiredStore) compactDue() bool {
-	return s.size < 0 || s.size > max(journalMin, s.baseBytes)
+	return s.size > max(journalMin, s.baseBytes)
 }
 
 // fail: a write of the journal failed, and its tail may hold part of the
 // record. It is cut back to the last whole record; when that fails too,
-// the next change writes the state whole instead of appending.
+// the next change first writes the state whole and empties the journal
+// (ready).
 func (s *desiredStore) fail(err error) error {
 	if terr := s.journal.Truncate(s.size); terr != nil {
 		s.size = -1
@@ -262,7 +263,13 @@ func (s *desiredStore) fail(err error) error {
 	return fmt.Errorf("append to %s: %w", filepath.Join(s.dir, journalFile), err)
 }
 
-// saveAll writes d whole to desired.json, then empties the journal.
+// saveAll writes d whole to desired.json, then empties the journal. d
+// holds every change the journal records (guests change only through the
+// journal), so once desired.json is replaced d is durable: an error
+// means it is not. A journal that cannot be emptied then is harmless on
+// replay (idempotent) but may end in a torn record, so no record is
+// appended to it (size -1) until a later saveAll empties it: emptyErr
+// says why it could not.
 func (s *desiredStore) saveAll(d Desired) error {
 	b, err := json.MarshalIndent(d, "", "  ")
 	if err != nil {
@@ -278,14 +285,26 @@ func (s *desiredStore) saveAll(d Desired) error {
 	}
 	s.baseBytes = int64(len(b))
 	s.written += int64(len(b))
+	s.size, s.emptyErr = 0, nil
 	if err := s.journal.Truncate(0); err != nil {
-		return fmt.Errorf("empty %s: %w", filepath.Join(s.dir, journalFile), err)
+		s.size, s.emptyErr = -1, fmt.Errorf("empty %s: %w", filepath.Join(s.dir, journalFile), err)
+	} else if err := s.journal.Sync(); err != nil {
+		s.size, s.emptyErr = -1, fmt.Errorf("empty %s: %w", filepath.Join(s.dir, journalFile), err)
 	}
-	if err := s.journal.Sync(); err != nil {
-		return fmt.Errorf("empty %s: %w", filepath.Join(s.dir, journalFile), err)
-	}
-	s.size = 0
 	return nil
+}
+
+// ready makes the journal safe to append to: after a failed append or a
+// failed emptying, d (the state so far, without the change about to be
+// appended) is written whole and the journal emptied first.
+func (s *desiredStore) ready(d Desired) error {
+	if s.size >= 0 {
+		return nil
+	}
+	if err := s.saveAll(d); err != nil {
+		return err
+	}
+	return s.emptyErr
 }
 
 func (s *desiredStore) close() error {

@@ -232,3 +232,58 @@ func TestSetGuestWritesLinear(t *testing.T) {
 		t.Fatalf("%d declarations wrote %d bytes for a state of %d: more than linear", n, a.store.written, final)
 	}
 }
+
+// TestDesiredJournalWriteFailures: a declaration whose record cannot be
+// written is refused and not recorded, and no later record is appended
+// behind what may be a torn one: the next declaration first writes the
+// state whole and empties the journal, and is refused while it cannot.
+// A restart then holds exactly the acknowledged guests.
+func TestDesiredJournalWriteFailures(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	a, err := newStateAgent(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := guest7(t)
+	guest := func(n int) GuestSpec {
+		x := g
+		x.Interface, x.VM, x.Addr4 = fmt.Sprintf("vif%d.0", n), uint32(n), netip.AddrFrom4([4]byte{10, 70, 0, byte(n)})
+		return x
+	}
+	if err := a.SetGuest(guest(1)); err != nil {
+		t.Fatal(err)
+	}
+	a.store.journal.Close() // every write and truncation of it fails now
+	if err := a.SetGuest(guest(2)); err == nil {
+		t.Fatal("a declaration whose record could not be written was acknowledged")
+	}
+	// What the failed write may have left: part of the record.
+	rec, _ := appendRecord(nil, journalOp{Set: new(guest(2))})
+	appendFile(t, filepath.Join(dir, journalFile), rec[:len(rec)/2])
+	if err := a.SetGuest(guest(3)); err == nil {
+		t.Fatal("a declaration was acknowledged while the journal could not be emptied")
+	}
+	if _, err := a.RemoveGuest("vif1.0"); err == nil {
+		t.Fatal("a removal was acknowledged while the journal could not be emptied")
+	}
+	if got := a.Status().Guests; len(got) != 1 || got[0].Interface != "vif1.0" {
+		t.Fatalf("the agent holds %+v after refused declarations, want vif1.0 alone", got)
+	}
+	// The journal works again (as after a transient error): the next
+	// declaration writes the state whole, empties the journal, appends.
+	f, err := os.OpenFile(filepath.Join(dir, journalFile), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.store.journal = f
+	if err := a.SetGuest(guest(4)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := newStateAgent(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := b.desired.Guests, []GuestSpec{guest(1), guest(4)}; !slices.Equal(got, want) {
+		t.Fatalf("after a restart %+v, want the acknowledged %+v", got, want)
+	}
+}
