@@ -770,3 +770,47 @@ func TestSortSAs(t *testing.T) {
 		}
 	}
 }
+
+// heldState is a fakeKernel whose ReadState waits for release: the link
+// watcher (started before it) delivers its interfaces first.
+type heldState struct {
+	*fakeKernel
+	release chan struct{}
+}
+
+func (h heldState) ReadState() (*bpf.State, error) {
+	<-h.release
+	return h.fakeKernel.ReadState()
+}
+
+// The pinned maps are read while the watchers start: a pinned link whose
+// interface event came before the pinned links were listed keeps its
+// name, so the restart swaps its programs without detaching them.
+func TestAgentAdoptsPinsNamedBeforeListing(t *testing.T) {
+	cfg := testConfig(t)
+	if err := saveDesired(cfg.StateDir, Desired{Guests: []GuestSpec{guest7(t)}}); err != nil {
+		t.Fatal(err)
+	}
+	k := &fakeKernel{pinned: []int{9}}
+	held := heldState{k, make(chan struct{})}
+	links := &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}, ch: make(chan LinkEvent)}
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{Maps: held, Attacher: k, Links: links, SAs: &fakeSAs{ch: make(chan []KernelSA)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.linksSync
+	}, "links not synced")
+	close(held.release)
+	eventually(t, a.Ready, "not ready")
+	eventually(t, func() bool { return strings.Contains(strings.Join(k.events(), ","), "attach 9 updated") }, "programs not swapped into the pinned link: %v", k.events())
+	if ev := strings.Join(k.events(), ","); strings.Contains(ev, "detach 9") {
+		t.Fatalf("the pinned link of a live guest was detached on restart: %s", ev)
+	}
+}
