@@ -388,7 +388,11 @@ func (a *Agent) changeGuest(op journalOp) (*GuestSpec, error) {
 	if op.Set != nil {
 		check := Desired{Guests: []GuestSpec{*op.Set}}
 		err := check.validateGuest(0)
-		if _, present := a.present[iface]; err == nil && present {
+		// The plan of a guest can fail only on its range's labels (a
+		// label id space run out): when the maps, planned without error,
+		// hold both already, it cannot (and costs O(guests) per
+		// declaration otherwise).
+		if _, present := a.present[iface]; err == nil && present && !a.labelsPlanned(op.Set.Range) {
 			next := a.desired
 			next.Guests = withGuest(slices.Clone(gs), i, found, *op.Set)
 			// As change: without the kernel's SAs.
@@ -432,6 +436,17 @@ func (a *Agent) changeGuest(op journalOp) (*GuestSpec, error) {
 	a.mu.Unlock()
 	a.poke()
 	return prev, nil
+}
+
+// labelsPlanned: the last reconcile succeeded and its state holds ids for
+// both labels of r.
+func (a *Agent) labelsPlanned(r label.Bounds) bool {
+	if a.inc.eng == nil || a.lastErr != nil || a.applied == nil {
+		return false
+	}
+	_, lo := a.applied.LabelIDs[r.Low]
+	_, hi := a.applied.LabelIDs[r.High]
+	return lo && hi
 }
 
 func byInterface(g GuestSpec, iface string) int { return strings.Compare(g.Interface, iface) }

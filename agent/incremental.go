@@ -184,16 +184,19 @@ func (a *Agent) desiredChanged(old, next Desired) {
 		for _, g := range old.Guests {
 			was[g.Interface] = g
 		}
-		addrs := map[caddr]bool{}
+		var addrs []caddr
 		note := func(g GuestSpec) {
 			for _, x := range []netip.Addr{g.Addr4, g.Addr6} {
-				if x.IsValid() {
-					addrs[compact(x)] = true
+				if c := compact(x); x.IsValid() && !slices.Contains(addrs, c) {
+					addrs = append(addrs, c)
 				}
 			}
 		}
 		for _, g := range next.Guests {
-			if o, ok := was[g.Interface]; !ok || o != g {
+			// An SA's binding takes of its guest the VM and the
+			// application, found by address: a guest redeclared with
+			// the same ones (another range, audit, MAC) binds the same.
+			if o, ok := was[g.Interface]; !ok || !sameBinding(o, g) {
 				note(g)
 				note(o)
 			}
@@ -203,10 +206,12 @@ func (a *Agent) desiredChanged(old, next Desired) {
 			note(g)
 		}
 		// A scan of the SAs' addresses (no planning): the SAs a changed
-		// guest binds, or may bind now.
+		// guest binds, or may bind now. The guest's few addresses are
+		// compared directly (a map lookup per address hashes 17 bytes).
 		if len(addrs) > 0 {
+			hit := func(x caddr) bool { return x.fam != 0 && slices.Contains(addrs, x) }
 			for key, r := range a.ktab.sas {
-				if addrs[r.src] || addrs[key.dst] || addrs[r.selSrc] || addrs[r.selDst] {
+				if hit(r.src) || hit(key.dst) || hit(r.selSrc) || hit(r.selDst) {
 					in.dirtyKey(saKey{key.spi, key.dst.addr()})
 				}
 			}
@@ -235,6 +240,12 @@ func (a *Agent) desiredChanged(old, next Desired) {
 		}
 	}
 	in.cache(next)
+}
+
+// sameBinding: an SA bound through guest a binds the same through b
+// (bindKernelSA and premapOne read these fields of a guest).
+func sameBinding(a, b GuestSpec) bool {
+	return a.VM == b.VM && a.App == b.App && a.Addr4 == b.Addr4 && a.Addr6 == b.Addr6
 }
 
 // resolve binds what sits at k as policyFor would: a static declaration,

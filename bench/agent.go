@@ -46,6 +46,10 @@ type AgentScaleConfig struct {
 	// maps adopted and read back, the desired state and its journal read),
 	// and time its sync (profiled to SyncProfile+".restart").
 	Restart bool
+	// Redeclare: after the changes, declare every guest again, one at a
+	// time (audit switched on), with the agent running over all the SAs,
+	// and time the declarations (to the maps holding the last one).
+	Redeclare bool
 	// Progress, when set, reports the soak's samples as they come.
 	Progress func(string, ...any) `json:"-"`
 }
@@ -62,6 +66,10 @@ type AgentScaleResult struct {
 	// pins.
 	RestartSync    time.Duration `json:",omitempty"`
 	RestartSyncCPU time.Duration `json:",omitempty"`
+	// Redeclare/RedeclareCPU: with Redeclare, the declarations (wall and
+	// the process's CPU, the agent's reconciles included).
+	Redeclare    time.Duration `json:",omitempty"`
+	RedeclareCPU time.Duration `json:",omitempty"`
 	// ChangeP50/P99: one SA change, handed to the agent as an XFRM event
 	// → its entry in the maps (read back from the pinned map).
 	ChangeP50   time.Duration
@@ -371,6 +379,22 @@ func MeasureAgentScale(cfg AgentScaleConfig) (*AgentScaleResult, error) {
 	if !waitFor(func() bool { return synced(len(sim.live)) }, time.Minute) {
 		return nil, fmt.Errorf("after %d changes the agent counts %+v, want %d synced", cfg.Changes, a.Status().SAs, len(sim.live))
 	}
+	if cfg.Redeclare {
+		t0, c0 := time.Now(), cpuTime()
+		for i := range cfg.Vifs {
+			if err := a.SetGuest(agent.GuestSpec{Interface: fmt.Sprintf("vif%d.0", i+1), VM: uint32(i + 1), App: 1, Range: r, Addr4: guestAddr(i), Audit: true}); err != nil {
+				return nil, err
+			}
+		}
+		last := uint32(100 + cfg.Vifs - 1) // listLinks: ifindex 100+i
+		if !waitFor(func() bool {
+			var v bpf.FastpathVif
+			return k.Objs.Maps.Vifs.Lookup(last, &v) == nil && v.Flags&uint32(bpf.FastpathVifFlagVIF_F_AUDIT) != 0
+		}, time.Minute) {
+			return nil, fmt.Errorf("the last redeclared guest is not in the maps: %+v", a.Status())
+		}
+		res.Redeclare, res.RedeclareCPU = time.Since(t0), cpuTime()-c0
+	}
 	sample := func() (rss, heap, sys uint64) {
 		runtime.GC()
 		var ms runtime.MemStats
@@ -555,6 +579,10 @@ func FormatAgentScale(rs []*AgentScaleResult) string {
 			mib(r.RSSBytes), mib(r.GoHeapBytes), mib(r.Maps.Total))
 	}
 	for _, r := range rs {
+		if r.Redeclare > 0 {
+			fmt.Fprintf(&b, "\nRedeclaring the %d guests one at a time at %d SAs, the agent running: %v (CPU %v).\n",
+				r.Vifs, r.SAs, r.Redeclare.Round(time.Millisecond), r.RedeclareCPU.Round(time.Millisecond))
+		}
 		if r.RestartSync > 0 {
 			fmt.Fprintf(&b, "\nRestart at %d SAs / %d vifs (a new agent on the pinned maps, read back, and the state directory): synced in %v (CPU %v).\n",
 				r.SAs, r.Vifs, r.RestartSync.Round(time.Millisecond), r.RestartSyncCPU.Round(time.Millisecond))

@@ -16,6 +16,7 @@ var (
 	agentSoak    = flag.Duration("agent.soak", 0, "with -agent.full: churn this long at 100,000 SAs, sampling memory")
 	agentProfile = flag.String("agent.heapprofile", "", "write a heap profile after the timed changes (the largest size)")
 	agentSyncCPU = flag.String("agent.syncprofile", "", "write a CPU profile of the initial sync (the largest size)")
+	agentRedecl  = flag.Bool("agent.redeclare", false, "time declaring every guest again, one at a time, with the agent running (the largest size)")
 	agentRestart = flag.Bool("agent.restart", false, "at the end, time a restarted agent's sync over the pinned maps (the largest size)")
 )
 
@@ -32,7 +33,7 @@ func TestPrivilegedAgentScale(t *testing.T) {
 	}
 	sizes := []AgentScaleConfig{{Vifs: 50, SAs: 2000, Changes: 20}}
 	if *agentFull {
-		sizes = []AgentScaleConfig{{Vifs: 1000, SAs: 10000, Changes: 300}, {Vifs: 1000, SAs: 100000, Changes: 300, Soak: *agentSoak, HeapProfile: *agentProfile, SyncProfile: *agentSyncCPU, Restart: *agentRestart, Progress: t.Logf}}
+		sizes = []AgentScaleConfig{{Vifs: 1000, SAs: 10000, Changes: 300}, {Vifs: 1000, SAs: 100000, Changes: 300, Soak: *agentSoak, HeapProfile: *agentProfile, SyncProfile: *agentSyncCPU, Restart: *agentRestart, Redeclare: *agentRedecl, Progress: t.Logf}}
 	}
 	var rs []*AgentScaleResult
 	for _, c := range sizes {
