@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -132,6 +133,9 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	}
 	if cfg.SoftPackets > MaxSoftPackets {
 		return fmt.Errorf("rotation: soft packet limit %d leaves less than 2^31 sequence numbers of headroom; use at most %d", cfg.SoftPackets, uint64(MaxSoftPackets))
+	}
+	if cfg.MinSeqHeadroom >= math.MaxUint32 {
+		return fmt.Errorf("rotation: sequence-number headroom %d is at least 2^32-1, so every SA without ESN would be rotated at every check; use at most %d (0: off)", cfg.MinSeqHeadroom, uint64(math.MaxUint32-1))
 	}
 	h.Lifetime = xfrm.Lifetime{SoftBytes: cfg.SoftBytes, SoftPackets: cfg.SoftPackets}
 	rs := &rotations{cfg: cfg, guests: map[string]*rotGuest{}, headroom: -1}

@@ -153,6 +153,11 @@ func TestLoaderRotatesOnSoftExpire(t *testing.T) {
 	if err := r2.l.EnableRotation(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "headroom") {
 		t.Fatalf("a soft packet limit past 2^31: %v", err)
 	}
+	bad = DefaultRotationConfig()
+	bad.StateDir, bad.MinSeqHeadroom = t.TempDir(), 1<<32-1
+	if err := r2.l.EnableRotation(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "every SA without ESN") {
+		t.Fatalf("a headroom no SA without ESN can have: %v", err)
+	}
 }
 
 // TestLoaderRotationSurvivesRestart: a new loader on the same state
