@@ -33,7 +33,9 @@ type RotationConfig struct {
 	Progress   func(format string, args ...any)
 }
 
-// RotationResult is what the in-guest test measured.
+// RotationResult is what the in-guest test measured; the test writes this
+// type itself (kernel-tests/inguest), and the bench adds Kernel, Accel and
+// Hardware.
 type RotationResult struct {
 	Rotations int `json:"rotations"`
 	// P50, P99, Max: from a rotation's trigger to its old states deleted

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mlsgate/mlsgate/agent"
+	"github.com/mlsgate/mlsgate/bench"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
@@ -635,7 +636,7 @@ func TestGuestSARotation(t *testing.T) {
 		rotations, len(killLat), p(0.5), p(0.99), lat[len(lat)-1], sent, atServer, sent-atServer, atClient, atServer-atClient,
 		dSent, dServer, delta("ingress", "allow_labeled"), delta("egress", "allow_labeled"), delta("ingress", "deny_label_range"), denials)
 	if out := os.Getenv(rotationBenchEnv); out != "" {
-		b, _ := json.Marshal(rotationBench{Rotations: rotations, P50: p(0.5), P99: p(0.99), Max: lat[len(lat)-1], Grace: 50 * time.Millisecond,
+		b, _ := json.Marshal(bench.RotationResult{Rotations: rotations, P50: p(0.5), P99: p(0.99), Max: lat[len(lat)-1], Grace: 50 * time.Millisecond,
 			Sent: sent, AtServer: atServer, Echoed: atClient, Mislabeled: len(flow.mislabeled), DeniedSent: dSent, DeniedArrived: dServer,
 			AllowIn: delta("ingress", "allow_labeled"), AllowOut: delta("egress", "allow_labeled"), DenyRange: delta("ingress", "deny_label_range"), Denials: denials})
 		if err := os.WriteFile(out, b, 0o644); err != nil {
@@ -671,27 +672,10 @@ func TestGuestSARotation(t *testing.T) {
 }
 
 // rotationBenchEnv names the file (in the guest) where the test writes
-// its measurements for 'mlsgate bench rotation' (bench.RotationResult's
-// layout), which then runs the 100 rotations alone.
+// its measurements for 'mlsgate bench rotation' (a bench.RotationResult;
+// the bench adds the kernel and the machine), which then runs the 100
+// rotations alone.
 const rotationBenchEnv = "MLSGATE_ROTATION_BENCH"
-
-type rotationBench struct {
-	Rotations     int            `json:"rotations"`
-	P50           time.Duration  `json:"p50_ns"`
-	P99           time.Duration  `json:"p99_ns"`
-	Max           time.Duration  `json:"max_ns"`
-	Grace         time.Duration  `json:"grace_ns"`
-	Sent          int            `json:"sent"`
-	AtServer      int            `json:"at_server"`
-	Echoed        int            `json:"echoed"`
-	Mislabeled    int            `json:"mislabeled"`
-	DeniedSent    int            `json:"denied_sent"`
-	DeniedArrived int            `json:"denied_arrived"`
-	AllowIn       int            `json:"allow_labeled_ingress"`
-	AllowOut      int            `json:"allow_labeled_egress"`
-	DenyRange     int            `json:"deny_label_range"`
-	Denials       map[string]int `json:"other_denials"`
-}
 
 // loaderOnce runs a loader process to its end and returns its last
 // rotation's result.
