@@ -142,6 +142,9 @@ type RotationResult struct {
 	NewSPIs   []uint32      `json:"new_spis"`
 	Version   uint64        `json:"version"`
 	Generated time.Time     `json:"generated"`
+	// Steps is what each step of this run took, its journal write
+	// included (a resumed rotation lists only the steps it ran).
+	Steps []Step `json:"steps,omitempty"`
 }
 
 // rotationJournal is the persisted plan and progress of one rotation.
@@ -367,7 +370,11 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 		if stepIndex(st.name) <= stepIndex(j.Step) {
 			continue
 		}
+		t0 := r.now()
+		// The step's time is its work and its journal write (below).
+		timed := func() { res.Steps = append(res.Steps, Step{Name: st.name, Duration: r.now().Sub(t0)}) }
 		if err := st.do(); err != nil {
+			timed()
 			err = fmt.Errorf("step %s: %w", st.name, err)
 			if stepIndex(j.Step) < stepIndex(stepGuestBoth) {
 				if rbErr := r.rollback(ctx, j); rbErr != nil {
@@ -388,9 +395,12 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 				return finish("failed", fmt.Errorf("remove the journal: %w", err))
 			}
 			r.freeOld(j)
+			timed()
 			return finish("ok", nil)
 		}
-		if err := r.save(j); err != nil {
+		err := r.save(j)
+		timed()
+		if err != nil {
 			return finish("failed", fmt.Errorf("journal: %w", err))
 		}
 		if err := r.inject(st.name); err != nil {

@@ -244,6 +244,13 @@ func TestRotateMakeBeforeBreak(t *testing.T) {
 		if res.Result != "ok" || len(res.NewSPIs) != 2 {
 			t.Fatalf("rotation %d: %+v", i, res)
 		}
+		var names []string
+		for _, st := range res.Steps {
+			names = append(names, st.Name)
+		}
+		if !slices.Equal(names, RotationSteps[1:]) {
+			t.Fatalf("rotation %d timed steps %q, want %q", i, names, RotationSteps[1:])
+		}
 		for k, s := range nb.States {
 			if s.SPI == cur.States[k].SPI || string(s.AEAD.Key) == string(cur.States[k].AEAD.Key) {
 				t.Fatalf("rotation %d: state %d kept its SPI or key", i, k)

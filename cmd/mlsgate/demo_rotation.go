@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/mlsgate/mlsgate/loader"
@@ -27,7 +28,19 @@ func rotateOnce(ctx context.Context, out io.Writer, l *loader.Loader, g *loader.
 		return fmt.Errorf("rotate the SAs of %s: %w", g.Name, err)
 	}
 	r := res[0]
-	fmt.Fprintf(out, "   SA rotation of %s: %s in %v from trigger to old states deleted (grace %v), %d SAs, SPIs %#x… → %#x…, each with its predecessor's label\n",
-		g.Name, r.Result, r.Took.Round(time.Millisecond), demoRotation().Grace, len(r.NewSPIs), r.OldSPIs[0], r.NewSPIs[0])
+	fmt.Fprintf(out, "   SA rotation of %s: %s in %v from trigger to old states deleted (grace %v), %d SAs, SPIs %#x… → %#x…, each with its predecessor's label\n      steps: %s\n",
+		g.Name, r.Result, r.Took.Round(time.Millisecond), demoRotation().Grace, len(r.NewSPIs), r.OldSPIs[0], r.NewSPIs[0], rotationSteps(r.Steps))
 	return nil
+}
+
+// rotationSteps is a rotation's step timings on one line.
+func rotationSteps(steps []loader.Step) string {
+	if len(steps) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(steps))
+	for i, st := range steps {
+		parts[i] = fmt.Sprintf("%s %v", st.Name, st.Duration.Round(100*time.Microsecond))
+	}
+	return strings.Join(parts, ", ")
 }
