@@ -520,14 +520,10 @@ func (a *Agent) rotationRoutes(mux *http.ServeMux) {
 		for _, ref := range req.Successors {
 			a.recordChange(r, changeRotationDrop, ref, nil, err)
 		}
-		switch {
-		case errors.Is(err, ErrRotationInUse):
-			writeJSON(w, http.StatusConflict, errBody(err))
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, errBody(err))
-		default:
-			writeJSON(w, http.StatusOK, map[string]int{"removed": n})
+		if dropFailed(w, err) {
+			return
 		}
+		writeJSON(w, http.StatusOK, map[string]int{"removed": n})
 	})
 	mux.HandleFunc("DELETE /v1/rotations/{daddr}/{spi}", func(w http.ResponseWriter, r *http.Request) {
 		daddr, err := netip.ParseAddr(r.PathValue("daddr"))
@@ -544,14 +540,25 @@ func (a *Agent) rotationRoutes(mux *http.ServeMux) {
 		found, err := a.DropRotation(ref)
 		a.recordChange(r, changeRotationDrop, ref, nil, err)
 		switch {
-		case errors.Is(err, ErrRotationInUse):
-			writeJSON(w, http.StatusConflict, errBody(err))
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, errBody(err))
+		case dropFailed(w, err):
 		case !found:
 			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no rotation record for the successor %v", ref)))
 		default:
 			writeJSON(w, http.StatusOK, map[string]bool{"removed": true})
 		}
 	})
+}
+
+// dropFailed answers a refused or failed drop of rotation records and says
+// whether it did.
+func dropFailed(w http.ResponseWriter, err error) bool {
+	switch {
+	case errors.Is(err, ErrRotationInUse):
+		writeJSON(w, http.StatusConflict, errBody(err))
+	case err != nil:
+		writeJSON(w, http.StatusInternalServerError, errBody(err))
+	default:
+		return false
+	}
+	return true
 }

@@ -174,19 +174,8 @@ func TestAgentRotationRefusesOtherOwner(t *testing.T) {
 // TestAgentRotationDeclarationChecks: a declaration names an SA the
 // agent enforces now, and a successor that is not already someone else's.
 func TestAgentRotationDeclarationChecks(t *testing.T) {
-	cfg := testConfig(t)
-	g := guest7(t)
-	k := &fakeKernel{}
-	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
-	if err := h.a.SetGuest(g); err != nil {
-		t.Fatal(err)
-	}
-	host := netip.MustParseAddr("10.70.0.1")
-	old := KernelSA{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Reqid: 1, Context: "system_u:system_r:analyst_t:s6"}
-	h.sas.ch <- []KernelSA{old}
-	eventually(t, func() bool { _, ok := k.slots()[5]; return ok }, "old SA never in the maps")
-	srv := httptest.NewServer(h.a.AdminHandler())
-	defer srv.Close()
+	r := newRotRig(t, "system_u:system_r:analyst_t:s6")
+	cfg, host, srv, old := r.cfg, r.host, r.srv, r.sas[0]
 	for _, c := range []struct {
 		body string
 		code int
@@ -281,20 +270,8 @@ func TestAgentRotationSurvivesAgentKill(t *testing.T) {
 // TestAgentRotationBatch: a rotation's successors are declared and dropped
 // in one request each, all or none.
 func TestAgentRotationBatch(t *testing.T) {
-	cfg := testConfig(t)
-	g := guest7(t)
-	k := &fakeKernel{}
-	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
-	if err := h.a.SetGuest(g); err != nil {
-		t.Fatal(err)
-	}
-	host := netip.MustParseAddr("10.70.0.1")
-	a := KernelSA{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Reqid: 1, Context: "system_u:system_r:analyst_t:s6"}
-	b := KernelSA{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 8, Proto: 50, Reqid: 1, Context: "system_u:system_r:analyst_t:s4"}
-	h.sas.ch <- []KernelSA{a, b}
-	eventually(t, func() bool { s := k.slots(); _, ok5 := s[5]; _, ok8 := s[8]; return ok5 && ok8 }, "old SAs never in the maps")
-	srv := httptest.NewServer(h.a.AdminHandler())
-	defer srv.Close()
+	r := newRotRig(t, "system_u:system_r:analyst_t:s6", "system_u:system_r:analyst_t:s4")
+	h, cfg, host, srv, a, b := r.h, r.cfg, r.host, r.srv, r.sas[0], r.sas[1]
 	pair := func(old, new uint32) string {
 		return fmt.Sprintf(`{"old":{"spi":%d,"daddr":%q},"new":{"spi":%d,"daddr":%q}}`, old, host, new, host)
 	}
@@ -344,4 +321,42 @@ func TestAgentRotationBatch(t *testing.T) {
 	if r := records(); len(r) != 0 {
 		t.Fatalf("records left after the drop: %+v", r)
 	}
+}
+
+// rotRig is an agent with guest 7 declared on vif7.0, kernel SAs from
+// guest 7 to host in its maps, and its admin API served.
+type rotRig struct {
+	h    *harness
+	k    *fakeKernel
+	cfg  Config
+	host netip.Addr
+	srv  *httptest.Server
+	sas  []KernelSA
+}
+
+// newRotRig installs one SA per context, at SPIBase+5, +8, +11, ...
+func newRotRig(t *testing.T, contexts ...string) *rotRig {
+	t.Helper()
+	r := &rotRig{cfg: testConfig(t), k: &fakeKernel{}, host: netip.MustParseAddr("10.70.0.1")}
+	g := guest7(t)
+	r.h = start(t, r.cfg, r.k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	if err := r.h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range contexts {
+		r.sas = append(r.sas, KernelSA{Src: g.Addr4, Dst: r.host, SPI: r.cfg.SPIBase + 5 + 3*uint32(i), Proto: 50, Reqid: 1, Context: c})
+	}
+	r.h.sas.ch <- r.sas
+	eventually(t, func() bool {
+		slots := r.k.slots()
+		for i := range r.sas {
+			if _, ok := slots[5+3*uint32(i)]; !ok {
+				return false
+			}
+		}
+		return true
+	}, "old SAs never in the maps")
+	r.srv = httptest.NewServer(r.h.a.AdminHandler())
+	t.Cleanup(r.srv.Close)
+	return r
 }
