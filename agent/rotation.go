@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -208,66 +209,112 @@ func (a *Agent) noteRotations(st saStats) {
 // ErrRotation is wrapped by declarations the agent refuses.
 var ErrRotation = errors.New("rotation refused")
 
+// RotationPair says that the SA New will succeed Old.
+type RotationPair struct {
+	Old SARef `json:"old"`
+	New SARef `json:"new"`
+}
+
 // DeclareRotation records that the SA newRef will succeed old. The old SA
 // must be one the agent enforces now (synced from the kernel with a
 // context and an owner); its binding is what the successor must carry.
 // Declaring the same pair again is a no-op.
 func (a *Agent) DeclareRotation(old, newRef SARef) (RotationSpec, error) {
-	a.mu.Lock()
-	var rec RotationSpec
-	var err error
-	func() {
-		for _, r := range a.desired.Rotations {
-			if r.New == newRef {
-				if r.Old == old {
-					rec = r
-					return
-				}
-				err = fmt.Errorf("%w: %v is already the successor of %v", ErrRotation, newRef, r.Old)
-				return
-			}
-		}
-		if !a.sasSync {
-			err = fmt.Errorf("%w: the agent has not read the kernel's SAs yet; retry", ErrRotation)
-			return
-		}
-		for _, s := range a.desired.SAs {
-			if (saKey{s.SPI, s.Daddr}) == newRef.key() || (saKey{s.SPI, s.Daddr}) == old.key() {
-				err = fmt.Errorf("%w: %v is a static SA; static SAs are declared, not rotated", ErrRotation, SARef{s.SPI, s.Daddr})
-				return
-			}
-		}
-		b := a.binding(old.key())
-		if b.refused {
-			err = fmt.Errorf("%w: %v was itself refused as a relabel", ErrRotation, old)
-			return
-		}
-		bound, ctx := b.sa, b.context
-		if !b.mapped || ctx == "" {
-			err = fmt.Errorf("%w: the predecessor %v is not an SA the agent enforces (not in the kernel, unlabeled, or of no declared guest); rotate only installed, labeled SAs", ErrRotation, old)
-			return
-		}
-		rec = RotationSpec{Old: old, New: newRef, Owner: bound.Owner, App: bound.App, Context: ctx, Declared: a.now().UTC()}
-	}()
-	a.mu.Unlock()
+	recs, err := a.DeclareRotations([]RotationPair{{old, newRef}})
 	if err != nil {
 		return RotationSpec{}, err
 	}
-	if !rec.Declared.IsZero() && slicesContainsRotation(a.desiredRotations(), rec) {
-		return rec, nil
-	}
-	_, err = a.changeDesired(func(d *Desired) {
-		for _, r := range d.Rotations {
-			if r.New == rec.New {
-				return // raced with an identical declaration
+	return recs[0], nil
+}
+
+// DeclareRotations declares every pair as DeclareRotation does, all or
+// none, with one binding pass and one change of the desired state: a
+// rotation's successors are declared together.
+func (a *Agent) DeclareRotations(pairs []RotationPair) ([]RotationSpec, error) {
+	recs := make([]RotationSpec, len(pairs))
+	var fresh []RotationSpec
+	a.mu.Lock()
+	err := func() error {
+		if len(pairs) == 0 {
+			return nil
+		}
+		existing := map[SARef]RotationSpec{}
+		for _, r := range a.desired.Rotations {
+			existing[r.New] = r
+		}
+		static := map[saKey]bool{}
+		for _, s := range a.desired.SAs {
+			static[saKey{s.SPI, s.Daddr}] = true
+		}
+		inBatch := map[SARef]SARef{}
+		for _, pr := range pairs {
+			if r, ok := existing[pr.New]; ok && r.Old != pr.Old {
+				return fmt.Errorf("%w: %v is already the successor of %v", ErrRotation, pr.New, r.Old)
+			}
+			if o, ok := inBatch[pr.New]; ok && o != pr.Old {
+				return fmt.Errorf("%w: %v is named as the successor of both %v and %v", ErrRotation, pr.New, o, pr.Old)
+			}
+			inBatch[pr.New] = pr.Old
+			if static[pr.New.key()] || static[pr.Old.key()] {
+				ref := pr.New
+				if static[pr.Old.key()] {
+					ref = pr.Old
+				}
+				return fmt.Errorf("%w: %v is a static SA; static SAs are declared, not rotated", ErrRotation, ref)
 			}
 		}
-		d.Rotations = append(d.Rotations, rec)
+		if !a.sasSync {
+			return fmt.Errorf("%w: the agent has not read the kernel's SAs yet; retry", ErrRotation)
+		}
+		now := a.now().UTC()
+		for i, pr := range pairs {
+			if r, ok := existing[pr.New]; ok {
+				recs[i] = r
+				continue
+			}
+			b := a.binding(pr.Old.key())
+			if b.refused {
+				return fmt.Errorf("%w: %v was itself refused as a relabel", ErrRotation, pr.Old)
+			}
+			if !b.mapped || b.context == "" {
+				return fmt.Errorf("%w: the predecessor %v is not an SA the agent enforces (not in the kernel, unlabeled, or of no declared guest); rotate only installed, labeled SAs", ErrRotation, pr.Old)
+			}
+			recs[i] = RotationSpec{Old: pr.Old, New: pr.New, Owner: b.sa.Owner, App: b.sa.App, Context: b.context, Declared: now}
+			if !slices.ContainsFunc(fresh, func(r RotationSpec) bool { return r.New == pr.New }) {
+				fresh = append(fresh, recs[i])
+			}
+		}
+		return nil
+	}()
+	a.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if len(fresh) == 0 {
+		return recs, nil
+	}
+	_, err = a.changeDesired(func(d *Desired) {
+		for _, rec := range fresh {
+			if !slices.ContainsFunc(d.Rotations, func(r RotationSpec) bool { return r.New == rec.New }) {
+				d.Rotations = append(d.Rotations, rec) // else raced with an identical declaration
+			}
+		}
 	})
 	if err != nil {
-		return RotationSpec{}, fmt.Errorf("%w: %w", ErrRotation, err)
+		return nil, fmt.Errorf("%w: %w", ErrRotation, err)
 	}
-	return rec, nil
+	return recs, nil
+}
+
+// DeclareRotationsMapped is DeclareRotations, then waits (bounded, and
+// until ctx ends) until a reconcile has every successor in the maps: only
+// then may a sender switch to them.
+func (a *Agent) DeclareRotationsMapped(ctx context.Context, pairs []RotationPair) ([]RotationSpec, error) {
+	recs, err := a.DeclareRotations(pairs)
+	for i := 0; err == nil && i < len(pairs); i++ {
+		err = a.waitMapped(ctx, pairs[i].New.key())
+	}
+	return recs, err
 }
 
 // waitMapped waits (bounded) until a reconcile has put the successor k in
@@ -342,38 +389,47 @@ var ErrRotationInUse = errors.New("rotation record in use")
 // rolled-back rotation). It refuses while the successor is installed and
 // refused: without the record it would pass for a fresh SA.
 func (a *Agent) DropRotation(newRef SARef) (bool, error) {
+	n, err := a.DropRotations([]SARef{newRef})
+	return n == 1, err
+}
+
+// DropRotations forgets the records of the successors news, all or none
+// (refused as DropRotation refuses), with one change of the desired
+// state, and says how many it found.
+func (a *Agent) DropRotations(news []SARef) (int, error) {
+	refused := map[SARef]bool{}
 	a.mu.Lock()
-	refused := a.binding(newRef.key()).refused
-	a.mu.Unlock()
-	if refused {
-		return false, fmt.Errorf("%w: %v is installed and was refused as a relabel; delete the SA first", ErrRotationInUse, newRef)
+	for _, n := range news {
+		refused[n] = a.binding(n.key()).refused
 	}
-	found := false
+	a.mu.Unlock()
+	for _, n := range news {
+		if refused[n] {
+			return 0, fmt.Errorf("%w: %v is installed and was refused as a relabel; delete the SA first", ErrRotationInUse, n)
+		}
+	}
+	found := 0
 	_, err := a.changeDesired(func(d *Desired) {
-		for i, r := range d.Rotations {
-			if r.New == newRef {
-				d.Rotations = append(d.Rotations[:i:i], d.Rotations[i+1:]...)
-				found = true
-				return
+		kept := d.Rotations[:0:0]
+		for _, r := range d.Rotations {
+			if slices.Contains(news, r.New) {
+				found++
+			} else {
+				kept = append(kept, r)
 			}
 		}
+		d.Rotations = kept
 	})
-	return found, err
+	if err != nil {
+		return 0, err
+	}
+	return found, nil
 }
 
 func (a *Agent) desiredRotations() []RotationSpec {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.desired.Rotations
-}
-
-func slicesContainsRotation(rs []RotationSpec, rec RotationSpec) bool {
-	for _, r := range rs {
-		if r == rec {
-			return true
-		}
-	}
-	return false
 }
 
 func slicesContainsKey(vs []rotationVerdict, k saKey, result string) bool {
@@ -426,29 +482,76 @@ func (a *Agent) rotationStatus() []RotationStatus {
 	return out
 }
 
+// maxRotationBatch bounds one batch request: a rotation declares one pair
+// per SA of a guest's bundle.
+const maxRotationBatch = 4096
+
 // rotationRoutes adds the rotation API to the admin mux:
 //
 //	POST   /v1/rotations                {old: {spi, daddr}, new: {spi, daddr}}
+//	POST   /v1/rotations                {pairs: [{old, new}, ...]}  all or none
+//	POST   /v1/rotations/drop           {successors: [{spi, daddr}, ...]}  all or none
 //	DELETE /v1/rotations/{daddr}/{spi}  forget the record of a successor
+//
+// A declaration answers once a reconcile has every successor in the maps.
 func (a *Agent) rotationRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/rotations", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
-			Old SARef `json:"old"`
-			New SARef `json:"new"`
+			Old   *SARef         `json:"old"`
+			New   *SARef         `json:"new"`
+			Pairs []RotationPair `json:"pairs"`
 		}
 		if !readJSON(w, r, &req) {
 			return
 		}
-		rec, err := a.DeclareRotation(req.Old, req.New)
-		if err == nil {
-			err = a.waitMapped(r.Context(), req.New.key())
-		}
-		a.recordChange(r, changeRotation, req.Old, req.New, err)
-		if err != nil {
-			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
+		single := req.Old != nil || req.New != nil
+		switch {
+		case single && (req.Old == nil || req.New == nil || req.Pairs != nil):
+			writeJSON(w, http.StatusBadRequest, errBody(errors.New("request body: give old and new, or pairs, not both")))
+			return
+		case !single && len(req.Pairs) == 0:
+			writeJSON(w, http.StatusBadRequest, errBody(errors.New("request body: give old and new, or a non-empty pairs")))
+			return
+		case len(req.Pairs) > maxRotationBatch:
+			writeJSON(w, http.StatusRequestEntityTooLarge, errBody(fmt.Errorf("request body: %d pairs, at most %d in one request", len(req.Pairs), maxRotationBatch)))
 			return
 		}
-		writeJSON(w, http.StatusOK, rec)
+		pairs := req.Pairs
+		if single {
+			pairs = []RotationPair{{*req.Old, *req.New}}
+		}
+		recs, err := a.DeclareRotationsMapped(r.Context(), pairs)
+		for _, pr := range pairs {
+			a.recordChange(r, changeRotation, pr.Old, pr.New, err)
+		}
+		switch {
+		case err != nil:
+			writeJSON(w, http.StatusUnprocessableEntity, errBody(err))
+		case single:
+			writeJSON(w, http.StatusOK, recs[0])
+		default:
+			writeJSON(w, http.StatusOK, map[string][]RotationSpec{"rotations": recs})
+		}
+	})
+	mux.HandleFunc("POST /v1/rotations/drop", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Successors []SARef `json:"successors"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if len(req.Successors) == 0 || len(req.Successors) > maxRotationBatch {
+			writeJSON(w, http.StatusBadRequest, errBody(fmt.Errorf("request body: %d successors, want 1 to %d", len(req.Successors), maxRotationBatch)))
+			return
+		}
+		n, err := a.DropRotations(req.Successors)
+		for _, ref := range req.Successors {
+			a.recordChange(r, changeRotationDrop, ref, nil, err)
+		}
+		if dropFailed(w, err) {
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"removed": n})
 	})
 	mux.HandleFunc("DELETE /v1/rotations/{daddr}/{spi}", func(w http.ResponseWriter, r *http.Request) {
 		daddr, err := netip.ParseAddr(r.PathValue("daddr"))
@@ -465,14 +568,25 @@ func (a *Agent) rotationRoutes(mux *http.ServeMux) {
 		found, err := a.DropRotation(ref)
 		a.recordChange(r, changeRotationDrop, ref, nil, err)
 		switch {
-		case errors.Is(err, ErrRotationInUse):
-			writeJSON(w, http.StatusConflict, errBody(err))
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, errBody(err))
+		case dropFailed(w, err):
 		case !found:
 			writeJSON(w, http.StatusNotFound, errBody(fmt.Errorf("no rotation record for the successor %v", ref)))
 		default:
 			writeJSON(w, http.StatusOK, map[string]bool{"removed": true})
 		}
 	})
+}
+
+// dropFailed answers a refused or failed drop of rotation records and says
+// whether it did.
+func dropFailed(w http.ResponseWriter, err error) bool {
+	switch {
+	case errors.Is(err, ErrRotationInUse):
+		writeJSON(w, http.StatusConflict, errBody(err))
+	case err != nil:
+		writeJSON(w, http.StatusInternalServerError, errBody(err))
+	default:
+		return false
+	}
+	return true
 }

@@ -174,19 +174,8 @@ func TestAgentRotationRefusesOtherOwner(t *testing.T) {
 // TestAgentRotationDeclarationChecks: a declaration names an SA the
 // agent enforces now, and a successor that is not already someone else's.
 func TestAgentRotationDeclarationChecks(t *testing.T) {
-	cfg := testConfig(t)
-	g := guest7(t)
-	k := &fakeKernel{}
-	h := start(t, cfg, k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
-	if err := h.a.SetGuest(g); err != nil {
-		t.Fatal(err)
-	}
-	host := netip.MustParseAddr("10.70.0.1")
-	old := KernelSA{Src: g.Addr4, Dst: host, SPI: cfg.SPIBase + 5, Proto: 50, Reqid: 1, Context: "system_u:system_r:analyst_t:s6"}
-	h.sas.ch <- []KernelSA{old}
-	eventually(t, func() bool { _, ok := k.slots()[5]; return ok }, "old SA never in the maps")
-	srv := httptest.NewServer(h.a.AdminHandler())
-	defer srv.Close()
+	r := newRotRig(t, "system_u:system_r:analyst_t:s6")
+	cfg, host, srv, old := r.cfg, r.host, r.srv, r.sas[0]
 	for _, c := range []struct {
 		body string
 		code int
@@ -276,4 +265,98 @@ func TestAgentRotationSurvivesAgentKill(t *testing.T) {
 	if _, ok := k2.slots()[6]; ok {
 		t.Fatal("the relabeled successor stayed in the maps")
 	}
+}
+
+// TestAgentRotationBatch: a rotation's successors are declared and dropped
+// in one request each, all or none.
+func TestAgentRotationBatch(t *testing.T) {
+	r := newRotRig(t, "system_u:system_r:analyst_t:s6", "system_u:system_r:analyst_t:s4")
+	h, cfg, host, srv, a, b := r.h, r.cfg, r.host, r.srv, r.sas[0], r.sas[1]
+	pair := func(old, new uint32) string {
+		return fmt.Sprintf(`{"old":{"spi":%d,"daddr":%q},"new":{"spi":%d,"daddr":%q}}`, old, host, new, host)
+	}
+	records := func() []RotationStatus {
+		h.a.mu.Lock()
+		defer h.a.mu.Unlock()
+		return h.a.rotationStatus()
+	}
+	for _, c := range []struct {
+		what, body string
+		code       int
+	}{
+		{"one unknown predecessor", `{"pairs":[` + pair(a.SPI, cfg.SPIBase+6) + `,` + pair(cfg.SPIBase+99, cfg.SPIBase+9) + `]}`, http.StatusUnprocessableEntity},
+		{"one successor for two predecessors", `{"pairs":[` + pair(a.SPI, cfg.SPIBase+6) + `,` + pair(b.SPI, cfg.SPIBase+6) + `]}`, http.StatusUnprocessableEntity},
+		{"both forms", `{"old":{"spi":1},"new":{"spi":2},"pairs":[` + pair(a.SPI, cfg.SPIBase+6) + `]}`, http.StatusBadRequest},
+		{"old without new", `{"old":{"spi":1}}`, http.StatusBadRequest},
+		{"no pairs", `{"pairs":[]}`, http.StatusBadRequest},
+	} {
+		if code, body := call(t, srv, "POST", "/v1/rotations", c.body); code != c.code {
+			t.Errorf("%s: %d %s, want %d", c.what, code, body, c.code)
+		}
+		if r := records(); len(r) != 0 {
+			t.Fatalf("%s: refused, yet records were kept: %+v", c.what, r)
+		}
+	}
+	code, body := call(t, srv, "POST", "/v1/rotations", `{"pairs":[`+pair(a.SPI, cfg.SPIBase+6)+`,`+pair(b.SPI, cfg.SPIBase+9)+`]}`)
+	var got struct {
+		Rotations []RotationSpec `json:"rotations"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); code != http.StatusOK || err != nil || len(got.Rotations) != 2 {
+		t.Fatalf("declare two: %d %v %s", code, err, body)
+	}
+	if got.Rotations[0].Context != a.Context || got.Rotations[1].Context != b.Context || got.Rotations[1].Old.SPI != b.SPI {
+		t.Errorf("records %+v: each must carry its own predecessor's context", got.Rotations)
+	}
+	if r := records(); len(r) != 2 {
+		t.Fatalf("%d records after the batch, want 2: %+v", len(r), r)
+	}
+	code, body = call(t, srv, "POST", "/v1/rotations/drop", fmt.Sprintf(`{"successors":[{"spi":%d,"daddr":%q},{"spi":%d,"daddr":%q},{"spi":%d,"daddr":%q}]}`,
+		cfg.SPIBase+6, host, cfg.SPIBase+9, host, cfg.SPIBase+77, host))
+	var dropped struct {
+		Removed int `json:"removed"`
+	}
+	if err := json.Unmarshal([]byte(body), &dropped); code != http.StatusOK || err != nil || dropped.Removed != 2 {
+		t.Fatalf("drop two of three: %d %s, want 200 removed 2", code, body)
+	}
+	if r := records(); len(r) != 0 {
+		t.Fatalf("records left after the drop: %+v", r)
+	}
+}
+
+// rotRig is an agent with guest 7 declared on vif7.0, kernel SAs from
+// guest 7 to host in its maps, and its admin API served.
+type rotRig struct {
+	h    *harness
+	k    *fakeKernel
+	cfg  Config
+	host netip.Addr
+	srv  *httptest.Server
+	sas  []KernelSA
+}
+
+// newRotRig installs one SA per context, at SPIBase+5, +8, +11, ...
+func newRotRig(t *testing.T, contexts ...string) *rotRig {
+	t.Helper()
+	r := &rotRig{cfg: testConfig(t), k: &fakeKernel{}, host: netip.MustParseAddr("10.70.0.1")}
+	g := guest7(t)
+	r.h = start(t, r.cfg, r.k, &fakeLinks{initial: []LinkEvent{{Name: "vif7.0", Index: 9}}}, &fakeSAs{})
+	if err := r.h.a.SetGuest(g); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range contexts {
+		r.sas = append(r.sas, KernelSA{Src: g.Addr4, Dst: r.host, SPI: r.cfg.SPIBase + 5 + 3*uint32(i), Proto: 50, Reqid: 1, Context: c})
+	}
+	r.h.sas.ch <- r.sas
+	eventually(t, func() bool {
+		slots := r.k.slots()
+		for i := range r.sas {
+			if _, ok := slots[5+3*uint32(i)]; !ok {
+				return false
+			}
+		}
+		return true
+	}, "old SAs never in the maps")
+	r.srv = httptest.NewServer(r.h.a.AdminHandler())
+	t.Cleanup(r.srv.Close)
+	return r
 }

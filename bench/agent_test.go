@@ -76,8 +76,9 @@ func TestXFRMSyncCachedOnly(t *testing.T) {
 
 func TestFormatXFRMSync(t *testing.T) {
 	md := FormatXFRMSync(&XFRMSyncResult{SAs: 1000, BareInstall: 2 * time.Second, BareRate: 500, Install: time.Second, Rate: 1000,
-		SyncP50: 60 * time.Millisecond, SyncP99: 240 * time.Millisecond, PollInterval: 2 * time.Millisecond, Accel: "tcg", Kernel: "6.1.0-56-amd64"})
-	for _, want := range []string{"under QEMU TCG", "| 1000 | 2s | 500 | 1s | 1000 | 2.00 | 60ms | 240ms |"} {
+		SyncP50: 60 * time.Millisecond, SyncP99: 240 * time.Millisecond, PollInterval: 2 * time.Millisecond, Accel: "tcg", Kernel: "6.1.0-56-amd64",
+		Interval: 3 * time.Millisecond, PacedP50: 4 * time.Millisecond, PacedP99: 9 * time.Millisecond, PacedMax: 12 * time.Millisecond})
+	for _, want := range []string{"under QEMU TCG", "| 1000 | 2s | 500 | 1s | 1000 | 2.00 | 60ms | 240ms |", "one SA every 3ms (the rest as above): SA → map p50 4ms, p99 9ms, max 12ms."} {
 		if !strings.Contains(md, want) {
 			t.Errorf("table lacks %q:\n%s", want, md)
 		}

@@ -33,6 +33,8 @@ import (
 // XFRMSyncConfig says how many SAs to install in the guest.
 type XFRMSyncConfig struct {
 	SAs int
+	// Interval, when set, adds a paced install: one SA every Interval.
+	Interval time.Duration
 	// GuestCache is the guestvm image cache; "" is image.DefaultCacheDir.
 	GuestCache string
 	// CachedOnly skips the benchmark (ErrNoCachedImage) unless a guest
@@ -64,6 +66,13 @@ type XFRMSyncResult struct {
 	SyncP99      time.Duration `json:"sync_p99_ns"`
 	SyncMax      time.Duration `json:"sync_max_ns"`
 	PollInterval time.Duration `json:"poll_interval_ns"`
+	// Interval, PacedP50, PacedP99, PacedMax: SA→map latency when the SAs
+	// are installed at a steady rate, one every Interval (the rate of a
+	// large dom0's rekeys), rather than back to back.
+	Interval time.Duration `json:"interval_ns,omitempty"`
+	PacedP50 time.Duration `json:"paced_p50_ns,omitempty"`
+	PacedP99 time.Duration `json:"paced_p99_ns,omitempty"`
+	PacedMax time.Duration `json:"paced_max_ns,omitempty"`
 	// AllSynced is AddState of the first SA to all of them in the maps.
 	AllSynced time.Duration `json:"all_synced_ns"`
 	// Slots is the agent's SA slots in use once all were synced.
@@ -85,6 +94,8 @@ const xfrmJobEnv = "MLSGATE_BENCH_XFRM_JOB"
 type xfrmJob struct {
 	SAs int    `json:"sas"`
 	Out string `json:"out"` // guest path of the result
+	// Interval paces a second install: one SA every Interval (0: none).
+	Interval time.Duration `json:"interval_ns"`
 }
 
 // MeasureXFRMSync boots Debian's kernel under QEMU with the bench test
@@ -121,7 +132,7 @@ func MeasureXFRMSync(ctx context.Context, cfg XFRMSyncConfig) (*XFRMSyncResult, 
 	const memory = 1024
 	var r XFRMSyncResult
 	res, err := guestRun{what: "xfrm", img: img, share: share, test: "^TestXFRMSyncGuestJob$", env: xfrmJobEnv,
-		job: xfrmJob{SAs: cfg.SAs, Out: "/mnt/xfrm.json"}, result: "xfrm.json", timeout: 20 * time.Minute, memory: memory, progress: progress}.run(ctx, &r)
+		job: xfrmJob{SAs: cfg.SAs, Out: "/mnt/xfrm.json", Interval: cfg.Interval}, result: "xfrm.json", timeout: 20 * time.Minute, memory: memory, progress: progress}.run(ctx, &r)
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +148,9 @@ var (
 	xfrmGuest = netip.MustParseAddr("10.71.0.7")
 	xfrmKey   = []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
 )
+
+// xfrmPoll is how often the measurement asks the agent for its count.
+const xfrmPoll = 2 * time.Millisecond
 
 const (
 	xfrmReqid   = 7011
@@ -171,7 +185,7 @@ func runXFRMJob(ctx context.Context, path string) error {
 	}
 	defer h.Close()
 	n := job.SAs
-	res := &XFRMSyncResult{SAs: n, PollInterval: 2 * time.Millisecond}
+	res := &XFRMSyncResult{SAs: n, PollInterval: xfrmPoll}
 
 	// Baseline: the same SAs with nobody listening. An untimed round first
 	// pays the kernel's one-time costs (the AEAD's instantiation, the SAD's
@@ -201,6 +215,57 @@ func runXFRMJob(ctx context.Context, path string) error {
 	defer stop()
 	base := a.Status().SAs.Synced
 
+	// Throughput: as fast as agent/xfrm installs them.
+	lat, install, all, err := timedInstall(h, a, n, 0, base)
+	if err != nil {
+		return err
+	}
+	res.Install, res.AllSynced = install, all
+	res.Rate = float64(n) / res.Install.Seconds()
+	res.SyncP50, res.SyncP99, res.SyncMax = lat[n/2], lat[min(n-1, n*99/100)], lat[n-1]
+	fmt.Printf("with the agent: %d SAs in %v (%.0f SAs/s); SA → maps p50 %v p99 %v max %v; all in the maps after %v\n",
+		n, res.Install.Round(time.Millisecond), res.Rate, res.SyncP50, res.SyncP99, res.SyncMax, res.AllSynced.Round(time.Millisecond))
+	st := a.Status()
+	res.Slots = st.Maps.Slots
+	if st.Maps.Slots < n || st.SAs.BadContext > 0 || st.SAs.NoGuest > 0 {
+		return fmt.Errorf("after the install: %d slots in the maps for %d SAs, %d with a bad context, %d without a guest: %+v",
+			st.Maps.Slots, n, st.SAs.BadContext, st.SAs.NoGuest, st.SAs)
+	}
+	if _, err := h.DeleteStatesByReqid(xfrmReqid); err != nil {
+		return fmt.Errorf("remove the SAs: %w", err)
+	}
+	// Latency at a steady rate: one SA every job.Interval, once the agent
+	// has seen the deletions.
+	if job.Interval > 0 {
+		if !waitFor(func() bool { return a.Status().SAs.Synced == base }, 2*time.Minute) {
+			return fmt.Errorf("the agent still counts %d SAs 2 minutes after their deletion, want %d: %+v", a.Status().SAs.Synced, base, a.Status())
+		}
+		lat, _, _, err := timedInstall(h, a, n, job.Interval, base)
+		if err != nil {
+			return err
+		}
+		res.Interval = job.Interval
+		res.PacedP50, res.PacedP99, res.PacedMax = lat[n/2], lat[min(n-1, n*99/100)], lat[n-1]
+		fmt.Printf("one SA every %v: SA → maps p50 %v p99 %v max %v\n", job.Interval, res.PacedP50, res.PacedP99, res.PacedMax)
+		if _, err := h.DeleteStatesByReqid(xfrmReqid); err != nil {
+			return fmt.Errorf("remove the SAs: %w", err)
+		}
+	}
+	out, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(job.Out, out, 0o644)
+}
+
+// timedInstall installs SAs 0..n-1, one every interval (0: back to back),
+// while polling the agent's count of synced SAs, and returns each SA's
+// time from AddState returning to the agent counting it (sorted), the
+// install's time and the time until all were counted. The agent counts
+// SAs, not which ones: the k-th counted is taken to be the k-th installed.
+// SAs are installed in order and synced in batches, so this is exact up
+// to the order within one batch.
+func timedInstall(h *xfrm.Handle, a *agent.Agent, n int, interval time.Duration, base int) ([]time.Duration, time.Duration, time.Duration, error) {
 	added := make([]time.Time, n)
 	seen := make([]time.Time, n)
 	polled := make(chan error, 1)
@@ -218,48 +283,30 @@ func runXFRMJob(ctx context.Context, path string) error {
 				seen[got] = now
 				got++
 			}
-			time.Sleep(res.PollInterval)
+			time.Sleep(xfrmPoll)
 		}
 		polled <- nil
 	}()
-	start = time.Now()
+	start := time.Now()
 	for i := range n {
+		if interval > 0 {
+			time.Sleep(time.Until(start.Add(time.Duration(i) * interval)))
+		}
 		if err := h.AddState(xfrmState(i)); err != nil {
-			return fmt.Errorf("install with the agent, SA %d of %d: %w", i, n, err)
+			return nil, 0, 0, fmt.Errorf("install with the agent, SA %d of %d: %w", i, n, err)
 		}
 		added[i] = time.Now()
 	}
-	res.Install = time.Since(start)
-	res.Rate = float64(n) / res.Install.Seconds()
+	install := time.Since(start)
 	if err := <-polled; err != nil {
-		return err
+		return nil, 0, 0, err
 	}
-	res.AllSynced = seen[n-1].Sub(start)
-	// The agent counts SAs, not which ones: the k-th counted is taken to be
-	// the k-th installed. SAs are installed in order and synced in batches,
-	// so this is exact up to the order within one batch.
 	lat := make([]time.Duration, n)
 	for i := range n {
 		lat[i] = max(0, seen[i].Sub(added[i]))
 	}
 	slices.Sort(lat)
-	res.SyncP50, res.SyncP99, res.SyncMax = lat[n/2], lat[min(n-1, n*99/100)], lat[n-1]
-	st := a.Status()
-	res.Slots = st.Maps.Slots
-	if st.Maps.Slots < n || st.SAs.BadContext > 0 || st.SAs.NoGuest > 0 {
-		return fmt.Errorf("after the install: %d slots in the maps for %d SAs, %d with a bad context, %d without a guest: %+v",
-			st.Maps.Slots, n, st.SAs.BadContext, st.SAs.NoGuest, st.SAs)
-	}
-	fmt.Printf("with the agent: %d SAs in %v (%.0f SAs/s); SA → maps p50 %v p99 %v max %v; all in the maps after %v\n",
-		n, res.Install.Round(time.Millisecond), res.Rate, res.SyncP50, res.SyncP99, res.SyncMax, res.AllSynced.Round(time.Millisecond))
-	if _, err := h.DeleteStatesByReqid(xfrmReqid); err != nil {
-		return fmt.Errorf("remove the SAs: %w", err)
-	}
-	out, err := json.Marshal(res)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(job.Out, out, 0o644)
+	return lat, install, seen[n-1].Sub(start), nil
 }
 
 // startGuestAgent runs the real agent in this process over a bpffs of its
@@ -324,6 +371,10 @@ func FormatXFRMSync(r *XFRMSyncResult) string {
 	fmt.Fprintf(&b, "| %d | %v | %.0f | %v | %.0f | %.2f | %v | %v | %v | %v |\n", r.SAs,
 		r.BareInstall.Round(time.Millisecond), r.BareRate, r.Install.Round(time.Millisecond), r.Rate, ratio,
 		r.SyncP50.Round(100*time.Microsecond), r.SyncP99.Round(100*time.Microsecond), r.SyncMax.Round(100*time.Microsecond), r.AllSynced.Round(time.Millisecond))
+	if r.Interval > 0 {
+		fmt.Fprintf(&b, "\nAt a steady rate, one SA every %v (the rest as above): SA → map p50 %v, p99 %v, max %v.\n",
+			r.Interval, r.PacedP50.Round(100*time.Microsecond), r.PacedP99.Round(100*time.Microsecond), r.PacedMax.Round(100*time.Microsecond))
+	}
 	fmt.Fprintf(&b, "\nThe agent's start in the guest (loading the fast path; the verifier under %s) took %v. Emulated: compare with the host's own numbers only as ratios.\n",
 		strings.ToUpper(r.Accel), r.AgentReady.Round(time.Millisecond))
 	return b.String()

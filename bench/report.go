@@ -190,7 +190,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 				r.Agent = append(r.Agent, a)
 			}
 		case "xfrm":
-			xc := XFRMSyncConfig{SAs: 1000, Progress: progress}
+			xc := XFRMSyncConfig{SAs: 1000, Interval: 3 * time.Millisecond, Progress: progress}
 			if cfg.Quick {
 				xc = XFRMSyncConfig{SAs: 200, CachedOnly: true, Progress: progress}
 			}

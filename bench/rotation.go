@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/image"
 )
 
@@ -33,7 +34,9 @@ type RotationConfig struct {
 	Progress   func(format string, args ...any)
 }
 
-// RotationResult is what the in-guest test measured.
+// RotationResult is what the in-guest test measured; the test writes this
+// type itself (kernel-tests/inguest), and the bench adds Kernel, Accel and
+// Hardware.
 type RotationResult struct {
 	Rotations int `json:"rotations"`
 	// P50, P99, Max: from a rotation's trigger to its old states deleted
@@ -56,9 +59,12 @@ type RotationResult struct {
 	AllowOut  int            `json:"allow_labeled_egress"`
 	DenyRange int            `json:"deny_label_range"`
 	Denials   map[string]int `json:"other_denials"`
-	Kernel    string         `json:"kernel"`
-	Accel     string         `json:"accel"`
-	Hardware  string         `json:"hardware"`
+	// StepP50 is each rotation step's median (loader.RotationSteps order;
+	// a step's journal write included).
+	StepP50  []loader.Step `json:"step_p50"`
+	Kernel   string        `json:"kernel"`
+	Accel    string        `json:"accel"`
+	Hardware string        `json:"hardware"`
 }
 
 // Lost is the datagrams of the s4 flow lost either way.
@@ -131,6 +137,13 @@ func FormatRotation(r *RotationResult) string {
 	fmt.Fprintf(&b, "| %d | %v | %v | %v | %d | %d | %d | %d | %d | %d | %s |\n", r.Rotations,
 		r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond),
 		r.Sent, r.Sent-r.AtServer, r.AtServer-r.Echoed, r.Mislabeled, r.DeniedSent, r.DeniedArrived, strings.Join(den, ", "))
+	if len(r.StepP50) > 0 {
+		var parts []string
+		for _, st := range r.StepP50 {
+			parts = append(parts, fmt.Sprintf("%s %v", st.Name, st.Duration.Round(100*time.Microsecond)))
+		}
+		fmt.Fprintf(&b, "\nMedian per step (each with its journal write): %s.\n", strings.Join(parts, ", "))
+	}
 	fmt.Fprintf(&b, "\nThe fast path counted allow_labeled %d in and %d out, deny_label_range %d. Emulated, on a loaded host: the latency is an upper bound; packets lost must be 0.\n",
 		r.AllowIn, r.AllowOut, r.DenyRange)
 	return b.String()

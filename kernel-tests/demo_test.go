@@ -41,8 +41,9 @@ func TestPrivilegedDemo(t *testing.T) {
 	t.Run("analyst-cats", func(t *testing.T) { checkDemoCategories(t, bin) })
 }
 
-// runDemo runs the demo on an application set and returns its flow table.
-func runDemo(t *testing.T, bin, apps string) string {
+// runDemo runs the demo on an application set and returns its flow table
+// and its whole output.
+func runDemo(t *testing.T, bin, apps string) (table, all string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "demo", "--apps", apps).CombinedOutput()
@@ -58,7 +59,7 @@ func runDemo(t *testing.T, bin, apps string) string {
 	if !regexp.MustCompile(`(?m)^All \d+ flows carried or stopped by the enforcer their applications require\.$`).MatchString(text) {
 		t.Errorf("the demo did not report every flow checked against its enforcer")
 	}
-	return text[i:]
+	return text[i:], text
 }
 
 type wantFlow struct{ flow, label, result, by string }
@@ -95,8 +96,13 @@ var analystFlows = []wantFlow{
 }
 
 func checkDemoAnalyst(t *testing.T, bin string) {
-	table := runDemo(t, bin, "../examples/analyst")
+	table, all := runDemo(t, bin, "../examples/analyst")
 	checkFlows(t, table, analystFlows)
+	// The built-in template gives every SA ESN, and a rotation keeps it:
+	// the host holds the browser's successors with ESN, every one.
+	if m := regexp.MustCompile(`SA rotation of \S+: ok in .*; ESN on (\d+) of the host's (\d+) new SAs`).FindStringSubmatch(all); m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("the rotation line does not show every new host SA with ESN: %q", m)
+	}
 	// The osint guest, from the pool, reads the feed.
 	if !regexp.MustCompile(`(?m)^read feed page\s+vm\d+ \(osint\).*delivered`).MatchString(table) {
 		t.Errorf("the osint guest did not read the feed")
@@ -109,7 +115,7 @@ func checkDemoAnalyst(t *testing.T, bin string) {
 // XFRM for want of an SA at a label the applications never use; toward
 // ws2 the leak differs from an allowed flow in its categories alone.
 func checkDemoCategories(t *testing.T, bin string) {
-	table := runDemo(t, bin, "../examples/analyst-cats")
+	table, _ := runDemo(t, bin, "../examples/analyst-cats")
 	checkFlows(t, table, []wantFlow{
 		{"read ws1 page", "s10:c1.c5/i8", "delivered", "fast path from guest allow_labeled"},
 		{"read ws2 page", "s8:c6/i6", "delivered", "fast path to guest allow_labeled"},

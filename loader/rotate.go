@@ -84,8 +84,12 @@ func stepIndex(s string) int { return slices.Index(RotationSteps, s) }
 // RotationAgent is what rotation needs of the host agent (*agent.Agent, or
 // AgentClient over its socket).
 type RotationAgent interface {
-	DeclareRotation(old, new agent.SARef) error
-	DropRotation(new agent.SARef) error
+	// DeclareRotations tells the agent every successor of a rotation at
+	// once, all or none, and returns once the agent has them in its maps.
+	DeclareRotations(pairs []agent.RotationPair) error
+	// DropRotations forgets the records of the successors; one without a
+	// record is not an error.
+	DropRotations(news []agent.SARef) error
 }
 
 // RotationXFRM adds and removes the host's states.
@@ -142,6 +146,9 @@ type RotationResult struct {
 	NewSPIs   []uint32      `json:"new_spis"`
 	Version   uint64        `json:"version"`
 	Generated time.Time     `json:"generated"`
+	// Steps is what each step of this run took, its journal write
+	// included (a resumed rotation lists only the steps it ran).
+	Steps []Step `json:"steps,omitempty"`
 }
 
 // rotationJournal is the persisted plan and progress of one rotation.
@@ -367,7 +374,11 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 		if stepIndex(st.name) <= stepIndex(j.Step) {
 			continue
 		}
+		t0 := r.now()
+		// The step's time is its work and its journal write (below).
+		timed := func() { res.Steps = append(res.Steps, Step{Name: st.name, Duration: r.now().Sub(t0)}) }
 		if err := st.do(); err != nil {
+			timed()
 			err = fmt.Errorf("step %s: %w", st.name, err)
 			if stepIndex(j.Step) < stepIndex(stepGuestBoth) {
 				if rbErr := r.rollback(ctx, j); rbErr != nil {
@@ -388,9 +399,12 @@ func (r *Rotator) run(ctx context.Context, j *rotationJournal, res RotationResul
 				return finish("failed", fmt.Errorf("remove the journal: %w", err))
 			}
 			r.freeOld(j)
+			timed()
 			return finish("ok", nil)
 		}
-		if err := r.save(j); err != nil {
+		err := r.save(j)
+		timed()
+		if err != nil {
 			return finish("failed", fmt.Errorf("journal: %w", err))
 		}
 		if err := r.inject(st.name); err != nil {
@@ -443,25 +457,25 @@ func (r *Rotator) bundle(j *rotationJournal, i int, states []xfrm.State) *policy
 
 func ref(s xfrm.State) agent.SARef { return agent.SARef{SPI: s.SPI, Daddr: s.Dst} }
 
-// declare tells the agent every successor, all at once: each declaration
-// returns once a reconcile has the successor in the maps, and concurrent
-// ones share that reconcile.
+// declare tells the agent every successor in one request, which returns
+// once a reconcile has them in the maps.
 func (r *Rotator) declare(j *rotationJournal) error {
-	return eachState(j.NewStates, func(i int, s xfrm.State) error {
-		if err := r.Agent.DeclareRotation(ref(j.Old.States[i]), ref(s)); err != nil {
-			return fmt.Errorf("declare %v → %v to the agent: %w", ref(j.Old.States[i]), ref(s), err)
-		}
-		return nil
-	})
+	pairs := make([]agent.RotationPair, len(j.NewStates))
+	for i, s := range j.NewStates {
+		pairs[i] = agent.RotationPair{Old: ref(j.Old.States[i]), New: ref(s)}
+	}
+	if err := r.Agent.DeclareRotations(pairs); err != nil {
+		return fmt.Errorf("declare %d successors (%v → %v, ...) to the agent: %w", len(pairs), pairs[0].Old, pairs[0].New, err)
+	}
+	return nil
 }
 
 func (r *Rotator) undeclare(j *rotationJournal) error {
-	return eachState(j.NewStates, func(_ int, s xfrm.State) error {
-		if err := r.Agent.DropRotation(ref(s)); err != nil && !errors.Is(err, ErrNoRotationRecord) {
-			return err
-		}
-		return nil
-	})
+	news := make([]agent.SARef, len(j.NewStates))
+	for i, s := range j.NewStates {
+		news[i] = ref(s)
+	}
+	return r.Agent.DropRotations(news)
 }
 
 // eachState runs fn for every state concurrently (a bundle holds a few

@@ -137,29 +137,34 @@ func (w *rotWorld) Push(_ context.Context, _ *Guest, b *policystore.Bundle) erro
 	return nil
 }
 
-func (w *rotWorld) DeclareRotation(old, n agent.SARef) error {
+// DeclareRotations checks every pair as the agent does, then records them
+// all (or none).
+func (w *rotWorld) DeclareRotations(pairs []agent.RotationPair) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.refuse {
 		return errors.New("agent: rotation refused")
 	}
-	if _, ok := w.host[old.SPI]; !ok {
-		return fmt.Errorf("predecessor %v unknown", old)
+	for _, p := range pairs {
+		if _, ok := w.host[p.Old.SPI]; !ok {
+			return fmt.Errorf("predecessor %v unknown", p.Old)
+		}
+		if o, ok := w.records[p.New]; ok && o != p.Old {
+			return fmt.Errorf("%v already succeeds %v", p.New, o)
+		}
 	}
-	if o, ok := w.records[n]; ok && o != old {
-		return fmt.Errorf("%v already succeeds %v", n, o)
+	for _, p := range pairs {
+		w.records[p.New] = p.Old
 	}
-	w.records[n] = old
 	return nil
 }
 
-func (w *rotWorld) DropRotation(n agent.SARef) error {
+func (w *rotWorld) DropRotations(news []agent.SARef) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if _, ok := w.records[n]; !ok {
-		return ErrNoRotationRecord
+	for _, n := range news {
+		delete(w.records, n)
 	}
-	delete(w.records, n)
 	return nil
 }
 
@@ -243,6 +248,13 @@ func TestRotateMakeBeforeBreak(t *testing.T) {
 		}
 		if res.Result != "ok" || len(res.NewSPIs) != 2 {
 			t.Fatalf("rotation %d: %+v", i, res)
+		}
+		var names []string
+		for _, st := range res.Steps {
+			names = append(names, st.Name)
+		}
+		if !slices.Equal(names, RotationSteps[1:]) {
+			t.Fatalf("rotation %d timed steps %q, want %q", i, names, RotationSteps[1:])
 		}
 		for k, s := range nb.States {
 			if s.SPI == cur.States[k].SPI || string(s.AEAD.Key) == string(cur.States[k].AEAD.Key) {

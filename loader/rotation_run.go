@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -132,6 +133,9 @@ func (l *Loader) EnableRotation(ctx context.Context, cfg RotationConfig) error {
 	}
 	if cfg.SoftPackets > MaxSoftPackets {
 		return fmt.Errorf("rotation: soft packet limit %d leaves less than 2^31 sequence numbers of headroom; use at most %d", cfg.SoftPackets, uint64(MaxSoftPackets))
+	}
+	if cfg.MinSeqHeadroom >= math.MaxUint32 {
+		return fmt.Errorf("rotation: sequence-number headroom %d is at least 2^32-1, so every SA without ESN would be rotated at every check; use at most %d (0: off)", cfg.MinSeqHeadroom, uint64(math.MaxUint32-1))
 	}
 	h.Lifetime = xfrm.Lifetime{SoftBytes: cfg.SoftBytes, SoftPackets: cfg.SoftPackets}
 	rs := &rotations{cfg: cfg, guests: map[string]*rotGuest{}, headroom: -1}
@@ -614,13 +618,26 @@ func (a *API) rotationRoutes(mux *http.ServeMux) {
 	})))
 }
 
-// DeclareRotation implements RotationAgent over the agent's API.
+// DeclareRotations implements RotationAgent over the agent's API.
+func (c *AgentClient) DeclareRotations(pairs []agent.RotationPair) error {
+	_, err := c.do("POST", "/v1/rotations", map[string][]agent.RotationPair{"pairs": pairs})
+	return err
+}
+
+// DropRotations implements RotationAgent over the agent's API.
+func (c *AgentClient) DropRotations(news []agent.SARef) error {
+	_, err := c.do("POST", "/v1/rotations/drop", map[string][]agent.SARef{"successors": news})
+	return err
+}
+
+// DeclareRotation declares one successor over the agent's API.
 func (c *AgentClient) DeclareRotation(old, n agent.SARef) error {
 	_, err := c.do("POST", "/v1/rotations", map[string]agent.SARef{"old": old, "new": n})
 	return err
 }
 
-// DropRotation implements RotationAgent over the agent's API.
+// DropRotation forgets one successor's record over the agent's API;
+// ErrNoRotationRecord when it has none.
 func (c *AgentClient) DropRotation(n agent.SARef) error {
 	code, err := c.do("DELETE", fmt.Sprintf("/v1/rotations/%s/%d", n.Daddr, n.SPI), nil)
 	if code == http.StatusNotFound {
@@ -633,17 +650,17 @@ func (c *AgentClient) DropRotation(n agent.SARef) error {
 // to AgentAPI and RotationAgent.
 type InProcessAgent struct{ *agent.Agent }
 
-// DeclareRotation implements RotationAgent.
-func (a InProcessAgent) DeclareRotation(old, n agent.SARef) error {
-	_, err := a.Agent.DeclareRotation(old, n)
+// DeclareRotations implements RotationAgent.
+func (a InProcessAgent) DeclareRotations(pairs []agent.RotationPair) error {
+	// As over the API: the successors are in the maps before it returns.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := a.Agent.DeclareRotationsMapped(ctx, pairs)
 	return err
 }
 
-// DropRotation implements RotationAgent.
-func (a InProcessAgent) DropRotation(n agent.SARef) error {
-	found, err := a.Agent.DropRotation(n)
-	if err == nil && !found {
-		return ErrNoRotationRecord
-	}
+// DropRotations implements RotationAgent.
+func (a InProcessAgent) DropRotations(news []agent.SARef) error {
+	_, err := a.Agent.DropRotations(news)
 	return err
 }

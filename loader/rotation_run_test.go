@@ -25,24 +25,25 @@ type rotFakeAgent struct {
 	declared int
 }
 
-func (a *rotFakeAgent) DeclareRotation(old, n agent.SARef) error {
+func (a *rotFakeAgent) DeclareRotations(pairs []agent.RotationPair) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.records == nil {
 		a.records = map[agent.SARef]agent.SARef{}
 	}
-	a.records[n] = old
-	a.declared++
+	for _, p := range pairs {
+		a.records[p.New] = p.Old
+		a.declared++
+	}
 	return nil
 }
 
-func (a *rotFakeAgent) DropRotation(n agent.SARef) error {
+func (a *rotFakeAgent) DropRotations(news []agent.SARef) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if _, ok := a.records[n]; !ok {
-		return ErrNoRotationRecord
+	for _, n := range news {
+		delete(a.records, n)
 	}
-	delete(a.records, n)
 	return nil
 }
 
@@ -152,6 +153,11 @@ func TestLoaderRotatesOnSoftExpire(t *testing.T) {
 	r2.host.Agent = &rotFakeAgent{fakeAgent: r2.agent}
 	if err := r2.l.EnableRotation(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "headroom") {
 		t.Fatalf("a soft packet limit past 2^31: %v", err)
+	}
+	bad = DefaultRotationConfig()
+	bad.StateDir, bad.MinSeqHeadroom = t.TempDir(), 1<<32-1
+	if err := r2.l.EnableRotation(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "every SA without ESN") {
+		t.Fatalf("a headroom no SA without ESN can have: %v", err)
 	}
 }
 

@@ -35,8 +35,9 @@ SVG plots.
             --soak DURATION adds a churn soak at 100,000 SAs (SAs added,
             rotated and deleted at 30/s) reporting RSS and Go heap over time
   xfrm      SA install rate through agent/xfrm and SA→map sync latency
-            (p50/p99) in Debian's kernel under QEMU (1,000 SAs; --quick:
-            200, and only when the guest image is already cached)
+            (p50/p99) in Debian's kernel under QEMU: 1,000 SAs back to back,
+            then one every 3 ms (--quick: 200 back to back, and only when
+            the guest image is already cached)
   rotation  SA rotation in Debian's kernel under QEMU: latency from trigger
             to old states deleted (p50/p99) over 100 rotations, and the
             datagrams lost (must be 0) between a guest and a server beyond

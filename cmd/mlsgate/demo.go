@@ -744,7 +744,7 @@ func runScenario(ctx context.Context, out io.Writer, appsDir string, xo xenDemoO
 	}
 
 	fmt.Fprintf(out, "\n%d. The loader rotates the %s browser's SAs (make-before-break), and the browser reads a page again:\n", step, home.Name)
-	if err := rotateOnce(ctx, out, v.loader, &browser); err != nil {
+	if err := rotateOnce(ctx, out, v.loader, &browser, hostX.States); err != nil {
 		return err
 	}
 	s.read(&browser, home, first, "read "+first.Server.Name+" page after the SA rotation")

@@ -193,6 +193,7 @@ without a policy yet is reached.`,
 	f.DurationVar(&rotation.Jitter, "sa-jitter", rotation.Jitter, "rotate up to this much before --sa-lifetime, drawn per guest")
 	f.DurationVar(&rotation.Grace, "sa-grace", rotation.Grace, "keep old inbound SAs this long after the outbound switch")
 	f.Uint64Var(&rotation.SoftPackets, "sa-soft-packets", rotation.SoftPackets, "rotate a guest when one of its SAs carried this many packets (kernel soft limit; at most 2^31, the sequence-number headroom)")
+	f.Uint64Var(&rotation.MinSeqHeadroom, "sa-min-seq-headroom", rotation.MinSeqHeadroom, "rotate a guest when one of its host SAs has fewer sequence numbers left than this, read back every check (SAs without ESN: 2^32-1 less the highest used; 0: off)")
 	f.Uint64Var(&rotation.SoftBytes, "sa-soft-bytes", rotation.SoftBytes, "rotate a guest when one of its SAs carried this many bytes (kernel soft limit; 0: none)")
 	f.BoolVar(&noRotation, "no-sa-rotation", false, "never rotate SAs (keys live as long as the guest)")
 	f.StringVar(&qemuKernel, "qemu-kernel", "", "guest kernel for --backend qemu")

@@ -73,9 +73,9 @@ guest, the result and the time from the request to the old states deleted.`,
 				cmd.OutOrStdout().Write(b)
 			} else {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "GUEST\tRESULT\tTOOK\tOLD SPIS\tNEW SPIS\tERROR")
+				fmt.Fprintln(tw, "GUEST\tRESULT\tTOOK\tOLD SPIS\tNEW SPIS\tERROR\tSTEPS")
 				for _, r := range out.Rotations {
-					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\n", r.Guest, r.Result, r.Took.Round(time.Millisecond), spiList(r.OldSPIs), spiList(r.NewSPIs), r.Error)
+					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\n", r.Guest, r.Result, r.Took.Round(time.Millisecond), spiList(r.OldSPIs), spiList(r.NewSPIs), orDash(r.Error), rotationSteps(r.Steps))
 				}
 				tw.Flush()
 			}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/mlsgate/mlsgate/agent"
 	"github.com/mlsgate/mlsgate/agent/xfrm"
+	"github.com/mlsgate/mlsgate/bench"
 	"github.com/mlsgate/mlsgate/label"
 	"github.com/mlsgate/mlsgate/loader"
 	"github.com/mlsgate/mlsgate/loader/updatedaemon"
@@ -531,6 +532,7 @@ func TestGuestSARotation(t *testing.T) {
 	// 100 rotations under traffic, by one loader process.
 	const rotations = 100
 	var lat []time.Duration
+	stepLat := map[string][]time.Duration{}
 	lp := w.startLoaderProc(t, w.run(loaderRun{rotations: rotations}))
 	for {
 		l := lp.next(t, 60*time.Second)
@@ -546,6 +548,9 @@ func TestGuestSARotation(t *testing.T) {
 		}
 		if o.Kind == "rotate" {
 			lat = append(lat, o.Results[0].Took)
+			for _, st := range o.Results[0].Steps {
+				stepLat[st.Name] = append(stepLat[st.Name], st.Duration)
+			}
 			if len(lat)%25 == 0 {
 				t.Logf("%d rotations, the last took %v", len(lat), o.Results[0].Took.Round(time.Millisecond))
 			}
@@ -634,8 +639,16 @@ func TestGuestSARotation(t *testing.T) {
 	t.Logf("%d rotations (+%d with a kill -9) under traffic guest ↔ server through the host: latency trigger→old states deleted p50 %v p99 %v max %v (grace 50ms); s4 datagrams sent %d, at the server %d (lost %d), echoed back %d (lost %d); s12 sent %d, at the server %d; fast path: ingress allow_labeled +%d, egress allow_labeled +%d, ingress deny_label_range +%d, other denials %v",
 		rotations, len(killLat), p(0.5), p(0.99), lat[len(lat)-1], sent, atServer, sent-atServer, atClient, atServer-atClient,
 		dSent, dServer, delta("ingress", "allow_labeled"), delta("egress", "allow_labeled"), delta("ingress", "deny_label_range"), denials)
+	var steps []loader.Step
+	for _, name := range loader.RotationSteps {
+		if d := stepLat[name]; len(d) > 0 {
+			slices.Sort(d)
+			steps = append(steps, loader.Step{Name: name, Duration: d[len(d)/2]})
+		}
+	}
+	t.Logf("median per step: %v", steps)
 	if out := os.Getenv(rotationBenchEnv); out != "" {
-		b, _ := json.Marshal(rotationBench{Rotations: rotations, P50: p(0.5), P99: p(0.99), Max: lat[len(lat)-1], Grace: 50 * time.Millisecond,
+		b, _ := json.Marshal(bench.RotationResult{StepP50: steps, Rotations: rotations, P50: p(0.5), P99: p(0.99), Max: lat[len(lat)-1], Grace: 50 * time.Millisecond,
 			Sent: sent, AtServer: atServer, Echoed: atClient, Mislabeled: len(flow.mislabeled), DeniedSent: dSent, DeniedArrived: dServer,
 			AllowIn: delta("ingress", "allow_labeled"), AllowOut: delta("egress", "allow_labeled"), DenyRange: delta("ingress", "deny_label_range"), Denials: denials})
 		if err := os.WriteFile(out, b, 0o644); err != nil {
@@ -671,27 +684,10 @@ func TestGuestSARotation(t *testing.T) {
 }
 
 // rotationBenchEnv names the file (in the guest) where the test writes
-// its measurements for 'mlsgate bench rotation' (bench.RotationResult's
-// layout), which then runs the 100 rotations alone.
+// its measurements for 'mlsgate bench rotation' (a bench.RotationResult;
+// the bench adds the kernel and the machine), which then runs the 100
+// rotations alone.
 const rotationBenchEnv = "MLSGATE_ROTATION_BENCH"
-
-type rotationBench struct {
-	Rotations     int            `json:"rotations"`
-	P50           time.Duration  `json:"p50_ns"`
-	P99           time.Duration  `json:"p99_ns"`
-	Max           time.Duration  `json:"max_ns"`
-	Grace         time.Duration  `json:"grace_ns"`
-	Sent          int            `json:"sent"`
-	AtServer      int            `json:"at_server"`
-	Echoed        int            `json:"echoed"`
-	Mislabeled    int            `json:"mislabeled"`
-	DeniedSent    int            `json:"denied_sent"`
-	DeniedArrived int            `json:"denied_arrived"`
-	AllowIn       int            `json:"allow_labeled_ingress"`
-	AllowOut      int            `json:"allow_labeled_egress"`
-	DenyRange     int            `json:"deny_label_range"`
-	Denials       map[string]int `json:"other_denials"`
-}
 
 // loaderOnce runs a loader process to its end and returns its last
 // rotation's result.

@@ -71,8 +71,13 @@ var _ loader.Backend = (*Netns)(nil)
 // (credDir/CRLFile).
 // Netns uses it by default; InitScript starts the in-guest daemon with the
 // same flags.
+//
+// Every setting is a flag and --config is "": a daemon of the netns backend
+// runs on the host's filesystem, and must not pick up the host's own
+// /etc/mlsgate/updated.yaml (nor a guest's daemon a file in its image).
 func DaemonArgs(listen, credDir, stateDir string) []string {
 	return []string{"updated",
+		"--config", "",
 		"--listen", listen,
 		"--cert", filepath.Join(credDir, CertFile),
 		"--key", filepath.Join(credDir, KeyFile),
@@ -80,6 +85,19 @@ func DaemonArgs(listen, credDir, stateDir string) []string {
 		"--crl", filepath.Join(credDir, CRLFile),
 		"--state-dir", stateDir,
 	}
+}
+
+// daemonEnv is the environment of a guest's update daemon: the loader's,
+// without any MLSGATE_ variable, so that none of the host's daemon
+// settings (MLSGATE_UPDATED_LISTEN, say) reaches a guest's daemon.
+func daemonEnv(environ []string) []string {
+	out := make([]string, 0, len(environ))
+	for _, e := range environ {
+		if !strings.HasPrefix(e, "MLSGATE_") {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Name is "netns".
@@ -200,6 +218,7 @@ func (n *Netns) Boot(ctx context.Context, spec loader.BootSpec) (_ *loader.Guest
 		return nil, fmt.Errorf("netns backend: daemon log: %w", err)
 	}
 	cmd := exec.Command(n.ipCmd(), append([]string{"netns", "exec", ns, n.Binary}, args...)...)
+	cmd.Env = daemonEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logf, logf
 	ch, err := startChild(cmd)
 	logf.Close() // the child has its own descriptor

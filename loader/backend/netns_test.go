@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,5 +233,21 @@ func assertGone(t *testing.T, hostNS, state string, vm uint32, pid int) {
 	}
 	if pid != 0 && alive(pid) {
 		t.Errorf("daemon pid %d of vm%d still runs", pid, vm)
+	}
+}
+
+// TestDaemonSettingsOnlyFromFlags: a netns guest's update daemon runs on
+// the host's filesystem with the loader's environment; neither the host's
+// /etc/mlsgate/updated.yaml nor an MLSGATE_ variable of the loader's may
+// set anything of it.
+func TestDaemonSettingsOnlyFromFlags(t *testing.T) {
+	args := DaemonArgs("10.71.0.7:7071", "/creds", "/state")
+	i := slices.Index(args, "--config")
+	if i < 0 || i+1 >= len(args) || args[i+1] != "" {
+		t.Fatalf("daemon args %q: want --config \"\" (no file)", args)
+	}
+	env := daemonEnv([]string{"PATH=/usr/bin", "MLSGATE_UPDATED_LISTEN=0.0.0.0:7071", "MLSGATE_LOADER_STATE_DIR=/x", "HOME=/root", "XMLSGATE_Y=1"})
+	if want := []string{"PATH=/usr/bin", "HOME=/root", "XMLSGATE_Y=1"}; !slices.Equal(env, want) {
+		t.Errorf("daemon environment %q, want %q", env, want)
 	}
 }

@@ -218,7 +218,7 @@ func TestInitScript(t *testing.T) {
 	for _, want := range []string{
 		"mlsgate.addr=*) ADDR=${w#mlsgate.addr=}", "mlsgate.gw=*)", "mlsgate.port=*)",
 		"for m in virtio_pci /lib/modules/extra/virtio_net.ko; do",
-		`/sbin/mlsgate updated --listen "$LISTEN" --cert /etc/mlsgate/updated/cert.pem --key /etc/mlsgate/updated/key.pem --ca /etc/mlsgate/updated/ca.pem --crl /etc/mlsgate/updated/crl.pem --state-dir /var/lib/mlsgate/updated &`,
+		`/sbin/mlsgate updated --config '' --listen "$LISTEN" --cert /etc/mlsgate/updated/cert.pem --key /etc/mlsgate/updated/key.pem --ca /etc/mlsgate/updated/ca.pem --crl /etc/mlsgate/updated/crl.pem --state-dir /var/lib/mlsgate/updated &`,
 		"IF=eth0", `IP=${ADDR%/*}`,
 	} {
 		if !strings.Contains(s, want) {
@@ -265,7 +265,7 @@ func TestNetnsBootRefusesBadSpec(t *testing.T) {
 // leaves SELinux alone.
 func TestInitScriptSELinux(t *testing.T) {
 	s := InitScript(InitOptions{SELinux: true})
-	load, daemon := strings.Index(s, "if ! load_policy; then"), strings.Index(s, "updated --listen")
+	load, daemon := strings.Index(s, "if ! load_policy; then"), strings.Index(s, "mlsgate updated ")
 	if load < 0 || daemon < 0 || load > daemon {
 		t.Errorf("load_policy must run before the daemon starts:\n%s", s)
 	}

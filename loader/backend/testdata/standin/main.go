@@ -47,8 +47,12 @@ func run() error {
 	mute := fs.Bool("mute", false, "never listen")
 	ignoreTerm := fs.Bool("ignore-term", false, "ignore SIGTERM")
 	fs.Bool("semodule", false, "accepted as the real daemon does; the stand-in installs nothing")
+	config := fs.String("config", "-", `configuration file; the backends pass "" (none)`)
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
+	}
+	if *config != "" {
+		return fmt.Errorf("--config %q: the backends start the daemon with --config \"\", so that no host or image file sets it", *config)
 	}
 	if _, err := os.ReadFile(*crlF); err != nil {
 		return fmt.Errorf("--crl: %w", err)
