@@ -115,6 +115,22 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// crashLines is the start of the first crash report in s (a Go panic or
+// fatal error, a kernel panic or OOM kill) and the n lines after it, or ""
+// when s holds none: the tail of a log shows only the end of a goroutine
+// dump, never why it was written.
+func crashLines(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		for _, m := range []string{"panic:", "fatal error:", "Kernel panic", "Out of memory", "oom-kill", "SIGSEGV", "SIGQUIT"} {
+			if strings.Contains(l, m) {
+				return strings.Join(lines[i:min(len(lines), i+n+1)], "\n")
+			}
+		}
+	}
+	return ""
+}
+
 // lineLog writes whole lines to the test log as they come.
 type lineLog struct {
 	t      *testing.T
@@ -145,5 +161,15 @@ func (l *lineLog) flush() {
 	if l.buf.Len() > 0 {
 		l.t.Log(l.prefix + l.buf.String())
 		l.buf.Reset()
+	}
+}
+
+func TestCrashLines(t *testing.T) {
+	log := "boot\nok\nfatal error: runtime: out of memory\n\ngoroutine 1 [running]:\nmain.f()\n"
+	if got := crashLines(log, 2); got != "fatal error: runtime: out of memory\n\ngoroutine 1 [running]:" {
+		t.Errorf("crashLines = %q", got)
+	}
+	if got := crashLines("boot\nok\n", 5); got != "" {
+		t.Errorf("crashLines of a clean log = %q", got)
 	}
 }

@@ -130,6 +130,9 @@ func TestPrivilegedXenDemo(t *testing.T) {
 		}
 		for name, s := range res.Files {
 			if strings.HasPrefix(name, "guest-") {
+				if c := crashLines(s, 15); c != "" {
+					t.Logf("%s holds a crash report:\n%s", name, c)
+				}
 				t.Logf("%s:\n%s", name, lastLines(s, 25))
 			}
 		}
