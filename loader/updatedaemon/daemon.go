@@ -130,6 +130,8 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, errors.New("updated: the TLS configuration does not require a client certificate from the CA; make it with ServerTLS")
 	case cfg.TLS.MinVersion < tls.VersionTLS13:
 		return nil, errors.New("updated: the TLS configuration allows versions below TLS 1.3; make it with ServerTLS")
+	case !cfg.TLS.SessionTicketsDisabled && cfg.TLS.UnwrapSession == nil:
+		return nil, errors.New("updated: the TLS configuration resumes sessions without binding them to the daemon's certificate; make it with ServerTLS")
 	case cfg.Applier == nil:
 		return nil, errors.New("updated: no Applier")
 	case cfg.Identity.Name == "" || len(cfg.Identity.Addrs) == 0:
