@@ -436,7 +436,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	pa := &poolAdapter{p: p, pauser: pauser}
 	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits, StepTimeout: s.StepTimeout,
 		ReadyBasis: readyBasis(authority.CertPEM())},
-		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
+		&policystore.Catalog{Store: st}, nil, pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
