@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/internal/httpjson"
-	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
 )
@@ -485,7 +484,7 @@ func checkContent(b *policystore.Bundle) error {
 			return bad(fmt.Errorf("certificate %s carries a %s private key, which must never reach a guest; push Bundle.GuestPart()", c.Name, c.Kind))
 		}
 	}
-	if _, err := mapper.ParsePolicy(mapperName(b), []byte(b.MapperPolicy)); err != nil {
+	if _, err := parseMapperPolicy(mapperName(b), []byte(b.MapperPolicy)); err != nil {
 		return bad(fmt.Errorf("label-mapper policy: %w", err))
 	}
 	seenS := map[saKey]int{}
