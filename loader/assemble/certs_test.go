@@ -228,3 +228,19 @@ func TestLoadIssuesNoCertificateTheGuestIgnores(t *testing.T) {
 		}
 	}
 }
+
+// TestDestroyedGuestsNumberIsReused: once a served guest is destroyed (its
+// certificate revoked), the next boot may take its VM number again. A
+// bundle's own Guest certificate (named <guest>.<application>, never
+// revoked) used to keep the number taken for the certificate's lifetime.
+func TestDestroyedGuestsNumberIsReused(t *testing.T) {
+	rig := newSPIRig(t, 1024)
+	first := rig.load("http://ws1.analyst.example/profile")
+	if err := rig.r.Pool.Remove(context.Background(), first.Guest.VM); err != nil {
+		t.Fatal(err)
+	}
+	second := rig.load("http://ws1.analyst.example/profile")
+	if second.How != "boot" || second.Guest.VM != first.Guest.VM {
+		t.Errorf("after destroying vm%d the next load took vm%d by %s, want vm%d again by boot", first.Guest.VM, second.Guest.VM, second.How, first.Guest.VM)
+	}
+}
