@@ -586,8 +586,12 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {
 
 func (d *Daemon) handleBundle(w http.ResponseWriter, r *http.Request) {
 	rep, err := d.receive(w, r)
+	// The loader has its answer before OnPush runs: OnPush logs, and a
+	// guest's log may be a console that takes tens of milliseconds a
+	// line under emulation.
 	if d.cfg.OnPush != nil {
-		d.cfg.OnPush(r.RemoteAddr, rep, err)
+		defer d.cfg.OnPush(r.RemoteAddr, rep, err)
+		defer http.NewResponseController(w).Flush() //nolint:errcheck // a failed flush is the loader's broken connection
 	}
 	if err == nil {
 		writeJSON(w, http.StatusOK, rep)
