@@ -1116,8 +1116,10 @@ func FormatVMStart(r *VMStartResult) string {
 What the phases include:
 - Configure/Load Policy: the loader's steps on the real policy store, CA and pool:
   resolve the URL, authorize the host as caller, acquire a guest (pre-loaded: take
-  over the idle guest), bundle (SPIs, guest certificate, SELinux modules compiled
-  with checkmodule, XFRM SAs and policies, mapper policy), compliance, push the
+  over the idle guest), bundle (SPIs, SELinux modules, XFRM SAs and policies,
+  mapper policy; no certificates: the guest's daemon presents the one of its
+  boot), compliance (with the modules compiled by checkmodule, once per module
+  text, at the loader's start in the background), push the
   guest policy to its update daemon over mutual TLS (the daemon applies modules,
   mapper policy and XFRM in the guest's kernel before it answers), host policy
   (the guest's range, SAs and peers into the agent's BPF maps; the host's modules
@@ -1129,7 +1131,10 @@ What the phases include:
   the guest's update daemon accepts TCP); then, in both scenarios, the first
   answer: a fresh TCP connection and TLS handshake from the host to the guest's
   daemon through the fast path on its vif, whose status must name the bundle just
-  pushed. There is no browser: the paper's page load is not reproduced.
+  pushed. The handshake resumes the session of the loader's last connection to
+  the daemon (its push's): the hybrid post-quantum key exchange is done again,
+  the certificates are not signed and verified again, and both ends check
+  revocation, validity and names again. There is no browser: the paper's page load is not reproduced.
 - The pool's refill boots the idle guest before the pre-loaded load; its time is
   shown apart and is in no total.
 - Ready pool: the application asks for one ready guest (pool: {ready: 1}); the

@@ -50,6 +50,10 @@ type Host struct {
 	Lifetime xfrm.Lifetime
 	// SELinux installs the bundle's host modules; nil skips them.
 	SELinux func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error)
+	// Precompile, if set, compiles host modules ahead of their first
+	// install without installing them (Loader.Precompile); SELinux is
+	// then expected to find the result.
+	Precompile func(ctx context.Context, mods []selinux.Module) error
 
 	mu        sync.Mutex
 	peers     map[string][]agent.PeerSpec // by guest interface
@@ -374,6 +378,14 @@ func (h *Host) Apply(ctx context.Context, g *Guest, app *policystore.Application
 		}
 	}
 	return rollback, nil
+}
+
+// PrecompileModules calls Precompile, if set (ModulePrecompiler).
+func (h *Host) PrecompileModules(ctx context.Context, mods []selinux.Module) error {
+	if h.Precompile == nil {
+		return nil
+	}
+	return h.Precompile(ctx, mods)
 }
 
 func ignoreGone(err error) error {

@@ -82,7 +82,6 @@ type Loader struct {
 	cfg       Config
 	catalog   *policystore.Catalog
 	templates *policystore.Templates
-	issuer    policystore.Issuer
 	pool      Pool
 	push      Pusher
 	host      HostSide
@@ -105,7 +104,7 @@ type Loader struct {
 }
 
 // New builds a loader from its parts.
-func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer policystore.Issuer, pool Pool, push Pusher, host HostSide) (*Loader, error) {
+func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, pool Pool, push Pusher, host HostSide) (*Loader, error) {
 	if cat == nil || pool == nil || push == nil || host == nil {
 		return nil, errors.New("loader.New: catalog, pool, pusher and host side are required")
 	}
@@ -120,7 +119,7 @@ func New(cfg Config, cat *policystore.Catalog, t *policystore.Templates, issuer 
 		return nil, err
 	}
 	cfg.Limits = lim
-	return &Loader{cfg: cfg, catalog: cat, templates: t, issuer: issuer, pool: pool, push: push, host: host,
+	return &Loader{cfg: cfg, catalog: cat, templates: t, pool: pool, push: push, host: host,
 		now: time.Now, spiInUse: map[uint32]string{}, held: map[string]HeldGuest{},
 		activeBy: map[string]int{}, activeApp: map[string]int{}, fresh: map[string]map[uint32]bool{}, metrics: newLoadMetrics()}, nil
 }
@@ -343,7 +342,14 @@ func (l *Loader) configure(app *policystore.Application, g *Guest, step func(str
 		upstream := "http://" + netip.AddrPortFrom(g.HostAddr, port).String()
 		req := policystore.BundleRequest{
 			Guest: g.Name, GuestAddr: g.Addr, HostAddr: g.HostAddr, MapperUpstream: upstream,
-			Issuer: l.issuer, Now: l.now(),
+			Now: l.now(),
+			// The bundle carries no certificates: the guest's update
+			// daemon presents the Guest certificate of its boot (issued
+			// per guest, revoked at its teardown) and installs none of a
+			// bundle's, and no server is given keys through the loader.
+			// Each one issued was a key, a signature and two fsyncs on
+			// the load's path, and a record in the CA never revoked.
+			NoCertificatesBecause: "the guest's update daemon presents the certificate of its boot, and the servers' certificates are not the loader's to deliver",
 		}
 		var spis []uint32
 		req.SPI = func() (uint32, error) {

@@ -200,7 +200,7 @@ func newRig(t *testing.T, sys policystore.SystemPolicy) *rig {
 	r := &rig{pool: newFakePool(), push: &fakePusher{}, agent: &fakeAgent{}, xfrm: newFakeXFRM()}
 	r.host = &Host{Agent: r.agent, XFRM: r.xfrm}
 	r.l, err = New(Config{Template: "debian", System: sys, SPIBase: 0xc0000000, SPISlots: 4096},
-		&policystore.Catalog{Store: st}, nil, nil, r.pool, r.push, r.host)
+		&policystore.Catalog{Store: st}, nil, r.pool, r.push, r.host)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,8 @@ import (
 // application's first configuration only.
 type moduleChecks struct {
 	mu   sync.Mutex
-	done map[[32]byte]error // by module digest: nil compiled, else why not
+	done map[[32]byte]error         // by module digest: nil compiled, else why not
+	busy map[[32]byte]chan struct{} // by module digest: a compile in progress, closed when it ends
 }
 
 // ModuleDigest names what a module's compile depends on (moduleDigest), for
@@ -65,50 +66,71 @@ func compileText(text string) string {
 // toolchain on the host nothing is compiled and nothing is refused (the
 // host's own modules are handled as Host.SELinux handles them).
 func (c *moduleChecks) check(ctx context.Context, b *policystore.Bundle) error {
-	var todo []selinux.Module
-	c.mu.Lock()
-	if c.done == nil {
-		c.done = map[[32]byte]error{}
-	}
 	for _, m := range b.Modules {
 		if m.Target != selinux.TargetGuest {
 			continue
 		}
-		if err, ok := c.done[moduleDigest(m)]; ok {
-			if err != nil {
-				c.mu.Unlock()
-				return err
-			}
-			continue
+		if err := c.compile(ctx, m); err != nil {
+			return err
 		}
-		todo = append(todo, m)
+	}
+	return nil
+}
+
+// compile compiles m unless a module of its digest was compiled before.
+// A compile of the same digest in progress (the precompile at the
+// loader's start, or another load) is waited for rather than run twice
+// at once; if it ends without a verdict (cut short), this one compiles.
+func (c *moduleChecks) compile(ctx context.Context, m selinux.Module) error {
+	d := moduleDigest(m)
+	c.mu.Lock()
+	if c.done == nil {
+		c.done, c.busy = map[[32]byte]error{}, map[[32]byte]chan struct{}{}
+	}
+	if ch, ok := c.busy[d]; ok {
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	if err, ok := c.done[d]; ok {
+		c.mu.Unlock()
+		return err
+	}
+	ch := make(chan struct{})
+	if _, ok := c.busy[d]; !ok {
+		c.busy[d] = ch
 	}
 	c.mu.Unlock()
-	if len(todo) == 0 {
-		return nil
-	}
+	defer func() {
+		c.mu.Lock()
+		if c.busy[d] == ch {
+			delete(c.busy, d)
+		}
+		c.mu.Unlock()
+		close(ch)
+	}()
+
 	dir, err := os.MkdirTemp("", "mlsgate-guest-modules-")
 	if err != nil {
 		return fmt.Errorf("guest modules: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	for _, m := range todo {
-		_, err := m.Package(ctx, dir)
-		if errors.Is(err, selinux.ErrNoToolchain) {
-			return nil
-		}
-		if err != nil && ctx.Err() != nil {
-			return err // cut short, not refused: try again next time
-		}
-		if err != nil {
-			err = fmt.Errorf("guest module %s does not compile: %w", m.Name, err)
-		}
-		c.mu.Lock()
-		c.done[moduleDigest(m)] = err
-		c.mu.Unlock()
-		if err != nil {
-			return err
-		}
+	_, err = m.Package(ctx, dir)
+	if errors.Is(err, selinux.ErrNoToolchain) {
+		return nil
 	}
-	return nil
+	if err != nil && ctx.Err() != nil {
+		return err // cut short, not refused: try again next time
+	}
+	if err != nil {
+		err = fmt.Errorf("guest module %s does not compile: %w", m.Name, err)
+	}
+	c.mu.Lock()
+	c.done[d] = err
+	c.mu.Unlock()
+	return err
 }

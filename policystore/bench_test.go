@@ -1,10 +1,14 @@
 package policystore
 
 import (
+	"flag"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/mlsgate/mlsgate/policystore/ca"
 )
 
 // BenchmarkGenerateBundle is the policy store's share of the configuration
@@ -92,4 +96,41 @@ func BenchmarkCatalogAuthorityMiss(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+var bundleStep = flag.Bool("bundlestep", false, "time bundle generation with the CA's certificates (as the loader's bundle step did) against without")
+
+// TestBundleStepTimes times the analyst bundle's generation with
+// certificates from a CA on disk (a key, a signature and a record written
+// with two fsyncs per certificate: three servers and the guest) against
+// the same without certificates, as the loader's bundle step now makes
+// it. It only reports (median of 21, and the ratio); run it with
+// -bundlestep.
+func TestBundleStepTimes(t *testing.T) {
+	if !*bundleStep {
+		t.Skip("a measurement: run with -bundlestep")
+	}
+	authority, err := ca.Open(filepath.Join(t.TempDir(), "ca"), ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer authority.Close()
+	app := analystApp(t)
+	median := func(issuer Issuer) time.Duration {
+		var ds []time.Duration
+		for range 21 {
+			req := analystRequest()
+			req.Issuer = issuer
+			req.SPI = counterSPI(0x4000)
+			t0 := time.Now()
+			if _, err := GenerateBundle(app, req, nil); err != nil {
+				t.Fatal(err)
+			}
+			ds = append(ds, time.Since(t0))
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	with, without := median(CAIssuer(authority, time.Hour)), median(nil)
+	t.Logf("bundle with the CA's 4 certificates: median %v; without: %v (%.1f%% of it)", with, without, 100*float64(without)/float64(with))
 }

@@ -105,6 +105,9 @@ type BundleRequest struct {
 	// Issuer issues the certificates; nil means a bundle without
 	// certificates (Bundle.Notes says so).
 	Issuer Issuer
+	// NoCertificatesBecause, with Issuer nil, is why the bundle needs no
+	// certificates, said in its notes in place of the generic note.
+	NoCertificatesBecause string
 	// Version is the bundle's version, chosen by the caller and
 	// increasing; it must not be 0.
 	Version uint64
@@ -824,7 +827,11 @@ func checkMapperPolicy(text string) (int, error) {
 func (g *generator) certificates() ([]Certificate, []ServerKey, error) {
 	iss := g.req.Issuer
 	if iss == nil {
-		g.notef("no certificate issuer was given: the bundle has no certificates, so the servers and the guest must be authenticated by other means")
+		if why := g.req.NoCertificatesBecause; why != "" {
+			g.notef("the bundle has no certificates: %s", why)
+		} else {
+			g.notef("no certificate issuer was given: the bundle has no certificates, so the servers and the guest must be authenticated by other means")
+		}
 		return nil, nil, nil
 	}
 	var certs []Certificate

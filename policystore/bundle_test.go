@@ -261,6 +261,14 @@ func TestBundleWithoutIssuer(t *testing.T) {
 	if !strings.Contains(strings.Join(b.Notes, "\n"), "no certificate issuer") {
 		t.Errorf("notes do not say there are no certificates: %q", b.Notes)
 	}
+	req.NoCertificatesBecause = "the guest presents the certificate of its boot"
+	if b, err = GenerateBundle(analystApp(t), req, nil); err != nil {
+		t.Fatal(err)
+	}
+	notes := strings.Join(b.Notes, "\n")
+	if !strings.Contains(notes, "no certificates: the guest presents the certificate of its boot") || strings.Contains(notes, "no certificate issuer") {
+		t.Errorf("notes with a reason for no certificates: %q", b.Notes)
+	}
 }
 
 func TestBundleNotesSkippedLabels(t *testing.T) {

@@ -153,6 +153,13 @@ func runUpdated(ctx context.Context, o updatedOptions, log *slog.Logger) error {
 	} else {
 		log.Info("cipher warm-up", "took", took)
 	}
+	// And the push's own code paths (decode, checks, mapper policy
+	// parse, state encoding): their first run is slow under emulation.
+	if took, err := updatedaemon.WarmPush(); err != nil {
+		log.Warn("push warm-up", "error", err, "took", took)
+	} else {
+		log.Info("push warm-up", "took", took)
+	}
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)

@@ -6,6 +6,7 @@ package httpjson
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
 )
 
 // Write answers with v as compact JSON and the status.
@@ -37,6 +38,9 @@ func write(w http.ResponseWriter, status int, data []byte, err error) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
+	// The whole answer is known: say its length, so that a handler
+	// that flushes it early sends it whole, not chunked and unended.
+	h.Set("Content-Length", strconv.Itoa(len(data)+1))
 	w.WriteHeader(status)
 	w.Write(append(data, '\n')) //nolint:errcheck // the peer hung up; nothing to tell it
 }

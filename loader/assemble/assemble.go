@@ -102,6 +102,11 @@ type Running struct {
 	// Warnings are problems Start met and worked around (a pool guest
 	// whose listener could not be reopened).
 	Warnings []string
+	// Precompiled is closed when the background compile of every
+	// application's SELinux modules (Loader.Precompile), started by
+	// Start, has ended; PrecompileErr is then what it could not compile.
+	Precompiled   <-chan struct{}
+	PrecompileErr error
 
 	closers []func()
 }
@@ -175,27 +180,35 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
 	v.closers = append(v.closers, v.Listeners.CloseAll)
 	hostSE := selinux.SELinux{Semodule: s.HostSemodule}
-	checked := &compiledModules{seen: map[[32]byte]selinux.ModuleReport{}}
-	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM, SELinux: func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error) {
-		// Where nothing is installed the modules are only compiled (a
-		// check): a module text compiled before needs no second compile.
-		checkOnly := !hostSE.Active() || !hostSE.Semodule
-		if checkOnly {
-			if rep, ok := checked.get(mods); ok {
-				return &rep, nil
-			}
-		}
+	checked := &compiledModules{seen: map[[32]byte]selinux.ModuleReport{}, busy: map[[32]byte]chan struct{}{}}
+	// Where nothing is installed the modules are only compiled (a check):
+	// a module text compiled before needs no second compile.
+	checkOnly := func() bool { return !hostSE.Active() || !hostSE.Semodule }
+	install := func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error) {
 		dir, err := os.MkdirTemp("", "mlsgate-modules-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		rep, err := hostSE.Install(ctx, mods, dir)
-		if err == nil && checkOnly && !rep.Loaded {
-			checked.put(mods, *rep)
-		}
-		return rep, err
-	}}
+		return hostSE.Install(ctx, mods, dir)
+	}
+	v.Host = &loader.Host{Agent: s.Agent, XFRM: s.HostXFRM,
+		SELinux: func(ctx context.Context, mods []selinux.Module) (*selinux.ModuleReport, error) {
+			if !checkOnly() {
+				return install(ctx, mods)
+			}
+			return checked.compile(ctx, mods, install)
+		},
+		// Compiled at start (Loader.Precompile), in the background: only
+		// where the modules are only compiled; semodule installs at load.
+		Precompile: func(ctx context.Context, mods []selinux.Module) error {
+			if !checkOnly() {
+				return nil
+			}
+			_, err := checked.compile(ctx, mods, install)
+			return err
+		},
+	}
 
 	// VM numbers: the lowest not used by a guest in the table and not
 	// named by a Guest certificate that is still valid and unrevoked (a
@@ -436,11 +449,22 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	pa := &poolAdapter{p: p, pauser: pauser}
 	l, err := loader.New(loader.Config{Template: "default", System: sys, SPIBase: s.SPIBase, SPISlots: s.SPISlots, MapperPort: s.APIPort, Limits: s.Limits, StepTimeout: s.StepTimeout,
 		ReadyBasis: readyBasis(authority.CertPEM())},
-		&policystore.Catalog{Store: st}, nil, policystore.CAIssuer(authority, CertTTL), pa, &pusher{c: push, certs: certs}, v.Host)
+		&policystore.Catalog{Store: st}, nil, pa, &pusher{c: push, certs: certs}, v.Host)
 	if err != nil {
 		return fail(err)
 	}
 	v.Loader = l
+	// Every application's modules are compiled now, in the background,
+	// rather than by its first load (seconds under emulation); a load
+	// that comes first waits for the compile it needs, or compiles.
+	pctx, stopPrecompile := context.WithCancel(context.WithoutCancel(ctx))
+	precompiled := make(chan struct{})
+	v.Precompiled = precompiled
+	go func() {
+		defer close(precompiled)
+		v.PrecompileErr = l.Precompile(pctx)
+	}()
+	v.closers = append(v.closers, func() { stopPrecompile(); <-precompiled })
 	// The SPIs of the guests that outlived a restart stay theirs: every
 	// SPI the kernel holds is reserved, and the SAs on a known guest's
 	// link are its own again (deleted, then freed, at its teardown).
@@ -626,10 +650,12 @@ func waitAttached(a loader.AgentAPI) func(ctx context.Context, g *loader.Guest) 
 // compiledModules remembers the host module sets compiled (checked only,
 // not installed), by their texts without version stamps
 // (loader.ModuleDigest): an application's every bundle carries the same
-// host modules but for the stamp.
+// host modules but for the stamp. A set being compiled (by the precompile
+// at start, or a load) is waited for, not compiled a second time at once.
 type compiledModules struct {
 	mu   sync.Mutex
 	seen map[[32]byte]selinux.ModuleReport
+	busy map[[32]byte]chan struct{} // closed when the compile ends
 }
 
 func modulesKey(mods []selinux.Module) [32]byte {
@@ -643,21 +669,48 @@ func modulesKey(mods []selinux.Module) [32]byte {
 	return k
 }
 
-func (c *compiledModules) get(mods []selinux.Module) (selinux.ModuleReport, bool) {
+// compile returns the report of mods' compile, from a compile of the same
+// texts before or in progress, else from run (remembered if it compiled
+// and loaded nothing). A compile in progress that ends without a result
+// (failed or cut short) leaves this call to run its own.
+func (c *compiledModules) compile(ctx context.Context, mods []selinux.Module, run func(context.Context, []selinux.Module) (*selinux.ModuleReport, error)) (*selinux.ModuleReport, error) {
+	k := modulesKey(mods)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	rep, ok := c.seen[modulesKey(mods)]
-	if ok {
+	if ch, ok := c.busy[k]; ok {
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		c.mu.Lock()
+	}
+	if rep, ok := c.seen[k]; ok {
+		c.mu.Unlock()
 		rep.Modules = nil
 		for _, m := range mods {
 			rep.Modules = append(rep.Modules, m.Name)
 		}
+		return &rep, nil
 	}
-	return rep, ok
-}
-
-func (c *compiledModules) put(mods []selinux.Module, rep selinux.ModuleReport) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.seen[modulesKey(mods)] = rep
+	ch := make(chan struct{})
+	if _, ok := c.busy[k]; !ok {
+		c.busy[k] = ch
+	}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.busy[k] == ch {
+			delete(c.busy, k)
+		}
+		c.mu.Unlock()
+		close(ch)
+	}()
+	rep, err := run(ctx, mods)
+	if err == nil && !rep.Loaded {
+		c.mu.Lock()
+		c.seen[k] = *rep
+		c.mu.Unlock()
+	}
+	return rep, err
 }

@@ -68,7 +68,7 @@ func bootsFor100Loads(t *testing.T, tc pool.TemplateConfig) (booted, served int)
 		t.Fatal(err)
 	}
 	l, err := loader.New(loader.Config{Template: "default", SPIBase: 0xc0000000, SPISlots: 65536},
-		&policystore.Catalog{Store: st}, nil, nil, &poolAdapter{p: p}, okPusher{}, &loader.Host{Agent: nullAgent{}})
+		&policystore.Catalog{Store: st}, nil, &poolAdapter{p: p}, okPusher{}, &loader.Host{Agent: nullAgent{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -192,3 +192,55 @@ func TestRevocationIsPublished(t *testing.T) {
 		t.Fatalf("vm%d booted with a CRL that does not list the destroyed guest's certificate", next.VM)
 	}
 }
+
+// TestLoadIssuesNoCertificateTheGuestIgnores: a load's bundle step issues
+// no certificate. The guest's update daemon keeps presenting the Guest
+// certificate of its boot and installs none of a bundle's, and no server
+// receives the bundle's server keys: each issued certificate was a key
+// generation, a signature and a durable write on the load's path, and a
+// record left in the CA. The CA holds the loader's certificate and one
+// Guest certificate per boot, named as the guest.
+func TestLoadIssuesNoCertificateTheGuestIgnores(t *testing.T) {
+	rig := newSPIRig(t, 1024)
+	before := map[string]bool{}
+	for _, rec := range rig.r.CA.Issued() {
+		before[rec.Serial.Text(16)] = true
+	}
+	res := rig.load("http://ws1.analyst.example/profile")
+	if res.How != "boot" {
+		t.Fatalf("load: %s, want a boot", res.How)
+	}
+	var issued []ca.Record
+	for _, rec := range rig.r.CA.Issued() {
+		// The rig's stand-in daemon listens on loopback with a
+		// certificate of its own (daemonBackend.Boot).
+		loopback := len(rec.IPs) == 1 && rec.IPs[0].IsLoopback()
+		if !before[rec.Serial.Text(16)] && !loopback {
+			issued = append(issued, rec)
+		}
+	}
+	if len(issued) != 1 {
+		t.Errorf("the load issued %d certificates, want 1 (the boot's): %+v", len(issued), issued)
+	}
+	for _, rec := range issued {
+		if rec.Kind != ca.Guest || rec.CommonName != res.Guest.Name {
+			t.Errorf("the load issued %s certificate %q, want only the booted guest's (%s)", rec.Kind, rec.CommonName, res.Guest.Name)
+		}
+	}
+}
+
+// TestDestroyedGuestsNumberIsReused: once a served guest is destroyed (its
+// certificate revoked), the next boot may take its VM number again. A
+// bundle's own Guest certificate (named <guest>.<application>, never
+// revoked) used to keep the number taken for the certificate's lifetime.
+func TestDestroyedGuestsNumberIsReused(t *testing.T) {
+	rig := newSPIRig(t, 1024)
+	first := rig.load("http://ws1.analyst.example/profile")
+	if err := rig.r.Pool.Remove(context.Background(), first.Guest.VM); err != nil {
+		t.Fatal(err)
+	}
+	second := rig.load("http://ws1.analyst.example/profile")
+	if second.How != "boot" || second.Guest.VM != first.Guest.VM {
+		t.Errorf("after destroying vm%d the next load took vm%d by %s, want vm%d again by boot", first.Guest.VM, second.Guest.VM, second.How, first.Guest.VM)
+	}
+}

@@ -87,7 +87,7 @@ func newReadyRig(t *testing.T) *readyRig {
 	r.store = st
 	r.open()
 	l, err := loader.New(loader.Config{Template: "default", SPIBase: 0xc0000000, SPISlots: 65536, ReadyBasis: "ca-1"},
-		&policystore.Catalog{Store: st}, nil, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
+		&policystore.Catalog{Store: st}, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestReadyPoolRestartResumesWithoutPushing(t *testing.T) {
 	before := r.ready()
 	r.open()
 	r.l, _ = loader.New(loader.Config{Template: "default", SPIBase: 0xc0000000, SPISlots: 65536, ReadyBasis: "ca-1"},
-		&policystore.Catalog{Store: r.store}, nil, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
+		&policystore.Catalog{Store: r.store}, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
 	if err := r.p.Refill(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +275,7 @@ func TestReadyPoolRestartResumesWithoutPushing(t *testing.T) {
 	// A new CA (another basis) makes them stale.
 	r.open()
 	r.l, _ = loader.New(loader.Config{Template: "default", SPIBase: 0xc0000000, SPISlots: 65536, ReadyBasis: "ca-2"},
-		&policystore.Catalog{Store: r.store}, nil, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
+		&policystore.Catalog{Store: r.store}, nil, &poolAdapter{p: r.p}, r.push, &loader.Host{Agent: nullAgent{}})
 	res, err = r.l.Load(ctx, loader.Caller{Host: true}, "http://feed.osint.example/today")
 	if err != nil {
 		t.Fatal(err)

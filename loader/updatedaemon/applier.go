@@ -142,10 +142,17 @@ func (a *SystemApplier) LoadMapperPolicy(name string, policy []byte) (MapperRepo
 	if a.Mapper == nil {
 		return MapperReport{}, errors.New("the daemon runs no label mapper")
 	}
-	if err := a.Mapper.LoadBytes(name, policy); err != nil {
-		return MapperReport{}, err
+	p, err := parseMapperPolicy(name, policy) // validation's parse, as a rule
+	if err != nil {
+		// LoadBytes parses again, to count the refusal in the
+		// mapper's statistics.
+		if err := a.Mapper.LoadBytes(name, policy); err != nil {
+			return MapperReport{}, err
+		}
+		return mapperReport(name, a.Mapper.Policy()), nil
 	}
-	return mapperReport(name, a.Mapper.Policy()), nil
+	a.Mapper.SetPolicy(p)
+	return mapperReport(name, p), nil
 }
 
 func mapperReport(name string, p *mapper.Policy) MapperReport {

@@ -50,9 +50,15 @@ type Client struct {
 	// guest's one emulated CPU each take twice as long).
 	warmMu  sync.Mutex
 	warming map[string]chan struct{}
-	// dials counts the connections opened (for tests).
-	dials atomic.Int32
+	// dials counts the connections opened, resumed those of them that
+	// resumed an earlier session (for tests).
+	dials, resumed atomic.Int32
 }
+
+// sessionCacheSize bounds the TLS sessions the Client keeps: one per guest
+// address (the cache is keyed by the address dialled), more than a host's
+// guests (VM numbers 2-254).
+const sessionCacheSize = 256
 
 func (c *Client) timeout() time.Duration {
 	if c.Timeout > 0 {
@@ -74,6 +80,14 @@ func (c *Client) init() error {
 		cfg := c.TLS.Clone()
 		if cfg.MinVersion < tls.VersionTLS13 {
 			cfg.MinVersion = tls.VersionTLS13
+		}
+		if cfg.ClientSessionCache == nil {
+			// A new connection to a guest resumes the session of the
+			// last one (its push's): the key exchange is done again but
+			// no certificate is signed or verified, and both ends check
+			// the other's certificate (revocation, validity, name)
+			// again in VerifyConnection.
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(sessionCacheSize)
 		}
 		d := &net.Dialer{Timeout: c.timeout(), KeepAlive: 30 * time.Second}
 		tr := &http.Transport{
@@ -99,6 +113,9 @@ func (c *Client) init() error {
 				if err := conn.HandshakeContext(ctx); err != nil {
 					raw.Close()
 					return nil, &handshakeError{err}
+				}
+				if conn.ConnectionState().DidResume {
+					c.resumed.Add(1)
 				}
 				return &recordingConn{Conn: conn, dial: t1.Sub(t0), handshake: time.Since(t1)}, nil
 			},

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/mlsgate/mlsgate/internal/httpjson"
-	"github.com/mlsgate/mlsgate/mapper"
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
 )
@@ -130,6 +129,8 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, errors.New("updated: the TLS configuration does not require a client certificate from the CA; make it with ServerTLS")
 	case cfg.TLS.MinVersion < tls.VersionTLS13:
 		return nil, errors.New("updated: the TLS configuration allows versions below TLS 1.3; make it with ServerTLS")
+	case !cfg.TLS.SessionTicketsDisabled && cfg.TLS.UnwrapSession == nil:
+		return nil, errors.New("updated: the TLS configuration resumes sessions without binding them to the daemon's certificate; make it with ServerTLS")
 	case cfg.Applier == nil:
 		return nil, errors.New("updated: no Applier")
 	case cfg.Identity.Name == "" || len(cfg.Identity.Addrs) == 0:
@@ -483,7 +484,7 @@ func checkContent(b *policystore.Bundle) error {
 			return bad(fmt.Errorf("certificate %s carries a %s private key, which must never reach a guest; push Bundle.GuestPart()", c.Name, c.Kind))
 		}
 	}
-	if _, err := mapper.ParsePolicy(mapperName(b), []byte(b.MapperPolicy)); err != nil {
+	if _, err := parseMapperPolicy(mapperName(b), []byte(b.MapperPolicy)); err != nil {
 		return bad(fmt.Errorf("label-mapper policy: %w", err))
 	}
 	seenS := map[saKey]int{}
@@ -585,8 +586,12 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, _ *http.Request) {
 
 func (d *Daemon) handleBundle(w http.ResponseWriter, r *http.Request) {
 	rep, err := d.receive(w, r)
+	// The loader has its answer before OnPush runs: OnPush logs, and a
+	// guest's log may be a console that takes tens of milliseconds a
+	// line under emulation.
 	if d.cfg.OnPush != nil {
-		d.cfg.OnPush(r.RemoteAddr, rep, err)
+		defer d.cfg.OnPush(r.RemoteAddr, rep, err)
+		defer http.NewResponseController(w).Flush() //nolint:errcheck // a failed flush is the loader's broken connection
 	}
 	if err == nil {
 		writeJSON(w, http.StatusOK, rep)

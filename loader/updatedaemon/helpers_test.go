@@ -113,6 +113,7 @@ type daemonOpts struct {
 	stateDir string
 	crlFile  string
 	fake     *FakeApplier
+	onPush   func(remote string, rep *Report, err error)
 }
 
 func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
@@ -142,6 +143,7 @@ func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
 		StateDir: o.stateDir,
 		Applier:  o.fake,
 		ErrorLog: log.New(errLog, "", 0),
+		OnPush:   o.onPush,
 	}
 	if o.crlFile != "" {
 		cfg.InstallCRL = v.InstallCRL

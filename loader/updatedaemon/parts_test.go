@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 )
 
 func partNames(ps []Part) []string {
@@ -113,5 +114,28 @@ func TestPushWaitsForTheConnectInProgress(t *testing.T) {
 	}
 	if n := h.client.dials.Load(); n != 1 {
 		t.Errorf("%d connections opened for a Connect and a push at the same time, want 1", n)
+	}
+}
+
+// TestAnswerBeforeOnPush: the loader has the push's report before OnPush
+// (the daemon's log line) runs, so a slow log is not on the push's path.
+func TestAnswerBeforeOnPush(t *testing.T) {
+	p := newPKI(t)
+	answered := make(chan struct{})
+	done := make(chan bool, 1)
+	h := startDaemon(t, p, daemonOpts{onPush: func(string, *Report, error) {
+		select {
+		case <-answered:
+			done <- true
+		case <-time.After(5 * time.Second): // bounds the old order's wait
+			done <- false
+		}
+	}})
+	if _, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000)); err != nil {
+		t.Fatal(err)
+	}
+	close(answered)
+	if !<-done {
+		t.Error("OnPush ran before the loader had the answer (the push waited for it)")
 	}
 }

@@ -2,6 +2,7 @@ package updatedaemon
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -303,8 +304,20 @@ func (v *Verifier) parseCRL(data []byte) (*crlInfo, error) {
 
 // ServerTLS is the daemon's TLS configuration: TLS 1.3 only, cert as its
 // own certificate, and a client certificate required and checked by v at
-// every handshake. Session tickets are off, so every connection is a full
-// handshake that sees the current CRL.
+// every handshake, a resumed one included (crypto/tls calls
+// VerifyConnection on resumption too, and checks the session's chain
+// against ClientCAs and the clock again; v then checks the name, validity
+// and the current CRL, so a revoked loader is refused on a resumed session
+// as on a full one).
+//
+// Session tickets are on: the loader's first request after a push (its
+// connection closed) resumes the push's session and skips the certificate
+// signatures and chain checks, which are most of a handshake's cost on an
+// emulated CPU; the key exchange (hybrid post-quantum) is done again, as
+// TLS 1.3 resumption in crypto/tls always does (psk_dhe_ke). A ticket is
+// bound to the certificate the daemon presented when it issued it: a
+// daemon given another certificate (rotated, or another guest's) never
+// resumes a session made under the old one, even with the same ticket keys.
 func ServerTLS(cert tls.Certificate, v *Verifier) (*tls.Config, error) {
 	if len(cert.Certificate) == 0 {
 		return nil, errors.New("the daemon has no certificate; give its Guest certificate and key (--cert, --key)")
@@ -322,14 +335,43 @@ func ServerTLS(cert tls.Certificate, v *Verifier) (*tls.Config, error) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: v.pool, CurrentTime: v.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		return nil, fmt.Errorf("daemon certificate %q does not verify against the CA the daemon trusts: %w; the loader would refuse it", leaf.Subject.CommonName, err)
 	}
-	return &tls.Config{
-		MinVersion:             tls.VersionTLS13,
-		Certificates:           []tls.Certificate{cert},
-		ClientAuth:             tls.RequireAndVerifyClientCert,
-		ClientCAs:              v.pool,
-		Time:                   v.now,
-		VerifyConnection:       v.VerifyConnection,
-		SessionTicketsDisabled: true,
-		NextProtos:             []string{"http/1.1"},
-	}, nil
+	cfg := &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        v.pool,
+		Time:             v.now,
+		VerifyConnection: v.VerifyConnection,
+		NextProtos:       []string{"http/1.1"},
+	}
+	bindTickets(cfg, cert.Certificate[0])
+	return cfg, nil
+}
+
+// ticketBinding prefixes the Extra entry that binds a session ticket to
+// the daemon's certificate.
+const ticketBinding = "mlsgate-updated-cert:"
+
+// bindTickets makes cfg's session tickets carry the SHA-256 of own (the
+// daemon's certificate, DER) and resume only while cfg presents it. The
+// tickets are encrypted with cfg's own ticket keys (crypto/tls's, made at
+// random per process and rotated), so cfg must be the configuration that
+// serves (http.Server's clone shares them).
+func bindTickets(cfg *tls.Config, own []byte) {
+	sum := sha256.Sum256(own)
+	tag := append([]byte(ticketBinding), sum[:]...)
+	cfg.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		ss.Extra = append(ss.Extra, tag)
+		return cfg.EncryptTicket(cs, ss)
+	}
+	cfg.UnwrapSession = func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, err := cfg.DecryptTicket(identity, cs)
+		if err != nil || ss == nil {
+			return nil, err
+		}
+		if !slices.ContainsFunc(ss.Extra, func(e []byte) bool { return bytes.Equal(e, tag) }) {
+			return nil, nil // made under another certificate: a full handshake
+		}
+		return ss, nil
+	}
 }
