@@ -798,10 +798,7 @@ func TestAgentAdoptsPinsNamedBeforeListing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runAgent(t, a)
 	eventually(t, func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -813,4 +810,12 @@ func TestAgentAdoptsPinsNamedBeforeListing(t *testing.T) {
 	if ev := strings.Join(k.events(), ","); strings.Contains(ev, "detach 9") {
 		t.Fatalf("the pinned link of a live guest was detached on restart: %s", ev)
 	}
+}
+
+// runAgent runs a until the test ends.
+func runAgent(t *testing.T, a *Agent) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }

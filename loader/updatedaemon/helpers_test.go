@@ -3,6 +3,7 @@ package updatedaemon
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"log"
 	"net"
@@ -116,15 +117,11 @@ type daemonOpts struct {
 	onPush   func(remote string, rep *Report, err error)
 }
 
-func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
+// guestServerTLS is the daemon's TLS configuration with the guest's
+// certificate, trusting the test CA (and its CRL in crlFile, if set).
+func (p *pki) guestServerTLS(t *testing.T, crlFile string) (*tls.Config, *Verifier) {
 	t.Helper()
-	if o.stateDir == "" {
-		o.stateDir = filepath.Join(t.TempDir(), "state")
-	}
-	if o.fake == nil {
-		o.fake = &FakeApplier{}
-	}
-	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM(), CRLFile: o.crlFile})
+	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM(), CRLFile: crlFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +133,18 @@ func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tc, v
+}
+
+func startDaemon(t *testing.T, p *pki, o daemonOpts) *harness {
+	t.Helper()
+	if o.stateDir == "" {
+		o.stateDir = filepath.Join(t.TempDir(), "state")
+	}
+	if o.fake == nil {
+		o.fake = &FakeApplier{}
+	}
+	tc, v := p.guestServerTLS(t, o.crlFile)
 	errLog := &syncBuffer{}
 	cfg := Config{
 		TLS:      tc,

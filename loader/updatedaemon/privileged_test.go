@@ -69,18 +69,7 @@ func TestPrivilegedUpdatedXFRM(t *testing.T) {
 	contexts := selinux.Active()
 
 	p := newPKI(t)
-	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := p.guest.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := ServerTLS(cert, v)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc, _ := p.guestServerTLS(t, "")
 	d, err := New(Config{TLS: tc, Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}}, StateDir: t.TempDir(), Applier: ap})
 	if err != nil {
 		t.Fatal(err)

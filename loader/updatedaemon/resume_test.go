@@ -52,15 +52,7 @@ func TestResumptionRefusesARevokedLoader(t *testing.T) {
 	p := newPKI(t)
 	crl := p.writeCRL(t, filepath.Join(t.TempDir(), "crl.pem"))
 	h := startDaemon(t, p, daemonOpts{crlFile: crl})
-	if err := h.client.Connect(ctxT(t), h.addr); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.reconnect(t); err != nil {
-		t.Fatal(err)
-	}
-	if r := h.client.resumed.Load(); r != 1 {
-		t.Fatalf("%d connections resumed before the revocation, want 1 (the test needs a session to resume)", r)
-	}
+	h.resumeOnce(t)
 	if err := p.ca.Revoke(p.loader.Serial, ca.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
 	}
@@ -85,15 +77,7 @@ func TestResumptionRefusesARevokedLoader(t *testing.T) {
 func TestResumptionRefusesARevokedGuest(t *testing.T) {
 	p := newPKI(t)
 	h := startDaemon(t, p, daemonOpts{})
-	if err := h.client.Connect(ctxT(t), h.addr); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := h.reconnect(t); err != nil {
-		t.Fatal(err)
-	}
-	if r := h.client.resumed.Load(); r != 1 {
-		t.Fatalf("%d connections resumed before the revocation, want 1 (the test needs a session to resume)", r)
-	}
+	h.resumeOnce(t)
 	if err := p.ca.Revoke(p.guest.Serial, ca.ReasonCessationOfOperation); err != nil {
 		t.Fatal(err)
 	}
@@ -182,21 +166,25 @@ func TestResumptionNotAcrossDaemonCertificates(t *testing.T) {
 // without binding them to the daemon's certificate is refused.
 func TestNewRefusesUnboundTickets(t *testing.T) {
 	p := newPKI(t)
-	v, err := NewVerifier(VerifierConfig{CAPEM: p.ca.CertPEM()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := p.guest.TLSCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := ServerTLS(cert, v)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc, _ := p.guestServerTLS(t, "")
 	tc.WrapSession, tc.UnwrapSession = nil, nil
-	_, err = New(Config{TLS: tc, Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}}, StateDir: t.TempDir(), Applier: &FakeApplier{}})
+	_, err := New(Config{TLS: tc, Identity: Identity{Name: testGuestName, Addrs: []netip.Addr{testGuestAddr}}, StateDir: t.TempDir(), Applier: &FakeApplier{}})
 	if err == nil || !strings.Contains(err.Error(), "binding") {
 		t.Errorf("New with unbound session tickets: %v, want a refusal", err)
+	}
+}
+
+// resumeOnce connects and reconnects, so that the client holds a session
+// the daemon resumed once.
+func (h *harness) resumeOnce(t *testing.T) {
+	t.Helper()
+	if err := h.client.Connect(ctxT(t), h.addr); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.reconnect(t); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.client.resumed.Load(); r != 1 {
+		t.Fatalf("%d connections resumed before the revocation, want 1 (the test needs a session to resume)", r)
 	}
 }
