@@ -144,8 +144,16 @@ func TestUpdatedCommand(t *testing.T) {
 	if err != nil || a.Label.String() != "s10/i8" || a.Source != mapper.SourceRule {
 		t.Errorf("the guest mapper answers %+v, %v; want s10/i8 from the pushed rule", a, err)
 	}
-	if !strings.Contains(stderr.String(), `"msg":"bundle applied"`) {
-		t.Errorf("the push was not logged:\n%s", stderr.String())
+	// The daemon answers the push before it logs it (the log may be a slow
+	// console): wait, bounded, for the line.
+	logged := false
+	for i := 0; i < 500 && !logged; i++ {
+		if logged = strings.Contains(stderr.String(), `"msg":"bundle applied"`); !logged {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	if !logged {
+		t.Errorf("the push was not logged within 5 s:\n%s", stderr.String())
 	}
 
 	cancel()
