@@ -308,6 +308,16 @@ func (c *Client) doIdem(ctx context.Context, method, addr, path string, body []b
 	c.awaitWarm(ctx, addr)
 	waited := time.Since(t0)
 	wire, err := c.send(ctx, method, addr, path, body, idem, out)
+	var stale *staleConnError
+	if errors.As(err, &stale) {
+		// The kept connection died under the request (the daemon closed
+		// it as idle while it was being sent): the request is idempotent,
+		// so it goes once more, on another connection.
+		wire, err = c.send(ctx, method, addr, path, body, idem, out)
+		if errors.As(err, &stale) {
+			err = stale.err
+		}
+	}
 	if len(wire) > 0 {
 		// Waiting for the connection Connect was opening is connecting.
 		wire[0].Duration += waited
@@ -340,12 +350,13 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body []byt
 	var used *recordingConn
 	var dial, handshake time.Duration
 	var gotConn, wrote, firstByte time.Time
+	var reused bool
 	start := time.Now()
 	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 		GotConn: func(info httptrace.GotConnInfo) {
 			mu.Lock()
 			defer mu.Unlock()
-			gotConn = time.Now()
+			gotConn, reused = time.Now(), info.Reused
 			if rc, ok := info.Conn.(*recordingConn); ok {
 				used = rc
 				dial, handshake = rc.opening()
@@ -385,6 +396,12 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body []byt
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		mu.Lock()
+		stale := reused && idem != "" && ctx.Err() == nil
+		mu.Unlock()
+		if stale {
+			return nil, &staleConnError{failed(err)}
+		}
 		return nil, failed(err)
 	}
 	defer resp.Body.Close()
@@ -404,6 +421,13 @@ func (c *Client) send(ctx context.Context, method, addr, path string, body []byt
 	}
 	return nil, &Error{Addr: addr, Code: eb.Code, Status: resp.StatusCode, Reason: eb.Error, Report: eb.Report}
 }
+
+// staleConnError is an idempotent request that failed without an answer on
+// a kept-alive connection: worth one more try on another.
+type staleConnError struct{ err error }
+
+func (e *staleConnError) Error() string { return e.err.Error() }
+func (e *staleConnError) Unwrap() error { return e.err }
 
 // transportError names what went wrong before an answer arrived.
 func (c *Client) transportError(ctx context.Context, addr string, err error) error {
