@@ -54,7 +54,7 @@ func (k *fakeKernel) Apply(prev, next *bpf.State) error {
 	if prev == nil {
 		prev = &bpf.State{}
 	}
-	s := copyState(k.state)
+	s := k.state.Clone()
 	mergeInto(s.Vifs, prev.Vifs, next.Vifs)
 	mergeInto(s.Slots, prev.Slots, next.Slots)
 	mergeInto(s.SAs, prev.SAs, next.SAs)
@@ -90,43 +90,6 @@ func mergeInto[K comparable, V any](dst, prev, next map[K]V) {
 	for key, v := range next {
 		dst[key] = v
 	}
-}
-
-func copyState(s *bpf.State) *bpf.State {
-	c := &bpf.State{Vifs: map[uint32]bpf.FastpathVif{}, Labels: map[uint32]bpf.FastpathMlsLabel{}, Slots: map[uint32]bpf.FastpathSa{},
-		SAs: map[bpf.FastpathSaKey]bpf.FastpathSa{}, Peers: map[bpf.FastpathPeerKey]bpf.FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{},
-		Accepts: map[uint32]bpf.FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{}}
-	if s == nil {
-		return c
-	}
-	for k, v := range s.Accepts {
-		c.Accepts[k] = v
-	}
-	for k, v := range s.RangeIDs {
-		c.RangeIDs[k] = v
-	}
-	for k, v := range s.Vifs {
-		c.Vifs[k] = v
-	}
-	for k, v := range s.Labels {
-		c.Labels[k] = v
-	}
-	for k, v := range s.Slots {
-		c.Slots[k] = v
-	}
-	for k, v := range s.SAs {
-		c.SAs[k] = v
-	}
-	for k, v := range s.Peers {
-		c.Peers[k] = v
-	}
-	for k, v := range s.LabelIDs {
-		c.LabelIDs[k] = v
-	}
-	for k, v := range s.Unplanned {
-		c.Unplanned[k] = v
-	}
-	return c
 }
 
 func (k *fakeKernel) Attach(i int) (string, error) {

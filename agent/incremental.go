@@ -399,7 +399,7 @@ func (a *Agent) reconcileFull() error {
 		return err
 	}
 	if safety {
-		if n := diffStates(prev, next); n > 0 {
+		if n := bpf.Changes(prev, next); n > 0 {
 			in.drift.Add(float64(n))
 			a.log.Warn("full plan found drift: the maps were corrected", "entries", n)
 		}
@@ -432,52 +432,4 @@ func (a *Agent) reconcileFull() error {
 	res, p = nil, nil
 	go debug.FreeOSMemory()
 	return nil
-}
-
-// diffStates counts the entries Apply(prev, next) writes or clears.
-func diffStates(prev, next *bpf.State) int {
-	n := diffMap(prev.Vifs, next.Vifs) + diffMap(prev.Slots, next.Slots) + diffMap(prev.SAs, next.SAs) + diffMap(prev.Peers, next.Peers)
-	for id, l := range next.Labels {
-		if old, ok := prev.Labels[id]; !ok || old != l {
-			n++
-		}
-	}
-	return n + diffAccepts(prev, next)
-}
-
-// diffAccepts counts the accepts entries of next whose bits for next's
-// peer ranges differ from prev's. The bits of range ids no peer has are no
-// part of the plan: a freed id keeps stale bits until it is handed out
-// again, when every label's bit is rewritten (bpf/incremental.go).
-func diffAccepts(prev, next *bpf.State) int {
-	var live bpf.FastpathLabelAccepts
-	for _, id := range next.RangeIDs {
-		live.Ranges[id/64] |= 1 << (id % 64)
-	}
-	n := 0
-	for id, a := range next.Accepts {
-		old := prev.Accepts[id]
-		for i := range a.Ranges {
-			if a.Ranges[i]&live.Ranges[i] != old.Ranges[i]&live.Ranges[i] {
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
-
-func diffMap[K, V comparable](a, b map[K]V) int {
-	n := 0
-	for k, v := range b {
-		if old, ok := a[k]; !ok || old != v {
-			n++
-		}
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			n++
-		}
-	}
-	return n
 }

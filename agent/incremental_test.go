@@ -187,7 +187,7 @@ func propAgent(t *testing.T, seed uint64, steps int) {
 			a.mu.Unlock()
 			t.Fatalf("%s: full plan: %v", where, err)
 		}
-		if n := diffStates(a.applied, full); n != 0 {
+		if n := bpf.Changes(a.applied, full); n != 0 {
 			a.mu.Unlock()
 			t.Fatalf("%s: the full plan differs from the incremental state in %d entries", where, n)
 		}
@@ -210,7 +210,7 @@ func propAgent(t *testing.T, seed uint64, steps int) {
 		k.mu.Lock()
 		inMaps := k.state
 		k.mu.Unlock()
-		if n := diffStates(inMaps, applied); n != 0 { // labels: those of the state (the maps keep old ones)
+		if n := bpf.Changes(inMaps, applied); n != 0 { // labels: those of the state (the maps keep old ones)
 			t.Fatalf("%s: the maps differ from the agent's state in %d entries", where, n)
 		}
 	}

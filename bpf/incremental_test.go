@@ -421,40 +421,6 @@ func (m *model) policy() *verdict.Policy {
 	return p
 }
 
-// checkedState copies a State (the engine updates its own in place).
-func copyState(s *State) *State {
-	c := &State{Vifs: map[uint32]FastpathVif{}, Labels: map[uint32]FastpathMlsLabel{}, Slots: map[uint32]FastpathSa{}, SAs: map[FastpathSaKey]FastpathSa{}, Peers: map[FastpathPeerKey]FastpathPeer{}, LabelIDs: map[label.Label]uint32{}, Unplanned: map[uint32]error{},
-		Accepts: map[uint32]FastpathLabelAccepts{}, RangeIDs: map[label.Bounds]uint32{}}
-	for k, v := range s.Accepts {
-		c.Accepts[k] = v
-	}
-	for k, v := range s.RangeIDs {
-		c.RangeIDs[k] = v
-	}
-	for k, v := range s.Vifs {
-		c.Vifs[k] = v
-	}
-	for k, v := range s.Labels {
-		c.Labels[k] = v
-	}
-	for k, v := range s.Slots {
-		c.Slots[k] = v
-	}
-	for k, v := range s.SAs {
-		c.SAs[k] = v
-	}
-	for k, v := range s.Peers {
-		c.Peers[k] = v
-	}
-	for k, v := range s.LabelIDs {
-		c.LabelIDs[k] = v
-	}
-	for k, v := range s.Unplanned {
-		c.Unplanned[k] = v
-	}
-	return c
-}
-
 // TestIncrementalMatchesFullPlan interleaves random changes (SAs added,
 // deleted and rotated; guests declared, redeclared and removed, some in
 // conflict; peer lists replaced) in batches. After each batch it applies
@@ -611,7 +577,7 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 		if err := fake.apply(applied, full, full.Labels, where); err != nil {
 			t.Fatal(err)
 		}
-		in, err := NewIncremental(good.policy(), copyState(full))
+		in, err := NewIncremental(good.policy(), full.Clone())
 		if err != nil {
 			t.Fatalf("%s: %v", where, err)
 		}
@@ -655,8 +621,8 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 			if err := fake.apply(applied, full, full.Labels, where+" full plan"); err != nil {
 				t.Fatal(err)
 			}
-			good, applied = m, copyState(full)
-			if in, err = NewIncremental(good.policy(), copyState(full)); err != nil {
+			good, applied = m, full.Clone()
+			if in, err = NewIncremental(good.policy(), full.Clone()); err != nil {
 				t.Fatalf("%s: %v", where, err)
 			}
 			continue
@@ -665,7 +631,7 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 			t.Fatal(err)
 		}
 		good = m
-		applied = copyState(in.State())
+		applied = in.State().Clone()
 		got, want := canonical(t, applied, where+" incremental"), canonical(t, full, where+" full")
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s: incremental state differs from the full plan:\n got %+v\nwant %+v", where, got, want)
@@ -697,7 +663,7 @@ func propIncremental(t *testing.T, seed uint64, steps int) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d := diffCount(applied, full)
+			d := Changes(applied, full)
 			drifts += d
 			if d != 0 {
 				t.Fatalf("%s: the full plan would rewrite %d entries of the incremental state", where, d)
@@ -726,48 +692,6 @@ func errStrings(m map[uint32]error) map[uint32]string {
 	return out
 }
 
-// diffCount is the number of entries Apply(a, b) would write or clear.
-func diffCount(a, b *State) int {
-	n := 0
-	n += diffMap(a.Vifs, b.Vifs) + diffMap(a.Slots, b.Slots) + diffMap(a.SAs, b.SAs) + diffMap(a.Peers, b.Peers)
-	for k, v := range b.Labels {
-		if a.Labels[k] != v {
-			n++
-		}
-	}
-	// Accepts: the bits of b's ranges (those of ids no peer has are not
-	// part of the plan).
-	var live FastpathLabelAccepts
-	for _, id := range b.RangeIDs {
-		live.Ranges[id/64] |= 1 << (id % 64)
-	}
-	for k, v := range b.Accepts {
-		w := a.Accepts[k]
-		for i := range v.Ranges {
-			if v.Ranges[i]&live.Ranges[i] != w.Ranges[i]&live.Ranges[i] {
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
-
-func diffMap[K, V comparable](a, b map[K]V) int {
-	n := 0
-	for k, v := range b {
-		if old, ok := a[k]; !ok || old != v {
-			n++
-		}
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			n++
-		}
-	}
-	return n
-}
-
 // TestFullPlanAcceptsOfDroppedLabels: a full plan that drops an SA's label
 // and hands a peer range an id whose accepts bits are stale (freed by an
 // earlier Commit) must still write the dropped label's accepts entry: the
@@ -790,7 +714,7 @@ func TestFullPlanAcceptsOfDroppedLabels(t *testing.T) {
 	if err := fake.apply(nil, s1, s1.Labels, "start"); err != nil {
 		t.Fatal(err)
 	}
-	in, err := NewIncremental(p, copyState(s1))
+	in, err := NewIncremental(p, s1.Clone())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -804,7 +728,7 @@ func TestFullPlanAcceptsOfDroppedLabels(t *testing.T) {
 	if err := fake.apply(prev, next, in.State().Labels, "peers dropped"); err != nil {
 		t.Fatal(err)
 	}
-	applied := copyState(in.State())
+	applied := in.State().Clone()
 	p3 := &verdict.Policy{Guests: map[uint32]verdict.Guest{}, SPIBase: propSPIBase, SPISlots: propSPISlots,
 		Peers: []verdict.Peer{{Prefix: netip.MustParsePrefix("10.2.0.0/16"), App: 1, Range: narrow}}}
 	s3, err := PlanFrom(p3, applied)

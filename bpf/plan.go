@@ -300,3 +300,65 @@ func addr16(a netip.Addr) (out [16]uint8) {
 	}
 	return a.As16()
 }
+
+// Clone is a copy of s whose maps are its own (every map non-nil; a nil s
+// gives an empty State).
+func (s *State) Clone() *State {
+	if s == nil {
+		s = &State{}
+	}
+	return &State{
+		Vifs: cloneMap(s.Vifs), Labels: cloneMap(s.Labels), Slots: cloneMap(s.Slots), SAs: cloneMap(s.SAs), Peers: cloneMap(s.Peers),
+		Accepts: cloneMap(s.Accepts), LabelIDs: cloneMap(s.LabelIDs), RangeIDs: cloneMap(s.RangeIDs), Unplanned: cloneMap(s.Unplanned),
+	}
+}
+
+func cloneMap[K comparable, V any](m map[K]V) map[K]V {
+	c := make(map[K]V, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+// Changes counts the entries Apply(prev, next) writes or clears. The bits
+// of range ids no peer of next has are no part of the plan: a freed id
+// keeps stale bits until it is handed out again, when every label's bit is
+// rewritten (incremental.go).
+func Changes(prev, next *State) int {
+	n := diffMap(prev.Vifs, next.Vifs) + diffMap(prev.Slots, next.Slots) + diffMap(prev.SAs, next.SAs) + diffMap(prev.Peers, next.Peers)
+	for id, l := range next.Labels {
+		if old, ok := prev.Labels[id]; !ok || old != l {
+			n++
+		}
+	}
+	var live FastpathLabelAccepts
+	for _, id := range next.RangeIDs {
+		live.Ranges[id/64] |= 1 << (id % 64)
+	}
+	for id, a := range next.Accepts {
+		old := prev.Accepts[id]
+		for i := range a.Ranges {
+			if a.Ranges[i]&live.Ranges[i] != old.Ranges[i]&live.Ranges[i] {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+func diffMap[K, V comparable](a, b map[K]V) int {
+	n := 0
+	for k, v := range b {
+		if old, ok := a[k]; !ok || old != v {
+			n++
+		}
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			n++
+		}
+	}
+	return n
+}
