@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -175,56 +174,17 @@ func appendRecord(buf []byte, op journalOp) ([]byte, error) {
 // that its entry survives a crash) the journal for appending: a regular
 // file of ours that others cannot write, never a symbolic link.
 func (s *desiredStore) openJournal(sd *secretfile.Dir) error {
-	p := filepath.Join(s.dir, journalFile)
-	before, err := sd.Lstat(journalFile)
-	created := errors.Is(err, fs.ErrNotExist)
-	if err != nil && !created {
-		return fmt.Errorf("state_dir: %w", err)
-	}
-	if !created && before.Mode()&fs.ModeSymlink != 0 {
-		return fmt.Errorf("%s: %w", p, secretfile.ErrUnsafe)
-	}
-	root, err := os.OpenRoot(s.dir)
+	f, err := sd.OpenAppend(journalFile)
 	if err != nil {
 		return fmt.Errorf("state_dir: %w", err)
-	}
-	defer root.Close()
-	flags := os.O_WRONLY | os.O_APPEND | syscall.O_NOFOLLOW
-	if created {
-		flags |= os.O_CREATE | os.O_EXCL
-	}
-	f, err := root.OpenFile(journalFile, flags, secretfile.FileMode)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", p, err)
 	}
 	fi, err := f.Stat()
-	if err == nil && !created && !os.SameFile(before, fi) {
-		err = fmt.Errorf("%s was replaced while it was opened: %w", p, secretfile.ErrUnsafe)
-	}
-	if err == nil {
-		err = secretfile.CheckFile(p, fi)
-	}
-	if err == nil && created {
-		err = syncDir(root)
-	}
 	if err != nil {
 		f.Close()
 		return err
 	}
 	s.journal, s.size = f, fi.Size()
 	return nil
-}
-
-func syncDir(root *os.Root) error {
-	f, err := root.Open(".")
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // appendOp makes one guest change durable: its record appended and

@@ -290,6 +290,31 @@ func (d *Dir) ReadFile(name string) ([]byte, error) {
 
 // OpenFile opens name for reading with the checks of ReadFile.
 func (d *Dir) OpenFile(name string) (*os.File, error) {
+	return d.openChecked(name, os.O_RDONLY)
+}
+
+// OpenAppend opens name for appending with the checks of ReadFile,
+// creating it (0600, O_EXCL, the directory synced so that its entry
+// survives a crash) when it is missing.
+func (d *Dir) OpenAppend(name string) (*os.File, error) {
+	f, err := d.root.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, FileMode)
+	switch {
+	case err == nil:
+		if err := d.sync(); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
+	case errors.Is(err, fs.ErrExist):
+		return d.openChecked(name, os.O_WRONLY|os.O_APPEND)
+	default:
+		return nil, fmt.Errorf("create %s: %w", filepath.Join(d.path, name), err)
+	}
+}
+
+// openChecked opens name with flags (and O_NOFOLLOW): a regular file of
+// this uid that group and others cannot write, never a symbolic link.
+func (d *Dir) openChecked(name string, flags int) (*os.File, error) {
 	p := filepath.Join(d.path, name)
 	// os.Root resolves a symbolic link that stays inside the root even
 	// when asked for O_NOFOLLOW: look first, and check the opened file is
@@ -301,7 +326,7 @@ func (d *Dir) OpenFile(name string) (*os.File, error) {
 	if before.Mode()&fs.ModeSymlink != 0 {
 		return nil, unsafe(p, "is a symbolic link; remove it (someone may have planted it)")
 	}
-	f, err := d.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := d.root.OpenFile(name, flags|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -127,6 +127,33 @@ func TestReadFileRefusesLinksAndWritableFiles(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(p, "target")); string(b) != "x" {
 		t.Errorf("target overwritten: %q", b)
 	}
+	// OpenAppend: the same refusals, a planted link never written through,
+	// and a new file 0600 that is appended to.
+	for name, want := range map[string]string{"inside": "symbolic link", "open": "mode 0666", "new": "symbolic link"} {
+		if f, err := d.OpenAppend(name); err == nil || !strings.Contains(err.Error(), want) {
+			if f != nil {
+				f.Close()
+			}
+			t.Errorf("OpenAppend(%s): %v, want %q", name, err, want)
+		}
+	}
+	for _, rec := range []string{"a\n", "b\n"} {
+		f, err := d.OpenAppend("log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(rec)
+		f.Close()
+	}
+	if fi, err := os.Stat(filepath.Join(p, "log")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("appended file: %v, want mode 0600", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(p, "log")); string(b) != "a\nb\n" {
+		t.Errorf("appended file holds %q, want both records", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(p, "target")); string(b) != "x" {
+		t.Errorf("target written through a link: %q", b)
+	}
 }
 
 func TestPrepareFile(t *testing.T) {
