@@ -8,7 +8,6 @@ import (
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 
 	"github.com/mlsgate/mlsgate/policystore"
 	"github.com/mlsgate/mlsgate/selinux"
@@ -22,9 +21,8 @@ import (
 // the version stamp (see moduleDigest), so the compile is paid by the
 // application's first configuration only.
 type moduleChecks struct {
-	mu   sync.Mutex
-	done map[[32]byte]error         // by module digest: nil compiled, else why not
-	busy map[[32]byte]chan struct{} // by module digest: a compile in progress, closed when it ends
+	// done: by module digest, nil compiled, else why not.
+	done Memo[[32]byte, error]
 }
 
 // ModuleDigest names what a module's compile depends on (moduleDigest), for
@@ -82,55 +80,25 @@ func (c *moduleChecks) check(ctx context.Context, b *policystore.Bundle) error {
 // loader's start, or another load) is waited for rather than run twice
 // at once; if it ends without a verdict (cut short), this one compiles.
 func (c *moduleChecks) compile(ctx context.Context, m selinux.Module) error {
-	d := moduleDigest(m)
-	c.mu.Lock()
-	if c.done == nil {
-		c.done, c.busy = map[[32]byte]error{}, map[[32]byte]chan struct{}{}
-	}
-	if ch, ok := c.busy[d]; ok {
-		c.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
+	verdict, err := c.done.Do(ctx, moduleDigest(m), func() (error, bool) {
+		dir, err := os.MkdirTemp("", "mlsgate-guest-modules-")
+		if err != nil {
+			return fmt.Errorf("guest modules: %w", err), false
 		}
-		c.mu.Lock()
-	}
-	if err, ok := c.done[d]; ok {
-		c.mu.Unlock()
+		defer os.RemoveAll(dir)
+		_, err = m.Package(ctx, dir)
+		switch {
+		case errors.Is(err, selinux.ErrNoToolchain):
+			return nil, false
+		case err != nil && ctx.Err() != nil:
+			return err, false // cut short, not refused: try again next time
+		case err != nil:
+			return fmt.Errorf("guest module %s does not compile: %w", m.Name, err), true
+		}
+		return nil, true
+	})
+	if err != nil {
 		return err
 	}
-	ch := make(chan struct{})
-	if _, ok := c.busy[d]; !ok {
-		c.busy[d] = ch
-	}
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		if c.busy[d] == ch {
-			delete(c.busy, d)
-		}
-		c.mu.Unlock()
-		close(ch)
-	}()
-
-	dir, err := os.MkdirTemp("", "mlsgate-guest-modules-")
-	if err != nil {
-		return fmt.Errorf("guest modules: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	_, err = m.Package(ctx, dir)
-	if errors.Is(err, selinux.ErrNoToolchain) {
-		return nil
-	}
-	if err != nil && ctx.Err() != nil {
-		return err // cut short, not refused: try again next time
-	}
-	if err != nil {
-		err = fmt.Errorf("guest module %s does not compile: %w", m.Name, err)
-	}
-	c.mu.Lock()
-	c.done[d] = err
-	c.mu.Unlock()
-	return err
+	return verdict
 }

@@ -31,14 +31,14 @@ func TestGuestModulesCompiledOnTheHost(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not compile") || !strings.Contains(err.Error(), "checkmodule") {
 		t.Fatalf("a module that does not compile: %v", err)
 	}
-	if len(c.done) != 2 {
-		t.Fatalf("%d module texts remembered, want 2", len(c.done))
+	if c.done.Len() != 2 {
+		t.Fatalf("%d module texts remembered, want 2", c.done.Len())
 	}
 	// The next bundle's module: another version stamp, the same module.
 	next := good
 	next.TE = "# bundle version 7\nmodule mlsgate_probe 1.7;\nrequire { type unlabeled_t; }\n"
-	if err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{next}}); err != nil || len(c.done) != 2 {
-		t.Fatalf("the next version of a module: %v, %d texts remembered (want it found, 2)", err, len(c.done))
+	if err := c.check(ctx, &policystore.Bundle{Modules: []selinux.Module{next}}); err != nil || c.done.Len() != 2 {
+		t.Fatalf("the next version of a module: %v, %d texts remembered (want it found, 2)", err, c.done.Len())
 	}
 	other := good
 	other.TE = "module mlsgate_probe 1.0;\nrequire { type unlabeled_t; type nosuch_t; }\n"

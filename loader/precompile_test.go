@@ -46,12 +46,7 @@ func TestPrecompileCoversTheFirstLoad(t *testing.T) {
 	if err := r.l.Precompile(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	r.l.modules.mu.Lock()
-	compiled := map[[32]byte]error{}
-	for d, err := range r.l.modules.done {
-		compiled[d] = err
-	}
-	r.l.modules.mu.Unlock()
+	compiled := r.l.modules.done.Kept()
 	pushed := &keepingPusher{}
 	r.l.push = pushed
 	if _, err := r.l.Load(t.Context(), Caller{Host: true}, "http://ws1.analyst.example/profile"); err != nil {

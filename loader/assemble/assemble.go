@@ -180,7 +180,7 @@ func Start(ctx context.Context, s Setup) (*Running, error) {
 	v.Listeners = &loader.GuestListeners{Port: s.APIPort, Listen: s.GuestListen}
 	v.closers = append(v.closers, v.Listeners.CloseAll)
 	hostSE := selinux.SELinux{Semodule: s.HostSemodule}
-	checked := &compiledModules{seen: map[[32]byte]selinux.ModuleReport{}, busy: map[[32]byte]chan struct{}{}}
+	checked := &compiledModules{}
 	// Where nothing is installed the modules are only compiled (a check):
 	// a module text compiled before needs no second compile.
 	checkOnly := func() bool { return !hostSE.Active() || !hostSE.Semodule }
@@ -653,9 +653,13 @@ func waitAttached(a loader.AgentAPI) func(ctx context.Context, g *loader.Guest) 
 // host modules but for the stamp. A set being compiled (by the precompile
 // at start, or a load) is waited for, not compiled a second time at once.
 type compiledModules struct {
-	mu   sync.Mutex
-	seen map[[32]byte]selinux.ModuleReport
-	busy map[[32]byte]chan struct{} // closed when the compile ends
+	seen loader.Memo[[32]byte, compiledSet]
+}
+
+// compiledSet is one compile's outcome.
+type compiledSet struct {
+	rep *selinux.ModuleReport
+	err error
 }
 
 func modulesKey(mods []selinux.Module) [32]byte {
@@ -674,43 +678,23 @@ func modulesKey(mods []selinux.Module) [32]byte {
 // and loaded nothing). A compile in progress that ends without a result
 // (failed or cut short) leaves this call to run its own.
 func (c *compiledModules) compile(ctx context.Context, mods []selinux.Module, run func(context.Context, []selinux.Module) (*selinux.ModuleReport, error)) (*selinux.ModuleReport, error) {
-	k := modulesKey(mods)
-	c.mu.Lock()
-	if ch, ok := c.busy[k]; ok {
-		c.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		c.mu.Lock()
+	ran := false
+	r, err := c.seen.Do(ctx, modulesKey(mods), func() (compiledSet, bool) {
+		ran = true
+		rep, err := run(ctx, mods)
+		return compiledSet{rep, err}, err == nil && !rep.Loaded
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case ran:
+		return r.rep, r.err
 	}
-	if rep, ok := c.seen[k]; ok {
-		c.mu.Unlock()
-		rep.Modules = nil
-		for _, m := range mods {
-			rep.Modules = append(rep.Modules, m.Name)
-		}
-		return &rep, nil
+	// Remembered: the report of the same texts, named as these modules.
+	rep := *r.rep
+	rep.Modules = nil
+	for _, m := range mods {
+		rep.Modules = append(rep.Modules, m.Name)
 	}
-	ch := make(chan struct{})
-	if _, ok := c.busy[k]; !ok {
-		c.busy[k] = ch
-	}
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		if c.busy[k] == ch {
-			delete(c.busy, k)
-		}
-		c.mu.Unlock()
-		close(ch)
-	}()
-	rep, err := run(ctx, mods)
-	if err == nil && !rep.Loaded {
-		c.mu.Lock()
-		c.seen[k] = *rep
-		c.mu.Unlock()
-	}
-	return rep, err
+	return &rep, nil
 }

@@ -14,7 +14,7 @@ import (
 // application's next bundle differ only in their version stamp and are
 // found compiled; other modules are not.
 func TestCompiledHostModulesIgnoreTheVersionStamp(t *testing.T) {
-	c := &compiledModules{seen: map[[32]byte]selinux.ModuleReport{}, busy: map[[32]byte]chan struct{}{}}
+	c := &compiledModules{}
 	v1 := []selinux.Module{{Name: "mlsgate_host_analyst", Target: selinux.TargetHost, TE: "# bundle version 1\nmodule mlsgate_host_analyst 1.1;\ntype a_t;\n"}}
 	v2 := []selinux.Module{{Name: "mlsgate_host_analyst", Target: selinux.TargetHost, TE: "# bundle version 2\nmodule mlsgate_host_analyst 1.2;\ntype a_t;\n"}}
 	other := []selinux.Module{{Name: "mlsgate_host_analyst", Target: selinux.TargetHost, TE: "module mlsgate_host_analyst 1.3;\ntype b_t;\n"}}
@@ -41,10 +41,10 @@ func TestCompiledHostModulesIgnoreTheVersionStamp(t *testing.T) {
 // (one compile, not two at once); if that compile fails, the load
 // compiles them itself.
 func TestCompiledHostModulesWaitForTheCompileInProgress(t *testing.T) {
-	c := &compiledModules{seen: map[[32]byte]selinux.ModuleReport{}, busy: map[[32]byte]chan struct{}{}}
+	c := &compiledModules{}
 	mods := []selinux.Module{{Name: "mlsgate_host_analyst", Target: selinux.TargetHost, TE: "module mlsgate_host_analyst 1.1;\ntype a_t;\n"}}
 	for _, precompileFails := range []bool{false, true} {
-		clear(c.seen)
+		*c = compiledModules{}
 		started, release := make(chan struct{}), make(chan struct{})
 		var runs atomic.Int32
 		precompile := func(context.Context, []selinux.Module) (*selinux.ModuleReport, error) {
