@@ -191,11 +191,20 @@ in policystore/templates).`,
 	return cmd
 }
 
-// packageModule compiles m in a private scratch directory (the SELinux
-// tools write their outputs by name, with the umask's modes) and copies
-// what they made into dir with dir's rules. It returns the package's path
-// in dir.
+// packageModule writes m's sources into dir, compiles m in a private
+// scratch directory (the SELinux tools write their outputs by name, with
+// the umask's modes) and copies what they made into dir with dir's rules.
+// It returns the package's path in dir. Without the toolchain the sources
+// are still written, so an operator can compile them elsewhere.
 func packageModule(ctx context.Context, m selinux.Module, dir *secretfile.Dir) (string, error) {
+	if err := dir.WriteNew(m.Name+".te", []byte(m.TE)); err != nil {
+		return "", err
+	}
+	if m.FC != "" {
+		if err := dir.WriteNew(m.Name+".fc", []byte(m.FC)); err != nil {
+			return "", err
+		}
+	}
 	tmp, err := os.MkdirTemp("", "mlsgate-module-")
 	if err != nil {
 		return "", err
@@ -205,7 +214,7 @@ func packageModule(ctx context.Context, m selinux.Module, dir *secretfile.Dir) (
 	if errors.Is(perr, selinux.ErrNoToolchain) {
 		return "", perr
 	}
-	for _, ext := range []string{".te", ".fc", ".mod", ".pp"} {
+	for _, ext := range []string{".mod", ".pp"} {
 		data, err := os.ReadFile(filepath.Join(tmp, m.Name+ext))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
