@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/mlsgate/mlsgate/loader/image"
@@ -35,7 +36,7 @@ type guestRun struct {
 func (j guestRun) run(ctx context.Context, out any) (*image.Result, error) {
 	testBin := filepath.Join(j.share, "bench.test")
 	j.progress("%s: building the bench test binary for the guest", j.what)
-	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
+	if err := buildGuestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
 		return nil, err
 	}
 	jb, err := json.Marshal(j.job)
@@ -65,6 +66,23 @@ func (j guestRun) run(ctx context.Context, out any) (*image.Result, error) {
 		return nil, fmt.Errorf("the guest's %s result: %w", j.what, err)
 	}
 	return res, nil
+}
+
+// buildGuestBinary builds the tests of pkg for a guest from the source
+// tree this package was compiled from, so that a bench binary measures its
+// own code and not the module the working directory happens to hold (which
+// it did: run from another worktree, it measured that worktree's code).
+// Built with -trimpath, the tree is unknown and the working directory's
+// module is used.
+func buildGuestBinary(ctx context.Context, pkg, out string) error {
+	dir := ""
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		dir = filepath.Dir(file)
+		if _, err := os.Stat(file); err != nil {
+			return fmt.Errorf("build %s for the guest: this binary was built from %s, which is gone (%v): rebuild mlsgate from a source tree, or run the bench from one with go test", pkg, dir, err)
+		}
+	}
+	return image.BuildTestBinaryIn(ctx, dir, pkg, out)
 }
 
 // readGuestJob is the guest side's first step: decode the job file the

@@ -91,7 +91,7 @@ func MeasureRotation(ctx context.Context, cfg RotationConfig) (*RotationResult, 
 	defer os.RemoveAll(share)
 	bin := filepath.Join(share, "inguest.test")
 	progress("rotation: building the in-guest test binary")
-	if err := image.BuildTestBinary(ctx, rotationPkg, bin); err != nil {
+	if err := buildGuestBinary(ctx, rotationPkg, bin); err != nil {
 		return nil, fmt.Errorf("build %s (the rotation benchmark needs the source tree): %w", rotationPkg, err)
 	}
 	const memory = 1024

@@ -212,7 +212,7 @@ func measureXenInDom0(ctx context.Context, cfg VMStartConfig, tmp string) (*Back
 	}
 	testBin := filepath.Join(tmp, "bench-xen.test")
 	cfg.Progress("xen: building the bench test binary for dom0")
-	if err := image.BuildTestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
+	if err := buildGuestBinary(ctx, "github.com/mlsgate/mlsgate/bench", testBin); err != nil {
 		return nil, err
 	}
 	job := xenJob{Repeat: cfg.Repeat, URL: cfg.URL, APIPort: cfg.APIPort, Binary: "mlsgate", Ramdisk: "guest-initrd", Out: "xen-vmstart.json"}

@@ -410,6 +410,12 @@ func jobID() (string, error) {
 // a directory pattern like ./kernel-tests/inguest relative to the current
 // directory) into the static binary out, for Run.
 func BuildTestBinary(ctx context.Context, pkg, out string) error {
+	return BuildTestBinaryIn(ctx, "", pkg, out)
+}
+
+// BuildTestBinaryIn is BuildTestBinary with the go command run in dir (""
+// is the current directory), which picks the module pkg is built from.
+func BuildTestBinaryIn(ctx context.Context, dir, pkg, out string) error {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		if root := os.Getenv("GOROOT"); root != "" {
@@ -419,6 +425,7 @@ func BuildTestBinary(ctx context.Context, pkg, out string) error {
 		}
 	}
 	cmd := exec.CommandContext(ctx, goTool, "test", "-c", "-o", out, pkg)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
