@@ -1138,8 +1138,9 @@ What the phases include:
 - The pool's refill boots the idle guest before the pre-loaded load; its time is
   shown apart and is in no total.
 - Ready pool: the application asks for one ready guest (pool: {ready: 1}); the
-  refill boots it and runs the whole configuration (bundle with the guest's own
-  keys and certificate, compliance, push, host policy) before the load, shown
+  refill boots it (its update daemon's certificate is issued then) and runs the
+  whole configuration (bundle with the guest's own SA keys, compliance, push,
+  host policy) before the load, shown
   apart and in no total. The load resolves, authorizes and takes the guest (one
   committed write to the pool's table); its first answer is as above.
 `)

@@ -327,7 +327,7 @@ func (l *Loader) Load(ctx context.Context, caller Caller, url string) (res *Resu
 }
 
 // configure runs the configuration steps for a guest taken fresh for app:
-// bundle (with the guest's own keys and certificate), compliance, push
+// bundle (with the guest's own SA keys), compliance, push
 // the guest part, apply the host part. It appends to undo what reverses
 // its host-side work, and returns the bundle once it is generated.
 //

@@ -73,7 +73,7 @@ func (l *Loader) ReadyWants(context.Context) ([]ReadyWant, error) {
 }
 
 // Prepare configures g, a guest the pool took for w, ahead of demand:
-// bundle with the guest's own keys and certificate, compliance, push,
+// bundle with the guest's own SA keys, compliance, push,
 // host policy, exactly as a load would. It fails if the application
 // changed since w was made. On failure it undoes its host-side work; the
 // pool then destroys the guest. The steps are returned for reports.

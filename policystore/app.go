@@ -55,8 +55,9 @@ type Application struct {
 
 // PoolSpec is how many guests VMLoad keeps ready for an application: booted,
 // with the application's bundle generated, checked, pushed and applied on
-// both ends, each with its own keys and certificate, so that a load that
-// finds one only resolves, authorizes and hands it out.
+// both ends, each with its own SA keys (and its update daemon's own
+// certificate, issued when it booted), so that a load that finds one only
+// resolves, authorizes and hands it out.
 type PoolSpec struct {
 	// Ready is the number of such guests; 0 (the default) keeps none.
 	Ready int `json:"ready,omitempty" yaml:"ready,omitempty"`
