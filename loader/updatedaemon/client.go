@@ -50,6 +50,9 @@ type Client struct {
 	// guest's one emulated CPU each take twice as long).
 	warmMu  sync.Mutex
 	warming map[string]chan struct{}
+	// onAwait, when set (tests), runs when a request starts waiting for a
+	// Connect in progress.
+	onAwait func(addr string)
 	// dials counts the connections opened, resumed those of them that
 	// resumed an earlier session (for tests).
 	dials, resumed atomic.Int32
@@ -274,6 +277,9 @@ func (c *Client) awaitWarm(ctx context.Context, addr string) {
 	c.warmMu.Unlock()
 	if ch == nil {
 		return
+	}
+	if c.onAwait != nil {
+		c.onAwait(addr)
 	}
 	select {
 	case <-ch:

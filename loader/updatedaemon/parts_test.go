@@ -1,8 +1,11 @@
 package updatedaemon
 
 import (
+	"io"
+	"net"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -82,18 +85,25 @@ func TestConnectKeepsTheHandshakeOffThePush(t *testing.T) {
 
 // TestPushWaitsForTheConnectInProgress: a push that starts while Connect
 // is opening the connection uses that connection, not a second handshake.
+// A proxy holds Connect's connection until the push is waiting for it, so
+// the two overlap on every run.
 func TestPushWaitsForTheConnectInProgress(t *testing.T) {
 	p := newPKI(t)
 	h := startDaemon(t, p, daemonOpts{})
 	if err := h.client.init(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- h.client.Connect(ctxT(t), h.addr) }()
+	gate := make(chan struct{})
+	proxy := holdingProxy(t, h.addr, gate)
+	waiting := make(chan struct{})
+	var once sync.Once
+	h.client.onAwait = func(string) { once.Do(func() { close(waiting) }) }
+	connected := make(chan error, 1)
+	go func() { connected <- h.client.Connect(ctxT(t), proxy) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		h.client.warmMu.Lock()
-		_, warming := h.client.warming[h.addr]
+		_, warming := h.client.warming[proxy]
 		h.client.warmMu.Unlock()
 		if warming {
 			break
@@ -103,19 +113,67 @@ func TestPushWaitsForTheConnectInProgress(t *testing.T) {
 		}
 		runtime.Gosched()
 	}
-	rep, err := h.client.Push(ctxT(t), h.addr, analystBundle(t, p, 1, 0x4000))
-	if err != nil {
+	type pushed struct {
+		rep *Report
+		err error
+	}
+	push := make(chan pushed, 1)
+	go func() {
+		rep, err := h.client.Push(ctxT(t), proxy, analystBundle(t, p, 1, 0x4000))
+		push <- pushed{rep, err}
+	}()
+	select {
+	case <-waiting:
+	case r := <-push:
+		t.Fatalf("the push went ahead while Connect was held: %+v %v", r.rep, r.err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the push never waited for the Connect in progress (10 s)")
+	}
+	close(gate)
+	if err := <-connected; err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	r := <-push
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	if len(rep.Wire) != 5 || rep.Wire[1].Duration != 0 {
-		t.Errorf("a push during Connect: %+v, want it on Connect's connection (no handshake of its own)", rep.Wire)
+	if len(r.rep.Wire) != 5 || r.rep.Wire[1].Duration != 0 {
+		t.Errorf("a push during Connect: %+v, want it on Connect's connection (no handshake of its own)", r.rep.Wire)
 	}
 	if n := h.client.dials.Load(); n != 1 {
 		t.Errorf("%d connections opened for a Connect and a push at the same time, want 1", n)
 	}
+}
+
+// holdingProxy forwards connections on a loopback port to addr, each only
+// once gate is closed, and returns its address.
+func holdingProxy(t *testing.T, addr string, gate <-chan struct{}) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				<-gate
+				d, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer d.Close()
+				go io.Copy(d, c)
+				io.Copy(c, d)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // TestAnswerBeforeOnPush: the loader has the push's report before OnPush
