@@ -152,9 +152,10 @@ func (img *XenImage) Run(ctx context.Context, opts XenRunOptions) (*XenResult, e
 	// from dom0's loader, at the same second), which points at SIMD state
 	// lost across a context switch. Without XSAVE, Xen and the kernels
 	// save that state with FXSAVE, which has no init or modified
-	// optimization for an emulator to get wrong: 5 of 5 runs clean, at
-	// about 15-25 % more time for the demo (85 s → 97-110 s idle). The
-	// cause is not proven; the flags are what was measured.
+	// optimization for an emulator to get wrong: 5 of 5 runs clean by hand
+	// and the CI run after them. Its time cost is unclear: by hand the demo
+	// took 97-110 s against 85 s with XSAVE, the CI run 78 s. The cause is
+	// not proven; the flags are what was measured.
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-serial", "file:" + serialPath,
