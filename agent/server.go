@@ -54,8 +54,9 @@ func (a *Agent) public(mux *http.ServeMux) {
 //	PUT    /v1/sas                  replace the static SAs ([]SASpec)
 //	GET    /v1/events               denial events as JSON lines, as they come;
 //	                                ?reason=&interface=&vm= filter them
-//	POST   /v1/rotations            declare an SA rotation (rotation.go)
-//	DELETE /v1/rotations/{daddr}/{spi}  drop a rotation record
+//	POST   /v1/rotations            declare SA rotations, one or a batch (rotation.go)
+//	POST   /v1/rotations/drop       drop the records of a batch of successors
+//	DELETE /v1/rotations/{daddr}/{spi}  drop one rotation record
 //
 // Every change is logged ("policy change") with the caller's uid and pid
 // and the old and the new spec, and counted (mlsgate_api_changes_total).
