@@ -8,8 +8,12 @@ import (
 )
 
 // TestMapperAPI measures a small policy over loopback HTTP: it needs no
-// root. It checks the shape of the result and that keep-alive held (no more
-// connections than client goroutines), not the speed.
+// root. It checks the shape of the result and that keep-alive held, not the
+// speed. Keep-alive holding means far fewer connections than lookups, not
+// one per goroutine: net/http's Transport closes a connection whose request
+// writer has not reported within 50 ms of the reply being read
+// (maxWriteWaitBeforeConnReuse), which a loaded machine reaches (CI counted
+// 8 connections for 4 goroutines). Without keep-alive every lookup dials.
 func TestMapperAPI(t *testing.T) {
 	r, err := MeasureMapperAPI(t.Context(), MapperAPIConfig{Rules: 200, Lookups: 300, Goroutines: []int{1, 4}})
 	if err != nil {
@@ -22,8 +26,8 @@ func TestMapperAPI(t *testing.T) {
 		if c.PerSecond <= 0 || c.P50 <= 0 || c.P99 < c.P50 {
 			t.Errorf("cache %s, %d goroutines: %+v", c.Cache, c.Goroutines, c)
 		}
-		if c.Connections < 1 || c.Connections > int64(c.Goroutines)+1 {
-			t.Errorf("cache %s, %d goroutines: %d connections; keep-alive should hold about one per goroutine", c.Cache, c.Goroutines, c.Connections)
+		if limit := int64(r.Lookups / 10); c.Connections < 1 || c.Connections > limit {
+			t.Errorf("cache %s, %d goroutines: %d connections for %d lookups; keep-alive should hold them to about one per goroutine, at most %d", c.Cache, c.Goroutines, c.Connections, r.Lookups, limit)
 		}
 	}
 	md := formatMapperAPI(r, &mapper.Result{Rules: 200, Uncached: mapper.LookupStats{PerSecond: r.Cases[0].PerSecond * 10}})
